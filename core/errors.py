@@ -1,0 +1,298 @@
+"""Domain errors and their one mapping to RFC 9457 problem details.
+
+Code anywhere raises a `ProblemError` subclass that says what went wrong in
+domain terms (`UpstreamRateLimited(retry_after=30)`); `add_exception_handlers`
+is the only place that turns errors into HTTP responses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.context import current_request_id
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+logger = logging.getLogger("orchestrator.errors")
+
+
+class ConfigurationError(Exception):
+    """Settings are invalid; the service must not start. The message is safe to print."""
+
+
+class ProblemError(Exception):
+    """Base class of every error that becomes a problem-details response."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extras: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if title is not None:
+            self.title = title
+        self.headers = headers or {}
+        self.extras = {key: value for key, value in extras.items() if value is not None}
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+
+class BadRequest(ProblemError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(ProblemError):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(ProblemError):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(ProblemError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(ProblemError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(ProblemError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class InvalidInput(ProblemError):
+    status, slug, title = 422, "invalid-input", "Invalid input"
+
+
+class RateLimited(ProblemError):
+    """Our own per-client limit was hit."""
+
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
+
+
+class NotConfigured(ProblemError):
+    """A skill or provider is missing settings. Names the variables, never their values."""
+
+    status, slug, title = 503, "not-configured", "Integration not configured"
+
+    def __init__(self, integration: str, missing: Sequence[str], detail: str | None = None) -> None:
+        names = ", ".join(missing)
+        super().__init__(
+            detail or f"{integration} is not configured: set {names} in the environment or .env and restart.",
+            integration=integration,
+            missing_settings=list(missing),
+        )
+
+
+class UpstreamError(ProblemError):
+    """An upstream API failed or answered something we cannot use."""
+
+    status, slug, title = 502, "upstream-error", "Upstream service failed"
+
+    def __init__(self, detail: str, *, upstream: str, status: int | None = None, **extras: Any) -> None:
+        super().__init__(detail, status=status, upstream=upstream, **extras)
+
+
+class UpstreamTimeout(UpstreamError):
+    status, slug, title = 504, "upstream-timeout", "Upstream service timed out"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connection refused or reset: the upstream could not be reached at all."""
+
+    status, slug, title = 503, "upstream-unavailable", "Upstream service unreachable"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status, slug, title = 429, "upstream-rate-limited", "Upstream rate limit reached"
+
+    def __init__(self, detail: str, *, upstream: str, retry_after: float | None = None, **extras: Any) -> None:
+        super().__init__(detail, upstream=upstream, retry_after=_whole_seconds(retry_after), **extras)
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(_whole_seconds(retry_after))
+
+
+def _whole_seconds(value: float | None) -> int | None:
+    if value is None:
+        return None
+    return max(0, int(-(-value // 1)))  # ceiling without importing math
+
+
+# --- Problem-details body, also used to document errors in OpenAPI ------------
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details. Extra members carry machine-readable context."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "example": {
+                "type": "/problems/not-configured",
+                "title": "Integration not configured",
+                "status": 503,
+                "detail": "toggl is not configured: set TOGGL_API_TOKEN in the environment or .env and restart.",
+                "instance": "/start-timer",
+                "request_id": "5f0c8a0e2b7e4c1d9a3b6e1f2d4c8b7a",
+                "missing_settings": ["TOGGL_API_TOKEN"],
+            }
+        },
+    )
+
+    type: str = Field(description="A URI reference that identifies the problem type.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing or wrong API key (X-API-Key or Authorization: Bearer)",
+    403: "Signature missing or invalid",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Request too large",
+    422: "Invalid input; `errors` lists the failing fields",
+    429: "Rate limited; see Retry-After",
+    502: "Upstream service failed",
+    503: "Integration not configured, or upstream unreachable",
+    504: "Upstream service timed out",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries documenting problem-details errors in OpenAPI."""
+    return {
+        status: {
+            "model": ProblemDetails,
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+        }
+        for status in statuses
+    }
+
+
+# --- The one mapping from errors to responses ---------------------------------
+
+
+def problem_body(exc: ProblemError, instance: str | None = None) -> dict[str, Any]:
+    """The JSON body for a domain error, as the handler would send it."""
+    body: dict[str, Any] = {"type": exc.type, "title": exc.title, "status": exc.status, "detail": exc.detail}
+    if instance is not None:
+        body["instance"] = instance
+    request_id = current_request_id()
+    if request_id:
+        body["request_id"] = request_id
+    for key, value in exc.extras.items():
+        body.setdefault(key, value)
+    return body
+
+
+def problem_response(
+    *,
+    status: int,
+    title: str,
+    detail: str,
+    type_: str = "about:blank",
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    request_id = current_request_id()
+    if request_id:
+        body["request_id"] = request_id
+    for key, value in (extras or {}).items():
+        body.setdefault(key, value)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def _validation_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Only location, message and type: echoing the rejected input could echo a secret.
+    return [
+        {
+            "field": ".".join(str(part) for part in error.get("loc", ())),
+            "message": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
+        for error in errors
+    ]
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Install the mapping. Unexpected exceptions are handled by RequestContextMiddleware."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.slug, exc.detail)
+        return JSONResponse(
+            problem_body(exc, request.url.path),
+            status_code=exc.status,
+            headers=exc.headers,
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc.errors())
+        fields = ", ".join(error["field"] for error in errors) or "request"
+        return problem_response(
+            status=422,
+            title="Invalid input",
+            detail=f"The request is invalid: check {fields}.",
+            type_=PROBLEM_BASE + "invalid-input",
+            instance=request.url.path,
+            extras={"errors": errors},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+        if exc.status_code == 404 and detail is None:
+            detail = f"No route matches {request.url.path}. See /docs for the available endpoints."
+        elif exc.status_code == 405 and detail is None:
+            allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+            detail = f"{request.method} is not allowed on {request.url.path}" + (
+                f"; use {allowed}." if allowed else "."
+            )
+        return problem_response(
+            status=exc.status_code,
+            title=phrase,
+            detail=detail or phrase,
+            instance=request.url.path,
+            headers=exc.headers,
+        )

@@ -1,0 +1,186 @@
+"""`Idempotency-Key` for every POST action endpoint, with Stripe's semantics.
+
+- The same key and the same body within 24 hours replays the stored status and
+  body with `Idempotent-Replayed: true`; nothing runs twice.
+- The same key with a different body is a 422.
+- Concurrent duplicates: the first INSERT of (scope, key) wins, in the
+  database, so it holds across workers. The others wait for its outcome and
+  replay it, or get a 409 if it is still running after `WAIT_SECONDS`.
+
+What is stored: a success, and any failure whose outcome upstream is unknown
+(502, 504, 500: the action may have happened). A refusal that certainly did
+nothing (4xx, 429, 503 not configured or unreachable) releases the key, so the
+caller can fix the cause and retry with the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from core.deps import ResourcesDep
+from core.errors import PROBLEM_CONTENT_TYPE, Conflict, InvalidInput, ProblemError, problem_body
+from core.store import IdempotencyKey, utcnow
+
+TTL = timedelta(hours=24)
+WAIT_SECONDS = 30.0
+POLL_SECONDS = 0.05
+REPLAY_HEADER = "Idempotent-Replayed"
+_STORED_HEADERS = ("retry-after", "location")
+
+
+def _stores_outcome(status: int) -> bool:
+    return status < 400 or status in (500, 502, 504)
+
+
+def request_fingerprint(method: str, path: str, payload: Any) -> str:
+    canonical = json.dumps([method, path, jsonable_encoder(payload)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Idempotency:
+    """Bound to one request; `execute` runs the action at most once per key."""
+
+    def __init__(self, sessions: async_sessionmaker, *, key: str | None, method: str, path: str) -> None:
+        self.sessions = sessions
+        self.key = key
+        self.scope = f"{method} {path}"
+        self.method = method
+        self.path = path
+
+    async def execute(
+        self, payload: Any, action: Callable[[], Awaitable[Any]], *, status_code: int = 200
+    ) -> JSONResponse:
+        """Run `action` (returning a pydantic model or JSON-able value) under the key."""
+        if self.key is None:
+            return JSONResponse(jsonable_encoder(await action()), status_code=status_code)
+
+        fingerprint = request_fingerprint(self.method, self.path, payload)
+        existing = await self._claim(fingerprint)
+        if existing is not None:
+            return await self._replay_when_done(existing, fingerprint)
+
+        try:
+            result = await action()
+        except ProblemError as exc:
+            body = problem_body(exc, self.path)
+            await self._settle(exc.status, body, exc.headers)
+            raise
+        except BaseException:
+            # Unknown outcome (a crash or a cancelled request): keep the key
+            # claimed as a 500 so a retry cannot repeat what may have happened.
+            await asyncio.shield(self._settle(500, {"detail": "the original request failed unexpectedly"}, {}))
+            raise
+        body = jsonable_encoder(result)
+        await self._settle(status_code, body, {})
+        return JSONResponse(body, status_code=status_code)
+
+    async def _claim(self, fingerprint: str) -> IdempotencyKey | None:
+        """Insert our claim; on conflict return the existing row (expired rows are replaced)."""
+        for _ in range(3):
+            try:
+                async with self.sessions.begin() as session:
+                    session.add(
+                        IdempotencyKey(
+                            scope=self.scope,
+                            key=self.key,
+                            request_hash=fingerprint,
+                            state="in_progress",
+                            created_at=utcnow(),
+                        )
+                    )
+                return None
+            except IntegrityError:
+                row = await self._load()
+                if row is None:
+                    continue  # released between our insert and our read: try again
+                if utcnow() - row.created_at > TTL:
+                    await self._delete(only_if_created=row.created_at)
+                    continue
+                return row
+        raise Conflict("The Idempotency-Key is being reused too fast; retry in a moment.", headers={"Retry-After": "1"})
+
+    async def _replay_when_done(self, row: IdempotencyKey, fingerprint: str) -> JSONResponse:
+        if row.request_hash != fingerprint:
+            raise InvalidInput(
+                "This Idempotency-Key was already used with a different request body. Use a new key for a new request.",
+                idempotency_key=self.key,
+            )
+        deadline = time.monotonic() + WAIT_SECONDS
+        while row.state != "done":
+            if time.monotonic() > deadline:
+                raise Conflict(
+                    "A request with this Idempotency-Key is still in progress; retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            await asyncio.sleep(POLL_SECONDS)
+            reloaded = await self._load()
+            if reloaded is None:
+                raise Conflict(
+                    "The first request with this Idempotency-Key was refused without effect; send it again.",
+                    headers={"Retry-After": "0"},
+                )
+            row = reloaded
+        headers = {**(row.response_headers or {}), REPLAY_HEADER: "true"}
+        status = row.response_status or 200
+        media_type = PROBLEM_CONTENT_TYPE if status >= 400 else "application/json"
+        return JSONResponse(row.response_body, status_code=status, headers=headers, media_type=media_type)
+
+    async def _settle(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        if not _stores_outcome(status):
+            await self._delete()
+            return
+        kept = {name: value for name, value in headers.items() if name.lower() in _STORED_HEADERS}
+        async with self.sessions.begin() as session:
+            row = await session.get(IdempotencyKey, (self.scope, self.key))
+            if row is not None:
+                row.state = "done"
+                row.response_status = status
+                row.response_body = body
+                row.response_headers = kept
+
+    async def _load(self) -> IdempotencyKey | None:
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(IdempotencyKey).where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
+            )
+
+    async def _delete(self, only_if_created: Any = None) -> None:
+        query = delete(IdempotencyKey).where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
+        if only_if_created is not None:
+            query = query.where(IdempotencyKey.created_at == only_if_created)
+        async with self.sessions.begin() as session:
+            await session.execute(query)
+
+
+def get_idempotency(
+    request: Request,
+    resources: ResourcesDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Any unique string (a UUID is best). A retry with the same key and body replays the "
+            "first answer instead of acting twice; valid for 24 hours.",
+        ),
+    ] = None,
+) -> Idempotency:
+    return Idempotency(resources.sessions, key=idempotency_key, method=request.method, path=request.url.path)
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -1,0 +1,204 @@
+"""The run ledger: every request or trigger that acts is a run; every skill call an action.
+
+Usage, from a router or workflow:
+
+    async with ledger.run("slack.notify", trigger="api", input_summary={...}) as run:
+        async with run.action("slack", "post_message") as action:
+            result = await slack.post_message(...)
+            action.external_id = result.ts
+
+A failure inside `run.action` is recorded (status `failed`, the error's
+detail) and re-raised; a failure inside `ledger.run` marks the run failed.
+Retries in skills report their attempts through `note_attempt()`, which finds
+the current action via a context variable, so skills never see the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from core.errors import ProblemError
+from core.store import Action, Run, utcnow
+
+logger = logging.getLogger("orchestrator.ledger")
+
+REDACTED = "***"
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|authorization|auth|signature|cookie)", re.I)
+_MAX_STRING = 500
+
+
+def redact(value: Any) -> Any:
+    """A copy safe to store: secret-looking keys masked, long strings truncated."""
+    if isinstance(value, Mapping):
+        return {
+            str(key): (REDACTED if _SECRET_KEY.search(str(key)) and val not in (None, "") else redact(val))
+            for key, val in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(item) for item in value]
+    if isinstance(value, str) and len(value) > _MAX_STRING:
+        return value[:_MAX_STRING] + f"… ({len(value)} chars)"
+    return value
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ProblemError):
+        return f"{exc.status} {exc.slug}: {exc.detail}"
+    return f"{type(exc).__name__}: {exc}"[:_MAX_STRING]
+
+
+@dataclass
+class ActionRecord:
+    """Mutable while the action runs; written when it ends."""
+
+    skill: str
+    operation: str
+    status: str = "ok"
+    external_id: str | None = None
+    request: dict[str, Any] | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+_current_action: ContextVar[ActionRecord | None] = ContextVar("current_action", default=None)
+
+
+def note_attempt() -> None:
+    """Called by retry loops once per attempt; counts toward the current action."""
+    record = _current_action.get()
+    if record is not None:
+        record.attempts += 1
+
+
+@dataclass
+class RunHandle:
+    ledger: Ledger
+    id: str
+    status: str | None = None  # set to override the final status ("partial", "dry_run", ...)
+    result: dict[str, Any] | None = None
+    actions: list[ActionRecord] = field(default_factory=list)
+
+    @asynccontextmanager
+    async def action(
+        self, skill: str, operation: str, *, request: dict[str, Any] | None = None
+    ) -> AsyncIterator[ActionRecord]:
+        record = ActionRecord(skill=skill, operation=operation, request=request)
+        token = _current_action.set(record)
+        started = time.perf_counter()
+        try:
+            yield record
+        except BaseException as exc:
+            record.status = "failed"
+            record.error = describe_error(exc)
+            raise
+        finally:
+            _current_action.reset(token)
+            self.actions.append(record)
+            await self.ledger.record_action(self.id, record, duration_ms=int((time.perf_counter() - started) * 1000))
+
+    async def skip(self, skill: str, operation: str, *, status: str, error: str | None = None) -> None:
+        """Record a step that did not run (`skipped` or `not_configured`)."""
+        record = ActionRecord(skill=skill, operation=operation, status=status, error=error)
+        self.actions.append(record)
+        await self.ledger.record_action(self.id, record, duration_ms=0)
+
+
+class Ledger:
+    def __init__(self, sessions: async_sessionmaker) -> None:
+        self.sessions = sessions
+
+    @asynccontextmanager
+    async def run(
+        self, kind: str, *, trigger: str, input_summary: Mapping[str, Any] | None = None, run_id: str | None = None
+    ) -> AsyncIterator[RunHandle]:
+        handle = RunHandle(
+            self, await self.start_run(kind, trigger=trigger, input_summary=input_summary, run_id=run_id)
+        )
+        try:
+            yield handle
+        except BaseException as exc:
+            await self.finish_run(handle.id, status="failed", error=describe_error(exc), result=handle.result)
+            raise
+        else:
+            await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result)
+
+    async def start_run(
+        self, kind: str, *, trigger: str, input_summary: Mapping[str, Any] | None = None, run_id: str | None = None
+    ) -> str:
+        run_id = run_id or uuid.uuid4().hex
+        async with self.sessions.begin() as session:
+            session.add(
+                Run(
+                    id=run_id,
+                    kind=kind,
+                    trigger=trigger,
+                    status="running",
+                    created_at=utcnow(),
+                    input_summary=redact(dict(input_summary or {})),
+                )
+            )
+        return run_id
+
+    async def finish_run(
+        self, run_id: str, *, status: str, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(status=status, finished_at=utcnow(), result=redact(result) if result else None, error=error)
+            )
+
+    async def record_action(self, run_id: str, record: ActionRecord, *, duration_ms: int) -> None:
+        async with self.sessions.begin() as session:
+            session.add(
+                Action(
+                    run_id=run_id,
+                    skill=record.skill,
+                    operation=record.operation,
+                    status=record.status,
+                    external_id=record.external_id,
+                    error=record.error,
+                    attempts=max(record.attempts, 1 if record.status in ("ok", "failed") else 0),
+                    duration_ms=duration_ms,
+                    request=redact(record.request) if record.request is not None else None,
+                    created_at=utcnow(),
+                )
+            )
+
+    async def list_runs(
+        self,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        trigger: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Run], int]:
+        query = select(Run)
+        counted = select(func.count()).select_from(Run)
+        for column, value in ((Run.kind, kind), (Run.status, status), (Run.trigger, trigger)):
+            if value is not None:
+                query = query.where(column == value)
+                counted = counted.where(column == value)
+        query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
+        async with self.sessions() as session:
+            runs = list((await session.scalars(query)).all())
+            total = int(await session.scalar(counted) or 0)
+        return runs, total
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self.sessions() as session:
+            return await session.scalar(select(Run).where(Run.id == run_id).options(selectinload(Run.actions)))

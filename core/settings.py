@@ -1,0 +1,240 @@
+"""Service configuration, read from the environment and `.env`.
+
+Every integration is optional: a missing token only marks that integration
+"not configured". An invalid value (a malformed URL, a non-integer port, an
+unknown enum) stops start-up with one message that names the variable and
+never echoes the value, because the value may be a secret.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.errors import ConfigurationError
+
+
+def _http_url(value: str) -> str:
+    """Accept only absolute http(s) URLs; keep the string exactly as given."""
+    try:
+        url = httpx.URL(value)
+    except Exception as exc:  # httpx raises several types for garbage input
+        raise ValueError("must be an absolute http:// or https:// URL") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
+
+
+class Settings(BaseSettings):
+    """All settings. Field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+        # `SLACK_BOT_TOKEN=` copied from .env.example means "not set", not "empty token".
+        env_ignore_empty=True,
+    )
+
+    # --- Core -------------------------------------------------------------
+    app_env: Literal["development", "production"] = "development"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    app_api_key: SecretStr | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    public_base_url: HttpUrlStr | None = None
+    trust_proxy_headers: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    timezone: str = "UTC"
+    dry_run: bool = False
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    http_max_connections: int = Field(100, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    rate_limit_per_minute: int = Field(60, ge=1)
+
+    # --- LLM --------------------------------------------------------------
+    gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
+    gemini_model: str = "gemini-3-flash-preview"
+    gemini_base_url: HttpUrlStr = "https://generativelanguage.googleapis.com"
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CLAUDE_API_KEY")
+    )
+    claude_model: str = "claude-haiku-4-5"
+    anthropic_base_url: HttpUrlStr = "https://api.anthropic.com"
+    local_llm_base_url: HttpUrlStr | None = None
+    local_llm_model: str | None = None
+    local_llm_api_key: SecretStr | None = None
+    router_word_threshold: int = Field(500, ge=1)
+    llm_timeout_seconds: float = Field(30.0, gt=0)
+    llm_max_attempts: int = Field(2, ge=1, le=10)
+    llm_max_tokens: int = Field(1024, ge=1)
+    max_input_chars: int = Field(200_000, ge=1)
+    store_prompts: bool = False
+
+    # --- Slack ------------------------------------------------------------
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_default_channel: str | None = None
+    slack_base_url: HttpUrlStr = "https://slack.com/api/"
+
+    # --- Toggl ------------------------------------------------------------
+    toggl_api_token: SecretStr | None = Field(None, validation_alias=AliasChoices("TOGGL_API_TOKEN", "TOGGL_API_KEY"))
+    toggl_workspace_id: int | None = Field(None, ge=1)
+    toggl_base_url: HttpUrlStr = "https://api.track.toggl.com/api/v9"
+
+    # --- Email ------------------------------------------------------------
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(None, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_seconds: float = Field(15.0, gt=0)
+
+    # --- WhatsApp (Twilio) -------------------------------------------------
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_whatsapp_number: str = "whatsapp:+14155238886"
+    twilio_base_url: HttpUrlStr = "https://api.twilio.com"
+    whatsapp_allowed_senders: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- Briefing and scheduler -------------------------------------------
+    briefing_cron: str | None = None
+    briefing_channel: str | None = None
+    briefing_task: str = "Deep Work"
+    briefing_timer_minutes: int = Field(90, ge=1, le=24 * 60)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("must be an IANA time zone name such as UTC or Europe/Berlin") from exc
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError("must be an SQLAlchemy URL such as sqlite+aiosqlite:///./data/app.db") from exc
+        if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError("must use an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("whatsapp_allowed_senders", mode="before")
+    @classmethod
+    def _split_senders(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("whatsapp_allowed_senders")
+    @classmethod
+    def _e164_senders(cls, value: list[str]) -> list[str]:
+        normalised = []
+        for number in value:
+            bare = number.removeprefix("whatsapp:")
+            if not (bare.startswith("+") and bare[1:].isdigit() and 8 <= len(bare) <= 16):
+                raise ValueError("must be a comma-separated list of E.164 numbers such as +15551234567")
+            normalised.append(bare)
+        return normalised
+
+    @field_validator("briefing_cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError("must be a five-field crontab expression such as '0 8 * * 1-5'") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _production_guards(self) -> Settings:
+        if self.app_env == "production" and self.app_api_key is None:
+            raise ValueError(
+                "APP_API_KEY must be set when APP_ENV=production: every action endpoint would be open to anyone"
+            )
+        if self.app_env == "production" and self.twilio_auth_token and not self.whatsapp_allowed_senders:
+            raise ValueError(
+                "WHATSAPP_ALLOWED_SENDERS must list the E.164 numbers allowed to command the service "
+                "when APP_ENV=production and WhatsApp is configured"
+            )
+        return self
+
+    # --- Derived values ----------------------------------------------------
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def effective_smtp_port(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.smtp_security]
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, unwrapped; used only to scrub logs."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                if len(raw) >= 4:
+                    values.append(raw)
+        return values
+
+
+def env_name(field: str) -> str:
+    """The primary environment variable name of a settings field."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field.upper()
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One readable line per bad variable; never includes the rejected value."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in item["loc"]]
+        if loc and loc[0] in Settings.model_fields:
+            name = env_name(loc[0])
+        elif loc:
+            name = loc[0].upper()
+        else:
+            name = "configuration"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "Invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and `.env`; raise ConfigurationError on bad values."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None

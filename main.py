@@ -1,0 +1,105 @@
+"""Application factory: `uvicorn main:app`, or `python main.py` to use API_HOST and API_PORT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from core import __version__
+from core.auth import require_api_key
+from core.errors import ConfigurationError, ProblemDetails, add_exception_handlers
+from core.log import configure_logging
+from core.middleware import RequestContextMiddleware
+from core.registry import Registry
+from core.resources import open_resources
+from core.settings import Settings, load_settings
+from routers import health, runs
+from services import PROVIDERS
+from skills import SKILLS
+
+logger = logging.getLogger("orchestrator")
+
+DESCRIPTION = """
+Turns natural-language tasks into actions on your own productivity tools:
+Slack, Toggl Track, email and WhatsApp, with text generation routed between
+Gemini and Claude.
+
+Every endpoint except `/health`, the docs and the signed webhooks needs the
+API key (`X-API-Key` or `Authorization: Bearer`) when `APP_API_KEY` is set.
+Errors are RFC 9457 problem details (`application/problem+json`).
+"""
+
+TAGS = [
+    {"name": "health", "description": "Liveness, database and integration status."},
+    {"name": "ledger", "description": "Every run and every action it performed."},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    registry = Registry([*PROVIDERS, *SKILLS])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secret_values())
+        async with AsyncExitStack() as stack:
+            app.state.resources = await open_resources(settings, registry, stack)
+            for item in registry:
+                if not item.configured(settings):
+                    logger.info("%s not configured (set %s)", item.name, ", ".join(item.missing(settings)))
+            logger.info("started version=%s environment=%s", __version__, settings.app_env)
+            yield
+        logger.info("stopped")
+
+    app = FastAPI(
+        title="AI Productivity Orchestrator",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    add_exception_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Register the problem schema once so every `responses=` entry can reference it.
+    app.openapi_schema = None
+    _original_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = _original_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {})["ProblemDetails"] = (
+                ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(runs.router, dependencies=protected)
+    return app
+
+
+def _app_or_exit() -> FastAPI:
+    try:
+        return create_app()
+    except ConfigurationError as exc:
+        # One clear line and a non-zero exit, no traceback: the message names the variable.
+        sys.exit(f"error: {exc}")
+
+
+app = _app_or_exit()
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    settings = app.state.settings
+    uvicorn.run("main:app", host=settings.api_host, port=settings.api_port, log_config=None, proxy_headers=False)

@@ -1,0 +1,111 @@
+"""The run ledger, read-only: GET /runs and GET /runs/{id}."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict
+
+from core.deps import LedgerDep
+from core.errors import NotFound, problem_responses
+
+router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422))
+
+
+class ActionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    skill: str
+    operation: str
+    status: str
+    external_id: str | None
+    error: str | None
+    attempts: int
+    duration_ms: int
+    request: dict[str, Any] | None
+    created_at: datetime
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    trigger: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    input_summary: dict[str, Any]
+    error: str | None
+
+
+class RunDetail(RunOut):
+    result: dict[str, Any] | None
+    actions: list[ActionOut]
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "items": [
+                    {
+                        "id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                        "kind": "toggl.start_timer",
+                        "trigger": "api",
+                        "status": "ok",
+                        "created_at": "2026-11-25T08:00:00Z",
+                        "finished_at": "2026-11-25T08:00:01Z",
+                        "input_summary": {"task_name": "Deep Work", "duration_minutes": 90},
+                        "error": None,
+                    }
+                ],
+                "total": 1,
+                "limit": 50,
+                "offset": 0,
+                "next_offset": None,
+            }
+        }
+    )
+
+
+@router.get("/runs", summary="List runs, newest first", response_model=RunPage)
+async def list_runs(
+    ledger: LedgerDep,
+    kind: Annotated[str | None, Query(max_length=64, description="e.g. slack.notify")] = None,
+    status: Annotated[str | None, Query(max_length=16, description="running, ok, partial, failed, dry_run")] = None,
+    trigger: Annotated[str | None, Query(max_length=16, description="api, whatsapp, slack or schedule")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> RunPage:
+    runs, total = await ledger.list_runs(kind=kind, status=status, trigger=trigger, limit=limit, offset=offset)
+    next_offset = offset + len(runs) if offset + len(runs) < total else None
+    return RunPage(
+        items=[RunOut.model_validate(run) for run in runs],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=next_offset,
+    )
+
+
+@router.get(
+    "/runs/{run_id}",
+    summary="One run with its actions",
+    response_model=RunDetail,
+    responses=problem_responses(404),
+)
+async def get_run(ledger: LedgerDep, run_id: Annotated[str, Path(max_length=64)]) -> RunDetail:
+    run = await ledger.get_run(run_id)
+    if run is None:
+        raise NotFound(f"No run with id {run_id}. List runs with GET /runs.")
+    return RunDetail.model_validate(run)
