@@ -19,7 +19,7 @@ from core.resources import open_resources
 from core.settings import Settings, load_settings
 from routers import health, runs
 from services import PROVIDERS
-from skills import SKILLS
+from skills import SKILLS, open_skills
 
 logger = logging.getLogger("orchestrator")
 
@@ -47,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secret_values())
         async with AsyncExitStack() as stack:
-            app.state.resources = await open_resources(settings, registry, stack)
+            resources = await open_resources(settings, registry, stack)
+            app.state.resources = resources
+            app.state.skills = await open_skills(resources, stack)
             for item in registry:
                 if not item.configured(settings):
                     logger.info("%s not configured (set %s)", item.name, ", ".join(item.missing(settings)))

@@ -36,6 +36,10 @@ class ProblemError(Exception):
     status: int = 500
     slug: str = "internal-error"
     title: str = "Internal error"
+    #: Whether the same call may succeed if tried again (read by core.upstream.with_retries).
+    retryable: bool = False
+    #: Seconds the upstream asked us to wait before trying again, when it said.
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -44,10 +48,13 @@ class ProblemError(Exception):
         status: int | None = None,
         title: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
         **extras: Any,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
+        if retryable is not None:
+            self.retryable = retryable
         if status is not None:
             self.status = status
         if title is not None:
@@ -123,19 +130,23 @@ class UpstreamError(ProblemError):
 
 class UpstreamTimeout(UpstreamError):
     status, slug, title = 504, "upstream-timeout", "Upstream service timed out"
+    retryable = True
 
 
 class UpstreamUnavailable(UpstreamError):
     """Connection refused or reset: the upstream could not be reached at all."""
 
     status, slug, title = 503, "upstream-unavailable", "Upstream service unreachable"
+    retryable = True
 
 
 class UpstreamRateLimited(UpstreamError):
     status, slug, title = 429, "upstream-rate-limited", "Upstream rate limit reached"
+    retryable = True
 
     def __init__(self, detail: str, *, upstream: str, retry_after: float | None = None, **extras: Any) -> None:
         super().__init__(detail, upstream=upstream, retry_after=_whole_seconds(retry_after), **extras)
+        self.retry_after = retry_after
         if retry_after is not None:
             self.headers["Retry-After"] = str(_whole_seconds(retry_after))
 

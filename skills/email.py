@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.registry import Integration
+from core.resources import Resources
 from core.settings import Settings
 
 
@@ -19,3 +20,14 @@ INTEGRATION = Integration(
     operations=("send_email",),
     extra_check=_sender_missing,
 )
+
+
+class EmailSkill:
+    """SMTP with aiosmtplib; one connection per message."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+
+def open_skill(resources: Resources) -> EmailSkill:
+    return EmailSkill(resources.settings)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
+
 from core.registry import Integration
+from core.resources import Resources
+from core.settings import Settings
 
 INTEGRATION = Integration(
     name="whatsapp",
@@ -12,3 +16,15 @@ INTEGRATION = Integration(
     optional=("TWILIO_WHATSAPP_NUMBER", "TWILIO_BASE_URL", "WHATSAPP_ALLOWED_SENDERS"),
     operations=("send_message",),
 )
+
+
+class WhatsAppSkill:
+    """Twilio's REST API over the shared httpx client."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.http = http
+
+
+def open_skill(resources: Resources) -> WhatsAppSkill:
+    return WhatsAppSkill(resources.settings, resources.http)

@@ -1,0 +1,99 @@
+"""Calling upstream APIs: one retry loop, transport-error mapping, Retry-After parsing.
+
+Skills turn each vendor's failure shape into a domain error (`core.errors`)
+and mark it `retryable` or not; `with_retries` is the only loop that retries.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from core.errors import ProblemError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.ledger import note_attempt
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS = 3
+DEFAULT_MAX_WAIT_SECONDS = 30.0
+BASE_DELAY_SECONDS = 0.25
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def transport_error(exc: httpx.TransportError, *, upstream: str, hint: str = "") -> UpstreamError:
+    """Map an httpx transport failure to a retryable domain error."""
+    suffix = f" {hint}" if hint else ""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{upstream} did not answer in time ({type(exc).__name__}).{suffix}", upstream=upstream)
+    return UpstreamUnavailable(f"{upstream} could not be reached ({type(exc).__name__}).{suffix}", upstream=upstream)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProblemError) and exc.retryable
+
+
+def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(retry_after)
+        # Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s, ... capped.
+        return random.uniform(0, min(max_wait, BASE_DELAY_SECONDS * 2 ** (state.attempt_number - 1)))  # noqa: S311
+
+    return wait
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
+) -> T:
+    """Run `call`, retrying retryable domain errors with bounded attempts and backoff.
+
+    A `Retry-After` longer than `max_wait_seconds` is not waited out: the error
+    is raised at once so the caller can pass `Retry-After` on to its client.
+    Each attempt is counted on the current ledger action.
+    """
+
+    def should_retry(exc: BaseException) -> bool:
+        if not _is_retryable(exc):
+            return False
+        retry_after = getattr(exc, "retry_after", None)
+        return retry_after is None or retry_after <= max_wait_seconds
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=_wait(max_wait_seconds),
+        retry=retry_if_exception(should_retry),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            note_attempt()
+            return await call()
+    raise AssertionError("unreachable")  # pragma: no cover

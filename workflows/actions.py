@@ -1,0 +1,37 @@
+"""Run one skill call as a recorded run: the path every single-action endpoint takes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from core.ledger import Ledger
+from core.outcome import ActionOutcome
+
+O = TypeVar("O", bound=ActionOutcome)  # noqa: E741
+
+
+async def perform_action(
+    ledger: Ledger,
+    *,
+    kind: str,
+    trigger: str,
+    skill: str,
+    operation: str,
+    input_summary: Mapping[str, Any],
+    call: Callable[[], Awaitable[O]],
+) -> tuple[str, O]:
+    """Record a run with one action around `call`; return the run id and the outcome.
+
+    A failure is recorded (run and action `failed`, with the reason) and re-raised
+    for the error mapping to answer.
+    """
+    async with ledger.run(kind, trigger=trigger, input_summary=input_summary) as run:
+        async with run.action(skill, operation) as action:
+            outcome = await call()
+            action.external_id = outcome.ledger_external_id()
+            action.request = outcome.payload
+            action.status = "dry_run" if outcome.dry_run else "ok"
+        run.status = "dry_run" if outcome.dry_run else "ok"
+        run.result = outcome.model_dump(mode="json")
+    return run.id, outcome
