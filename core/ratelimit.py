@@ -1,0 +1,99 @@
+"""Per-client rate limit on the endpoints that spend money (LLM tokens, email, WhatsApp, the briefing).
+
+OWASP API4 (unrestricted resource consumption): one leaked key or one looping
+script must not be able to burn through LLM credit or Twilio balance. The
+limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint over a moving
+60-second window, kept in process memory by the `limits` library.
+
+A client is identified by its API key when it sends one (hashed: the key itself
+is never kept), otherwise by its IP address. Each costly endpoint has its own
+budget, so a burst of LLM calls does not block an urgent email.
+
+Attach it where a router is included:
+
+    app.include_router(ai.router, dependencies=[*protected, RateLimitDep])
+
+Placed after the API-key check, so an unauthenticated caller gets its 401
+before it can consume anyone's budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from core.errors import RateLimited
+
+_STATE_ATTRIBUTE = "client_rate_limiter"
+
+
+class ClientRateLimiter:
+    """A moving-window limit of `per_minute` hits per (client, endpoint)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.item = RateLimitItemPerMinute(per_minute)
+        # Moving window rather than fixed: a fixed window lets a client spend twice
+        # its budget across a window boundary (60 at 0:59, 60 more at 1:00).
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def hit(self, client: str, endpoint: str) -> None:
+        """Count one request; raise RateLimited (429 + Retry-After) when over the limit."""
+        if await self._limiter.hit(self.item, endpoint, client):
+            return
+        stats = await self._limiter.get_window_stats(self.item, endpoint, client)
+        # reset_time is when the oldest hit in the window expires: the earliest a retry can succeed.
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(
+            f"Rate limit of {self.item.amount} requests per minute on {endpoint} reached for this client. "
+            f"Retry after {retry_after} s.",
+            retry_after=retry_after,
+            limit_per_minute=self.item.amount,
+        )
+
+
+def client_identity(request: Request) -> str:
+    """The API key (hashed) if one was sent, else the client address."""
+    supplied = request.headers.get("x-api-key")
+    if not supplied:
+        authorization = request.headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        supplied = credentials.strip() if scheme.lower() == "bearer" else ""
+    if supplied:
+        return "key:" + hashlib.sha256(supplied.encode()).hexdigest()[:32]
+    settings = request.app.state.settings
+    if settings.trust_proxy_headers:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        # The right-most entry is the one our own trusted proxy appended; the
+        # left-most is whatever the client chose to send.
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return "ip:" + hops[-1]
+    return "ip:" + (request.client.host if request.client else "unknown")
+
+
+def get_rate_limiter(request: Request) -> ClientRateLimiter:
+    """One limiter per app, created on first use (no await in between, so no race)."""
+    limiter = getattr(request.app.state, _STATE_ATTRIBUTE, None)
+    if limiter is None:
+        limiter = ClientRateLimiter(request.app.state.settings.rate_limit_per_minute)
+        setattr(request.app.state, _STATE_ATTRIBUTE, limiter)
+    return limiter
+
+
+async def enforce_rate_limit(
+    request: Request, limiter: Annotated[ClientRateLimiter, Depends(get_rate_limiter)]
+) -> None:
+    route = request.scope.get("route")
+    # The route template, not the raw path: /runs/1 and /runs/2 share one budget.
+    endpoint = getattr(route, "path", None) or request.url.path
+    await limiter.hit(client_identity(request), endpoint)
+
+
+RateLimitDep = Depends(enforce_rate_limit)

@@ -1,0 +1,116 @@
+"""Per-client rate limit (core/ratelimit.py): 429 problem with Retry-After, keyed by API key or client IP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from core.errors import PROBLEM_CONTENT_TYPE, add_exception_handlers
+from core.ratelimit import RateLimitDep, client_identity
+from core.settings import Settings
+
+
+def _app(per_minute: int, **settings: object) -> FastAPI:
+    """A bare app with one limited route; the real costly routes are covered in test_costly_routes_limited."""
+    app = FastAPI()
+    app.state.settings = Settings(_env_file=None, rate_limit_per_minute=per_minute, **settings)
+    add_exception_handlers(app)
+
+    @app.post("/spend/{item}", dependencies=[RateLimitDep])
+    async def spend(item: str) -> dict[str, str]:
+        return {"spent": item}
+
+    @app.post("/other", dependencies=[RateLimitDep])
+    async def other() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def _client(app: FastAPI, ip: str = "203.0.113.7") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(ip, 51000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+async def test_over_the_limit_is_a_429_problem_with_retry_after():
+    app = _app(3)
+    async with _client(app) as client:
+        ok = [await client.post(f"/spend/{n}") for n in range(3)]
+        refused = await client.post("/spend/9")
+    assert [r.status_code for r in ok] == [200, 200, 200]
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    body = refused.json()
+    assert body["type"] == "/problems/rate-limited"
+    assert body["status"] == 429
+    assert body["limit_per_minute"] == 3
+    assert body["retry_after"] == retry_after
+    # The template, not the raw path: different path parameters share one budget.
+    assert "/spend/{item}" in body["detail"]
+
+
+async def test_each_client_ip_has_its_own_budget():
+    app = _app(1)
+    async with _client(app, "203.0.113.7") as first, _client(app, "198.51.100.2") as second:
+        assert (await first.post("/spend/a")).status_code == 200
+        assert (await first.post("/spend/a")).status_code == 429
+        assert (await second.post("/spend/a")).status_code == 200
+
+
+async def test_api_key_identifies_the_client_across_addresses():
+    app = _app(1)
+    async with _client(app, "203.0.113.7") as first, _client(app, "198.51.100.2") as second:
+        assert (await first.post("/spend/a", headers={"X-API-Key": "k-1"})).status_code == 200
+        # Same key from another address: same budget.
+        assert (await second.post("/spend/a", headers={"Authorization": "Bearer k-1"})).status_code == 429
+        # Another key from the first address: its own budget.
+        assert (await first.post("/spend/a", headers={"X-API-Key": "k-2"})).status_code == 200
+
+
+async def test_each_endpoint_has_its_own_budget():
+    app = _app(1)
+    async with _client(app) as client:
+        assert (await client.post("/spend/a")).status_code == 200
+        assert (await client.post("/spend/a")).status_code == 429
+        assert (await client.post("/other")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("trust", "forwarded", "expected"),
+    [
+        (False, "192.0.2.1", "ip:203.0.113.7"),  # untrusted header ignored
+        (True, "192.0.2.1", "ip:192.0.2.1"),
+        (True, "10.9.9.9, 192.0.2.1", "ip:192.0.2.1"),  # right-most hop: the one our proxy added
+        (True, "", "ip:203.0.113.7"),
+    ],
+)
+async def test_forwarded_for_only_when_trusted(trust: bool, forwarded: str, expected: str):
+    app = _app(5, trust_proxy_headers=trust)
+    seen: list[str] = []
+
+    @app.get("/who")
+    async def who(request: Request) -> dict[str, str]:
+        seen.append(client_identity(request))
+        return {}
+
+    async with _client(app) as client:
+        await client.get("/who", headers={"X-Forwarded-For": forwarded} if forwarded else {})
+    assert seen == [expected]
+
+
+async def test_key_is_hashed_not_kept():
+    app = _app(5)
+    seen: list[str] = []
+
+    @app.get("/who")
+    async def who(request: Request) -> dict[str, str]:
+        seen.append(client_identity(request))
+        return {}
+
+    async with _client(app) as client:
+        await client.get("/who", headers={"X-API-Key": "super-secret-key"})
+    assert seen[0].startswith("key:")
+    assert "super-secret-key" not in seen[0]
