@@ -179,3 +179,47 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+# --- Inbound messages and the scheduler (issue 6) ---------------------------------
+
+
+class InboundMessage(Base):
+    """One delivery of a webhook message, keyed by the sender's own id so a redelivery is refused by the database."""
+
+    __tablename__ = "inbound_messages"
+
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)  # "whatsapp" | "slack"
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # MessageSid | event_id
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_inbound_messages_received_at", "received_at"),)
+
+
+class ScheduledJob(Base):
+    """A persisted one-off job (a planned timer stop): it survives restarts and is fired by whichever worker wins."""
+
+    __tablename__ = "scheduled_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "timer_stop"
+    run_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))  # pending | done | failed | cancelled
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_scheduled_jobs_status_run_at", "status", "run_at"),)
+
+
+class JobFire(Base):
+    """The claim of one firing: the primary key (job_id, fire_time) lets exactly one worker run it."""
+
+    __tablename__ = "job_fires"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fire_time: Mapped[datetime] = mapped_column(primary_key=True)
+    worker: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
