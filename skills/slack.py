@@ -1,15 +1,37 @@
-"""Slack skill: post messages with slack_sdk's AsyncWebClient."""
+"""Slack skill: post messages with slack_sdk's AsyncWebClient.
+
+Slack answers most failures with HTTP 200 and `{"ok": false, "error": "..."}`;
+slack_sdk raises `SlackApiError` for those and for any non-200 answer. This
+module turns each into a domain error (`core.errors`) and lets
+`core.upstream.with_retries` be the only retry loop: the SDK's own retry
+handlers are switched off in `open_skill`.
+"""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
+from pydantic import Field
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from core.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ProblemError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
+from core.upstream import parse_retry_after, with_retries
 
 INTEGRATION = Integration(
     name="slack",
@@ -20,6 +42,43 @@ INTEGRATION = Integration(
     operations=("post_message",),
 )
 
+UPSTREAM = "slack"
+#: Attempts per message, counting the first (429, 5xx, timeouts and unreachable are retried).
+ATTEMPTS = 3
+#: A Retry-After longer than this is passed on to the caller as a 429 instead of being waited out:
+#: an HTTP caller should not hang for a minute on a rate limit.
+MAX_RETRY_WAIT_SECONDS = 10.0
+#: Slack rejects more than 50 blocks in one message.
+MAX_BLOCKS = 50
+
+_CREDENTIAL_HINT = "Check SLACK_BOT_TOKEN: it must be a valid bot token (xoxb-...) of an installed, active app."
+_AUTH_ERRORS = {
+    "invalid_auth",
+    "not_authed",
+    "account_inactive",
+    "token_revoked",
+    "token_expired",
+    "not_allowed_token_type",
+}
+_INPUT_ERRORS = {
+    "msg_too_long": "The message is too long for Slack; shorten it.",
+    "no_text": "The message has no text: send a non-empty message or blocks.",
+    "invalid_blocks": "Slack rejected the blocks; check them in Block Kit Builder.",
+    "invalid_blocks_format": "The blocks are not a valid Block Kit array.",
+    "too_many_attachments": "Too many attachments in one message.",
+    "invalid_arguments": "Slack rejected the request's arguments.",
+}
+
+
+class SlackPosted(ActionOutcome):
+    """A posted (or, in a dry run, validated) Slack message."""
+
+    channel: str = Field(description="The channel as Slack reports it (an ID such as C0123456789) or as requested.")
+    ts: str | None = Field(None, description="The message timestamp, Slack's message id; None in a dry run.")
+
+    def ledger_external_id(self) -> str | None:
+        return f"{self.channel}/{self.ts}" if self.ts else None
+
 
 class SlackSkill:
     """Slack Web API through slack_sdk's AsyncWebClient on one shared aiohttp session."""
@@ -28,11 +87,151 @@ class SlackSkill:
         self.settings = settings
         self.client = client
 
+    async def post_message(
+        self,
+        *,
+        text: str,
+        channel: str | None = None,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        dry_run: bool = False,
+    ) -> SlackPosted:
+        """Post `text` (the notification fallback when `blocks` are given) to `channel` or SLACK_DEFAULT_CHANNEL."""
+        INTEGRATION.require(self.settings)
+        target = (channel or self.settings.slack_default_channel or "").strip()
+        if not target:
+            raise InvalidInput("No Slack channel: pass `channel` or set SLACK_DEFAULT_CHANNEL.")
+        if not text.strip():
+            # Always required, even with blocks: it is the notification and screen-reader fallback.
+            raise InvalidInput("The message text is empty.")
+        if blocks is not None and len(blocks) > MAX_BLOCKS:
+            raise InvalidInput(f"Slack accepts at most {MAX_BLOCKS} blocks per message; got {len(blocks)}.")
+
+        payload: dict[str, Any] = {"channel": target, "text": text}
+        if blocks:
+            payload["blocks"] = blocks
+        if thread_ts:
+            payload["thread_ts"] = thread_ts
+        if dry_run:
+            return SlackPosted(dry_run=True, channel=target, ts=None, payload=payload)
+
+        data = await with_retries(
+            lambda: self._post(payload), attempts=ATTEMPTS, max_wait_seconds=MAX_RETRY_WAIT_SECONDS
+        )
+        return SlackPosted(channel=str(data.get("channel") or target), ts=data.get("ts"), payload=payload)
+
+    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One attempt: the response body on success, a domain error otherwise."""
+        try:
+            response = await self.client.chat_postMessage(**payload)
+        except SlackApiError as exc:
+            raise slack_error(exc, channel=payload["channel"]) from None
+        except TimeoutError:
+            # aiohttp's ClientTimeout raises asyncio.TimeoutError (TimeoutError since Python 3.11).
+            raise UpstreamTimeout(
+                f"Slack did not answer within {self.settings.http_timeout_seconds:g} s.", upstream=UPSTREAM
+            ) from None
+        except aiohttp.ClientError as exc:
+            # Connection refused, reset or dropped mid-answer.
+            raise UpstreamUnavailable(
+                f"Slack could not be reached ({type(exc).__name__}).", upstream=UPSTREAM
+            ) from None
+        except AttributeError:
+            # slack_sdk reads a 200 text/plain answer as a str and then calls `.get` on it.
+            raise UpstreamError("Slack answered with plain text instead of JSON.", upstream=UPSTREAM) from None
+        data = response.data
+        if not isinstance(data, dict) or not data.get("ts"):
+            raise UpstreamError("Slack accepted the message but its answer has no `ts`.", upstream=UPSTREAM)
+        return data
+
+
+def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
+    """Map one SlackApiError (an `ok: false` body or a non-200 answer) to a domain error."""
+    response = exc.response
+    # A SlackResponse has status_code/data; for an unparseable body the SDK passes the raw aiohttp response.
+    status = getattr(response, "status_code", None) or getattr(response, "status", None) or 0
+    data = getattr(response, "data", None)
+    headers = getattr(response, "headers", None) or {}
+    error = data.get("error") if isinstance(data, dict) else None
+
+    if status == 429:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        return UpstreamRateLimited(
+            "Slack's rate limit was reached (about one message per second per channel)."
+            + (f" Slack asks to wait {retry_after:g} s." if retry_after is not None else ""),
+            upstream=UPSTREAM,
+            retry_after=retry_after,
+            slack_error=error,
+        )
+    if status >= 500:
+        if status == 503:
+            return UpstreamUnavailable(f"Slack is unavailable (HTTP {status}).", upstream=UPSTREAM, slack_error=error)
+        return UpstreamError(
+            f"Slack failed with HTTP {status}.",
+            upstream=UPSTREAM,
+            upstream_status=status,
+            slack_error=error,
+            retryable=True,
+        )
+    if error is None:
+        # A 200 whose body is not JSON (an HTML error page from a proxy), or a 4xx without Slack's error shape.
+        return UpstreamError(
+            f"Slack answered HTTP {status} without a usable JSON body.", upstream=UPSTREAM, upstream_status=status
+        )
+    return _mapped_ok_false(str(error), data, channel=channel)
+
+
+def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> ProblemError:
+    if error == "channel_not_found":
+        return NotFound(
+            f"Slack channel {channel!r} was not found. Use a channel ID (C0123456789) or a name the bot can see.",
+            upstream=UPSTREAM,
+            slack_error=error,
+        )
+    if error == "not_in_channel":
+        return Conflict(
+            f"The bot is not a member of {channel!r}. Invite it first: type `/invite @your-bot` in that channel.",
+            upstream=UPSTREAM,
+            slack_error=error,
+        )
+    if error == "is_archived":
+        return Conflict(
+            f"Slack channel {channel!r} is archived. Unarchive it or choose another channel.",
+            upstream=UPSTREAM,
+            slack_error=error,
+        )
+    if error in _AUTH_ERRORS:
+        return UpstreamError(
+            f"Slack refused the token ({error}). {_CREDENTIAL_HINT}",
+            upstream=UPSTREAM,
+            slack_error=error,
+            settings=["SLACK_BOT_TOKEN"],
+        )
+    if error == "missing_scope":
+        needed = data.get("needed") or "chat:write"
+        return UpstreamError(
+            f"SLACK_BOT_TOKEN lacks the {needed} scope. Add it under OAuth & Permissions and reinstall the app.",
+            upstream=UPSTREAM,
+            slack_error=error,
+            settings=["SLACK_BOT_TOKEN"],
+        )
+    if error in _INPUT_ERRORS:
+        return InvalidInput(_INPUT_ERRORS[error], upstream=UPSTREAM, slack_error=error)
+    if error == "ratelimited":
+        return UpstreamRateLimited("Slack's rate limit was reached.", upstream=UPSTREAM, slack_error=error)
+    if error == "service_unavailable":
+        return UpstreamUnavailable("Slack is temporarily unavailable.", upstream=UPSTREAM, slack_error=error)
+    if error == "request_timeout":
+        # Slack says the POST body was missing or truncated: nothing was posted, so a retry is safe.
+        return UpstreamTimeout("Slack timed out reading the request.", upstream=UPSTREAM, slack_error=error)
+    return UpstreamError(f"Slack refused the message: {error}.", upstream=UPSTREAM, slack_error=error)
+
 
 async def open_skill(resources: Resources, stack: AsyncExitStack) -> SlackSkill:
     settings = resources.settings
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.http_timeout_seconds))
     stack.push_async_callback(session.close)
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    client = AsyncWebClient(token=token, base_url=settings.slack_base_url, session=session)
+    # retry_handlers=[]: the SDK would otherwise retry connection errors itself, on top of with_retries.
+    client = AsyncWebClient(token=token, base_url=settings.slack_base_url, session=session, retry_handlers=[])
     return SlackSkill(settings, client)

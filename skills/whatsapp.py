@@ -1,12 +1,32 @@
-"""WhatsApp skill: send messages through Twilio's REST API."""
+"""WhatsApp skill: send messages through Twilio's REST API.
+
+twilio-python's async client runs on aiohttp and has no base-URL setting, so
+this module posts the form itself over the shared httpx client: one request
+per message part, Basic auth `SID:token`, errors mapped from Twilio's
+`{"code", "message", "more_info", "status"}` body to domain errors.
+"""
 
 from __future__ import annotations
 
-import httpx
+import re
+from typing import Any
 
+import httpx
+from pydantic import Field
+
+from core.errors import (
+    Conflict,
+    InvalidInput,
+    ProblemError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
+from core.upstream import parse_retry_after, transport_error, with_retries
 
 INTEGRATION = Integration(
     name="whatsapp",
@@ -17,6 +37,86 @@ INTEGRATION = Integration(
     operations=("send_message",),
 )
 
+UPSTREAM = "twilio"
+PREFIX = "whatsapp:"
+#: Twilio refuses a Body over 1,600 characters (error 21617).
+MAX_BODY_CHARS = 1600
+#: A longer text is refused rather than sent as dozens of paid messages.
+MAX_PARTS = 10
+ATTEMPTS = 3
+MAX_RETRY_WAIT_SECONDS = 10.0
+
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_CREDENTIALS = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+
+
+class WhatsAppSent(ActionOutcome):
+    """The messages Twilio accepted (or, in a dry run, would have been asked to send)."""
+
+    to: str = Field(description="The recipient as sent to Twilio: whatsapp:+E164.")
+    sids: list[str] = Field(default_factory=list, description="Twilio message SIDs, one per part, in order.")
+    parts: int = Field(description="How many messages the body was split into (1,600 characters each at most).")
+
+    def ledger_external_id(self) -> str | None:
+        if not self.sids:
+            return None
+        joined = ",".join(self.sids)
+        return joined if len(joined) <= 255 else f"{self.sids[0]} (+{len(self.sids) - 1} more)"
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _fitting_prefix(text: str, limit: int) -> int:
+    """How many code points of `text` fit in `limit` UTF-16 code units."""
+    units = 0
+    for index, char in enumerate(text):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > limit:
+            return index
+    return len(text)
+
+
+def split_message(body: str, limit: int = MAX_BODY_CHARS) -> list[str]:
+    """Split `body` into parts of at most `limit` characters, on word boundaries where possible.
+
+    Length is counted in UTF-16 code units, as Twilio counts message length, so
+    an emoji counts as two; this errs on the short side and never splits one.
+    A word longer than `limit` is cut hard. Whitespace at a cut is dropped.
+    """
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    parts: list[str] = []
+    rest = body.strip()
+    while _utf16_units(rest) > limit:
+        fit = _fitting_prefix(rest, limit)
+        # A whitespace right after the fitting prefix is a boundary too, hence fit + 1.
+        window = rest[: fit + 1]
+        cut = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
+        if cut <= 0:
+            part, rest = rest[:fit], rest[fit:]
+        else:
+            part, rest = rest[:cut], rest[cut + 1 :]
+        part = part.rstrip()
+        rest = rest.lstrip()
+        if part:
+            parts.append(part)
+    if rest.strip():
+        parts.append(rest)
+    return parts
+
+
+def whatsapp_address(number: str) -> str:
+    """`+15551234567` or `whatsapp:+15551234567` -> `whatsapp:+15551234567`; 422 for anything else."""
+    bare = number.removeprefix(PREFIX)
+    if not _E164.match(bare):
+        raise InvalidInput(
+            "`to` must be an E.164 number such as +15551234567, optionally prefixed with whatsapp:.",
+            field="to",
+        )
+    return PREFIX + bare
+
 
 class WhatsAppSkill:
     """Twilio's REST API over the shared httpx client."""
@@ -24,6 +124,142 @@ class WhatsAppSkill:
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.http = http
+
+    @property
+    def messages_url(self) -> str:
+        base = self.settings.twilio_base_url.rstrip("/")
+        return f"{base}/2010-04-01/Accounts/{self.settings.twilio_account_sid}/Messages.json"
+
+    async def send_message(self, *, to: str, body: str, dry_run: bool = False) -> WhatsAppSent:
+        """Send `body` to `to`, split into several messages (in order) when over 1,600 characters."""
+        INTEGRATION.require(self.settings)
+        recipient = whatsapp_address(to)
+        sender = self.settings.twilio_whatsapp_number
+        sender = sender if sender.startswith(PREFIX) else PREFIX + sender
+        parts = split_message(body)
+        if not parts:
+            raise InvalidInput("The message body is empty.", field="body")
+        if len(parts) > MAX_PARTS:
+            raise InvalidInput(
+                f"The body would need {len(parts)} WhatsApp messages; the limit is {MAX_PARTS} "
+                f"({MAX_PARTS * MAX_BODY_CHARS} characters).",
+                field="body",
+            )
+        forms = [{"From": sender, "To": recipient, "Body": part} for part in parts]
+        payload: dict[str, Any] = {"url": self.messages_url, "messages": forms}
+        if dry_run:
+            return WhatsAppSent(dry_run=True, to=recipient, sids=[], parts=len(parts), payload=payload)
+
+        sids: list[str] = []
+        for index, form in enumerate(forms):
+            try:
+                sid = await with_retries(
+                    lambda form=form: self._create(form), attempts=ATTEMPTS, max_wait_seconds=MAX_RETRY_WAIT_SECONDS
+                )
+            except ProblemError as exc:
+                if sids:
+                    # Earlier parts are already delivered: say so, so a caller does not resend them blindly.
+                    exc.detail = f"{exc.detail} Parts 1-{index} of {len(forms)} were sent; part {index + 1} failed."
+                    exc.extras["sent_sids"] = list(sids)
+                raise
+            sids.append(sid)
+        return WhatsAppSent(to=recipient, sids=sids, parts=len(parts), payload=payload)
+
+    async def _create(self, form: dict[str, str]) -> str:
+        """One POST to Messages.json; the new message's SID, or a domain error."""
+        token = self.settings.twilio_auth_token
+        assert token is not None  # INTEGRATION.require checked it
+        try:
+            response = await self.http.post(
+                self.messages_url,
+                data=form,
+                auth=(self.settings.twilio_account_sid or "", token.get_secret_value()),
+                headers={"Accept": "application/json"},
+            )
+        except httpx.TransportError as exc:
+            raise transport_error(exc, upstream=UPSTREAM) from None
+        if response.is_success:
+            try:
+                sid = response.json().get("sid")
+            except (ValueError, AttributeError):
+                sid = None
+            if not isinstance(sid, str) or not sid:
+                raise UpstreamError(
+                    f"Twilio answered HTTP {response.status_code} without a message SID.", upstream=UPSTREAM
+                )
+            return sid
+        raise twilio_error(response)
+
+
+# Twilio error code -> (problem class, human hint). Codes: https://www.twilio.com/docs/api/errors
+_CODE_HINTS: dict[int, tuple[type[ProblemError], str]] = {
+    63015: (
+        Conflict,
+        "The recipient has not joined your Twilio WhatsApp sandbox: they must send 'join <your-sandbox-code>' "
+        "to the sandbox number first.",
+    ),
+    63016: (
+        Conflict,
+        "The recipient has not written in the last 24 hours, so WhatsApp refuses free-form text: "
+        "send an approved template (ContentSid) or ask them to message you first.",
+    ),
+    21211: (InvalidInput, "The `to` number is not a valid phone number."),
+    21614: (InvalidInput, "The `to` number is not a valid mobile number that can receive messages."),
+    21610: (Conflict, "The recipient has opted out (replied STOP); they must opt in again."),
+    21617: (InvalidInput, "The message body exceeds 1,600 characters."),
+    21408: (InvalidInput, "Your Twilio account may not send to this country; enable it in Geo permissions."),
+}
+
+
+def twilio_error(response: httpx.Response) -> ProblemError:
+    """Map a non-2xx Twilio answer to a domain error with a human hint."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    code = body.get("code") if isinstance(body.get("code"), int) else None
+    message = str(body.get("message") or "").strip()
+    context: dict[str, Any] = {"twilio_code": code, "more_info": body.get("more_info"), "upstream_status": status}
+    said = f" (Twilio {code}: {message})" if code else (f" ({message})" if message else "")
+
+    if status == 429 or code == 20429:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return UpstreamRateLimited(
+            f"Twilio's rate limit was reached.{said}", upstream=UPSTREAM, retry_after=retry_after
+        )
+    if status >= 500:
+        if status == 503:
+            return UpstreamUnavailable(f"Twilio is unavailable (HTTP 503).{said}", upstream=UPSTREAM, **context)
+        return UpstreamError(f"Twilio failed with HTTP {status}.{said}", upstream=UPSTREAM, retryable=True, **context)
+    if status in (401, 403) or code == 20003:
+        return UpstreamError(
+            f"Twilio refused the credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.{said}",
+            upstream=UPSTREAM,
+            settings=_CREDENTIALS,
+            **context,
+        )
+    if code == 20404 or (status == 404 and code is None):
+        return UpstreamError(
+            f"Twilio does not know this account: check TWILIO_ACCOUNT_SID.{said}",
+            upstream=UPSTREAM,
+            settings=["TWILIO_ACCOUNT_SID"],
+            **context,
+        )
+    if code in (21606, 63007, 21212):
+        return UpstreamError(
+            f"The sender is not a WhatsApp number of this account: check TWILIO_WHATSAPP_NUMBER.{said}",
+            upstream=UPSTREAM,
+            settings=["TWILIO_WHATSAPP_NUMBER"],
+            **context,
+        )
+    if code in _CODE_HINTS:
+        problem, hint = _CODE_HINTS[code]
+        return problem(f"{hint}{said}", upstream=UPSTREAM, **context)
+    if not body:
+        return UpstreamError(f"Twilio answered HTTP {status} without a usable JSON body.", upstream=UPSTREAM, **context)
+    return UpstreamError(f"Twilio refused the message.{said}", upstream=UPSTREAM, **context)
 
 
 def open_skill(resources: Resources) -> WhatsAppSkill:
