@@ -14,10 +14,12 @@ from core.auth import require_api_key
 from core.errors import ConfigurationError, ProblemDetails, add_exception_handlers
 from core.log import configure_logging
 from core.middleware import RequestContextMiddleware
+from core.ratelimit import RateLimitDep
 from core.registry import Registry
 from core.resources import open_resources
 from core.settings import Settings, load_settings
-from routers import health, runs
+from routers import health, runs, slack_notify, whatsapp_send
+from routers import skills as skills_api
 from services import PROVIDERS
 from skills import SKILLS, open_skills
 
@@ -36,6 +38,9 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 TAGS = [
     {"name": "health", "description": "Liveness, database and integration status."},
     {"name": "ledger", "description": "Every run and every action it performed."},
+    {"name": "skills", "description": "Which action skills exist and which settings each still needs."},
+    {"name": "slack", "description": "Post messages to Slack channels and threads."},
+    {"name": "whatsapp", "description": "Send WhatsApp messages through Twilio."},
 ]
 
 
@@ -86,6 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(runs.router, dependencies=protected)
+    app.include_router(skills_api.router, dependencies=protected)
+    app.include_router(slack_notify.router, dependencies=protected)
+    # Each WhatsApp message costs money: rate-limited per client (after the API-key check).
+    app.include_router(whatsapp_send.router, dependencies=[*protected, RateLimitDep])
     return app
 
 

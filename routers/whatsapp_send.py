@@ -1,0 +1,83 @@
+"""POST /whatsapp-send: send a WhatsApp message through Twilio."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.deps import DryRunDep, LedgerDep
+from core.errors import problem_responses
+from core.idempotency import IdempotencyDep
+from routers.deps import SkillsDep
+from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS
+from workflows.actions import perform_action
+
+router = APIRouter(tags=["whatsapp"])
+
+
+class WhatsAppSendRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"to": "+15551234567", "body": "Your 9:00 meeting moved to 9:30."}},
+    )
+
+    to: str = Field(
+        min_length=8,
+        max_length=30,
+        description="E.164 number (+15551234567), optionally already prefixed with whatsapp:.",
+    )
+    body: str = Field(
+        min_length=1,
+        max_length=MAX_BODY_CHARS * MAX_PARTS,
+        description=f"Message text. Over {MAX_BODY_CHARS} characters it is split on word boundaries into "
+        f"several messages, sent in order (at most {MAX_PARTS}).",
+    )
+
+
+class WhatsAppSendResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "dry_run": False,
+                "to": "whatsapp:+15551234567",
+                "sids": ["SM0123456789abcdef0123456789abcdef"],
+                "parts": 1,
+            }
+        }
+    )
+
+    run_id: str = Field(description="The ledger run; see GET /runs/{run_id}.")
+    dry_run: bool
+    to: str = Field(description="The recipient as sent to Twilio.")
+    sids: list[str] = Field(description="Twilio message SIDs, one per part, in order; empty in a dry run.")
+    parts: int
+
+
+@router.post(
+    "/whatsapp-send",
+    summary="Send a WhatsApp message (Twilio)",
+    response_model=WhatsAppSendResponse,
+    responses=problem_responses(401, 409, 422, 429, 502, 503, 504),
+)
+async def whatsapp_send(
+    body: WhatsAppSendRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
+) -> JSONResponse:
+    """Errors: 409 the recipient has not joined the sandbox (63015) or is outside the 24-hour window (63016),
+    422 invalid number, 502 Twilio refused the credentials, 429 Twilio's rate limit after bounded retries."""
+
+    async def act() -> WhatsAppSendResponse:
+        run_id, sent = await perform_action(
+            ledger,
+            kind="whatsapp.send",
+            trigger="api",
+            skill="whatsapp",
+            operation="send_message",
+            input_summary={"to": body.to, "body_chars": len(body.body)},
+            call=lambda: skills.whatsapp.send_message(to=body.to, body=body.body, dry_run=dry_run),
+        )
+        return WhatsAppSendResponse(run_id=run_id, dry_run=sent.dry_run, to=sent.to, sids=sent.sids, parts=sent.parts)
+
+    # dry_run is part of the fingerprint: a dry run must not be replayed as if it had been a real send.
+    return await idem.execute({"body": body, "dry_run": dry_run}, act)
