@@ -11,9 +11,10 @@ from fastapi import Depends, FastAPI
 
 from core import __version__
 from core.auth import require_api_key
-from core.errors import ConfigurationError, ProblemDetails, add_exception_handlers
+from core.errors import ConfigurationError, add_exception_handlers
 from core.log import configure_logging
 from core.middleware import RequestContextMiddleware
+from core.openapi import install_problem_schema
 from core.ratelimit import RateLimitDep
 from core.registry import Registry
 from core.resources import open_resources
@@ -73,20 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    # Register the problem schema once so every `responses=` entry can reference it.
-    app.openapi_schema = None
-    _original_openapi = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = _original_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {})["ProblemDetails"] = (
-                ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
-            )
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    install_problem_schema(app)
 
     protected = [Depends(require_api_key)]
     app.include_router(health.router)

@@ -1,0 +1,58 @@
+"""API-key auth: X-API-Key or Bearer, constant-time compare, open paths stay open."""
+
+from __future__ import annotations
+
+import pytest
+
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture
+async def secured(make_client):
+    async with make_client(app_api_key=KEY) as client:
+        yield client
+
+
+async def test_missing_key_is_401_problem(secured):
+    response = await secured.get("/runs")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "X-API-Key" in response.json()["detail"]
+    assert KEY not in response.text
+
+
+async def test_wrong_key_is_401(secured):
+    for headers in ({"X-API-Key": "nope"}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        response = await secured.get("/runs", headers=headers)
+        assert response.status_code == 401, headers
+        assert KEY not in response.text
+
+
+@pytest.mark.parametrize("headers", [{"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}])
+async def test_right_key_in_either_header(secured, headers):
+    assert (await secured.get("/runs", headers=headers)).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/docs", "/redoc", "/openapi.json"])
+async def test_open_paths_need_no_key(secured, path):
+    assert (await secured.get(path)).status_code == 200
+
+
+async def test_every_other_route_requires_the_key(secured):
+    """Walk the real OpenAPI schema, so a router included without auth is caught."""
+    open_paths = {"/health", "/docs", "/redoc", "/openapi.json"}
+    webhook_paths = {"/whatsapp-webhook", "/slack/events"}
+    checked = 0
+    for path, operations in secured.app.openapi()["paths"].items():
+        if path in open_paths | webhook_paths:
+            continue
+        concrete = path.replace("{", "").replace("}", "")
+        for method in operations:
+            response = await secured.request(method.upper(), concrete)
+            assert response.status_code == 401, f"{method} {path} answered {response.status_code} without a key"
+            checked += 1
+    assert checked >= 2
+
+
+async def test_no_key_configured_means_open(client):
+    assert (await client.get("/runs")).status_code == 200

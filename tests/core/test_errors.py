@@ -1,0 +1,103 @@
+"""Every error class answers RFC 9457 problem details from the one mapping."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from core.errors import (
+    NotConfigured,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+PROBLEM = "application/problem+json"
+
+
+def _assert_problem(response, status):
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+async def test_unknown_route_is_404(client):
+    body = _assert_problem(await client.get("/no/such/route"), 404)
+    assert "/docs" in body["detail"]
+
+
+async def test_wrong_method_is_405_with_allow(client):
+    response = await client.delete("/health")
+    body = _assert_problem(response, 405)
+    assert "GET" in response.headers["allow"]
+    assert "DELETE" in body["detail"]
+
+
+async def test_validation_lists_failing_fields(client):
+    body = _assert_problem(await client.get("/runs", params={"limit": 0, "offset": -1}), 422)
+    fields = {error["field"] for error in body["errors"]}
+    assert fields == {"query.limit", "query.offset"}
+
+
+ERRORS = [
+    (NotConfigured("toggl", ["TOGGL_API_TOKEN"]), 503, {"missing_settings": ["TOGGL_API_TOKEN"]}),
+    (UpstreamError("Toggl answered 500", upstream="toggl"), 502, {"upstream": "toggl"}),
+    (UpstreamTimeout("Slack did not answer", upstream="slack"), 504, {"upstream": "slack"}),
+    (UpstreamUnavailable("SMTP refused", upstream="email"), 503, {"upstream": "email"}),
+    (UpstreamRateLimited("slow down", upstream="slack", retry_after=2.5), 429, {"retry_after": 3}),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "extras"), ERRORS, ids=[type(e[0]).__name__ for e in ERRORS])
+async def test_domain_errors_map_to_problems(client, error, status, extras):
+    async def raise_it():
+        raise error
+
+    client.app.add_api_route("/boom", raise_it)
+    response = await client.get("/boom")
+    body = _assert_problem(response, status)
+    assert body["type"] == error.type
+    for key, value in extras.items():
+        assert body[key] == value
+    if isinstance(error, UpstreamRateLimited):
+        assert response.headers["retry-after"] == "3"
+    if isinstance(error, NotConfigured):
+        assert "TOGGL_API_TOKEN" in body["detail"]
+
+
+async def test_unexpected_exception_is_500_with_request_id_and_no_trace(client, caplog):
+    async def crash():
+        raise RuntimeError("internal detail that must not leak")
+
+    client.app.add_api_route("/crash", crash)
+    with caplog.at_level(logging.ERROR, logger="orchestrator.errors"):
+        response = await client.get("/crash", headers={"X-Request-ID": "req-123"})
+    body = _assert_problem(response, 500)
+    assert body["request_id"] == "req-123"
+    assert "req-123" in body["detail"]
+    assert "internal detail" not in response.text and "Traceback" not in response.text
+    record = next(r for r in caplog.records if r.name == "orchestrator.errors")
+    assert record.exc_info and "internal detail" in str(record.exc_info[1])
+
+
+async def test_request_id_is_generated_or_honoured(client):
+    generated = await client.get("/health")
+    assert len(generated.headers["x-request-id"]) == 32
+    honoured = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert honoured.headers["x-request-id"] == "abc-123"
+    hostile = await client.get("/health", headers={"X-Request-ID": "evil value<script>"})
+    assert hostile.headers["x-request-id"] != "evil value<script>"
+
+
+async def test_body_over_limit_is_413_before_parsing(make_client):
+    async with make_client(max_body_bytes=2048) as client:
+        response = await client.post("/runs", content=b"x" * 4096, headers={"content-type": "application/json"})
+    body = _assert_problem(response, 413)
+    assert body["limit_bytes"] == 2048

@@ -1,0 +1,85 @@
+"""Health with the database up and down; migrations on empty and existing databases."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from core.store import create_engine, current_revision, migrate
+
+
+async def test_health_lists_integrations_without_secret_values(make_client):
+    secrets = {"slack_bot_token": "xoxb-health-secret", "gemini_api_key": "gemini-health-secret"}
+    async with make_client(**secrets, slack_default_channel="#general") as client:
+        response = await client.get("/health")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["integrations"]["slack"]["configured"] is True
+    assert body["integrations"]["gemini"]["configured"] is True
+    assert body["integrations"]["toggl"] == {
+        "configured": False,
+        "kind": "skill",
+        "missing_settings": ["TOGGL_API_TOKEN"],
+    }
+    assert body["integrations"]["email"]["missing_settings"] == ["SMTP_HOST", "SMTP_FROM"]
+    for secret in secrets.values():
+        assert secret not in response.text
+
+
+async def test_health_is_503_degraded_when_the_database_is_unreachable(client):
+    resources = client.app.state.resources
+    healthy_engine = resources.engine
+    # A real, unreachable database: nothing listens on port 1.
+    resources.engine = create_engine("postgresql+asyncpg://user:pw@127.0.0.1:1/none")
+    try:
+        response = await client.get("/health")
+    finally:
+        await resources.engine.dispose()
+        resources.engine = healthy_engine
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded"
+    assert response.json()["database"] == "error"
+
+
+async def test_database_directory_and_file_are_created(tmp_path, make_client):
+    url = f"sqlite+aiosqlite:///{tmp_path}/nested/dir/app.db"
+    async with make_client(database_url=url) as client:
+        assert (await client.get("/health")).json()["database"] == "ok"
+    assert (tmp_path / "nested" / "dir" / "app.db").exists()
+
+
+async def test_migrations_on_an_empty_database(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    try:
+        assert await current_revision(engine) is None
+        await migrate(engine)
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+        assert {"runs", "actions", "idempotency_keys", "alembic_version"} <= tables
+        head = await current_revision(engine)
+        await migrate(engine)  # idempotent
+        assert await current_revision(engine) == head
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_keeps_existing_data(tmp_path, make_client):
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    engine = create_engine(url)
+    try:
+        await migrate(engine, "0001")
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO runs (id, kind, trigger, status, created_at, input_summary) "
+                    "VALUES ('old-run', 'slack.notify', 'api', 'ok', '2026-01-01 08:00:00', '{}')"
+                )
+            )
+    finally:
+        await engine.dispose()
+
+    async with make_client(database_url=url) as client:  # start-up migrates to head
+        response = await client.get("/runs/old-run")
+        assert response.status_code == 200
+        assert response.json()["kind"] == "slack.notify"
+        assert response.json()["created_at"].startswith("2026-01-01T08:00:00")
+        assert await current_revision(client.app.state.resources.engine) != "0001"

@@ -1,0 +1,93 @@
+"""Idempotency-Key semantics on a small action route, with a counter as the upstream."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel
+
+from core.errors import UpstreamError, UpstreamRateLimited
+from core.idempotency import IdempotencyDep
+
+
+class Body(BaseModel):
+    text: str
+
+
+def _install(client, *, fail_with=None, delay=0.0):
+    calls = []
+
+    async def act(body: Body, idem: IdempotencyDep):
+        async def side_effect():
+            calls.append(body.text)
+            await asyncio.sleep(delay)
+            if fail_with is not None:
+                raise fail_with
+            return {"echo": body.text, "call": len(calls)}
+
+        return await idem.execute(body, side_effect, status_code=201)
+
+    client.app.add_api_route("/act", act, methods=["POST"])
+    return calls
+
+
+async def test_same_key_same_body_replays(client):
+    calls = _install(client)
+    first = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k1"})
+    second = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json() == {"echo": "a", "call": 1}
+    assert "idempotent-replayed" not in first.headers
+    assert second.headers["idempotent-replayed"] == "true"
+    assert calls == ["a"]
+
+
+async def test_same_key_different_body_is_422(client):
+    calls = _install(client)
+    await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k2"})
+    response = await client.post("/act", json={"text": "b"}, headers={"Idempotency-Key": "k2"})
+    assert response.status_code == 422
+    assert "different request body" in response.json()["detail"]
+    assert calls == ["a"]
+
+
+async def test_without_key_every_call_acts(client):
+    calls = _install(client)
+    await client.post("/act", json={"text": "a"})
+    await client.post("/act", json={"text": "a"})
+    assert calls == ["a", "a"]
+
+
+async def test_concurrent_duplicates_act_once(client):
+    calls = _install(client, delay=0.2)
+    responses = await asyncio.gather(
+        *(client.post("/act", json={"text": "c"}, headers={"Idempotency-Key": "k3"}) for _ in range(20))
+    )
+    assert calls == ["c"]
+    assert {r.status_code for r in responses} == {201}
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 19
+
+
+async def test_ambiguous_upstream_failure_is_stored_and_replayed(client):
+    calls = _install(client, fail_with=UpstreamError("Toggl answered 500", upstream="toggl"))
+    first = await client.post("/act", json={"text": "d"}, headers={"Idempotency-Key": "k4"})
+    second = await client.post("/act", json={"text": "d"}, headers={"Idempotency-Key": "k4"})
+    assert first.status_code == second.status_code == 502
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.headers["content-type"] == "application/problem+json"
+    assert calls == ["d"]
+
+
+async def test_refusal_without_effect_releases_the_key(client):
+    calls = _install(client, fail_with=UpstreamRateLimited("slow down", upstream="slack", retry_after=5))
+    first = await client.post("/act", json={"text": "e"}, headers={"Idempotency-Key": "k5"})
+    second = await client.post("/act", json={"text": "e"}, headers={"Idempotency-Key": "k5"})
+    assert first.status_code == second.status_code == 429
+    assert "idempotent-replayed" not in second.headers
+    assert calls == ["e", "e"]
+
+
+async def test_key_is_validated(client):
+    _install(client)
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "x" * 300})
+    assert response.status_code == 422

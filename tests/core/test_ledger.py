@@ -1,0 +1,80 @@
+"""The run ledger: recording, redaction, GET /runs paging and filters, GET /runs/{id}."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.errors import UpstreamError
+from core.ledger import note_attempt, redact
+
+
+async def test_runs_and_actions_are_recorded_and_listed(client):
+    ledger = client.app.state.resources.ledger
+    async with ledger.run("slack.notify", trigger="api", input_summary={"message": "hi", "token": "xoxb-1"}) as run:
+        async with run.action("slack", "post_message", request={"channel": "#general"}) as action:
+            note_attempt()
+            note_attempt()
+            action.external_id = "1700000000.000100"
+    with pytest.raises(UpstreamError):
+        async with ledger.run("toggl.start_timer", trigger="whatsapp", input_summary={}) as failing:
+            async with failing.action("toggl", "start_timer"):
+                raise UpstreamError("Toggl answered 500", upstream="toggl")
+
+    page = (await client.get("/runs")).json()
+    assert page["total"] == 2
+    assert [item["id"] for item in page["items"]] == [failing.id, run.id]  # newest first
+
+    detail = (await client.get(f"/runs/{run.id}")).json()
+    assert detail["status"] == "ok" and detail["trigger"] == "api" and detail["finished_at"]
+    assert detail["input_summary"] == {"message": "hi", "token": "***"}
+    [action] = detail["actions"]
+    assert action["skill"] == "slack" and action["external_id"] == "1700000000.000100"
+    assert action["attempts"] == 2 and action["status"] == "ok"
+
+    failed = (await client.get(f"/runs/{failing.id}")).json()
+    assert failed["status"] == "failed"
+    assert "Toggl answered 500" in failed["error"]
+    assert failed["actions"][0]["status"] == "failed"
+    assert failed["actions"][0]["error"] == "502 upstream-error: Toggl answered 500"
+
+
+async def test_filters_and_pagination(client):
+    ledger = client.app.state.resources.ledger
+    for index in range(5):
+        async with ledger.run("email.send" if index % 2 else "slack.notify", trigger="api") as run:
+            run.status = "ok" if index < 4 else "dry_run"
+        await asyncio.sleep(0.002)  # distinct created_at ordering
+
+    emails = (await client.get("/runs", params={"kind": "email.send"})).json()
+    assert emails["total"] == 2 and {item["kind"] for item in emails["items"]} == {"email.send"}
+    dry = (await client.get("/runs", params={"status": "dry_run"})).json()
+    assert dry["total"] == 1
+    first = (await client.get("/runs", params={"limit": 2})).json()
+    second = (await client.get("/runs", params={"limit": 2, "offset": first["next_offset"]})).json()
+    last = (await client.get("/runs", params={"limit": 2, "offset": second["next_offset"]})).json()
+    assert first["next_offset"] == 2 and second["next_offset"] == 4 and last["next_offset"] is None
+    ids = [item["id"] for page in (first, second, last) for item in page["items"]]
+    assert len(set(ids)) == 5
+    created = [item["created_at"] for page in (first, second, last) for item in page["items"]]
+    assert created == sorted(created, reverse=True)
+
+
+async def test_unknown_run_is_404_problem(client):
+    response = await client.get("/runs/does-not-exist")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "GET /runs" in response.json()["detail"]
+
+
+def test_redact_masks_secret_keys_and_truncates():
+    cleaned = redact(
+        {"api_key": "k", "nested": {"Authorization": "Bearer x", "ok": "fine"}, "list": [{"password": "p"}]}
+    )
+    assert cleaned == {
+        "api_key": "***",
+        "nested": {"Authorization": "***", "ok": "fine"},
+        "list": [{"password": "***"}],
+    }
+    assert redact("x" * 600).endswith("(600 chars)")

@@ -1,0 +1,50 @@
+"""Request log lines, JSON format, and secrets that never reach logs or error bodies."""
+
+from __future__ import annotations
+
+import json
+
+SECRETS = {
+    "app_api_key": "app-key-0123456789",
+    "slack_bot_token": "xoxb-log-secret-token",
+    "slack_signing_secret": "slack-signing-secret-abc",
+    "toggl_api_token": "toggl-log-secret-token",
+    "smtp_password": "smtp-log-secret-password",
+    "twilio_auth_token": "twilio-log-secret-token",
+    "gemini_api_key": "gemini-log-secret-key",
+    "anthropic_api_key": "anthropic-log-secret-key",
+}
+
+
+async def test_one_json_line_per_request(make_client, capsys):
+    async with make_client(log_format="json") as client:
+        await client.get("/health", headers={"X-Request-ID": "req-json-1"})
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "orchestrator.access"]
+    assert len(access) == 1
+    entry = access[0]
+    assert entry["method"] == "GET" and entry["path"] == "/health" and entry["status"] == 200
+    assert entry["request_id"] == "req-json-1" and entry["duration_ms"] >= 0
+
+
+async def test_secrets_never_appear_in_logs_or_error_bodies(make_client, capsys):
+    async with make_client(log_level="DEBUG", smtp_user="me@example.com", **SECRETS) as client:
+
+        async def leak():
+            # A bug that puts a secret into an exception message must still not leak it.
+            raise RuntimeError(f"upstream said: bad token {SECRETS['slack_bot_token']}")
+
+        client.app.add_api_route("/leak", leak)
+        bodies = [
+            (await client.get("/runs")).text,  # 401 without key
+            (await client.get("/runs", headers={"X-API-Key": "wrong"})).text,
+            (await client.get("/health")).text,
+            (await client.get("/leak")).text,
+            (await client.get("/runs", headers={"Authorization": f"Bearer {SECRETS['app_api_key']}"})).text,
+        ]
+    logged = capsys.readouterr().err
+    assert "upstream said: bad token ***" in logged  # the scrubber ran on the traceback
+    for secret in SECRETS.values():
+        assert secret not in logged, secret
+        for body in bodies:
+            assert secret not in body, secret

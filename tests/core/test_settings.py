@@ -1,0 +1,138 @@
+"""Settings: zero-config start, aliases, .env, and clear refusals that never echo secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.errors import ConfigurationError
+from core.settings import Settings, env_name, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_no_configuration_at_all_is_valid():
+    settings = load_settings(_env_file=None)
+    assert settings.app_env == "development"
+    assert settings.database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.slack_bot_token is None and settings.toggl_api_token is None
+    assert settings.router_word_threshold == 500
+    assert settings.timezone == "UTC" and settings.dry_run is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SMTP_SECURITY", "foo"),
+        ("API_PORT", "eighty"),
+        ("SMTP_PORT", "25x"),
+        ("SLACK_BASE_URL", "not a url"),
+        ("TOGGL_BASE_URL", "ftp://api.track.toggl.com"),
+        ("PUBLIC_BASE_URL", "abc.ngrok.app"),
+        ("LOG_FORMAT", "xml"),
+        ("TIMEZONE", "Mars/Olympus"),
+        ("BRIEFING_CRON", "every morning"),
+        ("WHATSAPP_ALLOWED_SENDERS", "+1555,notanumber"),
+        ("TOGGL_WORKSPACE_ID", "my-workspace"),
+        ("DATABASE_URL", "mysql://root:hunter2secret@db/app"),
+    ],
+)
+def test_invalid_value_names_the_variable_and_hides_secrets(monkeypatch, variable, value):
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-super-secret-token")
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-password-123")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    assert variable in message
+    assert message.count("\n") == 0
+    for secret in ("xoxb-super-secret-token", "smtp-password-123", "hunter2secret", value):
+        assert secret not in message
+
+
+def test_aliases_are_accepted(monkeypatch):
+    monkeypatch.setenv("GOOGLE_API_KEY", "g-key")
+    monkeypatch.setenv("CLAUDE_API_KEY", "c-key")
+    monkeypatch.setenv("TOGGL_API_KEY", "t-key")
+    settings = load_settings(_env_file=None)
+    assert settings.gemini_api_key.get_secret_value() == "g-key"
+    assert settings.anthropic_api_key.get_secret_value() == "c-key"
+    assert settings.toggl_api_token.get_secret_value() == "t-key"
+
+
+def test_dotenv_is_read_and_empty_values_mean_unset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("SLACK_BOT_TOKEN=xoxb-from-dotenv\nTOGGL_API_TOKEN=\nAPI_PORT=9001\n")
+    settings = Settings()
+    assert settings.slack_bot_token.get_secret_value() == "xoxb-from-dotenv"
+    assert settings.toggl_api_token is None
+    assert settings.api_port == 9001
+
+
+def test_every_secret_is_a_secretstr():
+    secrets = [name for name in Settings.model_fields if name.endswith(("_token", "_secret", "_password", "_api_key"))]
+    assert len(secrets) >= 9  # the filter found them all
+    for name in secrets:
+        assert "SecretStr" in str(Settings.model_fields[name].annotation), name
+    settings = Settings(_env_file=None, slack_bot_token="xoxb-abc-def")
+    assert "xoxb-abc-def" not in repr(settings) and "xoxb-abc-def" not in str(settings.model_dump())
+
+
+def test_production_without_api_key_refuses_to_start(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    with pytest.raises(ConfigurationError, match="APP_API_KEY must be set"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("APP_API_KEY", "a-long-random-key")
+    assert load_settings(_env_file=None).app_env == "production"
+
+
+def test_production_with_whatsapp_needs_an_allowlist(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("APP_API_KEY", "k" * 20)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "twilio-token")
+    with pytest.raises(ConfigurationError, match="WHATSAPP_ALLOWED_SENDERS"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("WHATSAPP_ALLOWED_SENDERS", "+15551234567, whatsapp:+447700900123")
+    assert load_settings(_env_file=None).whatsapp_allowed_senders == ["+15551234567", "+447700900123"]
+
+
+def test_env_example_lists_every_setting_with_a_comment():
+    lines = (REPO / ".env.example").read_text().splitlines()
+    documented = {}
+    for index, line in enumerate(lines):
+        if line and not line.startswith("#") and "=" in line:
+            documented[line.split("=", 1)[0]] = lines[index - 1]
+    for field in Settings.model_fields:
+        name = env_name(field)
+        assert name in documented, f"{name} missing from .env.example"
+        assert documented[name].startswith("# "), f"{name} has no one-line comment above it"
+    # And the example itself is a valid configuration.
+    values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#") and "=" in line)
+    Settings(_env_file=None, **{key.lower(): value for key, value in values.items() if value})
+
+
+def _start(env_overrides: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
+    env.update(env_overrides)
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-c", "import main"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_invalid_configuration_stops_startup_with_one_clear_line(tmp_path):
+    result = _start({"SMTP_SECURITY": "foo", "SMTP_PASSWORD": "pw-never-shown"}, tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "SMTP_SECURITY" in result.stderr
+    assert "pw-never-shown" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_integrations_do_not_stop_startup(tmp_path):
+    result = _start({"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"}, tmp_path)
+    assert result.returncode == 0, result.stderr
