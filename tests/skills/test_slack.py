@@ -1,0 +1,305 @@
+"""SlackSkill against a Slack-compatible fake on 127.0.0.1: what reached it, and every failure mapping."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import SimpleNamespace
+
+import pytest
+
+from core.errors import (
+    Conflict,
+    InvalidInput,
+    NotConfigured,
+    NotFound,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from skills.slack import ATTEMPTS, SlackSkill, open_skill
+from tests.fakes.server import Reply
+from tests.fakes.slack import CHAT_POST_MESSAGE, FakeSlack
+
+TOKEN = "xoxb-test-token"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack(token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def slack_settings(make_settings, fake):
+    def _make(**overrides):
+        values = {"slack_bot_token": TOKEN, "slack_base_url": fake.base_url, "slack_default_channel": "#general"}
+        return make_settings(**{**values, **overrides})
+
+    return _make
+
+
+@asynccontextmanager
+async def opened(settings) -> AsyncIterator[SlackSkill]:
+    async with AsyncExitStack() as stack:
+        yield await open_skill(SimpleNamespace(settings=settings), stack)
+
+
+# --- What reaches Slack ----------------------------------------------------------------
+
+
+async def test_posts_channel_text_blocks_thread_and_bearer_token(fake, slack_settings):
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Deploy* done"}}]
+    async with opened(slack_settings()) as skill:
+        posted = await skill.post_message(text="Deploy done", channel="#alerts", blocks=blocks, thread_ts="1.000001")
+
+    assert (posted.channel, posted.ts, posted.dry_run) == ("C0000000003", "1732521600.000001", False)
+    [request] = fake.calls("POST", CHAT_POST_MESSAGE)
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["content-type"].startswith("application/json")
+    assert request.json == {"channel": "#alerts", "text": "Deploy done", "blocks": blocks, "thread_ts": "1.000001"}
+    assert posted.payload == request.json
+    assert posted.ledger_external_id() == "C0000000003/1732521600.000001"
+
+
+async def test_channel_defaults_to_setting_and_optional_fields_are_omitted(fake, slack_settings):
+    async with opened(slack_settings(slack_default_channel="#random")) as skill:
+        posted = await skill.post_message(text="hello")
+    assert posted.channel == "C0000000002"
+    assert fake.posts == [{"channel": "#random", "text": "hello"}]
+
+
+async def test_no_channel_anywhere_is_422_before_any_request(fake, slack_settings):
+    async with opened(slack_settings(slack_default_channel=None)) as skill:
+        with pytest.raises(InvalidInput) as caught:
+            await skill.post_message(text="hello")
+    assert "SLACK_DEFAULT_CHANNEL" in caught.value.detail
+    assert fake.requests == []
+
+
+async def test_blank_text_is_422(fake, slack_settings):
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(InvalidInput):
+            await skill.post_message(text="   ", blocks=[{"type": "divider"}])
+    assert fake.requests == []
+
+
+async def test_unconfigured_names_the_variable(fake, make_settings):
+    async with opened(make_settings(slack_base_url=fake.base_url)) as skill:
+        with pytest.raises(NotConfigured) as caught:
+            await skill.post_message(text="hello", channel="#general")
+    assert caught.value.status == 503
+    assert caught.value.extras["missing_settings"] == ["SLACK_BOT_TOKEN"]
+    assert fake.requests == []
+
+
+async def test_dry_run_returns_the_exact_payload_and_sends_nothing(fake, slack_settings):
+    async with opened(slack_settings()) as skill:
+        posted = await skill.post_message(text="hi", thread_ts="1.5", dry_run=True)
+    assert posted.dry_run is True
+    assert posted.ts is None
+    assert posted.payload == {"channel": "#general", "text": "hi", "thread_ts": "1.5"}
+    assert fake.requests == []
+
+
+async def test_the_sdk_retry_handlers_are_off(slack_settings):
+    # One retry loop (core.upstream.with_retries): the SDK must not retry on its own.
+    async with opened(slack_settings()) as skill:
+        assert skill.client.retry_handlers == []
+
+
+# --- ok:false mappings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "problem", "status", "words"),
+    [
+        ("channel_not_found", NotFound, 404, "not found"),
+        ("not_in_channel", Conflict, 409, "/invite"),
+        ("is_archived", Conflict, 409, "archived"),
+        ("invalid_auth", UpstreamError, 502, "SLACK_BOT_TOKEN"),
+        ("not_authed", UpstreamError, 502, "SLACK_BOT_TOKEN"),
+        ("account_inactive", UpstreamError, 502, "SLACK_BOT_TOKEN"),
+        ("token_revoked", UpstreamError, 502, "SLACK_BOT_TOKEN"),
+        ("missing_scope", UpstreamError, 502, "chat:write"),
+        ("msg_too_long", InvalidInput, 422, "too long"),
+        ("no_text", InvalidInput, 422, "no text"),
+        ("invalid_blocks", InvalidInput, 422, "blocks"),
+        ("internal_error", UpstreamError, 502, "internal_error"),
+        ("something_new", UpstreamError, 502, "something_new"),
+    ],
+)
+async def test_ok_false_is_mapped_and_not_retried(fake, slack_settings, error, problem, status, words):
+    fake.queue("POST", CHAT_POST_MESSAGE, Reply(json={"ok": False, "error": error}))
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(problem) as caught:
+            await skill.post_message(text="hello", channel="#general")
+    assert caught.value.status == status
+    assert words in caught.value.detail
+    assert caught.value.extras["slack_error"] == error
+    assert caught.value.retryable is False
+    assert len(fake.posts) == 1, "a refusal must not be retried"
+    assert TOKEN not in caught.value.detail
+
+
+async def test_not_in_channel_names_the_channel_and_the_invite_hint(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, Reply(json={"ok": False, "error": "not_in_channel"}))
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(Conflict) as caught:
+            await skill.post_message(text="hello", channel="C0000000002")
+    assert "C0000000002" in caught.value.detail
+    assert "Invite" in caught.value.detail
+
+
+async def test_a_wrong_token_reaches_the_fake_and_is_502(fake, slack_settings):
+    # Not scripted: the fake itself refuses the bearer token, as Slack would.
+    async with opened(slack_settings(slack_bot_token="xoxb-wrong")) as skill:
+        with pytest.raises(UpstreamError) as caught:
+            await skill.post_message(text="hello")
+    assert caught.value.status == 502
+    assert caught.value.extras["settings"] == ["SLACK_BOT_TOKEN"]
+    assert fake.requests[0].headers["authorization"] == "Bearer xoxb-wrong"
+    assert "xoxb-wrong" not in caught.value.detail
+
+
+# --- Rate limits --------------------------------------------------------------------------
+
+
+def _ratelimited(retry_after: str | None = None) -> Reply:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return Reply(429, json={"ok": False, "error": "ratelimited"}, headers=headers)
+
+
+async def test_429_waits_out_retry_after_then_succeeds(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, _ratelimited("1"))
+    async with opened(slack_settings()) as skill:
+        started = time.monotonic()
+        posted = await skill.post_message(text="hello")
+        elapsed = time.monotonic() - started
+    assert posted.ts is not None
+    assert len(fake.posts) == 2
+    assert fake.posts[0] == fake.posts[1]
+    assert elapsed >= 0.95, f"Retry-After: 1 was not honoured ({elapsed:.2f} s)"
+
+
+async def test_429_that_persists_is_a_429_with_retry_after_after_bounded_attempts(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, *[_ratelimited("0")] * 5)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamRateLimited) as caught:
+            await skill.post_message(text="hello")
+    assert len(fake.posts) == ATTEMPTS
+    assert caught.value.status == 429
+    assert caught.value.headers["Retry-After"] == "0"
+
+
+async def test_429_without_retry_after_backs_off_and_gives_up(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, *[_ratelimited()] * 5)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamRateLimited) as caught:
+            await skill.post_message(text="hello")
+    assert len(fake.posts) == ATTEMPTS
+    assert "Retry-After" not in caught.value.headers
+
+
+async def test_429_with_a_long_retry_after_is_passed_on_at_once(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, _ratelimited("120"))
+    async with opened(slack_settings()) as skill:
+        started = time.monotonic()
+        with pytest.raises(UpstreamRateLimited) as caught:
+            await skill.post_message(text="hello")
+    assert time.monotonic() - started < 2
+    assert len(fake.posts) == 1
+    assert caught.value.headers["Retry-After"] == "120"
+
+
+# --- Faults ----------------------------------------------------------------------------------
+
+
+async def test_500_is_retried_then_succeeds(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, Reply(500, json={"ok": False, "error": "fatal_error"}))
+    async with opened(slack_settings()) as skill:
+        posted = await skill.post_message(text="hello")
+    assert posted.ts is not None
+    assert len(fake.posts) == 2
+
+
+async def test_500_that_persists_is_502_after_bounded_attempts(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, *[Reply(500, text="oops")] * 5)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamError) as caught:
+            await skill.post_message(text="hello")
+    assert (caught.value.status, caught.value.extras["upstream_status"]) == (502, 500)
+    assert len(fake.posts) == ATTEMPTS
+
+
+async def test_503_is_503_after_bounded_attempts(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, *[Reply(503, json={"ok": False, "error": "service_unavailable"})] * 5)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamUnavailable):
+            await skill.post_message(text="hello")
+    assert len(fake.posts) == ATTEMPTS
+
+
+async def test_html_error_page_with_5xx_is_502(fake, slack_settings):
+    page = Reply(502, text="<html><body>Bad gateway</body></html>", content_type="text/html")
+    fake.queue("POST", CHAT_POST_MESSAGE, *[page] * 5)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamError) as caught:
+            await skill.post_message(text="hello")
+    assert caught.value.status == 502
+    assert len(fake.posts) == ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, text="<html>captive portal</html>", content_type="text/html"),
+        Reply(200, text="{not json", content_type="application/json"),
+        Reply(200, text="ok", content_type="text/plain"),
+        Reply(200, json={"ok": True}),  # no ts
+    ],
+    ids=["html", "invalid-json", "plain-text", "no-ts"],
+)
+async def test_unusable_200_is_502_and_not_retried(fake, slack_settings, reply):
+    # The message may have been posted: retrying could post it twice.
+    fake.queue("POST", CHAT_POST_MESSAGE, reply)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamError) as caught:
+            await skill.post_message(text="hello")
+    assert caught.value.status == 502
+    assert type(caught.value) is UpstreamError
+    assert len(fake.posts) == 1
+
+
+async def test_slow_answer_past_the_timeout_is_504_after_bounded_attempts(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, *[Reply(json={"ok": True, "ts": "1.1"}, delay=1.0)] * 5)
+    async with opened(slack_settings(http_timeout_seconds=0.2)) as skill:
+        with pytest.raises(UpstreamTimeout) as caught:
+            await skill.post_message(text="hello")
+    assert caught.value.status == 504
+    assert len(fake.posts) == ATTEMPTS
+
+
+async def test_connection_reset_is_503_after_bounded_attempts(fake, slack_settings):
+    fake.queue("POST", CHAT_POST_MESSAGE, *[Reply(drop=True)] * 5)
+    async with opened(slack_settings()) as skill:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await skill.post_message(text="hello")
+    assert caught.value.status == 503
+    # Exactly our attempts: the SDK's connection-error handler would add one more per attempt.
+    assert len(fake.posts) == ATTEMPTS
+
+
+async def test_connection_refused_is_503(make_settings):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(slack_bot_token=TOKEN, slack_base_url=f"http://127.0.0.1:{port}/api/")
+    async with opened(settings) as skill:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await skill.post_message(text="hello", channel="#general")
+    assert caught.value.status == 503
+    assert caught.value.retryable is True
