@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     smtp_from: str | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_timeout_seconds: float = Field(15.0, gt=0)
+    smtp_ca_file: str | None = None
 
     # --- WhatsApp (Twilio) -------------------------------------------------
     twilio_account_sid: str | None = None

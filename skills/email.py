@@ -1,10 +1,37 @@
-"""Email skill: send mail over SMTP with aiosmtplib."""
+"""Email skill: send mail over SMTP with aiosmtplib.
+
+One connection per message: mail is rare here, and a pooled SMTP connection
+would time out on the server between sends anyway.
+
+Only the connection phase (connect, TLS, AUTH) is retried: nothing has been
+handed to the server yet. Once the message is being sent, a failure may mean it
+was delivered, so it is reported, never retried.
+"""
 
 from __future__ import annotations
 
+import ssl
+import unicodedata
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+import aiosmtplib
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field
+
+from core.errors import InvalidInput, ProblemError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
+from core.upstream import with_retries
+
+UPSTREAM = "smtp"
+CONNECT_ATTEMPTS = 3
+MAX_RECIPIENTS = 50
+MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; a longer subject would have to be folded anyway.
 
 
 def _sender_missing(settings: Settings) -> list[str]:
@@ -16,10 +43,55 @@ INTEGRATION = Integration(
     kind="skill",
     description="Send plain-text (and optional HTML) email over SMTP.",
     required=("SMTP_HOST",),
-    optional=("SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_SECURITY"),
+    optional=("SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_SECURITY", "SMTP_CA_FILE"),
     operations=("send_email",),
     extra_check=_sender_missing,
 )
+
+
+class EmailSent(ActionOutcome):
+    """The message was accepted by the SMTP server (or, in a dry run, would have been sent)."""
+
+    message_id: str = Field(description="The Message-ID header, generated here, so it is known in a dry run too.")
+    recipients: list[str] = Field(description="Addresses the server accepted (all of them in a dry run).")
+    refused: dict[str, str] = Field(
+        default_factory=dict, description="Addresses the server refused while accepting others, with its answer."
+    )
+
+    def ledger_external_id(self) -> str | None:
+        return self.message_id
+
+
+def _has_line_break_or_control(value: str) -> bool:
+    """CR, LF and every other control or line/paragraph separator: the ways to inject a header."""
+    return any(ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value)
+
+
+def normalise_recipients(to: str | list[str]) -> list[str]:
+    """Validate each address (syntax only, no DNS: no blocking lookups) and return them normalised."""
+    addresses = [to] if isinstance(to, str) else list(to)
+    if not addresses:
+        raise InvalidInput("Give at least one recipient address.")
+    if len(addresses) > MAX_RECIPIENTS:
+        raise InvalidInput(f"At most {MAX_RECIPIENTS} recipients per message.")
+    normalised: list[str] = []
+    for address in addresses:
+        if _has_line_break_or_control(address):
+            raise InvalidInput("A recipient address contains a line break or control character.")
+        try:
+            valid = validate_email(address, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise InvalidInput(f"{address!r} is not a valid email address: {exc}") from None
+        if valid.normalized not in normalised:
+            normalised.append(valid.normalized)
+    return normalised
+
+
+def check_subject(subject: str) -> None:
+    if _has_line_break_or_control(subject):
+        raise InvalidInput("The subject contains a line break or control character; it must be one line.")
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise InvalidInput(f"The subject is longer than {MAX_SUBJECT_CHARS} characters.")
 
 
 class EmailSkill:
@@ -27,6 +99,188 @@ class EmailSkill:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    async def send_email(
+        self,
+        *,
+        to: str | list[str],
+        subject: str,
+        body: str,
+        html: str | None = None,
+        dry_run: bool = False,
+    ) -> EmailSent:
+        """Validate, build and send one message; every header check happens before any connection."""
+        INTEGRATION.require(self.settings)
+        recipients = normalise_recipients(to)
+        check_subject(subject)
+        sender = self.settings.smtp_from or self.settings.smtp_user
+        assert sender is not None  # INTEGRATION.require checked SMTP_FROM or SMTP_USER
+        message = self._build(sender, recipients, subject, body, html)
+        payload = self._payload(message, recipients, body, html)
+
+        if dry_run:
+            return EmailSent(dry_run=True, payload=payload, message_id=message["Message-ID"], recipients=recipients)
+
+        refused = await self._deliver(message, sender, recipients)
+        accepted = [address for address in recipients if address not in refused]
+        return EmailSent(payload=payload, message_id=message["Message-ID"], recipients=accepted, refused=refused)
+
+    # --- Building -------------------------------------------------------------------
+
+    def _build(self, sender: str, recipients: list[str], subject: str, body: str, html: str | None) -> EmailMessage:
+        message = EmailMessage()
+        try:
+            message["From"] = sender
+            message["To"] = ", ".join(recipients)
+            message["Subject"] = subject
+            message["Date"] = format_datetime(datetime.now(UTC))
+            message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+        except ValueError as exc:
+            # The default policy refuses CR/LF in any header: a last line of defence after the checks above.
+            raise InvalidInput(f"A header value is not allowed: {exc}") from None
+        message.set_content(body)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+        return message
+
+    def _payload(self, message: EmailMessage, recipients: list[str], body: str, html: str | None) -> dict[str, Any]:
+        """What the ledger records: server, envelope, headers and content; never the password."""
+        settings = self.settings
+        return {
+            "server": f"{settings.smtp_host}:{settings.effective_smtp_port}",
+            "security": settings.smtp_security,
+            "login": settings.smtp_user,
+            "envelope": {"from": message["From"], "to": recipients},
+            "headers": {name: str(message[name]) for name in ("From", "To", "Subject", "Date", "Message-ID")},
+            "text": body,
+            "html": html,
+        }
+
+    # --- Sending --------------------------------------------------------------------
+
+    async def _deliver(self, message: EmailMessage, sender: str, recipients: list[str]) -> dict[str, str]:
+        """Send; return the recipients the server refused while it accepted others."""
+        settings = self.settings
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        use_tls = settings.smtp_security == "tls"
+
+        def client() -> aiosmtplib.SMTP:
+            return aiosmtplib.SMTP(
+                hostname=settings.smtp_host,
+                port=settings.effective_smtp_port,
+                use_tls=use_tls,
+                # `none` means none: aiosmtplib would otherwise upgrade whenever the server offers STARTTLS.
+                start_tls=settings.smtp_security == "starttls",
+                username=settings.smtp_user,
+                password=password if settings.smtp_user else None,
+                timeout=settings.smtp_timeout_seconds,
+                cert_bundle=settings.smtp_ca_file,
+            )
+
+        async def connect() -> aiosmtplib.SMTP:
+            smtp = client()
+            try:
+                await smtp.connect()
+            except BaseException as exc:
+                smtp.close()
+                if isinstance(exc, Exception):
+                    raise connection_error(exc) from None
+                raise
+            return smtp
+
+        smtp = await with_retries(connect, attempts=CONNECT_ATTEMPTS)
+        try:
+            errors, _ = await smtp.send_message(message, sender=sender, recipients=recipients)
+        except Exception as exc:
+            raise sending_error(exc) from None
+        finally:
+            await _quit(smtp)
+        return {address: f"{response.code} {response.message}" for address, response in errors.items()}
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    """QUIT politely; the message is already accepted, so a failure here changes nothing."""
+    try:
+        if smtp.is_connected:
+            await smtp.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        smtp.close()
+
+
+def connection_error(exc: Exception) -> ProblemError:
+    """Map a failure while connecting, upgrading to TLS or logging in; nothing was sent yet."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return UpstreamError(
+            f"The SMTP server refused the login ({exc.code}): check SMTP_USER and SMTP_PASSWORD.", upstream=UPSTREAM
+        )
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return UpstreamError(
+            f"The SMTP server does not support what was asked ({exc.message}): "
+            "check SMTP_SECURITY, SMTP_PORT and whether it offers AUTH on this connection.",
+            upstream=UPSTREAM,
+        )
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+        return UpstreamTimeout("The SMTP server did not answer in time (SMTP_TIMEOUT_SECONDS).", upstream=UPSTREAM)
+    if _is_tls_failure(exc):
+        return UpstreamError(
+            "TLS with the SMTP server failed: check SMTP_SECURITY and SMTP_PORT (465 is tls, 587 is starttls) "
+            "and the server's certificate (SMTP_CA_FILE for a private CA).",
+            upstream=UPSTREAM,
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        # A 4xx greeting or EHLO answer is the server saying "not now"; 5xx says "never".
+        if 400 <= exc.code < 500:
+            return UpstreamUnavailable(
+                f"The SMTP server is temporarily refusing connections ({exc.code}).", upstream=UPSTREAM
+            )
+        return UpstreamError(f"The SMTP server refused the connection ({exc.code}).", upstream=UPSTREAM)
+    if isinstance(exc, (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError)):
+        return UpstreamUnavailable(
+            "The SMTP server could not be reached: check SMTP_HOST and SMTP_PORT.", upstream=UPSTREAM
+        )
+    return UpstreamError(f"SMTP failed while connecting ({type(exc).__name__}).", upstream=UPSTREAM)
+
+
+def sending_error(exc: Exception) -> ProblemError:
+    """Map a failure after the connection was up: never retried, the message may have gone out."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refused = ", ".join(f"{error.recipient} ({error.code})" for error in exc.recipients)
+        return InvalidInput(f"The SMTP server refused every recipient: {refused}.", upstream=UPSTREAM)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return InvalidInput(f"The SMTP server refused {exc.recipient} ({exc.code}).", upstream=UPSTREAM)
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return UpstreamError(
+            f"The SMTP server refused the sender {exc.sender} ({exc.code}): check SMTP_FROM.", upstream=UPSTREAM
+        )
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+        return UpstreamTimeout(
+            "The SMTP server stopped answering while the message was sent; it may or may not have been delivered.",
+            upstream=UPSTREAM,
+            retryable=False,
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return UpstreamError(f"The SMTP server refused the message ({exc.code}).", upstream=UPSTREAM)
+    if isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)):
+        return UpstreamError(
+            "The SMTP connection dropped while the message was sent; it may or may not have been delivered.",
+            upstream=UPSTREAM,
+        )
+    if isinstance(exc, ValueError):
+        return InvalidInput(f"The message could not be encoded for SMTP: {exc}")
+    return UpstreamError(f"SMTP failed while sending ({type(exc).__name__}).", upstream=UPSTREAM)
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def open_skill(resources: Resources) -> EmailSkill:

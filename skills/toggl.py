@@ -1,12 +1,34 @@
-"""Toggl Track skill: running timers over the v9 API."""
+"""Toggl Track skill: running timers over the v9 API.
+
+Facts this module relies on (Toggl Track API v9):
+- HTTP Basic auth with the API token as user and the literal `api_token` as password.
+- `duration: -1` creates a *running* entry; Toggl then reports `duration = -(start as epoch seconds)`,
+  so the elapsed time of a running entry is `now + duration`. A positive duration would create a finished entry.
+- Errors are bare JSON strings (`"Start time year must be between 2006 and 2030"`), not objects.
+- Since September 2025 an hourly per-user quota answers 402 when exhausted; older docs describe 429.
+"""
 
 from __future__ import annotations
 
-import httpx
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import (
+    InvalidInput,
+    NotFound,
+    ProblemError,
+    UpstreamError,
+    UpstreamRateLimited,
+)
+from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
+from core.upstream import parse_retry_after, transport_error, with_retries
 
 INTEGRATION = Integration(
     name="toggl",
@@ -17,6 +39,166 @@ INTEGRATION = Integration(
     operations=("start_timer", "stop_timer", "current_timer"),
 )
 
+UPSTREAM = "toggl"
+CREATED_WITH = "ai-productivity-orchestrator"
+ATTEMPTS = 3
+# An HTTP caller is waiting on us: wait out a short Retry-After, pass a long one on as our own 429.
+MAX_WAIT_SECONDS = 10.0
+_MAX_DETAIL = 300
+# The quota header name is not in Toggl's public docs; read it only when Retry-After is absent.
+_QUOTA_RESET_HEADER = "X-Toggl-Quota-Resets-In"
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, whole seconds, ending in `Z`: the form Toggl documents for `start`."""
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class TogglEntry(BaseModel):
+    """The fields of a Toggl time entry this service reads; Toggl sends many more."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+    workspace_id: int
+    description: str | None = None
+    start: datetime
+    stop: datetime | None = None
+    duration: int
+    project_id: int | None = None
+    tags: list[str] | None = None
+
+    def elapsed_seconds(self, now: datetime) -> int:
+        """Running entries carry `duration = -start_epoch`; finished ones the real duration."""
+        if self.duration < 0:
+            return max(0, int(now.timestamp()) + self.duration)
+        return self.duration
+
+
+class TimerStarted(ActionOutcome):
+    """A running timer was created (or, in a dry run, would be)."""
+
+    entry_id: int | None = Field(None, description="Toggl's time entry id; null in a dry run.")
+    workspace_id: int
+    description: str
+    start: datetime = Field(description="UTC start time.")
+    planned_stop: datetime | None = Field(
+        None, description="start + duration_minutes; the timer keeps running until something stops it."
+    )
+    project_id: int | None = None
+    tags: list[str] | None = None
+
+    def ledger_external_id(self) -> str | None:
+        return str(self.entry_id) if self.entry_id is not None else None
+
+
+class TimerStopped(ActionOutcome):
+    """A time entry was stopped, or was found already stopped (Toggl answered 409)."""
+
+    entry_id: int
+    workspace_id: int
+    description: str | None = None
+    start: datetime | None = Field(None, description="Null when Toggl did not return the entry (already stopped).")
+    stop: datetime | None = None
+    elapsed_seconds: int | None = Field(None, description="Null when Toggl did not return the entry.")
+    already_stopped: bool = False
+
+    def ledger_external_id(self) -> str | None:
+        return str(self.entry_id)
+
+
+class RunningTimer(BaseModel):
+    """The timer running now."""
+
+    entry_id: int
+    workspace_id: int
+    description: str | None
+    start: datetime
+    elapsed_seconds: int
+    project_id: int | None = None
+    tags: list[str] | None = None
+
+
+def _toggl_message(response: httpx.Response) -> str | None:
+    """Toggl's own words, when it gave any: a bare JSON string, a JSON object's message, or short plain text.
+
+    HTML error pages (a proxy or load balancer in front of Toggl) are never echoed.
+    """
+    text = response.text.strip()
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        content_type = response.headers.get("content-type", "")
+        if "html" in content_type or text.lstrip().startswith("<"):
+            return None
+        return text[:_MAX_DETAIL]
+    if isinstance(data, str):
+        return data[:_MAX_DETAIL]
+    if isinstance(data, dict):
+        for key in ("message", "error", "error_message"):
+            if isinstance(data.get(key), str):
+                return data[key][:_MAX_DETAIL]
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if retry_after is None:
+        retry_after = parse_retry_after(response.headers.get(_QUOTA_RESET_HEADER))
+    return retry_after
+
+
+def error_for(response: httpx.Response) -> ProblemError:
+    """Turn a non-2xx Toggl answer into a domain error; `retryable` says whether trying again may help."""
+    status = response.status_code
+    said = _toggl_message(response)
+    suffix = f" Toggl said: {said}" if said else ""
+    if status in (401, 403):
+        return UpstreamError(
+            f"Toggl refused the credentials ({status}): check TOGGL_API_TOKEN and that it can use this workspace."
+            + suffix,
+            upstream=UPSTREAM,
+            upstream_status=status,
+        )
+    if status in (402, 429):
+        retry_after = _retry_after(response)
+        what = "hourly API quota is used up" if status == 402 else "rate limit was reached"
+        error = UpstreamRateLimited(
+            f"Toggl's {what} ({status}); try again later." + suffix,
+            upstream=UPSTREAM,
+            upstream_status=status,
+            retry_after=retry_after,
+        )
+        # The quota refills over an hour: blind backoff would only burn attempts. Retry 402 only when told when.
+        if status == 402 and retry_after is None:
+            error.retryable = False
+        return error
+    if status == 404:
+        return NotFound("Toggl has no such workspace or time entry (404)." + suffix, upstream=UPSTREAM)
+    if 400 <= status < 500:
+        return InvalidInput(f"Toggl rejected the request ({status})." + suffix, upstream=UPSTREAM)
+    return UpstreamError(
+        f"Toggl failed ({status})." + suffix, upstream=UPSTREAM, upstream_status=status, retryable=status >= 500
+    )
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise UpstreamError(
+            f"Toggl answered {response.status_code} with a body that is not JSON.", upstream=UPSTREAM
+        ) from None
+
+
+def _entry(data: Any) -> TogglEntry:
+    try:
+        return TogglEntry.model_validate(data)
+    except ValidationError:
+        raise UpstreamError("Toggl answered with a time entry this service cannot read.", upstream=UPSTREAM) from None
+
 
 class TogglSkill:
     """Toggl Track API v9 over the shared httpx client."""
@@ -24,6 +206,179 @@ class TogglSkill:
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.http = http
+
+    # --- Operations -----------------------------------------------------------------
+
+    async def start_timer(
+        self,
+        *,
+        description: str,
+        workspace_id: int | None = None,
+        duration_minutes: int | None = None,
+        project_id: int | None = None,
+        tags: list[str] | None = None,
+        billable: bool | None = None,
+        dry_run: bool = False,
+    ) -> TimerStarted:
+        """Start a running timer. `duration_minutes` only sets `planned_stop`: Toggl has no auto-stop."""
+        INTEGRATION.require(self.settings)
+        wid = self._workspace(workspace_id)
+        start = datetime.now(UTC).replace(microsecond=0)
+        body: dict[str, Any] = {
+            "created_with": CREATED_WITH,
+            "workspace_id": wid,
+            "start": rfc3339(start),
+            "duration": -1,
+            "description": description,
+        }
+        if project_id is not None:
+            body["project_id"] = project_id
+        if tags is not None:
+            body["tags"] = tags
+        if billable is not None:
+            body["billable"] = billable
+        path = f"/workspaces/{wid}/time_entries"
+        request = {"method": "POST", "path": path, "json": body}
+
+        if dry_run:
+            return TimerStarted(
+                dry_run=True,
+                payload=request,
+                workspace_id=wid,
+                description=description,
+                start=start,
+                planned_stop=_planned_stop(start, duration_minutes),
+                project_id=project_id,
+                tags=tags,
+            )
+
+        response = await self._send("POST", path, json=body)
+        entry = _entry(_json(response))
+        return TimerStarted(
+            payload=request,
+            entry_id=entry.id,
+            workspace_id=entry.workspace_id,
+            description=entry.description if entry.description is not None else description,
+            start=entry.start,
+            planned_stop=_planned_stop(entry.start, duration_minutes),
+            project_id=entry.project_id,
+            tags=entry.tags if entry.tags is not None else tags,
+        )
+
+    async def stop_timer(
+        self, *, workspace_id: int | None = None, entry_id: int | None = None, dry_run: bool = False
+    ) -> TimerStopped | None:
+        """Stop `entry_id`, or the running timer when no id is given; None when nothing runs.
+
+        Without an id the running timer is read first (a read, also in a dry run). A 409 from Toggl
+        means the entry is already stopped: that is the state the caller wanted, so it is success.
+        """
+        INTEGRATION.require(self.settings)
+        running: RunningTimer | None = None
+        if entry_id is None:
+            running = await self.current_timer()
+            if running is None:
+                return None
+            entry_id, wid = running.entry_id, running.workspace_id
+        else:
+            wid = self._workspace(workspace_id)
+        path = f"/workspaces/{wid}/time_entries/{entry_id}/stop"
+        request = {"method": "PATCH", "path": path}
+
+        if dry_run:
+            now = datetime.now(UTC).replace(microsecond=0)
+            return TimerStopped(
+                dry_run=True,
+                payload=request,
+                entry_id=entry_id,
+                workspace_id=wid,
+                description=running.description if running else None,
+                start=running.start if running else None,
+                stop=now if running else None,
+                elapsed_seconds=running.elapsed_seconds if running else None,
+            )
+
+        response = await self._send("PATCH", path, accept=(409,))
+        if response.status_code == 409:
+            return TimerStopped(
+                payload=request,
+                entry_id=entry_id,
+                workspace_id=wid,
+                description=running.description if running else None,
+                already_stopped=True,
+            )
+        entry = _entry(_json(response))
+        return TimerStopped(
+            payload=request,
+            entry_id=entry.id,
+            workspace_id=entry.workspace_id,
+            description=entry.description,
+            start=entry.start,
+            stop=entry.stop,
+            elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
+        )
+
+    async def current_timer(self) -> RunningTimer | None:
+        """The running timer, or None: Toggl answers 200 with the body `null` when nothing runs."""
+        INTEGRATION.require(self.settings)
+        response = await self._send("GET", "/me/time_entries/current")
+        data = _json(response)
+        if data is None:
+            return None
+        entry = _entry(data)
+        return RunningTimer(
+            entry_id=entry.id,
+            workspace_id=entry.workspace_id,
+            description=entry.description,
+            start=entry.start,
+            elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
+            project_id=entry.project_id,
+            tags=entry.tags,
+        )
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    def _workspace(self, workspace_id: int | None) -> int:
+        wid = workspace_id if workspace_id is not None else self.settings.toggl_workspace_id
+        if wid is None:
+            raise InvalidInput(
+                "No Toggl workspace: pass workspace_id or set TOGGL_WORKSPACE_ID.",
+                missing_settings=["TOGGL_WORKSPACE_ID"],
+            )
+        return wid
+
+    async def _send(
+        self, method: str, path: str, *, json: dict[str, Any] | None = None, accept: tuple[int, ...] = ()
+    ) -> httpx.Response:
+        """One request with bounded retries; non-2xx answers (other than `accept`) become domain errors.
+
+        Retrying a POST after a timeout or 5xx may create a second entry; Toggl keeps one running
+        timer per user and stops the previous one, so the worst case is a near-empty entry.
+        """
+        token = self.settings.toggl_api_token
+        assert token is not None  # INTEGRATION.require ran
+        url = self.settings.toggl_base_url.rstrip("/") + path
+
+        async def attempt() -> httpx.Response:
+            try:
+                response = await self.http.request(
+                    method, url, json=json, auth=httpx.BasicAuth(token.get_secret_value(), "api_token")
+                )
+            except httpx.TransportError as exc:
+                raise transport_error(exc, upstream=UPSTREAM) from None
+            except httpx.DecodingError:
+                raise UpstreamError(
+                    "Toggl answered with a body that could not be decoded.", upstream=UPSTREAM
+                ) from None
+            if response.is_success or response.status_code in accept:
+                return response
+            raise error_for(response)
+
+        return await with_retries(attempt, attempts=ATTEMPTS, max_wait_seconds=MAX_WAIT_SECONDS)
+
+
+def _planned_stop(start: datetime, duration_minutes: int | None) -> datetime | None:
+    return start + timedelta(minutes=duration_minutes) if duration_minutes is not None else None
 
 
 def open_skill(resources: Resources) -> TogglSkill:

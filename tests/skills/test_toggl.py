@@ -1,0 +1,403 @@
+"""TogglSkill against respx (exact requests) and a real loopback server (timeouts, dropped connections)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import respx
+
+from core.errors import (
+    InvalidInput,
+    NotConfigured,
+    NotFound,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from core.settings import Settings
+from skills.toggl import CREATED_WITH, TogglSkill
+from tests.fakes.server import FakeUpstream, Reply
+
+BASE = "https://toggl.test/api/v9"
+TOKEN = "tok-1234567890"
+WID = 4242
+EXPECTED_AUTH = "Basic " + base64.b64encode(f"{TOKEN}:api_token".encode()).decode()
+
+
+def entry(**fields: object) -> dict[str, object]:
+    """A time entry as Toggl returns it (with fields this service ignores)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    data: dict[str, object] = {
+        "id": 987654321,
+        "workspace_id": WID,
+        "project_id": None,
+        "task_id": None,
+        "billable": False,
+        "start": start.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        "stop": None,
+        "duration": -int(start.timestamp()),
+        "description": "Deep Work",
+        "tags": [],
+        "tag_ids": [],
+        "duronly": True,
+        "at": start.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        "server_deleted_at": None,
+        "user_id": 1,
+        "uid": 1,
+        "wid": WID,
+    }
+    data.update(fields)
+    return data
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        yield client
+
+
+@pytest.fixture
+def make_skill(make_settings: Callable[..., Settings], http: httpx.AsyncClient) -> Callable[..., TogglSkill]:
+    def _make(**overrides: object) -> TogglSkill:
+        values: dict[str, object] = {
+            "toggl_api_token": TOKEN,
+            "toggl_workspace_id": WID,
+            "toggl_base_url": BASE,
+            **overrides,
+        }
+        return TogglSkill(make_settings(**values), http)
+
+    return _make
+
+
+@pytest.fixture
+def toggl() -> respx.MockRouter:
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+# --- Start --------------------------------------------------------------------------------
+
+
+async def test_start_timer_posts_a_running_entry(make_skill, toggl):
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(
+        return_value=httpx.Response(200, json=entry(description="Write report", tags=["focus"], project_id=55))
+    )
+    before = datetime.now(UTC).replace(microsecond=0)
+
+    started = await make_skill().start_timer(
+        description="Write report", duration_minutes=90, project_id=55, tags=["focus"], billable=True
+    )
+
+    request = route.calls.last.request
+    assert request.method == "POST"
+    assert request.url == f"{BASE}/workspaces/{WID}/time_entries"
+    assert request.headers["authorization"] == EXPECTED_AUTH
+    body = json.loads(request.content)
+    start_sent = body.pop("start")
+    assert body == {
+        "created_with": CREATED_WITH,
+        "workspace_id": WID,
+        "duration": -1,
+        "description": "Write report",
+        "project_id": 55,
+        "tags": ["focus"],
+        "billable": True,
+    }
+    assert isinstance(body["workspace_id"], int)
+    # RFC 3339 in UTC with a Z, whole seconds, and "now".
+    assert start_sent.endswith("Z") and len(start_sent) == 20
+    sent_at = datetime.strptime(start_sent, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert before <= sent_at <= datetime.now(UTC)
+
+    assert started.entry_id == 987654321
+    assert started.workspace_id == WID
+    assert started.planned_stop == started.start + timedelta(minutes=90)
+    assert started.payload == {
+        "method": "POST",
+        "path": f"/workspaces/{WID}/time_entries",
+        "json": {**body, "start": start_sent},
+    }
+    assert started.ledger_external_id() == "987654321"
+
+
+async def test_start_timer_minimal_body_and_explicit_workspace(make_skill, toggl):
+    route = toggl.post("/workspaces/777/time_entries").mock(
+        return_value=httpx.Response(200, json=entry(workspace_id=777))
+    )
+    started = await make_skill(toggl_workspace_id=None).start_timer(description="Deep Work", workspace_id=777)
+    body = json.loads(route.calls.last.request.content)
+    assert set(body) == {"created_with", "workspace_id", "start", "duration", "description"}
+    assert body["workspace_id"] == 777
+    assert body["duration"] == -1
+    assert started.planned_stop is None
+
+
+async def test_start_timer_without_any_workspace_is_422(make_skill, toggl):
+    with pytest.raises(InvalidInput, match="TOGGL_WORKSPACE_ID"):
+        await make_skill(toggl_workspace_id=None).start_timer(description="x")
+    assert not toggl.calls
+
+
+async def test_unconfigured_skill_names_the_variable(make_skill, toggl):
+    with pytest.raises(NotConfigured) as caught:
+        await make_skill(toggl_api_token=None).start_timer(description="x")
+    assert caught.value.status == 503
+    assert caught.value.extras["missing_settings"] == ["TOGGL_API_TOKEN"]
+    assert not toggl.calls
+
+
+async def test_dry_run_builds_the_payload_without_calling(make_skill, toggl):
+    started = await make_skill().start_timer(description="Plan", duration_minutes=30, dry_run=True)
+    assert not toggl.calls
+    assert started.dry_run is True
+    assert started.entry_id is None
+    assert started.payload["json"]["duration"] == -1
+    assert started.payload["path"] == f"/workspaces/{WID}/time_entries"
+    assert started.planned_stop == started.start + timedelta(minutes=30)
+
+
+# --- Current and stop ---------------------------------------------------------------------
+
+
+async def test_current_timer_null_means_nothing_running(make_skill, toggl):
+    toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+    )
+    assert await make_skill().current_timer() is None
+
+
+async def test_current_timer_elapsed_from_negative_duration(make_skill, toggl):
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=600)
+    route = toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(
+            200, json=entry(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), duration=-int(start.timestamp()))
+        )
+    )
+    running = await make_skill().current_timer()
+    assert route.calls.last.request.headers["authorization"] == EXPECTED_AUTH
+    assert running is not None
+    assert running.entry_id == 987654321
+    assert 600 <= running.elapsed_seconds <= 603
+    assert running.start == start
+
+
+async def test_stop_without_id_stops_the_running_entry(make_skill, toggl):
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry(workspace_id=99)))
+    stopped_entry = entry(workspace_id=99, stop="2026-11-25T09:30:00Z", duration=5400)
+    route = toggl.patch("/workspaces/99/time_entries/987654321/stop").mock(
+        return_value=httpx.Response(200, json=stopped_entry)
+    )
+    stopped = await make_skill().stop_timer()
+    request = route.calls.last.request
+    assert request.method == "PATCH"
+    assert request.content == b""
+    assert request.headers["authorization"] == EXPECTED_AUTH
+    assert stopped is not None
+    assert (stopped.entry_id, stopped.workspace_id, stopped.elapsed_seconds) == (987654321, 99, 5400)
+    assert stopped.already_stopped is False
+    assert stopped.stop == datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
+
+
+async def test_stop_with_nothing_running_returns_none(make_skill, toggl):
+    toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+    )
+    assert await make_skill().stop_timer() is None
+    assert [call.request.method for call in toggl.calls] == ["GET"]
+
+
+async def test_stop_409_means_already_stopped(make_skill, toggl):
+    route = toggl.patch(f"/workspaces/{WID}/time_entries/5/stop").mock(
+        return_value=httpx.Response(409, json="Time entry already stopped")
+    )
+    stopped = await make_skill().stop_timer(entry_id=5)
+    assert route.call_count == 1
+    assert stopped is not None
+    assert stopped.already_stopped is True
+    assert stopped.entry_id == 5
+
+
+async def test_stop_dry_run_reads_but_never_patches(make_skill, toggl):
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry()))
+    patch = toggl.patch(f"/workspaces/{WID}/time_entries/987654321/stop")
+    stopped = await make_skill().stop_timer(dry_run=True)
+    assert not patch.called
+    assert stopped is not None and stopped.dry_run
+    assert stopped.payload == {"method": "PATCH", "path": f"/workspaces/{WID}/time_entries/987654321/stop"}
+
+
+# --- Error mapping ------------------------------------------------------------------------
+
+
+def post_route(toggl: respx.MockRouter) -> respx.Route:
+    return toggl.post(f"/workspaces/{WID}/time_entries")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_failures_are_502_naming_the_token(make_skill, toggl, status):
+    route = post_route(toggl).mock(return_value=httpx.Response(status, text=""))
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 502
+    assert "TOGGL_API_TOKEN" in caught.value.detail
+    assert TOKEN not in caught.value.detail
+    assert route.call_count == 1  # not retried
+
+
+async def test_bare_json_string_error_is_shown(make_skill, toggl):
+    post_route(toggl).mock(return_value=httpx.Response(400, json="Start time year must be between 2006 and 2030"))
+    with pytest.raises(InvalidInput) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 422
+    assert "Start time year must be between 2006 and 2030" in caught.value.detail
+
+
+async def test_404_is_not_found(make_skill, toggl):
+    toggl.patch(f"/workspaces/{WID}/time_entries/5/stop").mock(return_value=httpx.Response(404, json="Not found"))
+    with pytest.raises(NotFound):
+        await make_skill().stop_timer(entry_id=5)
+
+
+@pytest.mark.parametrize("status", [402, 429])
+async def test_rate_limit_with_long_retry_after_is_passed_on_at_once(make_skill, toggl, status):
+    route = post_route(toggl).mock(return_value=httpx.Response(status, json="quota", headers={"Retry-After": "120"}))
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 429
+    assert caught.value.headers["Retry-After"] == "120"
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("status", [402, 429])
+async def test_short_retry_after_is_waited_out(make_skill, toggl, status):
+    route = post_route(toggl).mock(
+        side_effect=[
+            httpx.Response(status, json="slow down", headers={"Retry-After": "1"}),
+            httpx.Response(200, json=entry()),
+        ]
+    )
+    began = time.monotonic()
+    started = await make_skill().start_timer(description="x")
+    assert time.monotonic() - began >= 0.95
+    assert route.call_count == 2
+    assert started.entry_id == 987654321
+
+
+async def test_429_without_retry_after_backs_off_then_gives_up(make_skill, toggl):
+    route = post_route(toggl).mock(return_value=httpx.Response(429, json="too many"))
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await make_skill().start_timer(description="x")
+    assert route.call_count == 3
+    assert "Retry-After" not in caught.value.headers
+
+
+async def test_402_without_retry_after_is_not_retried(make_skill, toggl):
+    route = post_route(toggl).mock(return_value=httpx.Response(402, json="quota exceeded"))
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 429
+    assert "quota" in caught.value.detail
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_5xx_retried_then_502(make_skill, toggl, status):
+    route = post_route(toggl).mock(return_value=httpx.Response(status, text="<html><body>Bad gateway</body></html>"))
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 502
+    assert "<html>" not in caught.value.detail
+    assert route.call_count == 3
+
+
+async def test_5xx_then_success_recovers(make_skill, toggl):
+    route = post_route(toggl).mock(side_effect=[httpx.Response(503), httpx.Response(200, json=entry())])
+    started = await make_skill().start_timer(description="x")
+    assert route.call_count == 2
+    assert started.entry_id == 987654321
+
+
+async def test_invalid_json_on_success_is_502(make_skill, toggl):
+    post_route(toggl).mock(return_value=httpx.Response(200, text="{not json"))
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 502
+    assert "not JSON" in caught.value.detail
+
+
+async def test_unexpected_entry_shape_is_502(make_skill, toggl):
+    post_route(toggl).mock(return_value=httpx.Response(200, json={"id": "nope"}))
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 502
+
+
+async def test_timeout_retried_then_504(make_skill, toggl):
+    route = post_route(toggl).mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(UpstreamTimeout) as caught:
+        await make_skill().start_timer(description="x")
+    assert caught.value.status == 504
+    assert route.call_count == 3
+
+
+# --- Real sockets: slow answers, dropped and refused connections --------------------------
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as server:
+        yield server
+
+
+async def test_slow_answer_past_the_timeout_is_504(make_settings, fake):
+    fake.route("GET", "/api/v9/me/time_entries/current", lambda req: Reply(json=None, delay=1.0))
+    settings = make_settings(toggl_api_token=TOKEN, toggl_base_url=f"{fake.url}/api/v9")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.2)) as client:
+        with pytest.raises(UpstreamTimeout):
+            await TogglSkill(settings, client).current_timer()
+    assert len(fake.calls("GET", "/api/v9/me/time_entries/current")) == 3
+    assert fake.requests[0].headers["authorization"] == EXPECTED_AUTH
+
+
+async def test_dropped_connection_is_503(make_settings, fake):
+    fake.route("GET", "/api/v9/me/time_entries/current", lambda req: Reply(drop=True))
+    settings = make_settings(toggl_api_token=TOKEN, toggl_base_url=f"{fake.url}/api/v9")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await TogglSkill(settings, client).current_timer()
+    assert caught.value.status == 503
+    assert len(fake.requests) == 3
+
+
+async def test_html_error_page_from_a_proxy_is_502(make_settings, fake):
+    fake.route(
+        "GET",
+        "/api/v9/me/time_entries/current",
+        lambda req: Reply(502, text="<html><h1>502 Bad Gateway</h1></html>", content_type="text/html"),
+    )
+    settings = make_settings(toggl_api_token=TOKEN, toggl_base_url=f"{fake.url}/api/v9")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        with pytest.raises(UpstreamError) as caught:
+            await TogglSkill(settings, client).current_timer()
+    assert caught.value.status == 502
+    assert "Bad Gateway" not in caught.value.detail
+
+
+async def test_connection_refused_is_503(make_settings):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on `port` any more.
+    settings = make_settings(toggl_api_token=TOKEN, toggl_base_url=f"http://127.0.0.1:{port}/api/v9")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        with pytest.raises(UpstreamUnavailable):
+            await TogglSkill(settings, client).current_timer()
