@@ -30,7 +30,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 test: install-dev lint
-	$(BIN)/python -m pytest
+	scripts/run-tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -7,6 +7,7 @@ and `postgresql+asyncpg://` is what several workers share.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,6 +131,12 @@ def _alembic_config(connection: Any) -> Any:
     return config
 
 
+# Alembic keeps its migration context in module globals, so two migrations in one
+# process (two apps in one test, say) must not interleave. Workers in separate
+# processes are serialised by the database instead (see migrations/env.py).
+_migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Apply Alembic migrations up to `revision` (start-up runs this with "head")."""
     from alembic import command
@@ -137,7 +144,8 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     def _upgrade(connection: Any) -> None:
         command.upgrade(_alembic_config(connection), revision)
 
-    async with engine.begin() as conn:
+    lock = _migration_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock, engine.begin() as conn:
         await conn.run_sync(_upgrade)
 
 

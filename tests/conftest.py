@@ -120,3 +120,34 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with make_client() as client:
         yield client
+
+
+# --- PostgreSQL (scripts/test-postgres starts one for `make test`) -------------------
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import os
+    import uuid
+
+    import asyncpg
+
+    base = os.environ.get("TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("REQUIRE_POSTGRES=1 but TEST_POSTGRES_URL is not set (scripts/test-postgres start failed)")
+        pytest.skip("no PostgreSQL: set TEST_POSTGRES_URL or run `make test`")
+    admin_dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield base.rsplit("/", 1)[0] + f"/{name}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
