@@ -53,10 +53,18 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_body:
+                    # Answer 413 here and now: FastAPI's body parser catches any exception
+                    # raised from receive() and would turn it into a 400. Whatever the app
+                    # sends after this is dropped by send_with_id.
+                    if not status_holder["started"]:
+                        await self._too_large(scope, receive, send_with_id, max_body)
+                    status_holder["refused"] = True
                     raise _BodyTooLarge
             return message
 
         async def send_with_id(message: Message) -> None:
+            if status_holder.get("refused"):
+                return  # the 413 is already on the wire
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True

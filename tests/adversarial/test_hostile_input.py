@@ -1,0 +1,164 @@
+"""Hostile bodies against every endpoint: over-size (declared and chunked), malformed JSON, malformed forms.
+
+The routes are discovered from the app itself, so a new endpoint is covered
+the day it is added. Expected: 413 for too large, some 4xx for malformed,
+never a 5xx, and always a problem-details body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+from fastapi import FastAPI
+
+from bench.fakes import build_vendor_app, vendor_settings
+from core.errors import PROBLEM_CONTENT_TYPE
+from core.middleware import RequestContextMiddleware
+
+API_KEY = "hostile-test-key"
+LIMIT = 4096
+
+
+@pytest.fixture
+async def vendors() -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """Every vendor faked on 127.0.0.1, in case a malformed request ever got as far as an upstream call."""
+    counts: dict[str, int] = {}
+    runner = web.AppRunner(build_vendor_app(counts=counts), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", counts
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def hostile_client(make_client, vendors) -> AsyncIterator[httpx.AsyncClient]:
+    base_url, _ = vendors
+    settings = {**vendor_settings(base_url), "app_api_key": API_KEY, "max_body_bytes": LIMIT}
+    async with make_client(**settings) as client:
+        client.headers["X-API-Key"] = API_KEY
+        yield client
+
+
+def _body_routes(app: FastAPI, *, required_only: bool = False) -> list[tuple[str, str]]:
+    """(method, concrete path) of every operation that takes a request body, read from the app's OpenAPI."""
+    found = []
+    for template, operations in app.openapi()["paths"].items():
+        path = re.sub(r"\{[^}]+\}", "x", template)
+        for method, operation in operations.items():
+            body = operation.get("requestBody")
+            if method in ("post", "put", "patch") and body and (body.get("required") or not required_only):
+                found.append((method.upper(), path))
+    return found
+
+
+def _assert_problem(response: httpx.Response, method: str, path: str) -> None:
+    where = f"{method} {path} -> {response.status_code}: {response.text[:300]}"
+    assert 400 <= response.status_code < 500, where
+    assert response.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE), where
+    body = response.json()
+    assert body["status"] == response.status_code, where
+    assert isinstance(body["title"], str) and isinstance(body["detail"], str), where
+
+
+MALFORMED = [
+    pytest.param("application/json", b'{"task": ', id="json-truncated"),
+    pytest.param("application/json", b"\xff\xfe\x00garbage", id="json-not-utf8"),
+    pytest.param("application/json", b"[1, 2, 3]", id="json-wrong-type"),
+    pytest.param("application/json", b'"just a string"', id="json-scalar"),
+    # Empty, and NaN in an ignored field, are fine where the body is optional: tested where it is required.
+    pytest.param("application/json", b"", id="json-empty"),
+    pytest.param("application/json", b'{"a": NaN, "b": Infinity}', id="json-nan"),
+    pytest.param("application/json", b"[" * 5000 + b"]" * 5000, id="json-deep-nesting"),
+    pytest.param("application/x-www-form-urlencoded", b"%zz=%%&&==&Body=%E0%A4%A", id="form-bad-percent"),
+    pytest.param("application/x-www-form-urlencoded", b"\xff\xfe\xfd=\x00", id="form-not-utf8"),
+    pytest.param("multipart/form-data; boundary=xyz", b"--xyz\r\nbroken", id="multipart-broken"),
+    pytest.param("multipart/form-data", b"no boundary at all", id="multipart-no-boundary"),
+    pytest.param("text/plain", b"hello", id="wrong-content-type"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body"), MALFORMED)
+async def test_malformed_bodies_get_a_4xx_problem_everywhere(hostile_client, vendors, content_type, body):
+    routes = _body_routes(hostile_client.app, required_only=body in (b"", b'{"a": NaN, "b": Infinity}'))
+    assert routes, "the app has no endpoint that takes a body"
+    for method, path in routes:
+        response = await hostile_client.request(method, path, content=body, headers={"Content-Type": content_type})
+        _assert_problem(response, method, path)
+    # Nothing malformed may have reached an upstream.
+    _, counts = vendors
+    assert counts == {}
+
+
+async def test_declared_oversize_body_is_refused_everywhere(hostile_client):
+    for method, path in _body_routes(hostile_client.app):
+        response = await hostile_client.request(
+            method, path, content=b"x" * (LIMIT + 1), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413, f"{method} {path}: {response.status_code}"
+        _assert_problem(response, method, path)
+        assert response.json()["limit_bytes"] == LIMIT
+
+
+async def _chunks(total: int, size: int = 1000) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < total:
+        piece = min(size, total - sent)
+        sent += piece
+        yield b" " * piece
+
+
+async def test_chunked_oversize_body_without_content_length_is_refused_everywhere(hostile_client):
+    for method, path in _body_routes(hostile_client.app):
+        request = hostile_client.build_request(
+            method, path, content=_chunks(LIMIT * 3), headers={"Content-Type": "application/json"}
+        )
+        assert "content-length" not in request.headers  # really chunked
+        response = await hostile_client.send(request)
+        # Refused while reading, before the JSON parser ever saw it. (A route that
+        # answers without reading the body at all, such as a 401 or 405, is also fine.)
+        assert response.status_code in (401, 403, 405, 413), f"{method} {path}: {response.status_code}"
+        _assert_problem(response, method, path)
+
+
+async def test_lying_content_length_cannot_smuggle_a_larger_body():
+    """Content-Length says small, the stream is large: the middleware counts real bytes."""
+    read: list[int] = []
+
+    async def app(scope, receive, send):
+        total = 0
+        while True:
+            message = await receive()
+            total += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        read.append(total)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = RequestContextMiddleware(app, max_body_bytes=LIMIT)
+    transport = httpx.ASGITransport(app=wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        request = client.build_request("POST", "/", content=_chunks(LIMIT * 2), headers={"Content-Length": "10"})
+        response = await client.send(request)
+    assert response.status_code == 413
+    assert read == []  # the app never finished reading it
+
+
+async def test_body_exactly_at_the_limit_is_accepted():
+    async def app(scope, receive, send):
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(message["body"])).encode()})
+
+    transport = httpx.ASGITransport(app=RequestContextMiddleware(app, max_body_bytes=LIMIT))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.post("/", content=b"x" * LIMIT)
+    assert (response.status_code, response.text) == (200, str(LIMIT))
