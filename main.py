@@ -19,9 +19,10 @@ from core.ratelimit import RateLimitDep
 from core.registry import Registry
 from core.resources import open_resources
 from core.settings import Settings, load_settings
+from routers import ai as ai_api
 from routers import health, runs, slack_notify, whatsapp_send
 from routers import skills as skills_api
-from services import PROVIDERS
+from services import PROVIDERS, open_ai_router
 from skills import SKILLS, open_skills
 
 logger = logging.getLogger("orchestrator")
@@ -39,6 +40,7 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 TAGS = [
     {"name": "health", "description": "Liveness, database and integration status."},
     {"name": "ledger", "description": "Every run and every action it performed."},
+    {"name": "ai", "description": "Text generation routed between Gemini, Claude and an optional local model."},
     {"name": "skills", "description": "Which action skills exist and which settings each still needs."},
     {"name": "slack", "description": "Post messages to Slack channels and threads."},
     {"name": "whatsapp", "description": "Send WhatsApp messages through Twilio."},
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resources = await open_resources(settings, registry, stack)
             app.state.resources = resources
             app.state.skills = await open_skills(resources, stack)
+            app.state.ai_router = await open_ai_router(resources, stack)
             for item in registry:
                 if not item.configured(settings):
                     logger.info("%s not configured (set %s)", item.name, ", ".join(item.missing(settings)))
@@ -83,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(slack_notify.router, dependencies=protected)
     # Each WhatsApp message costs money: rate-limited per client (after the API-key check).
     app.include_router(whatsapp_send.router, dependencies=[*protected, RateLimitDep])
+    # Each generation spends LLM tokens: rate-limited per client (after the API-key check).
+    app.include_router(ai_api.router, dependencies=[*protected, RateLimitDep])
     return app
 
 

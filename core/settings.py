@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # --- LLM --------------------------------------------------------------
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
-    gemini_model: str = "gemini-3-flash-preview"
+    gemini_model: str = "gemini-3.8-flash"  # GA Flash; 1.5/2.0 Flash and 3 Flash preview are retired
     gemini_base_url: HttpUrlStr = "https://generativelanguage.googleapis.com"
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CLAUDE_API_KEY")
@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     local_llm_base_url: HttpUrlStr | None = None
     local_llm_model: str | None = None
     local_llm_api_key: SecretStr | None = None
+    local_llm_context_tokens: int = Field(8192, ge=512)
     router_word_threshold: int = Field(500, ge=1)
     llm_timeout_seconds: float = Field(30.0, gt=0)
     llm_max_attempts: int = Field(2, ge=1, le=10)

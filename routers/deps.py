@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from services.ai_router import AIRouter
 from skills import SkillSet
 
 
@@ -14,3 +15,10 @@ def get_skills(request: Request) -> SkillSet:
 
 
 SkillsDep = Annotated[SkillSet, Depends(get_skills)]
+
+
+def get_ai_router(request: Request) -> AIRouter:
+    return request.app.state.ai_router
+
+
+AIRouterDep = Annotated[AIRouter, Depends(get_ai_router)]

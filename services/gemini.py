@@ -1,8 +1,37 @@
-"""Gemini provider, built on google-genai."""
+"""Gemini provider, built on google-genai (`client.aio.models.generate_content`).
+
+Not google-generativeai: that SDK reached end of life on 30 September 2025.
+
+Transport, chosen on purpose (see docs/llm-routing.md for the measurements):
+google-genai uses aiohttp whenever aiohttp is importable, and slack_sdk
+brings aiohttp in. Rather than inherit that by accident, the router hands
+this provider its own `aiohttp.ClientSession` (`HttpOptions.aiohttp_client`),
+opened and closed in the lifespan, or an httpx client when asked
+(`HttpOptions.httpx_async_client`). Two SDK defaults are switched off:
+
+- retries: `HttpRetryOptions(attempts=1)`. Without explicit retry options the
+  SDK's aiohttp path silently sleeps 1-10 s and retries once on a refused or
+  reset connection; the router owns retries.
+- environment: `vertexai=False`, so a stray GOOGLE_GENAI_USE_VERTEXAI cannot
+  send prompts to another backend.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import aiohttp
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+from pydantic import SecretStr
+
+from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
+from core.upstream import parse_retry_after
+from services.base import Completion, first_text, status_error, unusable_answer
 
 INTEGRATION = Integration(
     name="gemini",
@@ -12,3 +41,125 @@ INTEGRATION = Integration(
     optional=("GEMINI_MODEL", "GEMINI_BASE_URL"),
     operations=("generate",),
 )
+
+UPSTREAM = "gemini"
+#: The SDK's own default for the Gemini API: requests go to {base}/v1/models/{model}:generateContent.
+API_VERSION = "v1"
+#: Gemini 3.x Flash models take 1,048,576 input tokens.
+DEFAULT_CONTEXT_TOKENS = 1_048_576
+_KEY_HINT = "Check GEMINI_API_KEY and GEMINI_MODEL."
+
+
+class GeminiProvider:
+    """One `generate_content` call per attempt; failures become `core.errors` problems."""
+
+    name = UPSTREAM
+
+    def __init__(
+        self,
+        *,
+        api_key: SecretStr,
+        model: str,
+        base_url: str,
+        timeout_seconds: float,
+        session: aiohttp.ClientSession | None = None,
+        http: httpx.AsyncClient | None = None,
+        context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+    ) -> None:
+        if (session is None) == (http is None):
+            raise ValueError("give exactly one transport: an aiohttp session or an httpx client")
+        self.model = model
+        self.context_tokens = context_tokens
+        options = types.HttpOptions(
+            base_url=base_url,
+            # Pinned, so GOOGLE_GENAI_API_VERSION in the environment cannot change the endpoint under us.
+            api_version=API_VERSION,
+            timeout=int(timeout_seconds * 1000),  # milliseconds
+            retry_options=types.HttpRetryOptions(attempts=1),
+            aiohttp_client=session,
+            httpx_async_client=http,
+        )
+        self._client = genai.Client(vertexai=False, api_key=api_key.get_secret_value(), http_options=options)
+
+    async def aclose(self) -> None:
+        # Closes only what the SDK opened itself; the session/client we passed in is closed by its owner.
+        await self._client.aio.aclose()
+
+    async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion:
+        config = types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens)
+        try:
+            response = await self._client.aio.models.generate_content(model=self.model, contents=text, config=config)
+        except genai_errors.APIError as exc:
+            raise _api_error(exc) from None
+        except (aiohttp.ServerTimeoutError, httpx.TimeoutException, TimeoutError) as exc:
+            raise UpstreamTimeout(f"gemini did not answer in time ({type(exc).__name__}).", upstream=UPSTREAM) from None
+        except (aiohttp.ClientConnectionError, httpx.TransportError) as exc:
+            raise UpstreamUnavailable(
+                f"gemini could not be reached ({type(exc).__name__}). Check GEMINI_BASE_URL.", upstream=UPSTREAM
+            ) from None
+        except (ValueError, TypeError, KeyError, aiohttp.ClientError) as exc:
+            # A 2xx that is not the JSON we expect (a proxy's HTML page, a truncated body).
+            raise unusable_answer(UPSTREAM, exc) from None
+        answer = first_text(_text_of(response))
+        if answer is None:
+            reason = _finish_reason(response)
+            raise unusable_answer(UPSTREAM, f"no text; finish reason {reason}" if reason else "no text")
+        usage = response.usage_metadata
+        return Completion(
+            text=answer,
+            model=response.model_version or self.model,
+            input_tokens=usage.prompt_token_count if usage else None,
+            output_tokens=usage.candidates_token_count if usage else None,
+        )
+
+
+def _text_of(response: types.GenerateContentResponse) -> str | None:
+    try:
+        return response.text
+    except ValueError:  # the SDK raises when a candidate has no text parts
+        return None
+
+
+def _finish_reason(response: types.GenerateContentResponse) -> str | None:
+    if response.candidates and response.candidates[0].finish_reason:
+        return str(response.candidates[0].finish_reason.value)
+    if response.prompt_feedback and response.prompt_feedback.block_reason:
+        return f"prompt blocked: {response.prompt_feedback.block_reason.value}"
+    return None
+
+
+def _api_error(exc: genai_errors.APIError) -> Exception:
+    status = int(exc.code or 0)
+    message = exc.message if isinstance(exc.message, str) else json.dumps(exc.details)[:300]
+    detail_text = json.dumps(_error_details(exc))
+    retry_after = _retry_after(exc)
+    # Gemini's per-minute and per-day quota errors share one message ("You exceeded your current
+    # quota..."); the violated quota's id (…PerDay…) in the details tells them apart.
+    if status == 429 and "PerDay" in detail_text:
+        message = f"{message} (daily quota)"
+    return status_error(upstream=UPSTREAM, status=status, message=message, retry_after=retry_after, hint=_KEY_HINT)
+
+
+def _retry_after(exc: genai_errors.APIError) -> float | None:
+    """Retry-After header, else google.rpc.RetryInfo `retryDelay` ("37s") in the error details."""
+    headers: Any = getattr(exc.response, "headers", None)
+    if headers is not None:
+        seconds = parse_retry_after(headers.get("Retry-After"))
+        if seconds is not None:
+            return seconds
+    for item in _error_details(exc):
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = str(item.get("retryDelay", "")).removesuffix("s")
+            try:
+                return max(0.0, float(delay))
+            except ValueError:
+                return None
+    return None
+
+
+def _error_details(exc: genai_errors.APIError) -> list[Any]:
+    """`error.details` of a Google error body ({"error": {"code", "message", "status", "details"}}), if any."""
+    body = exc.details if isinstance(exc.details, dict) else {}
+    error = body.get("error", body)
+    details = error.get("details") if isinstance(error, dict) else None
+    return details if isinstance(details, list) else []

@@ -1,0 +1,155 @@
+"""POST /ai-process: one prompt through the AIRouter, recorded in the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.deps import LedgerDep, SettingsDep
+from core.errors import ProblemError, problem_responses
+from core.idempotency import IdempotencyDep
+from core.ledger import Ledger
+from routers.deps import AIRouterDep
+from services.ai_router import AIRouter, Generation, ProviderChoice
+
+router = APIRouter(tags=["ai"])
+
+T = TypeVar("T")
+
+#: How often a running generation checks whether its caller is still connected.
+DISCONNECT_POLL_SECONDS = 0.2
+
+
+class AIProcessRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "text": "Summarise these meeting notes in three bullet points: ...",
+                "system": "You are a concise assistant.",
+                "max_tokens": 300,
+                "provider": "auto",
+            }
+        },
+    )
+
+    text: str = Field(
+        min_length=1,
+        description="The prompt. Up to MAX_INPUT_CHARS characters (413 above). At or below "
+        "ROUTER_WORD_THRESHOLD words it goes to Gemini, above it to Claude.",
+    )
+    system: str | None = Field(None, description="Optional system instruction.")
+    max_tokens: int | None = Field(None, ge=1, le=65_536, description="Output token cap; LLM_MAX_TOKENS when absent.")
+    provider: ProviderChoice = Field("auto", description="auto applies the word rule; a name forces that provider.")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain more than whitespace")
+        return value
+
+
+class ClientClosedRequest(ProblemError):
+    """The caller went away; the upstream call was cancelled. Nobody reads this answer, the ledger does."""
+
+    status, slug, title = 499, "client-closed-request", "Client closed the request"
+
+
+async def cancel_on_disconnect(
+    request: Request, work: Awaitable[T], *, poll_seconds: float = DISCONNECT_POLL_SECONDS
+) -> T:
+    """Run `work`, cancelling it if the client disconnects first.
+
+    Starlette does not cancel a handler when its client goes away, so a
+    30-second LLM call would run (and bill) for nobody. The work runs as a
+    task raced against `request.is_disconnected()` polling.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_seconds)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.wait({task})
+                raise ClientClosedRequest("The client disconnected; the LLM call was cancelled.")
+    finally:
+        if not task.done():  # we were cancelled ourselves (shutdown): take the upstream call down with us
+            task.cancel()
+            await asyncio.wait({task})
+
+
+def prompt_summary(body: AIProcessRequest, *, store_prompts: bool) -> dict[str, Any]:
+    """What the ledger keeps about the prompt: its text only when STORE_PROMPTS=true."""
+    summary: dict[str, Any] = {
+        "provider": body.provider,
+        "max_tokens": body.max_tokens,
+        "text_chars": len(body.text),
+        "text_words": len(body.text.split()),
+        "text_sha256": hashlib.sha256(body.text.encode()).hexdigest(),
+    }
+    if body.system is not None:
+        summary["system_chars"] = len(body.system)
+        summary["system_sha256"] = hashlib.sha256(body.system.encode()).hexdigest()
+    if store_prompts:
+        summary["text"] = body.text
+        if body.system is not None:
+            summary["system"] = body.system
+    return summary
+
+
+async def process_prompt(
+    request: Request, body: AIProcessRequest, *, ai: AIRouter, ledger: Ledger, store_prompts: bool
+) -> Generation:
+    """One run (kind `ai.process`) with one action named after the provider that answered."""
+    async with ledger.run(
+        "ai.process", trigger="api", input_summary=prompt_summary(body, store_prompts=store_prompts)
+    ) as run:
+        async with run.action("ai", "generate") as action:
+            generation = await cancel_on_disconnect(
+                request,
+                ai.generate(text=body.text, system=body.system, max_tokens=body.max_tokens, provider=body.provider),
+            )
+            action.skill = generation.provider
+            action.external_id = generation.model_used
+        run.result = {
+            "provider": generation.provider,
+            "model": generation.model_used,
+            "input_tokens": generation.usage.input_tokens,
+            "output_tokens": generation.usage.output_tokens,
+            "latency_ms": generation.latency_ms,
+            "routing": generation.routing.model_dump(),
+        }
+    return generation
+
+
+@router.post(
+    "/ai-process",
+    summary="Generate text with Gemini or Claude (routed by prompt length)",
+    response_model=Generation,
+    responses=problem_responses(401, 413, 422, 429, 502, 503, 504),
+)
+async def ai_process(
+    body: AIProcessRequest,
+    request: Request,
+    ai: AIRouterDep,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+) -> JSONResponse:
+    """Route the prompt: at or below ROUTER_WORD_THRESHOLD words to Gemini, above it to Claude, with fallback
+    to the other (then the local model) on outage, rate limit or timeout. `routing.reason` says what happened.
+
+    Send `Idempotency-Key` to make a retry replay the first answer instead of paying for a second generation.
+    """
+    return await idem.execute(
+        body, lambda: process_prompt(request, body, ai=ai, ledger=ledger, store_prompts=settings.store_prompts)
+    )

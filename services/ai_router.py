@@ -1,0 +1,365 @@
+"""The AIRouter: picks an LLM per prompt, retries, falls back, and says why.
+
+Policy (the user's original rule, kept as the default):
+
+- `provider="auto"`: count words (whitespace-separated). At or below
+  ROUTER_WORD_THRESHOLD -> Gemini (fast, cheap); above it -> Claude (larger
+  context). The other of the two is the fallback, then the local model.
+- `provider="gemini" | "claude" | "local"`: that provider only; an explicit
+  choice is honoured, never silently replaced.
+
+Fallback happens when the chosen provider is not configured, its context
+window is clearly too small, or it fails with a 5xx, 429/529, a timeout, a
+connection error, bad credentials or an unusable answer. A request the
+provider rejects as malformed (400/413/422) is answered at once: another
+provider would refuse it too.
+
+The one retry loop is `core.upstream.with_retries` around each provider:
+LLM_MAX_ATTEMPTS attempts, jittered backoff, Retry-After honoured up to
+`max_retry_wait_seconds` (a longer wait moves on to the next provider
+instead), each attempt capped at LLM_TIMEOUT_SECONDS. The SDKs' own retries
+are off. Cancelling `generate` (a client disconnect) cancels the HTTP call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import InvalidInput, NotConfigured, PayloadTooLarge, ProblemError, UpstreamError, UpstreamTimeout
+from core.resources import Resources
+from core.settings import Settings
+from core.upstream import with_retries
+from services import claude, gemini, local_llm
+from services.base import Completion, LLMProvider, is_caller_fault
+
+logger = logging.getLogger("orchestrator.ai_router")
+
+ProviderName = Literal["gemini", "claude", "local"]
+ProviderChoice = Literal["auto", "gemini", "claude", "local"]
+
+#: A deliberately low estimate (English averages ~4 characters per token), so the
+#: context guard only reroutes prompts that are clearly too long.
+CHARS_PER_TOKEN = 4
+#: A Retry-After longer than this is not waited out inside a request: the next provider is tried.
+DEFAULT_MAX_RETRY_WAIT_SECONDS = 10.0
+
+_CONFIG_HINTS = {
+    "gemini": "GEMINI_API_KEY",
+    "claude": "ANTHROPIC_API_KEY",
+    "local": "LOCAL_LLM_BASE_URL and LOCAL_LLM_MODEL",
+}
+
+
+class Usage(BaseModel):
+    input_tokens: int | None = Field(None, description="Prompt tokens as the provider counted them.")
+    output_tokens: int | None = Field(None, description="Generated tokens as the provider counted them.")
+
+
+class Routing(BaseModel):
+    word_count: int = Field(description="Whitespace-separated words in `text`.")
+    threshold: int = Field(description="ROUTER_WORD_THRESHOLD: at or below -> gemini, above -> claude.")
+    rule: Literal["word_threshold", "forced"] = Field(description="How the first provider was chosen.")
+    fallback_from: str | None = Field(None, description="The provider that was chosen first but did not answer.")
+    reason: str = Field(description="One readable sentence explaining the choice.")
+
+
+class Generation(BaseModel):
+    """What `AIRouter.generate` returns and POST /ai-process answers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "response": "Here is a summary of your notes...",
+                "model_used": "claude-haiku-4-5",
+                "provider": "claude",
+                "routing": {
+                    "word_count": 812,
+                    "threshold": 500,
+                    "rule": "word_threshold",
+                    "fallback_from": None,
+                    "reason": "812 words > 500: claude",
+                },
+                "usage": {"input_tokens": 1093, "output_tokens": 214},
+                "latency_ms": 2310,
+            }
+        }
+    )
+
+    response: str
+    model_used: str
+    provider: str
+    routing: Routing
+    usage: Usage
+    latency_ms: int
+
+
+class AllProvidersFailed(UpstreamError):
+    """Every candidate provider failed; `providers` lists each one's error."""
+
+    slug, title = "llm-providers-failed", "Every LLM provider failed"
+
+
+def estimate_tokens(*parts: str | None) -> int:
+    return sum(len(part) for part in parts if part) // CHARS_PER_TOKEN
+
+
+class AIRouter:
+    """Routes one prompt to one provider; shared by routes, workflows and the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        providers: Mapping[str, LLMProvider],
+        max_retry_wait_seconds: float = DEFAULT_MAX_RETRY_WAIT_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.providers = dict(providers)
+        self.max_retry_wait_seconds = max_retry_wait_seconds
+
+    @property
+    def configured(self) -> list[str]:
+        return list(self.providers)
+
+    async def generate(
+        self,
+        *,
+        text: str,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        provider: ProviderChoice = "auto",
+    ) -> Generation:
+        settings = self.settings
+        self._validate(text, system, max_tokens, provider)
+        max_tokens = max_tokens or settings.llm_max_tokens
+        started = time.perf_counter()
+        word_count = len(text.split())
+        threshold = settings.router_word_threshold
+
+        order: list[str]
+        if provider == "auto":
+            primary = "gemini" if word_count <= threshold else "claude"
+            order = [primary, "claude" if primary == "gemini" else "gemini", "local"]
+            rule: Literal["word_threshold", "forced"] = "word_threshold"
+            comparison = "<=" if word_count <= threshold else ">"
+            reason = f"{word_count} words {comparison} {threshold}: {primary}"
+        else:
+            order = [provider]
+            rule = "forced"
+            reason = f"provider {provider} requested"
+
+        needed = estimate_tokens(text, system) + max_tokens
+        candidates, notes, too_small = self._candidates(order, needed)
+        if not candidates:
+            raise self._nothing_to_call(order, needed, too_small, forced=rule == "forced")
+
+        failures: list[tuple[str, ProblemError]] = []
+        for candidate in candidates:
+            try:
+                completion = await with_retries(
+                    lambda candidate=candidate: self._attempt(candidate, text, system, max_tokens),
+                    attempts=settings.llm_max_attempts,
+                    max_wait_seconds=self.max_retry_wait_seconds,
+                )
+            except ProblemError as exc:
+                if is_caller_fault(exc):
+                    raise
+                logger.warning("%s failed, trying the next provider: %s", candidate.name, exc.detail)
+                failures.append((candidate.name, exc))
+                notes.append(f"{candidate.name} failed ({_short(exc)})")
+                continue
+            fallback_from = order[0] if candidate.name != order[0] else None
+            if fallback_from is not None:
+                reason = f"{reason}; {'; '.join(notes)}; fell back to {candidate.name}"
+            return _generation(
+                completion,
+                provider=candidate.name,
+                routing=Routing(
+                    word_count=word_count, threshold=threshold, rule=rule, fallback_from=fallback_from, reason=reason
+                ),
+                latency_ms=int((time.perf_counter() - started) * 1000),
+            )
+        raise _all_failed(failures)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _validate(self, text: str, system: str | None, max_tokens: int | None, provider: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("text is empty: send the prompt to process.", errors=[{"field": "text"}])
+        if len(text) > self.settings.max_input_chars:
+            raise PayloadTooLarge(
+                f"text has {len(text)} characters; the limit is MAX_INPUT_CHARS={self.settings.max_input_chars}.",
+                limit=self.settings.max_input_chars,
+            )
+        if system is not None and len(system) > self.settings.max_input_chars:
+            raise PayloadTooLarge(
+                f"system has {len(system)} characters; the limit is MAX_INPUT_CHARS={self.settings.max_input_chars}.",
+                limit=self.settings.max_input_chars,
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise InvalidInput("max_tokens must be at least 1.", errors=[{"field": "max_tokens"}])
+        if provider not in ("auto", "gemini", "claude", "local"):
+            raise InvalidInput("provider must be auto, gemini, claude or local.", errors=[{"field": "provider"}])
+
+    def _candidates(self, order: Sequence[str], needed: int) -> tuple[list[LLMProvider], list[str], list[str]]:
+        candidates: list[LLMProvider] = []
+        notes: list[str] = []
+        too_small: list[str] = []
+        for name in order:
+            found = self.providers.get(name)
+            if found is None:
+                if name != "local":  # the optional local model is not worth a note when absent
+                    notes.append(f"{name} not configured")
+                continue
+            if needed > found.context_tokens:
+                too_small.append(f"{name} ({found.context_tokens:,} tokens)")
+                notes.append(f"{name}'s context window is too small (~{needed:,} tokens needed)")
+                continue
+            candidates.append(found)
+        return candidates, notes, too_small
+
+    def _nothing_to_call(
+        self, order: Sequence[str], needed: int, too_small: list[str], *, forced: bool
+    ) -> ProblemError:
+        if too_small:
+            return PayloadTooLarge(
+                f"The prompt needs about {needed:,} tokens (text, system and max_tokens), more than the context "
+                f"window of {', '.join(too_small)}. Shorten the text or lower max_tokens.",
+                estimated_tokens=needed,
+            )
+        if forced:
+            name = order[0]
+            missing = self.settings_missing(name)
+            return NotConfigured(name, missing)
+        return NotConfigured(
+            "llm",
+            ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"],
+            detail="No LLM provider is configured: set GEMINI_API_KEY or ANTHROPIC_API_KEY (or LOCAL_LLM_BASE_URL "
+            "and LOCAL_LLM_MODEL for a local model) in the environment or .env and restart.",
+        )
+
+    def settings_missing(self, name: str) -> list[str]:
+        integration = {"gemini": gemini.INTEGRATION, "claude": claude.INTEGRATION, "local": local_llm.INTEGRATION}
+        return integration[name].missing(self.settings) or [_CONFIG_HINTS[name]]
+
+    async def _attempt(self, candidate: LLMProvider, text: str, system: str | None, max_tokens: int) -> Completion:
+        timeout = self.settings.llm_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await candidate.generate(text=text, system=system, max_tokens=max_tokens)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{candidate.name} did not answer within LLM_TIMEOUT_SECONDS={timeout:g}.", upstream=candidate.name
+            ) from None
+
+
+def _short(exc: ProblemError) -> str:
+    upstream_status = exc.extras.get("upstream_status")
+    return f"{upstream_status} {exc.slug}" if upstream_status else exc.slug
+
+
+def _generation(completion: Completion, *, provider: str, routing: Routing, latency_ms: int) -> Generation:
+    return Generation(
+        response=completion.text,
+        model_used=completion.model,
+        provider=provider,
+        routing=routing,
+        usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
+        latency_ms=latency_ms,
+    )
+
+
+def _all_failed(failures: list[tuple[str, ProblemError]]) -> AllProvidersFailed:
+    listed = "; ".join(f"{name}: {exc.detail}" for name, exc in failures)
+    providers: list[dict[str, Any]] = [
+        {"provider": name, "status": exc.status, "error": exc.slug, "detail": exc.detail} for name, exc in failures
+    ]
+    return AllProvidersFailed(f"Every LLM provider failed. {listed}", upstream="llm", providers=providers)
+
+
+# --- Building it in the lifespan ----------------------------------------------------
+
+
+async def build_ai_router(
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    transport: Literal["aiohttp", "httpx"] = "aiohttp",
+    max_retry_wait_seconds: float = DEFAULT_MAX_RETRY_WAIT_SECONDS,
+) -> AIRouter:
+    """Open a client for each configured provider; each close is registered on `stack`.
+
+    `transport="aiohttp"` is the measured choice (docs/llm-routing.md); "httpx"
+    exists for the benchmark and for environments without aiohttp.
+    """
+    import httpx
+
+    providers: dict[str, LLMProvider] = {}
+    timeout = settings.llm_timeout_seconds
+    session: aiohttp.ClientSession | None = None
+    http: httpx.AsyncClient | None = None
+
+    def aiohttp_session() -> aiohttp.ClientSession:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=settings.http_max_connections),
+                # Proxies from the environment are not silently applied to prompts.
+                trust_env=False,
+            )
+            stack.push_async_callback(session.close)
+        return session
+
+    def httpx_client() -> httpx.AsyncClient:
+        nonlocal http
+        if http is None:
+            http = httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(max_connections=settings.http_max_connections),
+            )
+            stack.push_async_callback(http.aclose)
+        return http
+
+    if settings.gemini_api_key is not None:
+        gemini_provider = gemini.GeminiProvider(
+            api_key=settings.gemini_api_key,
+            model=settings.gemini_model,
+            base_url=settings.gemini_base_url,
+            timeout_seconds=timeout,
+            session=aiohttp_session() if transport == "aiohttp" else None,
+            http=httpx_client() if transport == "httpx" else None,
+        )
+        stack.push_async_callback(gemini_provider.aclose)
+        providers["gemini"] = gemini_provider
+    if settings.anthropic_api_key is not None:
+        claude_provider = claude.ClaudeProvider(
+            api_key=settings.anthropic_api_key,
+            model=settings.claude_model,
+            base_url=settings.anthropic_base_url,
+            timeout_seconds=timeout,
+            aiohttp_transport=transport == "aiohttp",
+        )
+        stack.push_async_callback(claude_provider.aclose)
+        providers["claude"] = claude_provider
+    if settings.local_llm_base_url and settings.local_llm_model:
+        providers["local"] = local_llm.LocalLLMProvider(
+            base_url=settings.local_llm_base_url,
+            model=settings.local_llm_model,
+            api_key=settings.local_llm_api_key,
+            timeout_seconds=timeout,
+            session=aiohttp_session(),
+            context_tokens=settings.local_llm_context_tokens,
+        )
+    return AIRouter(settings=settings, providers=providers, max_retry_wait_seconds=max_retry_wait_seconds)
+
+
+async def open_ai_router(resources: Resources, stack: AsyncExitStack) -> AIRouter:
+    return await build_ai_router(resources.settings, stack)

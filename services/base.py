@@ -1,0 +1,144 @@
+"""What every LLM provider offers the AIRouter, and how vendor failures become domain errors.
+
+A provider makes ONE attempt per `generate` call: no SDK retries, no loops.
+It turns each vendor's failure shape into a `core.errors` problem that says
+how the router should treat it:
+
+- `retryable=True` (429 with a usable wait, 5xx, 529, timeout, connection
+  refused or reset): the router retries it, then falls back to the next provider.
+- `CallerFault` (400, 413, 422: the request itself is wrong): the router
+  answers at once; another provider would refuse it too, so none is tried.
+- anything else (401/403 bad key, 404 unknown model, exhausted spend or quota,
+  an unreadable answer): not retried, but the next provider is tried.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.errors import InvalidInput, PayloadTooLarge, ProblemError, UpstreamError, UpstreamRateLimited
+
+#: Phrases vendors use when a 429 means "out of money or daily quota", not "slow down".
+#: Waiting a few seconds cannot fix those, so they are never retried.
+_SPEND_EXHAUSTED = re.compile(
+    r"(spend limit|usage limit|credit balance|billing hard limit|insufficient[_ ]quota|per ?day|perday|daily)",
+    re.IGNORECASE,
+)
+
+#: Upstream statuses that mean the request itself is wrong (ours to fix, not the provider's).
+CALLER_FAULT_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One provider's answer to one attempt."""
+
+    text: str
+    model: str
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+class LLMProvider(Protocol):
+    """An LLM the router can call. `context_tokens` is the model's context window."""
+
+    name: str
+    model: str
+    context_tokens: int
+
+    async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion: ...
+
+
+class CallerFault(InvalidInput):
+    """The provider refused the request as malformed (its 400/422): not retried, not sent elsewhere."""
+
+    slug, title = "llm-request-rejected", "The LLM provider rejected the request"
+
+
+class CallerPayloadTooLarge(PayloadTooLarge):
+    """The provider said the prompt is too large for the model (its 413)."""
+
+    slug = "llm-prompt-too-large"
+
+
+def is_caller_fault(exc: BaseException) -> bool:
+    return isinstance(exc, (CallerFault, CallerPayloadTooLarge))
+
+
+def spend_exhausted(message: str) -> bool:
+    return bool(_SPEND_EXHAUSTED.search(message))
+
+
+def status_error(
+    *,
+    upstream: str,
+    status: int,
+    message: str,
+    retry_after: float | None = None,
+    hint: str = "",
+) -> ProblemError:
+    """Map one non-2xx answer to the domain error the router understands.
+
+    `message` is the vendor's own error text (never our request or key); it is
+    cut short because a proxy's HTML error page can be long. The vendor's
+    status is kept as `upstream_status`; the problem's own status stays the
+    error class's (502, 429, 422...).
+    """
+    said = " ".join((message or "no error message").split())[:300]
+    suffix = f" {hint}" if hint else ""
+    if status == 413:
+        return CallerPayloadTooLarge(
+            f"{upstream} refused the prompt as too large ({said}).", upstream=upstream, upstream_status=status
+        )
+    if status in CALLER_FAULT_STATUSES:
+        return CallerFault(
+            f"{upstream} rejected the request ({status}: {said}). Check text, system and max_tokens.",
+            upstream=upstream,
+            upstream_status=status,
+        )
+    if status == 429:
+        if spend_exhausted(said):
+            exhausted = UpstreamRateLimited(
+                f"{upstream} quota or spend limit is exhausted ({said}); waiting will not help.{suffix}",
+                upstream=upstream,
+                upstream_status=status,
+            )
+            exhausted.retryable = False
+            return exhausted
+        return UpstreamRateLimited(
+            f"{upstream} is rate limiting us ({said}).",
+            upstream=upstream,
+            retry_after=retry_after,
+            upstream_status=status,
+        )
+    if status in (401, 403):
+        return UpstreamError(
+            f"{upstream} refused our credentials ({status}: {said}).{suffix}", upstream=upstream, upstream_status=status
+        )
+    if status == 404:
+        return UpstreamError(
+            f"{upstream} does not know the model or endpoint ({said}).{suffix}",
+            upstream=upstream,
+            upstream_status=status,
+        )
+    if status >= 500 or status in (408, 409):
+        # 5xx, Anthropic's 529 overloaded, 408 request timeout, 409 conflict: transient on the vendor's side.
+        transient = UpstreamError(
+            f"{upstream} failed ({status}: {said}).", upstream=upstream, upstream_status=status, retryable=True
+        )
+        transient.retry_after = retry_after  # a 503's Retry-After is honoured by the retry loop too
+        return transient
+    return UpstreamError(f"{upstream} answered {status} ({said}).{suffix}", upstream=upstream, upstream_status=status)
+
+
+def unusable_answer(upstream: str, exc: BaseException | str) -> UpstreamError:
+    """A 2xx we cannot read (invalid JSON, an HTML page, no text): the provider is broken, try another."""
+    reason = exc if isinstance(exc, str) else type(exc).__name__
+    return UpstreamError(f"{upstream} returned an answer we cannot use ({reason}).", upstream=upstream)
+
+
+def first_text(value: Any) -> str | None:
+    """`value` if it is a non-empty string, else None (answers with no text are unusable)."""
+    return value if isinstance(value, str) and value.strip() else None
