@@ -136,3 +136,13 @@ def test_invalid_configuration_stops_startup_with_one_clear_line(tmp_path):
 def test_missing_integrations_do_not_stop_startup(tmp_path):
     result = _start({"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"}, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_configuration_table_matches_env_example():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "settings_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
