@@ -13,7 +13,10 @@ max_tokens and auth headers that reached the "vendor".
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+from aiohttp import web
 
 from tests.fakes.server import FakeUpstream, Recorded, Reply
 
@@ -116,7 +119,39 @@ def _summary(prompt: str) -> str:
 # --- The fakes ---------------------------------------------------------------------------
 
 
-class FakeAnthropic(FakeUpstream):
+class _LLMFake(FakeUpstream):
+    """FakeUpstream whose handlers are cancelled when the client hangs up, and which counts those.
+
+    `cancelled` is how a test proves that our side really dropped an upstream
+    call (a client disconnect, a timeout) instead of leaving it running.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cancelled = 0
+        self.received = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.received.set()
+        try:
+            return await super()._handle(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def start(self) -> FakeUpstream:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: a client that hangs up cancels the handler (aiohttp's default is to let it run).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+
+class FakeAnthropic(_LLMFake):
     """Answers POST /v1/messages like Anthropic: `claude: N words received`."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -136,7 +171,7 @@ def _as_blocks(content: Any) -> list[Any]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
-class FakeGemini(FakeUpstream):
+class FakeGemini(_LLMFake):
     """Answers POST /v1/models/{model}:generateContent like Gemini: `gemini: N words received`."""
 
     def __init__(self, *, model: str = DEFAULT_GEMINI_MODEL, **kwargs: Any) -> None:
@@ -149,7 +184,7 @@ class FakeGemini(FakeUpstream):
         return Reply(200, json=gemini_content(f"gemini: {_summary(gemini_prompt(request))}", model=self.model))
 
 
-class FakeOpenAI(FakeUpstream):
+class FakeOpenAI(_LLMFake):
     """Answers POST /v1/chat/completions like an OpenAI-compatible server (Ollama, vLLM)."""
 
     def __init__(self, **kwargs: Any) -> None:

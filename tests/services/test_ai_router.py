@@ -1,0 +1,581 @@
+"""The AIRouter against fake Gemini, Anthropic and OpenAI-compatible servers on 127.0.0.1.
+
+Every test asserts on what reached the fakes (model, prompt, system, max_tokens,
+auth headers, how many calls), not only on what the router returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from core.errors import InvalidInput, NotConfigured, PayloadTooLarge
+from services.ai_router import AllProvidersFailed
+from services.base import CallerFault
+from tests.fakes.llm import (
+    ANTHROPIC_PATH,
+    HTML_ERROR_PAGE,
+    OPENAI_PATH,
+    anthropic_error,
+    gemini_error,
+    gemini_prompt,
+    gemini_system,
+    openai_error,
+)
+from tests.fakes.server import Reply
+from tests.services.conftest import ANTHROPIC_KEY, GEMINI_KEY, LOCAL_KEY
+
+TRANSPORTS = ["aiohttp", "httpx"]
+
+
+def words(count: int) -> str:
+    return " ".join(f"w{i}" for i in range(count))
+
+
+# --- The word rule ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("count", "provider", "reason"),
+    [
+        (499, "gemini", "499 words <= 500: gemini"),
+        (500, "gemini", "500 words <= 500: gemini"),
+        (501, "claude", "501 words > 500: claude"),
+    ],
+)
+async def test_word_threshold_boundary(make_router, fakes, transport, count, provider, reason):
+    router = await make_router(transport=transport)
+    text = words(count)
+
+    result = await router.generate(text=text)
+
+    assert result.provider == provider
+    assert result.routing.model_dump() == {
+        "word_count": count,
+        "threshold": 500,
+        "rule": "word_threshold",
+        "fallback_from": None,
+        "reason": reason,
+    }
+    if provider == "gemini":
+        assert [gemini_prompt(r) for r in fakes.gemini.calls("POST", fakes.gemini.path)] == [text]
+        assert fakes.claude.calls() == []
+        assert result.response == f"gemini: {count} words received"
+    else:
+        assert [r.json["messages"][0]["content"] for r in fakes.claude.calls("POST", ANTHROPIC_PATH)] == [text]
+        assert fakes.gemini.calls() == []
+        assert result.response == f"claude: {count} words received"
+
+
+async def test_threshold_comes_from_settings(make_router, fakes):
+    router = await make_router(router_word_threshold=3)
+
+    assert (await router.generate(text="one two three")).provider == "gemini"
+    result = await router.generate(text="one two three four")
+    assert result.provider == "claude"
+    assert result.routing.reason == "4 words > 3: claude"
+
+
+# --- Exactly what each vendor receives ---------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_gemini_receives_model_prompt_system_max_tokens_and_key(make_router, fakes, transport):
+    router = await make_router(transport=transport)
+
+    result = await router.generate(text="Plan my day", system="Be brief.", max_tokens=77)
+
+    [call] = fakes.gemini.calls("POST", "/v1/models/gemini-3.8-flash:generateContent")
+    assert call.headers["x-goog-api-key"] == GEMINI_KEY
+    assert gemini_prompt(call) == "Plan my day"
+    assert gemini_system(call) == "Be brief."
+    assert call.json["generationConfig"] == {"maxOutputTokens": 77}
+    assert result.model_used == "gemini-3.8-flash"
+    assert result.usage.model_dump() == {"input_tokens": 13, "output_tokens": 5}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_claude_receives_model_prompt_system_max_tokens_and_key(make_router, fakes, transport):
+    router = await make_router(transport=transport)
+
+    result = await router.generate(text=words(600), system="Summarise.", max_tokens=321)
+
+    [call] = fakes.claude.calls("POST", ANTHROPIC_PATH)
+    assert call.json == {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 321,
+        "messages": [{"role": "user", "content": words(600)}],
+        "system": "Summarise.",
+    }
+    # anthropic 2.x sends the API key as a bearer token, with a version header.
+    assert call.headers["authorization"] == f"Bearer {ANTHROPIC_KEY}"
+    assert call.headers["anthropic-version"]
+    assert call.headers["x-stainless-retry-count"] == "0"
+    assert result.model_used == "claude-haiku-4-5"
+    assert result.usage.model_dump() == {"input_tokens": 11, "output_tokens": 7}
+
+
+async def test_claude_omits_system_when_none(make_router, fakes):
+    router = await make_router(gemini_api_key=None)
+    await router.generate(text="hello")
+    assert "system" not in fakes.claude.calls("POST", ANTHROPIC_PATH)[0].json
+
+
+async def test_default_max_tokens_is_llm_max_tokens(make_router, fakes):
+    router = await make_router(llm_max_tokens=256)
+    await router.generate(text="hello")
+    assert fakes.gemini.calls()[0].json["generationConfig"] == {"maxOutputTokens": 256}
+
+
+async def test_local_forced_receives_openai_chat_payload_and_bearer_key(make_router, fakes):
+    router = await make_router(local=True, local_llm_api_key=LOCAL_KEY)
+
+    result = await router.generate(text="hi there", system="Be terse.", max_tokens=42, provider="local")
+
+    [call] = fakes.local.calls("POST", OPENAI_PATH)
+    assert call.headers["authorization"] == f"Bearer {LOCAL_KEY}"
+    assert call.json == {
+        "model": "llama3.2",
+        "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi there"}],
+        "max_tokens": 42,
+        "stream": False,
+    }
+    assert result.provider == "local"
+    assert result.routing.rule == "forced"
+    assert result.routing.reason == "provider local requested"
+    assert result.usage.model_dump() == {"input_tokens": 17, "output_tokens": 3}
+    assert fakes.gemini.calls() == [] and fakes.claude.calls() == []
+
+
+async def test_local_without_key_sends_no_authorization(make_router, fakes):
+    router = await make_router(local=True)
+    await router.generate(text="hi", provider="local")
+    assert "authorization" not in fakes.local.calls()[0].headers
+
+
+async def test_forced_provider_is_not_replaced_on_failure(make_router, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, *[anthropic_error(500, "api_error", "boom")] * 2)
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed):
+        await router.generate(text="short", provider="claude")
+    assert fakes.gemini.calls() == []
+
+
+# --- Fallback ----------------------------------------------------------------------------
+
+
+async def test_gemini_5xx_falls_back_to_claude(make_router, fakes):
+    fakes.gemini.queue("POST", fakes.gemini.path, *[gemini_error(503, "UNAVAILABLE", "The model is overloaded.")] * 2)
+    router = await make_router()
+
+    result = await router.generate(text="short prompt")
+
+    assert result.provider == "claude"
+    assert result.routing.fallback_from == "gemini"
+    assert result.routing.reason == ("2 words <= 500: gemini; gemini failed (503 upstream-error); fell back to claude")
+    assert len(fakes.gemini.calls()) == 2  # LLM_MAX_ATTEMPTS on gemini first
+    assert fakes.claude.calls()[0].json["messages"][0]["content"] == "short prompt"
+
+
+async def test_gemini_5xx_then_success_is_retried_on_gemini(make_router, fakes):
+    fakes.gemini.queue("POST", fakes.gemini.path, gemini_error(500, "INTERNAL", "oops"))
+    router = await make_router()
+
+    result = await router.generate(text="short prompt")
+
+    assert result.provider == "gemini"
+    assert result.routing.fallback_from is None
+    assert len(fakes.gemini.calls()) == 2
+    assert fakes.claude.calls() == []
+
+
+async def test_claude_529_overloaded_falls_back_to_gemini(make_router, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, *[anthropic_error(529, "overloaded_error", "Overloaded")] * 2)
+    router = await make_router()
+
+    result = await router.generate(text=words(800))
+
+    assert result.provider == "gemini"
+    assert result.routing.fallback_from == "claude"
+    assert result.routing.reason == "800 words > 500: claude; claude failed (529 upstream-error); fell back to gemini"
+    assert len(fakes.claude.calls()) == 2
+    assert gemini_prompt(fakes.gemini.calls()[0]) == words(800)
+
+
+async def test_claude_429_with_short_retry_after_is_waited_and_retried(make_router, fakes):
+    fakes.claude.queue(
+        "POST", ANTHROPIC_PATH, anthropic_error(429, "rate_limit_error", "Slow down", headers={"retry-after": "0"})
+    )
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "claude"
+    assert len(fakes.claude.calls()) == 2
+    assert fakes.gemini.calls() == []
+
+
+async def test_claude_429_with_long_retry_after_moves_on_without_waiting(make_router, fakes):
+    fakes.claude.queue(
+        "POST", ANTHROPIC_PATH, anthropic_error(429, "rate_limit_error", "Slow down", headers={"retry-after": "120"})
+    )
+    router = await make_router(max_retry_wait_seconds=5)
+    started = time.monotonic()
+
+    result = await router.generate(text=words(600))
+
+    assert time.monotonic() - started < 2
+    assert result.provider == "gemini"
+    assert result.routing.reason.endswith("claude failed (429 upstream-rate-limited); fell back to gemini")
+    assert len(fakes.claude.calls()) == 1
+
+
+async def test_claude_429_without_retry_after_is_retried_with_backoff(make_router, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, anthropic_error(429, "rate_limit_error", "Too many requests"))
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "claude"
+    assert len(fakes.claude.calls()) == 2
+
+
+async def test_exhausted_spend_limit_429_is_not_retried(make_router, fakes):
+    fakes.claude.queue(
+        "POST",
+        ANTHROPIC_PATH,
+        anthropic_error(429, "rate_limit_error", "You have reached your specified API usage limits."),
+    )
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert len(fakes.claude.calls()) == 1
+    assert result.provider == "gemini"
+    assert result.routing.fallback_from == "claude"
+
+
+async def test_gemini_daily_quota_429_is_not_retried(make_router, fakes):
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}],
+        },
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0s"},
+    ]
+    fakes.gemini.queue(
+        "POST", fakes.gemini.path, gemini_error(429, "RESOURCE_EXHAUSTED", "You exceeded your quota.", details=details)
+    )
+    router = await make_router()
+
+    result = await router.generate(text="short")
+
+    assert len(fakes.gemini.calls()) == 1
+    assert result.provider == "claude"
+
+
+async def test_gemini_429_retry_info_delay_is_honoured(make_router, fakes):
+    details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.3s"}]
+    fakes.gemini.queue(
+        "POST", fakes.gemini.path, gemini_error(429, "RESOURCE_EXHAUSTED", "Per-minute quota.", details=details)
+    )
+    router = await make_router()
+    started = time.monotonic()
+
+    result = await router.generate(text="short")
+
+    assert time.monotonic() - started >= 0.3
+    assert result.provider == "gemini"
+    assert len(fakes.gemini.calls()) == 2
+
+
+async def test_unconfigured_primary_falls_back_and_says_so(make_router, fakes):
+    router = await make_router(gemini_api_key=None)
+
+    result = await router.generate(text="short prompt")
+
+    assert result.provider == "claude"
+    assert result.routing.fallback_from == "gemini"
+    assert result.routing.reason == "2 words <= 500: gemini; gemini not configured; fell back to claude"
+    assert fakes.gemini.calls() == []
+
+
+async def test_local_is_the_last_fallback(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_error(500, "INTERNAL", "down"))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: anthropic_error(500, "api_error", "down"))
+    router = await make_router(local=True)
+
+    result = await router.generate(text="short")
+
+    assert result.provider == "local"
+    assert result.routing.fallback_from == "gemini"
+    assert "fell back to local" in result.routing.reason
+    assert fakes.local.calls()[0].json["messages"] == [{"role": "user", "content": "short"}]
+
+
+# --- Failures that must not fall back, and total failure -------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_gemini_bad_request_is_not_sent_elsewhere(make_router, fakes, transport):
+    fakes.gemini.queue(
+        "POST", fakes.gemini.path, gemini_error(400, "INVALID_ARGUMENT", "max_output_tokens is too large")
+    )
+    router = await make_router(transport=transport)
+
+    with pytest.raises(CallerFault) as caught:
+        await router.generate(text="short", max_tokens=999_999)
+
+    assert caught.value.status == 422
+    assert "max_output_tokens is too large" in caught.value.detail
+    assert caught.value.extras["upstream"] == "gemini"
+    assert len(fakes.gemini.calls()) == 1
+    assert fakes.claude.calls() == []
+
+
+async def test_claude_bad_request_is_not_sent_elsewhere(make_router, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, anthropic_error(400, "invalid_request_error", "system: bad"))
+    router = await make_router()
+
+    with pytest.raises(CallerFault):
+        await router.generate(text=words(700))
+    assert len(fakes.claude.calls()) == 1
+    assert fakes.gemini.calls() == []
+
+
+async def test_every_provider_failing_lists_each_error(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_error(500, "INTERNAL", "gemini is down"))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: anthropic_error(529, "overloaded_error", "Overloaded"))
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="short")
+
+    error = caught.value
+    assert error.status == 502
+    assert [p["provider"] for p in error.extras["providers"]] == ["gemini", "claude"]
+    assert "gemini is down" in error.detail and "Overloaded" in error.detail
+    assert len(fakes.gemini.calls()) == 2 and len(fakes.claude.calls()) == 2
+
+
+async def test_no_provider_configured_names_the_variables(make_router, fakes):
+    router = await make_router(gemini_api_key=None, anthropic_api_key=None)
+
+    with pytest.raises(NotConfigured) as caught:
+        await router.generate(text="hello")
+
+    assert caught.value.status == 503
+    assert caught.value.extras["missing_settings"] == ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"]
+    assert "LOCAL_LLM_BASE_URL" in caught.value.detail
+
+
+async def test_forcing_an_unconfigured_provider_names_its_variables(make_router):
+    router = await make_router()
+
+    with pytest.raises(NotConfigured) as caught:
+        await router.generate(text="hello", provider="local")
+
+    assert caught.value.extras["missing_settings"] == ["LOCAL_LLM_BASE_URL", "LOCAL_LLM_MODEL"]
+
+
+# --- Timeouts, refused and reset connections, unusable answers ---------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_timeout_is_capped_per_attempt_then_falls_back(make_router, fakes, transport):
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=3.0))
+    router = await make_router(transport=transport, llm_timeout_seconds=0.3, llm_max_attempts=1)
+    started = time.monotonic()
+
+    result = await router.generate(text="short")
+
+    assert time.monotonic() - started < 2.0
+    assert result.provider == "claude"
+    assert "gemini failed (upstream-timeout)" in result.routing.reason
+    await asyncio.sleep(0.1)
+    assert fakes.gemini.cancelled == 1  # the timed-out call was really dropped
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_connection_refused_falls_back_quickly(make_router, fakes, transport):
+    # google-genai's aiohttp path would sleep 1-10 s and retry on its own; the provider turns that off.
+    router = await make_router(transport=transport, gemini_base_url=f"http://127.0.0.1:{_closed_port()}")
+    started = time.monotonic()
+
+    result = await router.generate(text="short")
+
+    assert time.monotonic() - started < 1.5
+    assert result.provider == "claude"
+    assert "gemini failed (upstream-unavailable)" in result.routing.reason
+
+
+async def test_connection_reset_falls_back(make_router, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(drop=True), Reply(drop=True))
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "gemini"
+    assert "claude failed (upstream-unavailable)" in result.routing.reason
+
+
+async def test_html_error_page_is_mapped_and_retried(make_router, fakes):
+    page = Reply(502, text=HTML_ERROR_PAGE, content_type="text/html")
+    fakes.gemini.queue("POST", fakes.gemini.path, page, page)
+    router = await make_router()
+
+    result = await router.generate(text="short")
+
+    assert result.provider == "claude"
+    assert result.routing.reason == "1 words <= 500: gemini; gemini failed (502 upstream-error); fell back to claude"
+    assert len(fakes.gemini.calls()) == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, text="{not json", content_type="application/json"),
+        Reply(200, text="<html>captive portal</html>", content_type="text/html"),
+        Reply(200, json={"content": [], "usage": {}}),
+    ],
+)
+async def test_unusable_claude_answer_falls_back_without_retry(make_router, fakes, reply):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, reply)
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "gemini"
+    assert len(fakes.claude.calls()) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, text="{not json", content_type="application/json"),
+        Reply(200, json={"candidates": []}),
+        Reply(500, text="{truncated", content_type="application/json"),
+    ],
+)
+async def test_unusable_gemini_answer_falls_back(make_router, fakes, reply):
+    fakes.gemini.queue("POST", fakes.gemini.path, reply)
+    router = await make_router(llm_max_attempts=1)
+
+    result = await router.generate(text="short")
+
+    assert result.provider == "claude"
+    assert result.routing.fallback_from == "gemini"
+
+
+@pytest.mark.parametrize(
+    ("reply", "slug"),
+    [
+        (openai_error(503, "server_error", "loading model"), "503 upstream-error"),
+        (Reply(200, text="not json", content_type="text/plain"), "upstream-error"),
+        (Reply(200, json={"choices": []}), "upstream-error"),
+        (Reply(drop=True), "upstream-unavailable"),
+    ],
+)
+async def test_local_faults_are_mapped(make_router, fakes, reply, slug):
+    fakes.local.queue("POST", OPENAI_PATH, reply, reply)
+    router = await make_router(local=True)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hi", provider="local")
+
+    [failure] = caught.value.extras["providers"]
+    assert failure["provider"] == "local"
+    assert slug.split()[-1] == failure["error"]
+
+
+async def test_local_model_not_found_is_not_retried(make_router, fakes):
+    fakes.local.queue("POST", OPENAI_PATH, Reply(404, json={"error": "model 'llama3.2' not found"}))
+    router = await make_router(local=True)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hi", provider="local")
+
+    assert "model 'llama3.2' not found" in caught.value.detail
+    assert len(fakes.local.calls()) == 1
+
+
+async def test_bad_credentials_are_not_retried_but_fall_back(make_router, fakes):
+    fakes.gemini.queue("POST", fakes.gemini.path, gemini_error(403, "PERMISSION_DENIED", "API key not valid."))
+    router = await make_router()
+
+    result = await router.generate(text="short")
+
+    assert result.provider == "claude"
+    assert len(fakes.gemini.calls()) == 1
+
+
+# --- Context guard and input checks -------------------------------------------------------
+
+
+async def test_prompt_too_big_for_claude_goes_to_gemini(make_router, fakes):
+    text = "word " * 180_000  # 900,000 characters: ~225K tokens, over Claude's 200K window
+    router = await make_router(max_input_chars=1_000_000)
+
+    result = await router.generate(text=text)
+
+    assert result.provider == "gemini"
+    assert result.routing.fallback_from == "claude"
+    assert "claude's context window is too small" in result.routing.reason
+    assert fakes.claude.calls() == []
+    assert gemini_prompt(fakes.gemini.calls()[0]) == text
+
+
+async def test_prompt_that_fits_no_window_is_413(make_router, fakes):
+    router = await make_router(local=True, local_llm_context_tokens=512)
+
+    with pytest.raises(PayloadTooLarge) as caught:
+        await router.generate(text="x" * 4000, provider="local")
+
+    assert caught.value.status == 413
+    assert "local (512 tokens)" in caught.value.detail
+    assert fakes.local.calls() == []
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+async def test_blank_text_is_invalid(make_router, fakes, text):
+    router = await make_router()
+    with pytest.raises(InvalidInput):
+        await router.generate(text=text)
+    assert fakes.gemini.calls() == []
+
+
+async def test_text_over_max_input_chars_is_413(make_router, fakes):
+    router = await make_router(max_input_chars=100)
+    with pytest.raises(PayloadTooLarge):
+        await router.generate(text="x" * 101)
+    assert fakes.gemini.calls() == []
+
+
+# --- Cancellation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cancelling_generate_drops_the_upstream_call(make_router, fakes, transport):
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=5.0))
+    router = await make_router(transport=transport, llm_timeout_seconds=10)
+
+    task = asyncio.create_task(router.generate(text="short"))
+    await asyncio.wait_for(fakes.gemini.received.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await asyncio.sleep(0.2)
+    assert fakes.gemini.cancelled == 1
+    assert fakes.claude.calls() == []  # a cancelled call is not "failed": no fallback
