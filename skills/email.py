@@ -240,6 +240,11 @@ def connection_error(exc: Exception) -> ProblemError:
         return UpstreamUnavailable(
             "The SMTP server could not be reached: check SMTP_HOST and SMTP_PORT.", upstream=UPSTREAM
         )
+    if isinstance(exc, aiosmtplib.SMTPException):
+        # For example "STARTTLS extension not supported by server": aiosmtplib's words, never a secret.
+        return UpstreamError(
+            f"SMTP failed while connecting: {exc.message} Check SMTP_SECURITY and SMTP_PORT.", upstream=UPSTREAM
+        )
     return UpstreamError(f"SMTP failed while connecting ({type(exc).__name__}).", upstream=UPSTREAM)
 
 

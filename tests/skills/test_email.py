@@ -1,0 +1,379 @@
+"""EmailSkill against a real aiosmtpd server: STARTTLS with a self-signed certificate, implicit TLS, AUTH."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.errors import InvalidInput, NotConfigured, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.settings import Settings
+from skills.email import EmailSkill
+from tests.fakes.smtp import Certificate, SmtpServer, free_port, make_certificate
+
+USER = "bot@example.com"
+PASSWORD = "app-password-123"
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return make_certificate(tmp_path_factory.mktemp("smtp-cert"))
+
+
+@pytest.fixture
+def smtp(cert: Certificate) -> Iterator[SmtpServer]:
+    with SmtpServer(mode="starttls", cert=cert, users={USER: PASSWORD}) as server:
+        yield server
+
+
+def email_settings(server_port: int, cert: Certificate | None, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": server_port,
+        "smtp_user": USER,
+        "smtp_password": PASSWORD,
+        "smtp_security": "starttls",
+        "smtp_timeout_seconds": 5,
+        "smtp_ca_file": str(cert.cert_path) if cert else None,
+        "database_url": "sqlite+aiosqlite:///:memory:",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def make_skill(smtp: SmtpServer, cert: Certificate) -> Callable[..., EmailSkill]:
+    return lambda **overrides: EmailSkill(email_settings(smtp.port, cert, **overrides))
+
+
+# --- Delivery ---------------------------------------------------------------------------
+
+
+async def test_starttls_auth_and_the_exact_message(make_skill, smtp):
+    sent = await make_skill(smtp_from="Orchestrator <bot@example.com>").send_email(
+        to="Ann@Example.com", subject="Daily plan ✓", body="Deep work 9-10:30.\n", html="<p>Deep work</p>"
+    )
+
+    assert smtp.logins == [(USER, True)]
+    [received] = smtp.messages
+    assert received.tls is True
+    assert received.login == USER
+    assert received.mail_from == "bot@example.com"
+    assert received.rcpt_tos == ["Ann@example.com"]
+    message = received.message
+    assert message["From"] == "Orchestrator <bot@example.com>"
+    assert message["To"] == "Ann@example.com"
+    assert message["Subject"] == "Daily plan ✓"
+    assert message["Message-ID"] == sent.message_id
+    assert sent.message_id.startswith("<") and sent.message_id.endswith("@example.com>")
+    assert message["Date"]
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Deep work 9-10:30.\n"
+    assert message.get_body(("html",)).get_content().strip() == "<p>Deep work</p>"
+    assert message.get_content_type() == "multipart/alternative"
+    assert sent.recipients == ["Ann@example.com"]
+    assert sent.refused == {}
+    assert sent.dry_run is False
+
+
+async def test_plain_text_only_and_from_falls_back_to_user(make_skill, smtp):
+    await make_skill().send_email(to=["a@example.com", "b@example.org"], subject="Hi", body="Just text")
+    [received] = smtp.messages
+    assert received.rcpt_tos == ["a@example.com", "b@example.org"]
+    message = received.message
+    assert message["From"] == USER
+    assert message["To"] == "a@example.com, b@example.org"
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content().replace("\r\n", "\n") == "Just text\n"
+
+
+async def test_implicit_tls(cert):
+    with SmtpServer(mode="tls", cert=cert, users={USER: PASSWORD}) as server:
+        skill = EmailSkill(email_settings(server.port, cert, smtp_security="tls"))
+        sent = await skill.send_email(to="a@example.com", subject="TLS", body="x")
+    [received] = server.messages
+    assert received.tls is True
+    assert received.login == USER
+    assert received.message["Message-ID"] == sent.message_id
+
+
+async def test_no_security_and_no_auth(cert):
+    with SmtpServer(mode="none") as server:
+        skill = EmailSkill(
+            email_settings(
+                server.port,
+                None,
+                smtp_security="none",
+                smtp_user=None,
+                smtp_password=None,
+                smtp_from="noreply@example.com",
+            )
+        )
+        await skill.send_email(to="a@example.com", subject="Plain", body="x")
+    [received] = server.messages
+    assert received.tls is False
+    assert received.login is None
+    assert received.mail_from == "noreply@example.com"
+
+
+async def test_dry_run_connects_to_nothing_and_never_records_the_password(make_skill, smtp):
+    sent = await make_skill().send_email(to="a@example.com", subject="S", body="B", html="<b>B</b>", dry_run=True)
+    assert smtp.connections == 0
+    assert sent.dry_run is True
+    assert sent.payload is not None
+    assert PASSWORD not in repr(sent.payload)
+    assert sent.payload["envelope"] == {"from": USER, "to": ["a@example.com"]}
+    assert sent.payload["headers"]["Subject"] == "S"
+    assert sent.payload["headers"]["Message-ID"] == sent.message_id
+    assert sent.payload["text"] == "B"
+    assert sent.payload["html"] == "<b>B</b>"
+    assert sent.payload["login"] == USER
+
+
+async def test_unconfigured_names_the_variables(cert):
+    skill = EmailSkill(Settings(_env_file=None, smtp_host=None, smtp_user=None))
+    with pytest.raises(NotConfigured) as caught:
+        await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.extras["missing_settings"] == ["SMTP_HOST", "SMTP_FROM"]
+
+
+# --- Validation before any connection -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("to", "subject"),
+    [
+        ("a@example.com", "Hello\r\nBcc: victim@example.org"),
+        ("a@example.com", "Hello\nX-Injected: 1"),
+        ("a@example.com", "Hello\rX"),
+        ("a@example.com\r\nBcc: victim@example.org", "Hello"),
+        (["a@example.com", "b@example.com\nBcc: v@example.org"], "Hello"),
+        ("a@example.com", "Hello\u2028there"),
+        ("a@example.com", "nul\x00byte"),
+        ("not-an-address", "Hello"),
+        ([], "Hello"),
+    ],
+)
+async def test_bad_headers_are_422_before_connecting(make_skill, smtp, to, subject):
+    with pytest.raises(InvalidInput) as caught:
+        await make_skill().send_email(to=to, subject=subject, body="b")
+    assert caught.value.status == 422
+    assert smtp.connections == 0
+    assert smtp.messages == []
+
+
+async def test_body_may_hold_newlines_and_smtp_commands(make_skill, smtp):
+    body = "line one\r\n.\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nlast\n"
+    await make_skill().send_email(to="a@example.com", subject="s", body=body)
+    [received] = smtp.messages  # one message, the "commands" stayed inside its body
+    assert received.rcpt_tos == ["a@example.com"]
+    assert "MAIL FROM:<evil@example.org>" in received.message.get_content()
+
+
+# --- Error mapping ------------------------------------------------------------------------
+
+
+async def test_wrong_password_is_502_naming_the_settings(make_skill, smtp):
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill(smtp_password="wrong").send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 502
+    assert "SMTP_USER" in caught.value.detail and "SMTP_PASSWORD" in caught.value.detail
+    assert "wrong" not in caught.value.detail
+    # aiosmtplib tries each offered mechanism (PLAIN, LOGIN) on one connection; no new connection is made.
+    assert smtp.logins and all(login == (USER, False) for login in smtp.logins)
+    assert smtp.connections == 1
+    assert smtp.messages == []
+
+
+async def test_every_recipient_refused_is_422(make_skill, smtp):
+    smtp.handler.refuse = {"nobody@example.com"}
+    with pytest.raises(InvalidInput) as caught:
+        await make_skill().send_email(to="nobody@example.com", subject="s", body="b")
+    assert caught.value.status == 422
+    assert "nobody@example.com" in caught.value.detail
+    assert smtp.messages == []
+
+
+async def test_some_recipients_refused_sends_to_the_others(make_skill, smtp):
+    smtp.handler.refuse = {"nobody@example.com"}
+    sent = await make_skill().send_email(to=["a@example.com", "nobody@example.com"], subject="s", body="b")
+    assert sent.recipients == ["a@example.com"]
+    assert list(sent.refused) == ["nobody@example.com"]
+    assert sent.refused["nobody@example.com"].startswith("550")
+    assert smtp.messages[0].rcpt_tos == ["a@example.com"]
+
+
+async def test_data_refused_is_502_and_not_retried(make_skill, smtp):
+    smtp.handler.data_reply = "554 5.7.1 Message rejected as spam"
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 502
+    assert "554" in caught.value.detail
+    assert smtp.connections == 1
+
+
+async def test_server_stalls_after_data_is_504_and_not_retried(make_skill, smtp):
+    smtp.handler.data_delay = 1.5
+    with pytest.raises(UpstreamTimeout) as caught:
+        await make_skill(smtp_timeout_seconds=0.5).send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 504
+    assert "may or may not" in caught.value.detail
+    assert smtp.connections == 1  # the message may have been accepted: never sent twice
+
+
+async def test_connection_refused_is_503_after_bounded_retries(cert):
+    port = free_port()  # nothing listens here
+    skill = EmailSkill(email_settings(port, cert))
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 503
+    assert "SMTP_HOST" in caught.value.detail
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object],
+) -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP server that misbehaves; yields its port and a list that grows by one per connection."""
+    connections: list[int] = []
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await on_connect(reader, writer)  # type: ignore[misc]
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connections
+    finally:
+        server.close()
+        await server.wait_closed()
+        # Let every handler finish and close its writer before the loop ends (no "loop is closed" warnings).
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+
+
+async def test_silent_server_is_504_after_bounded_retries(cert):
+    async def never_greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # say nothing until the client gives up and closes
+
+    async with raw_server(never_greet) as (port, connections):
+        skill = EmailSkill(email_settings(port, cert, smtp_timeout_seconds=0.3))
+        with pytest.raises(UpstreamTimeout) as caught:
+            await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 504
+    assert len(connections) == 3
+
+
+async def test_connection_reset_at_greeting_is_503(cert):
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async with raw_server(hang_up) as (port, connections):
+        skill = EmailSkill(email_settings(port, cert))
+        with pytest.raises(UpstreamUnavailable):
+            await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert len(connections) == 3
+
+
+async def test_untrusted_certificate_is_502_about_tls(smtp, cert):
+    skill = EmailSkill(email_settings(smtp.port, None))  # no SMTP_CA_FILE: the self-signed cert is not trusted
+    with pytest.raises(UpstreamError) as caught:
+        await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 502
+    assert "TLS" in caught.value.detail
+    assert smtp.messages == []
+
+
+async def test_starttls_wanted_but_not_offered_is_502_naming_security(cert):
+    with SmtpServer(mode="none") as server:
+        skill = EmailSkill(
+            email_settings(server.port, cert, smtp_user=None, smtp_password=None, smtp_from="noreply@example.com")
+        )
+        with pytest.raises(UpstreamError) as caught:
+            await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 502
+    assert "SMTP_SECURITY" in caught.value.detail
+    assert server.messages == []
+
+
+# --- Property: header injection never reaches the server ----------------------------------
+
+_BREAKS = st.sampled_from(["\r", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@st.composite
+def _injected(draw: st.DrawFn) -> str:
+    return (
+        draw(_TEXT) + draw(_BREAKS) + draw(st.sampled_from(["Bcc: victim@example.org", "X-Evil: 1", ""])) + draw(_TEXT)
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(["subject", "to", "to_list"]),
+    injected=_injected(),
+)
+async def test_line_breaks_in_any_header_field_never_reach_the_server(field, injected, cert, tmp_path: Path):
+    with SmtpServer(mode="none") as server:
+        skill = EmailSkill(
+            email_settings(
+                server.port,
+                None,
+                smtp_security="none",
+                smtp_user=None,
+                smtp_password=None,
+                smtp_from="noreply@example.com",
+            )
+        )
+        to: str | list[str] = "a@example.com"
+        subject = "ok"
+        if field == "subject":
+            subject = injected
+        elif field == "to":
+            to = "a@example.com" + injected
+        else:
+            to = ["a@example.com", injected + "b@example.com"]
+        with pytest.raises(InvalidInput):
+            await skill.send_email(to=to, subject=subject, body="body")
+        assert server.connections == 0
+        assert server.messages == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(subject=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120))
+async def test_any_one_line_subject_arrives_intact_as_one_header(subject, cert):
+    with SmtpServer(mode="none") as server:
+        skill = EmailSkill(
+            email_settings(
+                server.port,
+                None,
+                smtp_security="none",
+                smtp_user=None,
+                smtp_password=None,
+                smtp_from="noreply@example.com",
+            )
+        )
+        await skill.send_email(to="a@example.com", subject=subject, body="body")
+        [received] = server.messages
+    message = received.message
+    assert message["Subject"] == subject
+    assert set(message.keys()) == {
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "MIME-Version",
+    }
+    assert received.rcpt_tos == ["a@example.com"]
