@@ -20,10 +20,15 @@ from core.registry import Registry
 from core.resources import open_resources
 from core.settings import Settings, load_settings
 from routers import ai as ai_api
-from routers import health, runs, slack_notify, whatsapp_send
+from routers import briefing as briefing_api
+from routers import health, runs, slack_events, slack_notify, whatsapp_send, whatsapp_webhook
+from routers import schedule as schedule_api
 from routers import skills as skills_api
 from services import PROVIDERS, open_ai_router
 from skills import SKILLS, open_skills
+from workflows.briefing import WorkflowDeps
+from workflows.inbound import open_background_tasks
+from workflows.scheduler import open_scheduler
 
 logger = logging.getLogger("orchestrator")
 
@@ -44,6 +49,9 @@ TAGS = [
     {"name": "skills", "description": "Which action skills exist and which settings each still needs."},
     {"name": "slack", "description": "Post messages to Slack channels and threads."},
     {"name": "whatsapp", "description": "Send WhatsApp messages through Twilio."},
+    {"name": "briefing", "description": "The morning briefing: AI plan and deep-work timer, then a Slack summary."},
+    {"name": "schedule", "description": "BRIEFING_CRON and the planned timer stops."},
+    {"name": "inbound", "description": "Signed webhooks: WhatsApp (Twilio) and Slack Events. No API key."},
 ]
 
 
@@ -62,6 +70,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for item in registry:
                 if not item.configured(settings):
                     logger.info("%s not configured (set %s)", item.name, ", ".join(item.missing(settings)))
+            # Inbound work that outlives its webhook request, and the scheduler (closed first, LIFO).
+            app.state.background_tasks = await open_background_tasks(resources.ledger, stack)
+            app.state.scheduler = await open_scheduler(
+                settings=settings,
+                sessions=resources.sessions,
+                ledger=resources.ledger,
+                tasks=app.state.background_tasks,
+                deps=lambda: WorkflowDeps.from_app(app),
+                stack=stack,
+            )
             logger.info("started version=%s environment=%s", __version__, settings.app_env)
             yield
         logger.info("stopped")
@@ -88,6 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(whatsapp_send.router, dependencies=[*protected, RateLimitDep])
     # Each generation spends LLM tokens: rate-limited per client (after the API-key check).
     app.include_router(ai_api.router, dependencies=[*protected, RateLimitDep])
+    # The briefing spends LLM tokens too.
+    app.include_router(briefing_api.router, dependencies=[*protected, RateLimitDep])
+    app.include_router(schedule_api.router, dependencies=protected)
+    # Webhooks carry their own signatures (Twilio, Slack) instead of the API key.
+    app.include_router(whatsapp_webhook.router)
+    app.include_router(slack_events.router)
     return app
 
 

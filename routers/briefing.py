@@ -1,0 +1,66 @@
+"""POST /morning-briefing: the AI plan and the deep-work timer, concurrently, then one Slack summary."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from core.deps import DryRunDep
+from core.errors import ProblemError, problem_responses
+from core.idempotency import IdempotencyDep
+from workflows.briefing import BriefingReport, BriefingRequest, WorkflowDeps, run_briefing
+from workflows.inbound import BackgroundTasks
+
+router = APIRouter(tags=["briefing"])
+
+
+def get_workflow_deps(request: Request) -> WorkflowDeps:
+    return WorkflowDeps.from_app(request.app)
+
+
+def get_background_tasks(request: Request) -> BackgroundTasks:
+    return request.app.state.background_tasks
+
+
+WorkflowDepsDep = Annotated[WorkflowDeps, Depends(get_workflow_deps)]
+BackgroundTasksDep = Annotated[BackgroundTasks, Depends(get_background_tasks)]
+
+
+class BriefingFailed(ProblemError):
+    """Every step failed. The problem body still carries the run id and each step's status."""
+
+    status, slug, title = 502, "briefing-failed", "The morning briefing failed"
+
+
+@router.post(
+    "/morning-briefing",
+    summary="Run the morning briefing",
+    response_model=BriefingReport,
+    responses=problem_responses(401, 409, 422, 502),
+)
+async def morning_briefing(
+    body: BriefingRequest, deps: WorkflowDepsDep, idem: IdempotencyDep, dry_run: DryRunDep
+) -> JSONResponse:
+    """Generate the day's plan (AIRouter) and start the deep-work timer at the same time, then post one
+    Slack summary with both. A failing or unconfigured step never stops the others.
+
+    200 with `status` `ok` or `partial` (read each step's `status` and `detail`); 502 problem when every
+    step failed, with the same `run_id`, `steps` and `plan` members. Send an `Idempotency-Key` to make a
+    retry replay the first answer instead of starting a second timer.
+    """
+    request = body.model_copy(update={"dry_run": body.dry_run or dry_run})
+
+    async def run() -> BriefingReport:
+        report = await run_briefing(deps, request, trigger="api")
+        if report.status == "failed":
+            raise BriefingFailed(
+                "Every briefing step failed; see `steps` for each reason.",
+                run_id=report.run_id,
+                steps=[step.model_dump(mode="json") for step in report.steps],
+                briefing_status=report.status,
+            )
+        return report
+
+    return await idem.execute(request.model_dump(mode="json"), run)

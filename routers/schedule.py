@@ -1,0 +1,76 @@
+"""GET /schedule: the scheduler's jobs with their next run times, and the planned timer stops."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import problem_responses
+from workflows.scheduler import JobScheduler
+
+router = APIRouter(tags=["schedule"])
+
+
+class ScheduledJobOut(BaseModel):
+    id: str = Field(description="`morning-briefing` or `stop:<toggl entry id>`.")
+    name: str
+    trigger: str = Field(description="APScheduler's description of when it fires.")
+    next_run_time: datetime | None = Field(description="In TIMEZONE; null when paused.")
+
+
+class PlannedStopOut(BaseModel):
+    id: str
+    entry_id: int | str | None
+    description: str | None
+    run_at: datetime
+    status: str = Field(description="pending, done, failed or cancelled.")
+    run_id: str | None = Field(description="The ledger run of the stop, once fired.")
+    error: str | None
+
+
+class ScheduleOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "timezone": "Europe/Berlin",
+                "briefing_cron": "0 8 * * 1-5",
+                "jobs": [
+                    {
+                        "id": "morning-briefing",
+                        "name": "Morning briefing (BRIEFING_CRON)",
+                        "trigger": "cron[month='*', day='*', day_of_week='1-5', hour='8', minute='0']",
+                        "next_run_time": "2026-11-26T08:00:00+01:00",
+                    }
+                ],
+                "stops": [
+                    {
+                        "id": "stop:3456789012",
+                        "entry_id": 3456789012,
+                        "description": "Deep Work",
+                        "run_at": "2026-11-25T09:30:00Z",
+                        "status": "pending",
+                        "run_id": None,
+                        "error": None,
+                    }
+                ],
+            }
+        }
+    )
+
+    timezone: str
+    briefing_cron: str | None
+    jobs: list[ScheduledJobOut]
+    stops: list[PlannedStopOut] = Field(description="Pending stops, and any created in the last 24 hours.")
+
+
+@router.get(
+    "/schedule",
+    summary="Scheduled jobs and planned timer stops",
+    response_model=ScheduleOut,
+    responses=problem_responses(401),
+)
+async def get_schedule(request: Request) -> ScheduleOut:
+    scheduler: JobScheduler = request.app.state.scheduler
+    return ScheduleOut.model_validate(await scheduler.describe())

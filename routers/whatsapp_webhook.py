@@ -1,0 +1,165 @@
+"""POST /whatsapp-webhook: Twilio's inbound WhatsApp messages, signed, deduplicated and allowlisted.
+
+Order matters: the signature is checked before anything is read from the
+message, the MessageSid is claimed in the database before anything runs, and
+the sender allowlist is applied before any action or LLM call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Response
+from starlette.datastructures import FormData
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from core.deps import ResourcesDep, SettingsDep
+from core.errors import Forbidden, NotConfigured, ProblemError, problem_responses
+from core.settings import Settings
+from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
+from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message
+from workflows.briefing import WorkflowDeps
+from workflows.commands import respond
+from workflows.inbound import bare_number, claim_message, sender_allowed
+
+logger = logging.getLogger("orchestrator.whatsapp_webhook")
+
+router = APIRouter(tags=["inbound"])
+
+# Twilio waits 15 s, but the issue asks for an answer within 2 s: leave room for the network.
+REPLY_BUDGET_SECONDS = 1.5
+TWIML_MEDIA_TYPE = "text/xml"
+REFUSAL = "Sorry, this number is not allowed to use this service."
+WORKING = "Working on it; the answer follows in a moment."
+FAILED = "Sorry, something went wrong; it has been logged."
+# One part of headroom: splitting at word boundaries can need an extra part.
+MAX_REPLY_CHARS = (MAX_PARTS - 1) * MAX_BODY_CHARS
+
+TWIML_EXAMPLE = '<?xml version="1.0" encoding="UTF-8"?><Response><Message>No timer is running.</Message></Response>'
+
+
+def public_url(request: Request, settings: Settings) -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL + path + query, else the request URL (proxy headers if trusted).
+
+    Behind ngrok the app sees http://localhost:8000/... while Twilio signed
+    https://abc.ngrok.app/...; without one of these two the signature never matches.
+    """
+    path_and_query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + path_and_query
+    url = request.url
+    if settings.trust_proxy_headers:
+        proto = _first(request.headers.get("x-forwarded-proto"))
+        host = _first(request.headers.get("x-forwarded-host"))
+        if proto:
+            url = url.replace(scheme=proto)
+        if host:
+            url = url.replace(netloc=host)
+    return str(url)
+
+
+def _first(header: str | None) -> str | None:
+    """The client-most value of a comma-separated forwarding header."""
+    if not header:
+        return None
+    return header.split(",")[0].strip() or None
+
+
+def twiml(*messages: str) -> Response:
+    reply = MessagingResponse()
+    for text in messages:
+        reply.message(text)
+    return Response(content=str(reply), media_type=TWIML_MEDIA_TYPE)
+
+
+def bounded(reply: str) -> str:
+    return reply if len(reply) <= MAX_REPLY_CHARS else reply[: MAX_REPLY_CHARS - 1] + "…"
+
+
+@router.post(
+    "/whatsapp-webhook",
+    summary="Receive a WhatsApp message (Twilio webhook)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "TwiML reply (`<Response/>` means no reply)",
+            "content": {"text/xml": {"example": TWIML_EXAMPLE}},
+        },
+        **problem_responses(403, 413, 503),
+    },
+)
+async def whatsapp_webhook(
+    request: Request,
+    settings: SettingsDep,
+    resources: ResourcesDep,
+    deps: WorkflowDepsDep,
+    tasks: BackgroundTasksDep,
+) -> Response:
+    """Twilio posts each inbound message here (form-encoded, signed with `X-Twilio-Signature`).
+
+    Set the sandbox's "When a message comes in" URL to `PUBLIC_BASE_URL/whatsapp-webhook`. Commands:
+    `start <task> for <N> min`, `start`, `stop`, `status`, `brief`, `help`; anything else gets an AI reply.
+    The answer comes back as TwiML within 2 seconds; slower work is sent afterwards with the WhatsApp skill.
+    """
+    token = settings.twilio_auth_token
+    if token is None:
+        # Never run unsigned: without the token no request can be verified.
+        raise NotConfigured("whatsapp webhook", ["TWILIO_AUTH_TOKEN"])
+    raw = await request.body()
+    form = FormData(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
+    signature = request.headers.get("x-twilio-signature")
+    url = public_url(request, settings)
+    if not signature or not RequestValidator(token.get_secret_value()).validate(url, form, signature):
+        logger.warning("rejected a WhatsApp webhook with a %s signature", "bad" if signature else "missing")
+        raise Forbidden(
+            "X-Twilio-Signature is missing or does not match. Behind ngrok or a proxy, set PUBLIC_BASE_URL "
+            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called."
+        )
+
+    message_sid = form.get("MessageSid") or form.get("SmsMessageSid")
+    if not isinstance(message_sid, str) or not message_sid:
+        return twiml()  # a signed post without a message (a status callback): nothing to do
+    if not await claim_message(resources.sessions, source="whatsapp", message_id=message_sid):
+        logger.info("WhatsApp message %s is a redelivery: ignored", message_sid)
+        return twiml()
+    sender = str(form.get("From") or "")
+    if not sender_allowed(settings, sender):
+        logger.warning("WhatsApp message %s from a sender not in WHATSAPP_ALLOWED_SENDERS: refused", message_sid)
+        return twiml(REFUSAL)
+
+    text = str(form.get("Body") or "")
+    summary = {"message_sid": message_sid, "sender": bare_number(sender)}
+    work = tasks.spawn(
+        respond(deps, text, trigger="whatsapp", sender=bare_number(sender)),
+        kind="whatsapp.message",
+        trigger="whatsapp",
+        input_summary=summary,
+    )
+    done, _ = await asyncio.wait({work}, timeout=REPLY_BUDGET_SECONDS)
+    if work in done:
+        reply = work.result()
+        return twiml(*split_message(bounded(reply or FAILED)))
+    # Too slow for the webhook: the answer goes out as a separate message when ready.
+    tasks.spawn(
+        _send_when_ready(deps, work, to=sender),
+        kind="whatsapp.reply",
+        trigger="whatsapp",
+        input_summary=summary,
+    )
+    return twiml(WORKING)
+
+
+async def _send_when_ready(deps: WorkflowDeps, work: asyncio.Task[str | None], *, to: str) -> None:
+    reply = bounded(await work or FAILED)
+    try:
+        async with deps.ledger.run("whatsapp.reply", trigger="whatsapp", input_summary={"to": bare_number(to)}) as run:
+            async with run.action("whatsapp", "send_message") as action:
+                sent = await deps.skills.whatsapp.send_message(to=to, body=reply)
+                action.external_id = sent.ledger_external_id()
+                action.request = sent.payload
+    except ProblemError as exc:
+        # Already recorded as a failed run by the ledger; the sender gets nothing more we can do.
+        logger.warning("late WhatsApp reply to %s not sent: %s", bare_number(to), exc.detail)

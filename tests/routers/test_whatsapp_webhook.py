@@ -1,0 +1,290 @@
+"""POST /whatsapp-webhook through the real app: signatures (twilio's RequestValidator), public URLs behind
+ngrok or a proxy, replays, the allowlist, TwiML replies and late replies sent with the WhatsApp skill."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from xml.etree import ElementTree
+
+import pytest
+
+from tests.fakes.slack import CHAT_POST_MESSAGE
+from tests.workflows.world import (
+    CLAUDE_PATH,
+    OWNER,
+    STRANGER,
+    TWILIO_TOKEN,
+    finished_runs,
+    post_whatsapp,
+    runs_of,
+    twilio_signature,
+    whatsapp_form,
+    world,
+)
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+def messages(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/xml")
+    root = ElementTree.fromstring(response.text)
+    assert root.tag == "Response"
+    return [element.text or "" for element in root.findall("Message")]
+
+
+# --- Signature ---------------------------------------------------------------------
+
+
+async def test_twilio_documented_test_vector_is_what_we_validate_with():
+    # The vector from twilio-python's own tests: our validation is the library's, not a copy.
+    from twilio.request_validator import RequestValidator
+
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675309", "Digits": "1234", "From": "+14158675309"}
+    params |= {"To": "+18005551212"}
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert RequestValidator("12345").validate(url, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+
+
+async def test_missing_signature_is_403_and_nothing_runs(w, make_client):
+    async with make_client(**w.settings()) as client:
+        response = await post_whatsapp(client, whatsapp_form("start"), signature="")
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "PUBLIC_BASE_URL" in response.json()["detail"]
+        assert await runs_of(client, "command.start") == []
+    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
+
+
+async def test_wrong_signature_is_403(w, make_client):
+    form = whatsapp_form("help")
+    forged = twilio_signature("http://testserver/whatsapp-webhook", form, token="not-the-token")
+    async with make_client(**w.settings()) as client:
+        response = await post_whatsapp(client, form, signature=forged)
+    assert response.status_code == 403
+
+
+async def test_tampered_field_breaks_the_signature(w, make_client):
+    form = whatsapp_form("status")
+    signature = twilio_signature("http://testserver/whatsapp-webhook", form)
+    async with make_client(**w.settings()) as client:
+        response = await post_whatsapp(client, {**form, "Body": "start"}, signature=signature)
+    assert response.status_code == 403
+    assert w.toggl.starts == []
+
+
+async def test_an_unknown_new_field_is_covered_by_the_signature(w, make_client):
+    # Twilio adds fields without notice; validation runs over whatever arrives.
+    form = {**whatsapp_form("help"), "SomeFieldTwilioAddsNextYear": "x y"}
+    async with make_client(**w.settings()) as client:
+        assert "Commands:" in messages(await post_whatsapp(client, form))[0]
+
+
+async def test_no_auth_token_is_503_never_unsigned(w, make_client):
+    async with make_client(**w.settings(twilio_auth_token=None)) as client:
+        response = await post_whatsapp(client, whatsapp_form("help"), signature="anything")
+    assert response.status_code == 503
+    assert response.json()["missing_settings"] == ["TWILIO_AUTH_TOKEN"]
+    assert TWILIO_TOKEN not in response.text
+
+
+async def test_ngrok_public_base_url_is_the_signed_url(w, make_client):
+    form = whatsapp_form("help")
+    signed = "https://abc123.ngrok.app/whatsapp-webhook?tenant=1"
+    async with make_client(**w.settings(public_base_url="https://abc123.ngrok.app/")) as client:
+        ok = await post_whatsapp(client, form, signed_url=signed, path="/whatsapp-webhook?tenant=1")
+        # What the app itself sees (http://testserver/...) is not what Twilio signed.
+        local = await post_whatsapp(
+            client,
+            whatsapp_form("help", sid="SM" + "b" * 32),
+            signed_url="http://testserver/whatsapp-webhook",
+        )
+    assert "Commands:" in messages(ok)[0]
+    assert local.status_code == 403
+
+
+async def test_forwarded_headers_only_when_trusted(w, make_client):
+    signed = "https://bot.example.com/whatsapp-webhook"
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "bot.example.com"}
+    async with make_client(**w.settings(trust_proxy_headers=True)) as client:
+        trusted = await post_whatsapp(client, whatsapp_form("help"), signed_url=signed, headers=forwarded)
+    async with make_client(**w.settings()) as client:
+        untrusted = await post_whatsapp(client, whatsapp_form("help"), signed_url=signed, headers=forwarded)
+    assert "Commands:" in messages(trusted)[0]
+    assert untrusted.status_code == 403
+
+
+async def test_proxy_header_lists_use_the_client_most_value(w, make_client):
+    signed = "https://bot.example.com/whatsapp-webhook"
+    forwarded = {"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "bot.example.com, internal:8000"}
+    async with make_client(**w.settings(trust_proxy_headers=True)) as client:
+        response = await post_whatsapp(client, whatsapp_form("help"), signed_url=signed, headers=forwarded)
+    assert "Commands:" in messages(response)[0]
+
+
+# --- Replays ----------------------------------------------------------------------------
+
+
+async def test_redelivery_executes_nothing_again(w, make_client):
+    form = whatsapp_form("start writing for 30 min")
+    async with make_client(**w.settings()) as client:
+        first = messages(await post_whatsapp(client, form))
+        again = messages(await post_whatsapp(client, form))
+    assert "Started 'writing'" in first[0]
+    assert again == []  # <Response/>: no second reply
+    assert len(w.toggl.starts) == 1
+    assert len(w.slack.calls("POST", CHAT_POST_MESSAGE)) == 1
+
+
+async def test_ten_concurrent_duplicates_make_one_action(w, make_client):
+    form = whatsapp_form("start review for 1 h")
+    async with make_client(**w.settings()) as client:
+        responses = await asyncio.gather(*(post_whatsapp(client, form) for _ in range(10)))
+        runs = await runs_of(client, "command.start")
+    replies = [messages(response) for response in responses]
+    assert sum(1 for reply in replies if reply) == 1
+    assert len(w.toggl.starts) == 1
+    assert w.toggl.starts[0]["description"] == "review"
+    assert len(w.slack.calls("POST", CHAT_POST_MESSAGE)) == 1
+    assert len(runs) == 1
+
+
+# --- Allowlist ----------------------------------------------------------------------------
+
+
+async def test_stranger_is_refused_without_action_or_llm_call(w, make_client):
+    async with make_client(**w.settings()) as client:
+        command = messages(await post_whatsapp(client, whatsapp_form("start", sender=STRANGER)))
+        chat = messages(
+            await post_whatsapp(client, whatsapp_form("what should I do today?", sid="SM" + "c" * 32, sender=STRANGER))
+        )
+    assert command == chat == ["Sorry, this number is not allowed to use this service."]
+    assert w.toggl.starts == [] and w.claude.requests == [] and w.slack.requests == []
+
+
+async def test_empty_allowlist_in_development_allows_everyone_with_a_warning(w, make_client, caplog):
+    caplog.set_level(logging.WARNING, logger="orchestrator.inbound")
+    async with make_client(**w.settings(whatsapp_allowed_senders=None)) as client:
+        reply = messages(await post_whatsapp(client, whatsapp_form("help", sender=STRANGER)))
+    assert "Commands:" in reply[0]
+    assert any("WHATSAPP_ALLOWED_SENDERS is empty" in record.getMessage() for record in caplog.records)
+
+
+# --- Commands and replies ---------------------------------------------------------------------
+
+
+async def test_start_starts_the_timer_posts_to_slack_and_confirms_both(w, make_client):
+    async with make_client(**w.settings()) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form("Start Deep writing for 45 minutes")))
+        schedule = (await client.get("/schedule")).json()
+        [run] = await runs_of(client, "command.start")
+
+    [started] = w.toggl.starts
+    assert started["description"] == "Deep writing"
+    assert started["duration"] == -1 and started["workspace_id"] == 4242
+    [post] = w.slack.posts
+    assert post["channel"] == "#general"
+    assert "Deep writing" in post["text"] and "Europe/Berlin" in post["text"]
+    # Times shown in TIMEZONE (Europe/Berlin), and both effects confirmed.
+    assert re.search(r"Started 'Deep writing' at \d\d:\d\d Europe/Berlin; it stops at \d\d:\d\d Europe/Berlin", reply)
+    assert "Posted to Slack C0000000001" in reply
+    # The planned stop is persisted and visible.
+    [stop] = [job for job in schedule["stops"] if job["status"] == "pending"]
+    assert stop["id"] == "stop:9001" and stop["description"] == "Deep writing"
+    assert run["trigger"] == "whatsapp" and run["status"] == "ok"
+    assert [(a["skill"], a["operation"], a["status"]) for a in run["actions"]] == [
+        ("toggl", "start_timer", "ok"),
+        ("slack", "post_message", "ok"),
+    ]
+
+
+async def test_start_alone_uses_the_briefing_task_and_minutes(w, make_client):
+    async with make_client(**w.settings(briefing_task="Focus", briefing_timer_minutes=25)) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form("start")))
+        schedule = (await client.get("/schedule")).json()
+    assert w.toggl.starts[0]["description"] == "Focus"
+    [stop] = schedule["stops"]
+    started = w.toggl.starts[0]["start"]
+    from datetime import datetime, timedelta
+
+    planned = datetime.fromisoformat(stop["run_at"].replace("Z", "+00:00"))
+    assert planned - datetime.fromisoformat(started.replace("Z", "+00:00")) == timedelta(minutes=25)
+    assert "Started 'Focus'" in reply
+
+
+async def test_near_misses_go_to_the_assistant_not_toggl(w, make_client):
+    w.claude.answer = "Take it easy today."
+    async with make_client(**w.settings()) as client:
+        first = messages(await post_whatsapp(client, whatsapp_form("I can't start today")))
+        second = messages(await post_whatsapp(client, whatsapp_form("starting soon", sid="SM" + "d" * 32)))
+    assert first == second == ["Take it easy today."]
+    assert w.toggl.starts == []
+    assert w.claude.prompts == ["I can't start today", "starting soon"]
+
+
+async def test_stop_and_status(w, make_client):
+    async with make_client(**w.settings()) as client:
+        messages(await post_whatsapp(client, whatsapp_form("start focus for 10 m", sid="SM" + "1" * 32)))
+        [status] = messages(await post_whatsapp(client, whatsapp_form("STATUS", sid="SM" + "2" * 32)))
+        [stop] = messages(await post_whatsapp(client, whatsapp_form("stop", sid="SM" + "3" * 32)))
+        [again] = messages(await post_whatsapp(client, whatsapp_form("stop!", sid="SM" + "4" * 32)))
+        [idle] = messages(await post_whatsapp(client, whatsapp_form("status", sid="SM" + "5" * 32)))
+        schedule = (await client.get("/schedule")).json()
+    assert re.fullmatch(r"'focus' running since \d\d:\d\d Europe/Berlin \(0 min\)\.", status)
+    assert stop == "Stopped 'focus' after 0 min."
+    assert again == idle == "No timer is running."
+    assert w.toggl.stops == ["9001"]
+    # Stopped by hand: the planned stop is cancelled.
+    assert [job["status"] for job in schedule["stops"]] == ["cancelled"]
+
+
+async def test_toggl_failure_becomes_the_reply_and_a_failed_run(w, make_client):
+    w.toggl.fail_start = 500
+    async with make_client(**w.settings()) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form("start")))
+        [run] = await runs_of(client, "command.start")
+    assert reply.startswith("Could not start the timer:")
+    assert run["status"] == "failed"
+    assert w.slack.requests == []
+
+
+async def test_slow_work_answers_within_two_seconds_and_sends_the_rest(w, make_client):
+    w.claude.delay = 2.5
+    w.claude.answer = "A slow but thoughtful answer."
+    async with make_client(**w.settings()) as client:
+        started = time.perf_counter()
+        reply = messages(await post_whatsapp(client, whatsapp_form("plan my week please")))
+        elapsed = time.perf_counter() - started
+        [run] = await finished_runs(client, "whatsapp.reply")
+    assert elapsed < 2.0
+    assert reply == ["Working on it; the answer follows in a moment."]
+    assert w.twilio.sent == [
+        {"From": "whatsapp:+14155238886", "To": f"whatsapp:{OWNER}", "Body": "A slow but thoughtful answer."}
+    ]
+    assert run["status"] == "ok" and run["actions"][0]["external_id"].startswith("SM")
+
+
+async def test_long_reply_is_split_into_1600_character_messages(w, make_client):
+    w.claude.answer = ("word " * 700).strip()  # 3,499 characters
+    async with make_client(**w.settings()) as client:
+        reply = messages(await post_whatsapp(client, whatsapp_form("tell me a long story")))
+    assert len(reply) == 3
+    assert all(len(part) <= 1600 for part in reply)
+    assert " ".join(reply) == w.claude.answer
+
+
+async def test_shutdown_waits_for_late_work_and_it_is_not_lost(w, make_client):
+    w.claude.delay = 1.8
+    async with make_client(**w.settings()) as client:
+        reply = messages(await post_whatsapp(client, whatsapp_form("think hard")))
+        assert reply == ["Working on it; the answer follows in a moment."]
+    # Leaving the lifespan waited for the background reply instead of dropping it.
+    assert len(w.twilio.sent) == 1
+    assert len(w.claude.calls("POST", CLAUDE_PATH)) == 1

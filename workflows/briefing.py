@@ -1,0 +1,343 @@
+"""The morning briefing: an AI plan and a deep-work timer, concurrently, then one Slack summary.
+
+One workflow serves POST /morning-briefing, the WhatsApp/Slack `brief`
+command and the BRIEFING_CRON schedule. A failing or unconfigured step never
+stops the others: each step becomes a `BriefingStep` with its own status, and
+the Slack summary goes out even when the plan failed, saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import NotConfigured, ProblemError
+from core.ledger import Ledger, RunHandle
+from core.registry import Registry
+from core.settings import Settings
+from skills import SkillSet
+
+logger = logging.getLogger("orchestrator.briefing")
+
+StepStatus = Literal["ok", "failed", "skipped", "not_configured"]
+BriefingStatus = Literal["ok", "partial", "failed"]
+
+PLAN_SYSTEM = (
+    "You are a concise productivity assistant. Write a realistic plan for the day as at most five short "
+    "bullet points. Plain text, no preamble."
+)
+PLAN_MAX_TOKENS = 400
+
+
+# --- What the workflows need, gathered once -----------------------------------------
+
+
+class TextGenerator(Protocol):
+    """The AIRouter's interface as the workflows use it (services.ai_router.AIRouter)."""
+
+    async def generate(
+        self, *, text: str, system: str | None = None, max_tokens: int | None = None, provider: str = "auto"
+    ) -> Any: ...
+
+
+class StopPlanner(Protocol):
+    """The scheduler's interface as the workflows use it (workflows.scheduler.JobScheduler)."""
+
+    async def schedule_stop(
+        self, *, entry_id: int | str, workspace_id: int | str | None, description: str, at: datetime
+    ) -> str: ...
+
+    async def cancel_stops(self, *, entry_id: int | str) -> int: ...
+
+
+@dataclass
+class WorkflowDeps:
+    """Everything a workflow touches. Read from the app at call time, so the scheduler and the
+    webhooks' background tasks see the same objects as the routes."""
+
+    settings: Settings
+    registry: Registry
+    ledger: Ledger
+    skills: SkillSet
+    ai_router: TextGenerator | None
+    scheduler: StopPlanner | None
+
+    @classmethod
+    def from_app(cls, app: FastAPI) -> WorkflowDeps:
+        state = app.state
+        return cls(
+            settings=state.resources.settings,
+            registry=state.registry,
+            ledger=state.resources.ledger,
+            skills=state.skills,
+            # Built by the LLM issue's lifespan code; absent means "no provider configured".
+            ai_router=getattr(state, "ai_router", None),
+            scheduler=getattr(state, "scheduler", None),
+        )
+
+
+def local_time(moment: datetime | str | None, settings: Settings) -> str:
+    """`09:30 Europe/Berlin`: every time a person reads is shown in TIMEZONE."""
+    if moment is None:
+        return "?"
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return f"{moment.astimezone(settings.zone):%H:%M} {settings.timezone}"
+
+
+def human_duration(seconds: float) -> str:
+    minutes = max(0, round(seconds / 60))
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+# --- Request and report --------------------------------------------------------------
+
+
+class BriefingRequest(BaseModel):
+    """Everything is optional: the defaults come from BRIEFING_* settings."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"channel": "#daily", "task": "Deep Work", "duration_minutes": 90, "dry_run": False}
+        },
+    )
+
+    channel: str | None = Field(
+        None,
+        min_length=1,
+        max_length=80,
+        description="Slack channel; default BRIEFING_CHANNEL, then SLACK_DEFAULT_CHANNEL.",
+    )
+    task: str | None = Field(
+        None, min_length=1, max_length=200, description="Timer description; default BRIEFING_TASK."
+    )
+    duration_minutes: int | None = Field(
+        None, ge=1, le=24 * 60, description="Planned timer length; default BRIEFING_TIMER_MINUTES."
+    )
+    dry_run: bool = Field(False, description="Build every request without sending any (no LLM call either).")
+
+
+class BriefingStep(BaseModel):
+    name: Literal["plan", "timer", "slack"]
+    status: StepStatus
+    detail: str
+    external_id: str | None = None
+    duration_ms: int = 0
+
+
+class BriefingReport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "partial",
+                "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "steps": [
+                    {
+                        "name": "plan",
+                        "status": "failed",
+                        "detail": "502 upstream-error: gemini answered 500",
+                        "external_id": None,
+                        "duration_ms": 812,
+                    },
+                    {
+                        "name": "timer",
+                        "status": "ok",
+                        "detail": "'Deep Work' started 08:00 UTC, stops 09:30 UTC",
+                        "external_id": "3456789012",
+                        "duration_ms": 240,
+                    },
+                    {
+                        "name": "slack",
+                        "status": "ok",
+                        "detail": "posted to C0123456789",
+                        "external_id": "1764057600.000100",
+                        "duration_ms": 130,
+                    },
+                ],
+                "plan": None,
+            }
+        }
+    )
+
+    status: BriefingStatus
+    run_id: str
+    steps: list[BriefingStep]
+    plan: str | None = Field(None, description="The AI plan, when it was generated.")
+
+
+def overall_status(steps: list[BriefingStep]) -> BriefingStatus:
+    """ok: nothing went wrong; failed: nothing succeeded; partial: anything in between."""
+    if all(step.status in ("ok", "skipped") for step in steps):
+        return "ok"
+    if not any(step.status == "ok" for step in steps):
+        return "failed"
+    return "partial"
+
+
+# --- The workflow ------------------------------------------------------------------------
+
+
+@dataclass
+class _StepResult:
+    step: BriefingStep
+    value: Any = None
+
+
+async def _run_step(
+    run: RunHandle,
+    name: Literal["plan", "timer", "slack"],
+    skill: str,
+    operation: str,
+    call: Callable[[], Awaitable[Any]],
+    describe: Callable[[Any], tuple[str, str | None]],
+) -> _StepResult:
+    """Run one step as one ledger action; any failure becomes the step's status, never an exception."""
+    started = time.perf_counter()
+
+    def elapsed() -> int:
+        return int((time.perf_counter() - started) * 1000)
+
+    try:
+        async with run.action(skill, operation) as action:
+            try:
+                value = await call()
+            except NotConfigured as exc:
+                action.status, action.error = "not_configured", exc.detail
+                return _StepResult(
+                    BriefingStep(name=name, status="not_configured", detail=exc.detail, duration_ms=elapsed())
+                )
+            detail, external_id = describe(value)
+            action.external_id = external_id
+            action.request = getattr(value, "payload", None)
+            action.status = "dry_run" if getattr(value, "dry_run", False) else "ok"
+    except ProblemError as exc:
+        return _StepResult(
+            BriefingStep(
+                name=name, status="failed", detail=f"{exc.status} {exc.slug}: {exc.detail}", duration_ms=elapsed()
+            )
+        )
+    except Exception as exc:  # a bug in one step must not take the briefing down
+        logger.exception("briefing step %s failed unexpectedly", name)
+        return _StepResult(
+            BriefingStep(
+                name=name, status="failed", detail=f"unexpected error: {type(exc).__name__}", duration_ms=elapsed()
+            )
+        )
+    return _StepResult(
+        BriefingStep(name=name, status="ok", detail=detail, external_id=external_id, duration_ms=elapsed()), value
+    )
+
+
+def _plan_prompt(settings: Settings, task: str, minutes: int) -> str:
+    today = datetime.now(settings.zone)
+    return (
+        f"Today is {today:%A %d %B %Y}. The day starts with a {minutes}-minute focus block: {task}. "
+        "Suggest a plan for the rest of the day."
+    )
+
+
+def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> str:
+    lines = ["*Morning briefing*", ""]
+    if plan.step.status == "ok":
+        lines += ["*Plan*", str(plan.value.response).strip()]
+    elif plan.step.status == "skipped":
+        lines += [f"*Plan*: not generated ({plan.step.detail})"]
+    else:
+        lines += [f"*Plan*: could not be generated ({plan.step.detail})"]
+    lines.append("")
+    if timer.step.status == "ok":
+        lines.append(f"*Timer*: {timer.step.detail}")
+    else:
+        lines.append(f"*Timer*: not started ({timer.step.detail})")
+    return "\n".join(lines)
+
+
+async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger: str) -> BriefingReport:
+    """Plan and timer concurrently, then the Slack summary; one ledger run, one action per step."""
+    settings = deps.settings
+    task = request.task or settings.briefing_task
+    minutes = request.duration_minutes or settings.briefing_timer_minutes
+    channel = request.channel or settings.briefing_channel
+    summary = {"task": task, "duration_minutes": minutes, "channel": channel, "dry_run": request.dry_run}
+
+    async with deps.ledger.run("briefing", trigger=trigger, input_summary=summary) as run:
+
+        async def plan() -> _StepResult:
+            if request.dry_run:
+                # A dry run sends nothing upstream, and an LLM call is a paid upstream call.
+                await run.skip("ai_router", "generate", status="skipped", error="dry run: no LLM call")
+                return _StepResult(BriefingStep(name="plan", status="skipped", detail="dry run: no LLM call"))
+            router = deps.ai_router
+            if router is None:
+                detail = "no language model is configured: set GEMINI_API_KEY or ANTHROPIC_API_KEY"
+                await run.skip("ai_router", "generate", status="not_configured", error=detail)
+                return _StepResult(BriefingStep(name="plan", status="not_configured", detail=detail))
+            return await _run_step(
+                run,
+                "plan",
+                "ai_router",
+                "generate",
+                lambda: router.generate(
+                    text=_plan_prompt(settings, task, minutes), system=PLAN_SYSTEM, max_tokens=PLAN_MAX_TOKENS
+                ),
+                lambda gen: (f"{gen.provider} {gen.model_used}", str(gen.model_used)),
+            )
+
+        async def timer() -> _StepResult:
+            async def start() -> Any:
+                started = await deps.skills.toggl.start_timer(
+                    description=task, duration_minutes=minutes, dry_run=request.dry_run
+                )
+                await schedule_planned_stop(deps, started)
+                return started
+
+            def describe(started: Any) -> tuple[str, str | None]:
+                start, stop = local_time(started.start, settings), local_time(started.planned_stop, settings)
+                when = f"'{task}' started {start}, stops {stop}"
+                return (f"dry run: {when}" if started.dry_run else when), (
+                    None if started.entry_id is None else str(started.entry_id)
+                )
+
+            return await _run_step(run, "timer", "toggl", "start_timer", start, describe)
+
+        plan_result, timer_result = await asyncio.gather(plan(), timer())
+
+        text = _summary_text(settings, plan_result, timer_result)
+        slack_result = await _run_step(
+            run,
+            "slack",
+            "slack",
+            "post_message",
+            lambda: deps.skills.slack.post_message(text=text, channel=channel, dry_run=request.dry_run),
+            lambda posted: (f"{'dry run: would post' if posted.dry_run else 'posted'} to {posted.channel}", posted.ts),
+        )
+
+        steps = [plan_result.step, timer_result.step, slack_result.step]
+        status = overall_status(steps)
+        plan_text = str(plan_result.value.response).strip() if plan_result.step.status == "ok" else None
+        report = BriefingReport(status=status, run_id=run.id, steps=steps, plan=plan_text)
+        run.status = "dry_run" if request.dry_run and status == "ok" else status
+        run.result = report.model_dump(mode="json", exclude={"run_id"})
+    return report
+
+
+async def schedule_planned_stop(deps: WorkflowDeps, started: Any) -> None:
+    """Persist the planned stop of a timer just started, so it fires even across a restart."""
+    if started.dry_run or started.planned_stop is None or started.entry_id is None or deps.scheduler is None:
+        return
+    planned = started.planned_stop
+    if isinstance(planned, str):
+        planned = datetime.fromisoformat(planned.replace("Z", "+00:00"))
+    await deps.scheduler.schedule_stop(
+        entry_id=started.entry_id, workspace_id=started.workspace_id, description=started.description, at=planned
+    )

@@ -1,0 +1,225 @@
+"""The inbound command grammar: deterministic, case-insensitive, anchored at the start of the message.
+
+The original service treated any message *containing* "start" as a command, so
+"I can't start today" started a timer. Here a message is a command only when
+the WHOLE message matches one of the forms below; everything else is chat and
+goes to the AIRouter. An inbound message is untrusted text: the model never
+decides to act, only this grammar does.
+
+    start                                   BRIEFING_TASK for BRIEFING_TIMER_MINUTES
+    start <task> [for] <N> (m|min|minutes|h|hours)
+    stop | status | brief | briefing | help
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from core.errors import NotConfigured, ProblemError
+from workflows.briefing import (
+    BriefingRequest,
+    WorkflowDeps,
+    human_duration,
+    local_time,
+    run_briefing,
+    schedule_planned_stop,
+)
+
+logger = logging.getLogger("orchestrator.commands")
+
+CommandName = Literal["start", "stop", "status", "brief", "help"]
+
+MAX_MINUTES = 24 * 60
+
+# Trailing punctuation is tolerated ("stop!"), nothing else may follow a command word.
+_END = r"[.!]*"
+_SIMPLE = re.compile(rf"(?P<word>start|stop|status|brief|briefing|help){_END}", re.IGNORECASE)
+_TIMED_START = re.compile(
+    rf"start\s+(?P<task>\S.*?)\s+(?:for\s+)?(?P<amount>\d{{1,4}})\s*(?P<unit>m|min|mins|minutes?|h|hrs?|hours?){_END}",
+    re.IGNORECASE | re.DOTALL,
+)
+_ALIASES: dict[str, CommandName] = {"briefing": "brief"}
+
+HELP_TEXT = (
+    "Commands:\n"
+    "• start <task> for <N> min|h: start a Toggl timer (stops by itself) and tell Slack\n"
+    "• start: {task} for {minutes} minutes\n"
+    "• stop: stop the running timer\n"
+    "• status: the running timer, if any\n"
+    "• brief: run the morning briefing\n"
+    "• help: this list\n"
+    "Anything else is answered by the assistant."
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed command. `task` and `minutes` are set only for a timed `start`."""
+
+    name: CommandName
+    task: str | None = None
+    minutes: int | None = None
+
+
+def parse_command(text: str) -> Command | None:
+    """The command `text` spells, or None when it is not a command (chat for the AIRouter)."""
+    message = text.strip()
+    simple = _SIMPLE.fullmatch(message)
+    if simple:
+        word = simple.group("word").lower()
+        return Command(name=_ALIASES.get(word, word))  # type: ignore[arg-type]
+    timed = _TIMED_START.fullmatch(message)
+    if timed:
+        amount = int(timed.group("amount"))
+        minutes = amount * 60 if timed.group("unit").lower().startswith("h") else amount
+        task = " ".join(timed.group("task").split())
+        return Command(name="start", task=task, minutes=minutes)
+    return None
+
+
+def strip_mentions(text: str) -> str:
+    """Remove Slack user mentions (`<@U123ABC>`) so "@bot start" parses like "start"."""
+    return re.sub(r"<@[A-Z0-9]+(?:\|[^>]*)?>", " ", text).strip()
+
+
+# --- Executing --------------------------------------------------------------------
+
+CHAT_SYSTEM = (
+    "You are a friendly productivity assistant replying on a chat app. Answer briefly in plain text. "
+    "You cannot perform actions yourself; if asked to, point the user to the commands: "
+    "start <task> for <N> min, stop, status, brief, help."
+)
+CHAT_MAX_INPUT_CHARS = 4000  # inbound text is untrusted: bound what it can spend on LLM tokens
+CHAT_MAX_TOKENS = 600
+
+
+def help_text(deps: WorkflowDeps) -> str:
+    return HELP_TEXT.format(task=deps.settings.briefing_task, minutes=deps.settings.briefing_timer_minutes)
+
+
+async def respond(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | None = None) -> str:
+    """The reply to one inbound message: a command's confirmation, or the AIRouter's answer.
+
+    Never raises for an upstream failure: the failure becomes the reply (and
+    is recorded in the ledger), because the sender is waiting for an answer.
+    """
+    command = parse_command(text)
+    if command is None:
+        return await _chat(deps, text, trigger=trigger, sender=sender)
+    if command.name == "help":
+        return help_text(deps)
+    if command.name == "start":
+        return await _start(deps, command, trigger=trigger, sender=sender)
+    if command.name == "stop":
+        return await _stop(deps, trigger=trigger, sender=sender)
+    if command.name == "status":
+        return await _status(deps)
+    return await _brief(deps, trigger=trigger)
+
+
+def _problem_reply(what: str, exc: ProblemError) -> str:
+    return f"{what}: {exc.detail}"
+
+
+async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: str | None) -> str:
+    settings = deps.settings
+    task = command.task or settings.briefing_task
+    minutes = command.minutes if command.minutes is not None else settings.briefing_timer_minutes
+    if not 1 <= minutes <= MAX_MINUTES:
+        return "A timer can run from 1 minute to 24 hours. Try: start writing for 45 min"
+    summary = {"command": "start", "task": task, "duration_minutes": minutes, "sender": sender}
+    async with deps.ledger.run("command.start", trigger=trigger, input_summary=summary) as run:
+        try:
+            async with run.action("toggl", "start_timer") as action:
+                started = await deps.skills.toggl.start_timer(description=task, duration_minutes=minutes)
+                action.external_id = started.ledger_external_id()
+                action.request = started.payload
+        except ProblemError as exc:
+            run.status = "failed"
+            return _problem_reply("Could not start the timer", exc)
+        await schedule_planned_stop(deps, started)
+        start_at, stop_at = local_time(started.start, settings), local_time(started.planned_stop, settings)
+        confirmation = f"Started '{task}' at {start_at}; it stops at {stop_at}."
+        announcement = (
+            f":stopwatch: '{task}' started at {start_at}, planned stop {stop_at} ({human_duration(minutes * 60)})."
+        )
+        try:
+            async with run.action("slack", "post_message") as action:
+                posted = await deps.skills.slack.post_message(text=announcement)
+                action.external_id = posted.ledger_external_id()
+                action.request = posted.payload
+        except ProblemError as exc:
+            run.status = "partial"
+            return f"{confirmation} Slack was not told: {exc.detail}"
+        run.result = {"entry_id": started.entry_id, "slack_channel": posted.channel, "slack_ts": posted.ts}
+        return f"{confirmation} Posted to Slack {posted.channel}."
+
+
+async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
+    async with deps.ledger.run(
+        "command.stop", trigger=trigger, input_summary={"command": "stop", "sender": sender}
+    ) as run:
+        try:
+            async with run.action("toggl", "stop_timer") as action:
+                stopped = await deps.skills.toggl.stop_timer()
+                action.external_id = None if stopped is None else str(stopped.entry_id)
+        except ProblemError as exc:
+            run.status = "failed"
+            return _problem_reply("Could not stop the timer", exc)
+        if stopped is None:
+            run.result = {"stopped": None}
+            return "No timer is running."
+        if deps.scheduler is not None:
+            # The planned stop has nothing left to do; cancelling it keeps GET /schedule honest.
+            await deps.scheduler.cancel_stops(entry_id=stopped.entry_id)
+        run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
+        return f"Stopped '{stopped.description}' after {human_duration(stopped.elapsed_seconds)}."
+
+
+async def _status(deps: WorkflowDeps) -> str:
+    try:
+        running = await deps.skills.toggl.current_timer()
+    except ProblemError as exc:
+        return _problem_reply("Could not read the timer", exc)
+    if running is None:
+        return "No timer is running."
+    return (
+        f"'{running.description}' running since {local_time(running.start, deps.settings)} "
+        f"({human_duration(running.elapsed_seconds)})."
+    )
+
+
+async def _brief(deps: WorkflowDeps, *, trigger: str) -> str:
+    report = await run_briefing(deps, BriefingRequest(), trigger=trigger)
+    by_name = {step.name: step for step in report.steps}
+    lines = [report.plan or f"No plan today ({by_name['plan'].detail})."]
+    timer = by_name["timer"]
+    lines.append(f"Timer: {timer.detail}" if timer.status == "ok" else f"Timer not started: {timer.detail}")
+    slack = by_name["slack"]
+    if slack.status != "ok":
+        lines.append(f"Slack summary not posted: {slack.detail}")
+    return "\n\n".join(lines)
+
+
+async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | None) -> str:
+    router = deps.ai_router
+    if router is None:
+        return "The assistant is not configured (no language model). " + help_text(deps)
+    prompt = text.strip()[:CHAT_MAX_INPUT_CHARS]
+    async with deps.ledger.run("inbound.chat", trigger=trigger, input_summary={"sender": sender}) as run:
+        try:
+            async with run.action("ai_router", "generate") as action:
+                generation = await router.generate(text=prompt, system=CHAT_SYSTEM, max_tokens=CHAT_MAX_TOKENS)
+                action.external_id = str(generation.model_used)
+        except NotConfigured as exc:
+            run.status = "failed"
+            return f"The assistant is not configured: {exc.detail}"
+        except ProblemError as exc:
+            run.status = "failed"
+            return _problem_reply("The assistant could not answer", exc)
+        run.result = {"provider": generation.provider, "model_used": generation.model_used}
+    reply = str(generation.response).strip()
+    return reply or "(the assistant returned an empty answer)"

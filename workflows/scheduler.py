@@ -1,0 +1,313 @@
+"""The durable scheduler: the BRIEFING_CRON briefing and planned timer stops, fired exactly once.
+
+APScheduler (AsyncIOScheduler) does the timing in every worker. What makes it
+durable and single-firing lives in the database:
+
+- A planned stop is a `scheduled_jobs` row. Each worker loads the pending rows
+  at start-up and every `SYNC_SECONDS`, so a stop survives a restart and one
+  missed while the service was down fires at start-up (its date is past, and
+  the jobs have no misfire limit).
+- Before any firing runs, the worker inserts a `job_fires` row keyed by
+  (job id, fire time). The primary key lets exactly one worker win; the
+  others see the conflict and do nothing. This holds for several processes on
+  one database, which APScheduler 3's in-memory job store alone cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from core.errors import ProblemError
+from core.ledger import Ledger, describe_error
+from core.settings import Settings
+from core.store import JobFire, ScheduledJob, utcnow
+from workflows.briefing import BriefingRequest, WorkflowDeps, run_briefing
+from workflows.inbound import BackgroundTasks
+
+logger = logging.getLogger("orchestrator.scheduler")
+
+BRIEFING_JOB_ID = "morning-briefing"
+SYNC_JOB_ID = "sync-planned-stops"
+STOP_KIND = "timer_stop"
+SYNC_SECONDS = 30
+# A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
+BRIEFING_GRACE_SECONDS = 300
+
+
+def stop_job_id(entry_id: int | str) -> str:
+    return f"stop:{entry_id}"
+
+
+def briefing_fire_time(now: datetime) -> datetime:
+    """The cron fire time a briefing run belongs to: `now` floored to the minute.
+
+    Crontab triggers fire on whole minutes and APScheduler 3 does not hand the
+    scheduled time to the job, so every worker derives the same claim key from
+    its own clock; runs more than BRIEFING_GRACE_SECONDS late are not started.
+    """
+    return now.replace(second=0, microsecond=0)
+
+
+class JobScheduler:
+    """One per app instance; `start()` in the lifespan, `shutdown()` after it."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: async_sessionmaker,
+        ledger: Ledger,
+        tasks: BackgroundTasks,
+        deps: Callable[[], WorkflowDeps],
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.ledger = ledger
+        self.tasks = tasks
+        self.deps = deps
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.aps = AsyncIOScheduler(
+            timezone=settings.zone,
+            # No misfire limit for stops: a stop due while we were down must still happen.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    # --- Lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.briefing_cron:
+            self.aps.add_job(
+                self._briefing_due,
+                CronTrigger.from_crontab(self.settings.briefing_cron, timezone=self.settings.zone),
+                id=BRIEFING_JOB_ID,
+                name="Morning briefing (BRIEFING_CRON)",
+                misfire_grace_time=BRIEFING_GRACE_SECONDS,
+            )
+        self.aps.add_job(
+            self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
+        )
+        self.aps.start()
+        await self.sync_stops()
+
+    async def shutdown(self) -> None:
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+            # AsyncIOScheduler.shutdown only schedules itself on the loop: let it run.
+            await asyncio.sleep(0)
+
+    # --- Planned stops ---------------------------------------------------------------
+
+    async def schedule_stop(
+        self, *, entry_id: int | str, workspace_id: int | str | None, description: str, at: datetime
+    ) -> str:
+        """Persist a planned stop of Toggl entry `entry_id` at `at`, and arm it in this worker."""
+        job_id = stop_job_id(entry_id)
+        payload = {"entry_id": entry_id, "workspace_id": workspace_id, "description": description}
+        try:
+            async with self.sessions.begin() as session:
+                session.add(
+                    ScheduledJob(
+                        id=job_id, kind=STOP_KIND, run_at=at, payload=payload, status="pending", created_at=utcnow()
+                    )
+                )
+        except IntegrityError:
+            # The same entry scheduled again (a retried request): the newest plan wins.
+            async with self.sessions.begin() as session:
+                await session.execute(
+                    update(ScheduledJob)
+                    .where(ScheduledJob.id == job_id)
+                    .values(run_at=at, payload=payload, status="pending", finished_at=None, error=None)
+                )
+        self._arm_stop(job_id, at)
+        logger.info("planned stop of entry %s at %s", entry_id, at.isoformat())
+        return job_id
+
+    async def cancel_stops(self, *, entry_id: int | str) -> int:
+        """Cancel the pending planned stop of `entry_id` (it was stopped by hand); returns how many."""
+        job_id = stop_job_id(entry_id)
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(ScheduledJob)
+                .where(ScheduledJob.id == job_id, ScheduledJob.status == "pending")
+                .values(status="cancelled", finished_at=utcnow())
+            )
+        if self.aps.get_job(job_id) is not None:
+            self.aps.remove_job(job_id)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def sync_stops(self) -> int:
+        """Arm every pending stop in the database that this worker has not armed yet."""
+        async with self.sessions() as session:
+            rows = (await session.scalars(select(ScheduledJob).where(ScheduledJob.status == "pending"))).all()
+        armed = 0
+        for row in rows:
+            job = self.aps.get_job(row.id)
+            if job is None or job.trigger.run_date != row.run_at:  # type: ignore[attr-defined]
+                self._arm_stop(row.id, row.run_at)
+                armed += 1
+        return armed
+
+    def _arm_stop(self, job_id: str, at: datetime) -> None:
+        self.aps.add_job(
+            self._stop_due,
+            DateTrigger(run_date=at),
+            args=[job_id],
+            id=job_id,
+            name="Planned timer stop",
+            replace_existing=True,
+        )
+
+    async def _stop_due(self, job_id: str) -> None:
+        # The work runs in the tracked task set, so shutdown waits for it and records it if cut short.
+        self.tasks.spawn(self.fire_stop(job_id), kind="schedule.stop_timer", trigger="schedule")
+
+    async def fire_stop(self, job_id: str) -> bool:
+        """Stop the timer of pending job `job_id` if this worker wins the claim; True when it ran."""
+        async with self.sessions() as session:
+            row = await session.get(ScheduledJob, job_id)
+        if row is None or row.status != "pending":
+            return False
+        if not await self.claim(job_id, row.run_at):
+            return False
+        payload = row.payload
+        status, error, run_id = "failed", None, None
+        try:
+            async with self.ledger.run(
+                "schedule.stop_timer",
+                trigger="schedule",
+                input_summary={"job_id": job_id, "planned_stop": row.run_at.isoformat(), **payload},
+            ) as run:
+                run_id = run.id
+                async with run.action("toggl", "stop_timer") as action:
+                    stopped = await self.deps().skills.toggl.stop_timer(
+                        workspace_id=payload.get("workspace_id"), entry_id=payload["entry_id"]
+                    )
+                    action.external_id = str(payload["entry_id"])
+                run.result = {
+                    "entry_id": payload["entry_id"],
+                    "already_stopped": getattr(stopped, "already_stopped", None),
+                    "elapsed_seconds": getattr(stopped, "elapsed_seconds", None),
+                }
+            status = "done"
+        except ProblemError as exc:
+            error = describe_error(exc)
+            logger.warning("planned stop %s failed: %s", job_id, error)
+        except asyncio.CancelledError:
+            # Cut short at shutdown: give the claim back so the next start-up fires it
+            # (stopping an already-stopped entry is harmless).
+            await asyncio.shield(self._release(job_id, row.run_at))
+            raise
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(ScheduledJob)
+                .where(ScheduledJob.id == job_id)
+                .values(status=status, finished_at=utcnow(), run_id=run_id, error=error)
+            )
+        return True
+
+    # --- The briefing ----------------------------------------------------------------
+
+    async def _briefing_due(self) -> None:
+        self.tasks.spawn(
+            self.fire_briefing(briefing_fire_time(datetime.now(self.settings.zone))),
+            kind="schedule.briefing",
+            trigger="schedule",
+        )
+
+    async def fire_briefing(self, fire_time: datetime) -> str | None:
+        """Run the briefing for cron time `fire_time` if this worker wins the claim; the run id, or None."""
+        if not await self.claim(BRIEFING_JOB_ID, fire_time):
+            logger.info("briefing for %s already claimed by another worker", fire_time.isoformat())
+            return None
+        report = await run_briefing(self.deps(), BriefingRequest(), trigger="schedule")
+        logger.info("scheduled briefing %s: %s", report.run_id, report.status)
+        return report.run_id
+
+    # --- Claims ----------------------------------------------------------------------
+
+    async def claim(self, job_id: str, fire_time: datetime) -> bool:
+        """Insert the (job, fire time) claim; False when another worker already holds it."""
+        try:
+            async with self.sessions.begin() as session:
+                session.add(JobFire(job_id=job_id, fire_time=fire_time, worker=self.worker_id, claimed_at=utcnow()))
+        except IntegrityError:
+            return False
+        return True
+
+    async def _release(self, job_id: str, fire_time: datetime) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(delete(JobFire).where(JobFire.job_id == job_id, JobFire.fire_time == fire_time))
+
+    # --- Listing -----------------------------------------------------------------------
+
+    async def describe(self, *, recent: timedelta = timedelta(days=1)) -> dict[str, Any]:
+        """What GET /schedule shows: armed jobs with their next run, pending and recent stops."""
+        jobs = [
+            {
+                "id": job.id,
+                "name": job.name,
+                "trigger": str(job.trigger),
+                "next_run_time": job.next_run_time,
+            }
+            for job in self.aps.get_jobs()
+            if job.id != SYNC_JOB_ID
+        ]
+        since = utcnow() - recent
+        async with self.sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(ScheduledJob)
+                    .where((ScheduledJob.status == "pending") | (ScheduledJob.created_at >= since))
+                    .order_by(ScheduledJob.run_at)
+                    .limit(200)
+                )
+            ).all()
+        stops = [
+            {
+                "id": row.id,
+                "entry_id": row.payload.get("entry_id"),
+                "description": row.payload.get("description"),
+                "run_at": row.run_at,
+                "status": row.status,
+                "run_id": row.run_id,
+                "error": row.error,
+            }
+            for row in rows
+        ]
+        return {
+            "timezone": self.settings.timezone,
+            "briefing_cron": self.settings.briefing_cron,
+            "jobs": jobs,
+            "stops": stops,
+        }
+
+
+async def open_scheduler(
+    *,
+    settings: Settings,
+    sessions: async_sessionmaker,
+    ledger: Ledger,
+    tasks: BackgroundTasks,
+    deps: Callable[[], WorkflowDeps],
+    stack: AsyncExitStack,
+) -> JobScheduler:
+    scheduler = JobScheduler(settings=settings, sessions=sessions, ledger=ledger, tasks=tasks, deps=deps)
+    await scheduler.start()
+    stack.push_async_callback(scheduler.shutdown)
+    return scheduler
