@@ -91,7 +91,7 @@ def prompt_summary(body: AIProcessRequest, *, store_prompts: bool) -> dict[str, 
     """What the ledger keeps about the prompt: its text only when STORE_PROMPTS=true."""
     summary: dict[str, Any] = {
         "provider": body.provider,
-        "max_tokens": body.max_tokens,
+        "max_output": body.max_tokens,  # "max_tokens" would be masked by the ledger's secret filter
         "text_chars": len(body.text),
         "text_words": len(body.text.split()),
         "text_sha256": hashlib.sha256(body.text.encode()).hexdigest(),
@@ -123,8 +123,8 @@ async def process_prompt(
         run.result = {
             "provider": generation.provider,
             "model": generation.model_used,
-            "input_tokens": generation.usage.input_tokens,
-            "output_tokens": generation.usage.output_tokens,
+            # Not "input_tokens": the ledger masks every key that contains "token" as a secret.
+            "usage": {"input": generation.usage.input_tokens, "output": generation.usage.output_tokens},
             "latency_ms": generation.latency_ms,
             "routing": generation.routing.model_dump(),
         }

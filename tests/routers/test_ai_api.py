@@ -1,0 +1,324 @@
+"""POST /ai-process through the real app and lifespan, against fake LLM servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from routers.deps import get_ai_router
+from services.ai_router import Generation, Routing, Usage
+from tests.fakes.llm import ANTHROPIC_PATH, FakeAnthropic, FakeGemini, anthropic_error, gemini_error, gemini_prompt
+from tests.fakes.server import Reply
+
+GEMINI_KEY = "test-gemini-key-api-0001"
+ANTHROPIC_KEY = "test-anthropic-key-api-0001"
+
+
+class Fakes:
+    def __init__(self, claude: FakeAnthropic, gemini: FakeGemini) -> None:
+        self.claude = claude
+        self.gemini = gemini
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "gemini_api_key": GEMINI_KEY,
+            "anthropic_api_key": ANTHROPIC_KEY,
+            "gemini_base_url": self.gemini.url,
+            "anthropic_base_url": self.claude.url,
+            "llm_timeout_seconds": 2.0,
+            **overrides,
+        }
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    async with FakeAnthropic() as claude, FakeGemini() as gemini:
+        yield Fakes(claude, gemini)
+
+
+async def _only_run(client) -> dict[str, Any]:
+    runs = (await client.get("/runs", params={"kind": "ai.process"})).json()["items"]
+    assert len(runs) == 1
+    return (await client.get(f"/runs/{runs[0]['id']}")).json()
+
+
+async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
+    async with make_client(**fakes.settings()) as client:
+        response = await client.post(
+            "/ai-process", json={"text": "Plan my morning", "system": "Be brief.", "max_tokens": 120}
+        )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"response", "model_used", "provider", "routing", "usage", "latency_ms"}
+    assert body["response"] == "gemini: 3 words received"
+    assert body["model_used"] == "gemini-3.8-flash"
+    assert body["provider"] == "gemini"
+    assert body["routing"] == {
+        "word_count": 3,
+        "threshold": 500,
+        "rule": "word_threshold",
+        "fallback_from": None,
+        "reason": "3 words <= 500: gemini",
+    }
+    assert body["usage"] == {"input_tokens": 13, "output_tokens": 5}
+    assert isinstance(body["latency_ms"], int) and body["latency_ms"] >= 0
+    [call] = fakes.gemini.calls()
+    assert gemini_prompt(call) == "Plan my morning"
+    assert call.json["systemInstruction"]["parts"][0]["text"] == "Be brief."
+    assert call.json["generationConfig"]["maxOutputTokens"] == 120
+    assert call.headers["x-goog-api-key"] == GEMINI_KEY
+
+
+async def test_long_prompt_goes_to_claude(make_client, fakes):
+    text = " ".join(["word"] * 812)
+    async with make_client(**fakes.settings()) as client:
+        response = await client.post("/ai-process", json={"text": text})
+
+    assert response.status_code == 200
+    assert response.json()["routing"]["reason"] == "812 words > 500: claude"
+    assert fakes.claude.calls()[0].json["messages"] == [{"role": "user", "content": text}]
+    assert fakes.gemini.calls() == []
+
+
+async def test_ledger_keeps_length_and_hash_but_not_the_prompt(make_client, fakes):
+    text = "My secret plan for the quarter"
+    async with make_client(**fakes.settings()) as client:
+        response = await client.post("/ai-process", json={"text": text, "system": "Be kind.", "max_tokens": 50})
+        assert response.status_code == 200
+        run = await _only_run(client)
+
+    assert run["kind"] == "ai.process" and run["trigger"] == "api" and run["status"] == "ok"
+    summary = run["input_summary"]
+    assert summary["text_chars"] == len(text)
+    assert summary["text_words"] == 6
+    assert summary["text_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert summary["system_sha256"] == hashlib.sha256(b"Be kind.").hexdigest()
+    assert (summary["provider"], summary["max_output"]) == ("auto", 50)
+    assert "text" not in summary and "system" not in summary
+    assert text not in json.dumps(run)
+    assert run["result"]["provider"] == "gemini"
+    assert run["result"]["model"] == "gemini-3.8-flash"
+    assert run["result"]["usage"] == {"input": 13, "output": 5}
+    assert isinstance(run["result"]["latency_ms"], int)
+    [action] = run["actions"]
+    assert (action["skill"], action["operation"], action["status"]) == ("gemini", "generate", "ok")
+    assert action["external_id"] == "gemini-3.8-flash"
+    assert action["attempts"] == 1
+
+
+async def test_store_prompts_true_keeps_the_prompt(make_client, fakes):
+    text = "My plan for the quarter"
+    async with make_client(**fakes.settings(store_prompts=True)) as client:
+        assert (await client.post("/ai-process", json={"text": text, "system": "Be kind."})).status_code == 200
+        run = await _only_run(client)
+
+    assert run["input_summary"]["text"] == text
+    assert run["input_summary"]["system"] == "Be kind."
+
+
+async def test_fallback_is_visible_in_the_answer_and_the_ledger(make_client, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_error(503, "UNAVAILABLE", "overloaded"))
+    async with make_client(**fakes.settings(llm_max_attempts=2)) as client:
+        response = await client.post("/ai-process", json={"text": "short"})
+        run = await _only_run(client)
+
+    assert response.status_code == 200
+    assert response.json()["provider"] == "claude"
+    assert response.json()["routing"]["fallback_from"] == "gemini"
+    assert run["result"]["routing"]["fallback_from"] == "gemini"
+    assert run["actions"][0]["skill"] == "claude"
+    assert run["actions"][0]["attempts"] == 3  # two on gemini, one on claude
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+async def test_blank_text_is_422(make_client, fakes, text):
+    async with make_client(**fakes.settings()) as client:
+        response = await client.post("/ai-process", json={"text": text})
+
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["errors"][0]["field"].endswith("text")
+    assert fakes.gemini.calls() == [] and fakes.claude.calls() == []
+
+
+async def test_text_over_max_input_chars_is_413(make_client, fakes):
+    async with make_client(**fakes.settings(max_input_chars=50)) as client:
+        response = await client.post("/ai-process", json={"text": "x" * 51})
+
+    assert response.status_code == 413
+    assert "MAX_INPUT_CHARS=50" in response.json()["detail"]
+    assert fakes.gemini.calls() == []
+
+
+async def test_unknown_provider_is_422(make_client, fakes):
+    async with make_client(**fakes.settings()) as client:
+        response = await client.post("/ai-process", json={"text": "hi", "provider": "gpt"})
+    assert response.status_code == 422
+    assert fakes.gemini.calls() == []
+
+
+async def test_neither_provider_configured_is_503_naming_variables(make_client):
+    async with make_client() as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+        run = await _only_run(client)
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["missing_settings"] == ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"]
+    assert run["status"] == "failed"
+    assert "503" in run["error"]
+
+
+async def test_every_provider_failing_is_502_listing_each_and_ledger_failed(make_client, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_error(500, "INTERNAL", "gemini broke"))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: anthropic_error(529, "overloaded_error", "Overloaded"))
+    async with make_client(**fakes.settings(llm_max_attempts=1)) as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+        run = await _only_run(client)
+
+    assert response.status_code == 502
+    body = response.json()
+    assert body["type"] == "/problems/llm-providers-failed"
+    assert [item["provider"] for item in body["providers"]] == ["gemini", "claude"]
+    assert "gemini broke" in body["detail"] and "Overloaded" in body["detail"]
+    assert run["status"] == "failed" and "llm-providers-failed" in run["error"]
+    assert run["actions"][0]["status"] == "failed"
+    for secret in (GEMINI_KEY, ANTHROPIC_KEY):
+        assert secret not in response.text and secret not in json.dumps(run)
+
+
+async def test_bad_request_from_the_provider_is_422_and_not_sent_elsewhere(make_client, fakes):
+    fakes.gemini.queue(
+        "POST", fakes.gemini.path, gemini_error(400, "INVALID_ARGUMENT", "maxOutputTokens must be <= 65536")
+    )
+    async with make_client(**fakes.settings()) as client:
+        response = await client.post("/ai-process", json={"text": "hello", "max_tokens": 65536})
+        run = await _only_run(client)
+
+    assert response.status_code == 422
+    assert "maxOutputTokens must be <= 65536" in response.json()["detail"]
+    assert response.json()["upstream"] == "gemini"
+    assert fakes.claude.calls() == []
+    assert run["status"] == "failed"
+
+
+async def test_timeout_on_the_only_provider_is_502_with_the_timeout_named(make_client, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json={}, delay=2.0))
+    settings = fakes.settings(gemini_api_key=None, llm_timeout_seconds=0.3, llm_max_attempts=1)
+    async with make_client(**settings) as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+
+    assert response.status_code == 502
+    assert response.json()["providers"][0]["error"] == "upstream-timeout"
+    assert "LLM_TIMEOUT_SECONDS=0.3" in response.json()["detail"]
+
+
+async def test_idempotency_key_replays_without_a_second_generation(make_client, fakes):
+    headers = {"Idempotency-Key": "ai-process-test-1"}
+    async with make_client(**fakes.settings()) as client:
+        first = await client.post("/ai-process", json={"text": "hello"}, headers=headers)
+        second = await client.post("/ai-process", json={"text": "hello"}, headers=headers)
+        different = await client.post("/ai-process", json={"text": "other"}, headers=headers)
+
+    assert first.status_code == second.status_code == 200
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.json() == first.json()
+    assert different.status_code == 422
+    assert len(fakes.gemini.calls()) == 1
+
+
+async def test_needs_the_api_key(make_client, fakes):
+    async with make_client(**fakes.settings(app_api_key="k" * 32)) as client:
+        refused = await client.post("/ai-process", json={"text": "hello"})
+        allowed = await client.post("/ai-process", json={"text": "hello"}, headers={"X-API-Key": "k" * 32})
+    assert refused.status_code == 401
+    assert allowed.status_code == 200
+    assert len(fakes.gemini.calls()) == 1
+
+
+class RecordingRouter:
+    """A stand-in AIRouter for the dependency-override test: records what the route passed."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def generate(self, **kwargs: Any) -> Generation:
+        self.calls.append(kwargs)
+        return Generation(
+            response="from the override",
+            model_used="stub-model",
+            provider="local",
+            routing=Routing(word_count=1, threshold=500, rule="forced", fallback_from=None, reason="override"),
+            usage=Usage(input_tokens=None, output_tokens=None),
+            latency_ms=0,
+        )
+
+
+async def test_router_is_a_dependency_tests_can_override(make_client):
+    stub = RecordingRouter()
+    async with make_client() as client:
+        client.app.dependency_overrides[get_ai_router] = lambda: stub
+        response = await client.post(
+            "/ai-process", json={"text": "hi", "system": "s", "max_tokens": 9, "provider": "local"}
+        )
+
+    assert response.status_code == 200
+    assert response.json()["response"] == "from the override"
+    assert stub.calls == [{"text": "hi", "system": "s", "max_tokens": 9, "provider": "local"}]
+
+
+async def test_client_disconnect_cancels_the_upstream_call(make_client, fakes):
+    """Starlette does not cancel a handler when its client leaves; the route must notice and cancel."""
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=5.0))
+    body = json.dumps({"text": "short prompt"}).encode()
+    async with make_client(**fakes.settings(llm_timeout_seconds=10)) as client:
+        body_sent = False
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await fakes.gemini.received.wait()  # hang up once the upstream call is in flight
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/ai-process",
+            "raw_path": b"/ai-process",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        started = time.monotonic()
+        await asyncio.wait_for(client.app(scope, receive, send), timeout=4)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.2)
+        run = await _only_run(client)
+
+    assert elapsed < 2.0  # not the fake's 5 s
+    assert fakes.gemini.cancelled == 1  # the fake saw the call dropped
+    assert fakes.claude.calls() == []  # a disconnect is not a provider failure: no fallback
+    assert run["status"] == "failed"
+    assert "499 client-closed-request" in run["error"]
