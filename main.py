@@ -21,9 +21,11 @@ from core.resources import open_resources
 from core.settings import Settings, load_settings
 from routers import ai as ai_api
 from routers import briefing as briefing_api
+from routers import email as email_api
 from routers import health, runs, slack_events, slack_notify, whatsapp_send, whatsapp_webhook
 from routers import schedule as schedule_api
 from routers import skills as skills_api
+from routers import timers as timers_api
 from services import PROVIDERS, open_ai_router
 from skills import SKILLS, open_skills
 from workflows.briefing import WorkflowDeps
@@ -49,6 +51,8 @@ TAGS = [
     {"name": "skills", "description": "Which action skills exist and which settings each still needs."},
     {"name": "slack", "description": "Post messages to Slack channels and threads."},
     {"name": "whatsapp", "description": "Send WhatsApp messages through Twilio."},
+    {"name": "timers", "description": "Start, stop and read Toggl Track timers."},
+    {"name": "email", "description": "Send email over SMTP."},
     {"name": "briefing", "description": "The morning briefing: AI plan and deep-work timer, then a Slack summary."},
     {"name": "schedule", "description": "BRIEFING_CRON and the planned timer stops."},
     {"name": "inbound", "description": "Signed webhooks: WhatsApp (Twilio) and Slack Events. No API key."},
@@ -104,6 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(slack_notify.router, dependencies=protected)
     # Each WhatsApp message costs money: rate-limited per client (after the API-key check).
     app.include_router(whatsapp_send.router, dependencies=[*protected, RateLimitDep])
+    app.include_router(timers_api.router, dependencies=protected)
+    # Each email lands in a real inbox (and relays meter sends): rate-limited per client too.
+    app.include_router(email_api.router, dependencies=[*protected, RateLimitDep])
     # Each generation spends LLM tokens: rate-limited per client (after the API-key check).
     app.include_router(ai_api.router, dependencies=[*protected, RateLimitDep])
     # The briefing spends LLM tokens too.

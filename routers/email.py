@@ -1,0 +1,103 @@
+"""POST /send-email: one message over SMTP."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.deps import DryRunDep, LedgerDep
+from core.errors import problem_responses
+from core.idempotency import IdempotencyDep
+from routers.deps import SkillsDep
+from skills.email import MAX_RECIPIENTS
+from workflows.actions import perform_action
+
+router = APIRouter(tags=["email"])
+
+Address = Annotated[str, Field(min_length=3, max_length=320)]
+
+
+class SendEmailRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "to_address": "ann@example.com",
+                "subject": "Daily plan",
+                "body": "Deep work 9-10:30, standup at 11.",
+                "html": "<p>Deep work 9-10:30, standup at 11.</p>",
+            }
+        }
+    )
+
+    to_address: Address | Annotated[list[Address], Field(min_length=1, max_length=MAX_RECIPIENTS)] = Field(
+        description=f"One address or a list (at most {MAX_RECIPIENTS})."
+    )
+    subject: str = Field(max_length=998, description="One line: CR, LF and other control characters get a 422.")
+    body: str = Field(max_length=200_000, description="Plain text.")
+    html: str | None = Field(None, max_length=500_000, description="Optional HTML alternative to the text body.")
+
+
+class SendEmailResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "dry_run": False,
+                "message_id": "<176406480012.4242.1234567890@example.com>",
+                "recipients": ["ann@example.com"],
+                "refused": {},
+            }
+        }
+    )
+
+    run_id: str = Field(description="The ledger run: GET /runs/{run_id}.")
+    dry_run: bool
+    message_id: str
+    recipients: list[str] = Field(description="Addresses the server accepted.")
+    refused: dict[str, str] = Field(description="Addresses refused while others were accepted, with the reason.")
+
+
+def _summary(request: SendEmailRequest) -> dict[str, Any]:
+    """What the run records as its input: who and what about, not the message itself (privacy).
+
+    The exact message (text cut at 500 characters by the ledger) is kept on the action as its request.
+    """
+    to = request.to_address if isinstance(request.to_address, list) else [request.to_address]
+    return {"to": to, "subject": request.subject, "body_chars": len(request.body), "html": request.html is not None}
+
+
+@router.post(
+    "/send-email",
+    summary="Send an email over SMTP",
+    response_model=SendEmailResponse,
+    responses=problem_responses(401, 409, 422, 429, 502, 503, 504),
+)
+async def send_email(
+    request: SendEmailRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
+) -> JSONResponse:
+    """Addresses are checked (syntax, no DNS) and header injection refused with a 422 before any connection.
+    Returns the Message-ID. A recipient the server refuses is a 422; a failed login a 502 naming SMTP_USER and
+    SMTP_PASSWORD; an unreachable server a 503; a timeout a 504."""
+
+    async def run() -> SendEmailResponse:
+        run_id, outcome = await perform_action(
+            ledger,
+            kind="email.send",
+            trigger="api",
+            skill="email",
+            operation="send_email",
+            input_summary=_summary(request),
+            call=lambda: skills.email.send_email(
+                to=request.to_address,
+                subject=request.subject,
+                body=request.body,
+                html=request.html,
+                dry_run=dry_run,
+            ),
+        )
+        return SendEmailResponse(run_id=run_id, **outcome.model_dump())
+
+    return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)

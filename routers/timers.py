@@ -1,0 +1,265 @@
+"""Toggl Track timers: POST /start-timer, POST /stop-timer, GET /timers/current."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.deps import DryRunDep, LedgerDep
+from core.errors import problem_responses
+from core.idempotency import IdempotencyDep
+from core.outcome import ActionOutcome
+from routers.deps import SkillsDep
+from skills.toggl import RunningTimer, TimerStopped
+from workflows.actions import perform_action
+
+router = APIRouter(tags=["timers"])
+
+_ACTION_ERRORS = problem_responses(401, 404, 409, 422, 429, 502, 503, 504)
+
+
+# --- Start ------------------------------------------------------------------------------
+
+
+class StartTimerRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task_name": "Deep Work",
+                "workspace_id": 1234567,
+                "duration_minutes": 90,
+                "project_id": 7654321,
+                "tags": ["focus"],
+                "billable": False,
+            }
+        }
+    )
+
+    task_name: str = Field(min_length=1, max_length=3000, description="Becomes the time entry's description.")
+    workspace_id: int | None = Field(None, ge=1, description="Defaults to TOGGL_WORKSPACE_ID.")
+    duration_minutes: int | None = Field(
+        None,
+        ge=1,
+        le=24 * 60,
+        description="Planned length. The timer still starts running; the response gives the planned stop time.",
+    )
+    project_id: int | None = Field(None, ge=1)
+    tags: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(None, max_length=50)
+    billable: bool | None = None
+
+    @field_validator("task_name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+
+class StartTimerResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "dry_run": False,
+                "entry_id": 3456789012,
+                "workspace_id": 1234567,
+                "description": "Deep Work",
+                "start": "2026-11-25T08:00:00Z",
+                "planned_stop": "2026-11-25T09:30:00Z",
+                "project_id": 7654321,
+                "tags": ["focus"],
+            }
+        }
+    )
+
+    run_id: str = Field(description="The ledger run: GET /runs/{run_id}.")
+    dry_run: bool
+    entry_id: int | None = Field(description="Toggl's time entry id; null in a dry run.")
+    workspace_id: int
+    description: str
+    start: datetime
+    planned_stop: datetime | None
+    project_id: int | None
+    tags: list[str] | None
+
+
+@router.post(
+    "/start-timer",
+    summary="Start a running Toggl timer",
+    response_model=StartTimerResponse,
+    responses=_ACTION_ERRORS,
+)
+async def start_timer(
+    request: StartTimerRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
+) -> JSONResponse:
+    """Creates a *running* entry (`duration: -1`). `duration_minutes` does not make Toggl stop it:
+    it sets `planned_stop`, recorded in the ledger for the scheduler to act on."""
+
+    async def run() -> StartTimerResponse:
+        run_id, outcome = await perform_action(
+            ledger,
+            kind="toggl.start_timer",
+            trigger="api",
+            skill="toggl",
+            operation="start_timer",
+            input_summary=request.model_dump(exclude_none=True),
+            call=lambda: skills.toggl.start_timer(
+                description=request.task_name,
+                workspace_id=request.workspace_id,
+                duration_minutes=request.duration_minutes,
+                project_id=request.project_id,
+                tags=request.tags,
+                billable=request.billable,
+                dry_run=dry_run,
+            ),
+        )
+        return StartTimerResponse(run_id=run_id, **outcome.model_dump())
+
+    return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)
+
+
+# --- Stop -------------------------------------------------------------------------------
+
+
+class StopTimerRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"workspace_id": 1234567, "entry_id": 3456789012}})
+
+    workspace_id: int | None = Field(
+        None,
+        ge=1,
+        description="Only with entry_id; defaults to TOGGL_WORKSPACE_ID. Without entry_id the "
+        "running timer's own workspace is used.",
+    )
+    entry_id: int | None = Field(None, ge=1, description="Stop this entry; omit to stop whatever is running.")
+
+
+class StopTimerResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "dry_run": False,
+                "stopped": True,
+                "already_stopped": False,
+                "entry_id": 3456789012,
+                "workspace_id": 1234567,
+                "description": "Deep Work",
+                "start": "2026-11-25T08:00:00Z",
+                "stop": "2026-11-25T09:30:00Z",
+                "elapsed_seconds": 5400,
+            }
+        }
+    )
+
+    run_id: str
+    dry_run: bool
+    stopped: bool = Field(description="False when no timer was running: nothing to stop, nothing changed.")
+    already_stopped: bool = Field(False, description="Toggl answered 409: the entry had already been stopped.")
+    entry_id: int | None = None
+    workspace_id: int | None = None
+    description: str | None = None
+    start: datetime | None = None
+    stop: datetime | None = None
+    elapsed_seconds: int | None = None
+
+
+class StopTimerOutcome(ActionOutcome):
+    """A stop, or the finding that nothing runs; lets the ledger record both the same way."""
+
+    stopped: bool
+    timer: TimerStopped | None = None
+
+    @classmethod
+    def of(cls, timer: TimerStopped | None, *, dry_run: bool) -> StopTimerOutcome:
+        if timer is None:
+            return cls(dry_run=dry_run, stopped=False, payload={"nothing_running": True})
+        return cls(dry_run=timer.dry_run, stopped=True, timer=timer, payload=timer.payload)
+
+    def ledger_external_id(self) -> str | None:
+        return self.timer.ledger_external_id() if self.timer else None
+
+    def response(self, run_id: str) -> StopTimerResponse:
+        fields = self.timer.model_dump(exclude={"dry_run"}) if self.timer else {}
+        return StopTimerResponse(run_id=run_id, dry_run=self.dry_run, stopped=self.stopped, **fields)
+
+
+@router.post(
+    "/stop-timer",
+    summary="Stop the running Toggl timer (or a given entry)",
+    response_model=StopTimerResponse,
+    responses=_ACTION_ERRORS,
+)
+async def stop_timer(
+    skills: SkillsDep,
+    ledger: LedgerDep,
+    idem: IdempotencyDep,
+    dry_run: DryRunDep,
+    request: Annotated[StopTimerRequest | None, Body()] = None,
+) -> JSONResponse:
+    """No body stops whatever runs. When nothing runs the answer is 200 with `stopped: false`: the state the
+    caller asked for already holds, so a retry is not an error. A 409 from Toggl (already stopped) is success
+    with `already_stopped: true`."""
+    request = request or StopTimerRequest()
+
+    async def run() -> StopTimerResponse:
+        async def call() -> StopTimerOutcome:
+            timer = await skills.toggl.stop_timer(
+                workspace_id=request.workspace_id, entry_id=request.entry_id, dry_run=dry_run
+            )
+            return StopTimerOutcome.of(timer, dry_run=dry_run)
+
+        run_id, outcome = await perform_action(
+            ledger,
+            kind="toggl.stop_timer",
+            trigger="api",
+            skill="toggl",
+            operation="stop_timer",
+            input_summary=request.model_dump(exclude_none=True),
+            call=call,
+        )
+        return outcome.response(run_id)
+
+    return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)
+
+
+# --- Current ----------------------------------------------------------------------------
+
+
+class CurrentTimerResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "running": True,
+                "timer": {
+                    "entry_id": 3456789012,
+                    "workspace_id": 1234567,
+                    "description": "Deep Work",
+                    "start": "2026-11-25T08:00:00Z",
+                    "elapsed_seconds": 1520,
+                    "project_id": None,
+                    "tags": ["focus"],
+                },
+            }
+        }
+    )
+
+    running: bool
+    timer: RunningTimer | None
+
+
+@router.get(
+    "/timers/current",
+    summary="The running Toggl timer, if any",
+    response_model=CurrentTimerResponse,
+    responses=problem_responses(401, 429, 502, 503, 504),
+)
+async def current_timer(skills: SkillsDep) -> CurrentTimerResponse:
+    """A read: it changes nothing, so it is not recorded in the ledger. Each call uses Toggl's `/me`
+    quota (30 requests an hour on most plans)."""
+    timer = await skills.toggl.current_timer()
+    return CurrentTimerResponse(running=timer is not None, timer=timer)

@@ -1,0 +1,464 @@
+"""POST /start-timer, POST /stop-timer, GET /timers/current through the real app: upstream requests, ledger rows,
+idempotency, dry run and every fault the Toggl API can throw at us."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from tests.fakes.server import FakeUpstream, Recorded, Reply
+
+BASE = "https://toggl.test/api/v9"
+TOKEN = "tok-abcdef123456"
+WID = 4242
+AUTH = "Basic " + base64.b64encode(f"{TOKEN}:api_token".encode()).decode()
+CONFIG: dict[str, Any] = {"toggl_api_token": TOKEN, "toggl_workspace_id": WID, "toggl_base_url": BASE}
+
+
+def entry(**fields: Any) -> dict[str, Any]:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    data: dict[str, Any] = {
+        "id": 111222333,
+        "workspace_id": WID,
+        "project_id": None,
+        "billable": False,
+        "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "stop": None,
+        "duration": -int(start.timestamp()),
+        "description": "Deep Work",
+        "tags": [],
+        "at": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    data.update(fields)
+    return data
+
+
+def echo_entry(request: httpx.Request) -> httpx.Response:
+    """Answer a create like Toggl: the entry as sent, with an id and duration = -start_epoch."""
+    sent = json.loads(request.content)
+    start = datetime.strptime(sent["start"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return httpx.Response(
+        200,
+        json=entry(
+            description=sent["description"],
+            workspace_id=sent["workspace_id"],
+            project_id=sent.get("project_id"),
+            tags=sent.get("tags", []),
+            start=sent["start"],
+            duration=-int(start.timestamp()),
+        ),
+    )
+
+
+@pytest.fixture
+def toggl() -> respx.MockRouter:
+    # Only Toggl's host is mocked; the test client talks to the app over ASGITransport, not through respx.
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    response = await client.get(f"/runs/{run_id}")
+    assert response.status_code == 200
+    return response.json()
+
+
+async def latest_run(client: httpx.AsyncClient, kind: str) -> dict[str, Any]:
+    page = (await client.get("/runs", params={"kind": kind})).json()
+    assert page["items"], f"no {kind} run recorded"
+    return await get_run(client, page["items"][0]["id"])
+
+
+# --- Start --------------------------------------------------------------------------------
+
+
+async def test_start_timer_end_to_end(make_client, toggl):
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
+    async with make_client(**CONFIG) as client:
+        response = await client.post(
+            "/start-timer",
+            json={"task_name": "  Deep Work ", "duration_minutes": 90, "project_id": 5, "tags": ["focus"]},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        run = await get_run(client, body["run_id"])
+
+    request = route.calls.last.request
+    assert request.headers["authorization"] == AUTH
+    sent = json.loads(request.content)
+    assert sent == {
+        "created_with": "ai-productivity-orchestrator",
+        "workspace_id": WID,
+        "start": sent["start"],
+        "duration": -1,
+        "description": "Deep Work",
+        "project_id": 5,
+        "tags": ["focus"],
+    }
+    assert sent["start"].endswith("Z")
+
+    start = datetime.fromisoformat(body["start"])
+    assert body["dry_run"] is False
+    assert body["entry_id"] == 111222333
+    assert body["description"] == "Deep Work"
+    assert datetime.fromisoformat(body["planned_stop"]) == start + timedelta(minutes=90)
+
+    assert run["kind"] == "toggl.start_timer"
+    assert run["trigger"] == "api"
+    assert run["status"] == "ok"
+    assert run["input_summary"] == {
+        "task_name": "Deep Work",
+        "duration_minutes": 90,
+        "project_id": 5,
+        "tags": ["focus"],
+    }
+    assert run["result"]["planned_stop"] == body["planned_stop"]
+    [action] = run["actions"]
+    assert (action["skill"], action["operation"], action["status"]) == ("toggl", "start_timer", "ok")
+    assert action["external_id"] == "111222333"
+    assert action["attempts"] == 1
+    assert action["request"] == {"method": "POST", "path": f"/workspaces/{WID}/time_entries", "json": sent}
+
+
+async def test_missing_workspace_is_422_and_recorded(make_client, toggl):
+    async with make_client(toggl_api_token=TOKEN, toggl_base_url=BASE) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        assert response.status_code == 422
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "TOGGL_WORKSPACE_ID" in response.json()["detail"]
+        run = await latest_run(client, "toggl.start_timer")
+    assert not toggl.calls
+    assert run["status"] == "failed"
+    assert run["actions"][0]["status"] == "failed"
+    assert "TOGGL_WORKSPACE_ID" in run["actions"][0]["error"]
+
+
+async def test_unconfigured_is_503_naming_the_token(make_client, toggl):
+    async with make_client() as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+    assert response.status_code == 503
+    assert response.json()["missing_settings"] == ["TOGGL_API_TOKEN"]
+    assert not toggl.calls
+
+
+@pytest.mark.parametrize("body", [{"task_name": ""}, {"task_name": "   "}, {}, {"task_name": "x", "workspace_id": 0}])
+async def test_invalid_body_is_422_without_upstream(make_client, toggl, body):
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json=body)
+    assert response.status_code == 422
+    assert not toggl.calls
+
+
+async def test_api_key_is_required_when_set(make_client, toggl):
+    async with make_client(**CONFIG, app_api_key="k" * 32) as client:
+        assert (await client.post("/start-timer", json={"task_name": "x"})).status_code == 401
+        assert (await client.post("/stop-timer")).status_code == 401
+        assert (await client.get("/timers/current")).status_code == 401
+    assert not toggl.calls
+
+
+# --- Dry run ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["query", "setting"])
+async def test_dry_run_records_the_exact_payload_and_calls_nothing(make_client, toggl, how):
+    settings = {**CONFIG, "dry_run": how == "setting"}
+    params = {"dry_run": "true"} if how == "query" else {}
+    async with make_client(**settings) as client:
+        response = await client.post(
+            "/start-timer", params=params, json={"task_name": "Plan", "duration_minutes": 15, "billable": True}
+        )
+        assert response.status_code == 200
+        body = response.json()
+        run = await get_run(client, body["run_id"])
+    assert not toggl.calls
+    assert body["dry_run"] is True
+    assert body["entry_id"] is None
+    assert run["status"] == "dry_run"
+    [action] = run["actions"]
+    assert action["status"] == "dry_run"
+    assert action["request"] == {
+        "method": "POST",
+        "path": f"/workspaces/{WID}/time_entries",
+        "json": {
+            "created_with": "ai-productivity-orchestrator",
+            "workspace_id": WID,
+            "start": body["start"].replace("+00:00", "Z"),
+            "duration": -1,
+            "description": "Plan",
+            "billable": True,
+        },
+    }
+
+
+# --- Idempotency --------------------------------------------------------------------------
+
+
+async def test_same_key_replays_without_a_second_timer(make_client, toggl):
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
+    headers = {"Idempotency-Key": "start-1"}
+    async with make_client(**CONFIG) as client:
+        first = await client.post("/start-timer", json={"task_name": "A"}, headers=headers)
+        second = await client.post("/start-timer", json={"task_name": "A"}, headers=headers)
+        other = await client.post("/start-timer", json={"task_name": "B"}, headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json() == first.json()
+    assert other.status_code == 422
+    assert "different request body" in other.json()["detail"]
+    assert route.call_count == 1
+
+
+async def test_dry_run_and_real_run_are_different_requests_for_the_key(make_client, toggl):
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
+    headers = {"Idempotency-Key": "start-2"}
+    async with make_client(**CONFIG) as client:
+        dry = await client.post("/start-timer?dry_run=true", json={"task_name": "A"}, headers=headers)
+        real = await client.post("/start-timer", json={"task_name": "A"}, headers=headers)
+    assert dry.status_code == 200
+    assert real.status_code == 422  # a dry-run answer is never replayed as if the timer had started
+
+
+@pytest.fixture
+async def fake_toggl() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as server:
+        yield server
+
+
+def fake_config(fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
+    return {**CONFIG, "toggl_base_url": f"{fake.url}/api/v9", **extra}
+
+
+def slow_create(request: Recorded) -> Reply:
+    sent = request.json
+    return Reply(json=entry(description=sent["description"], start=sent["start"]), delay=0.3)
+
+
+async def test_twenty_concurrent_duplicates_start_one_timer(make_client, fake_toggl):
+    path = f"/api/v9/workspaces/{WID}/time_entries"
+    fake_toggl.route("POST", path, slow_create)
+    headers = {"Idempotency-Key": "burst-1"}
+    async with make_client(**fake_config(fake_toggl)) as client:
+        responses = await asyncio.gather(
+            *(client.post("/start-timer", json={"task_name": "Burst"}, headers=headers) for _ in range(20))
+        )
+        runs = (await client.get("/runs", params={"kind": "toggl.start_timer"})).json()
+    assert len(fake_toggl.calls("POST", path)) == 1
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.json()["run_id"] for response in responses}) == 1
+    assert sum(response.headers.get("idempotent-replayed") == "true" for response in responses) == 19
+    assert runs["total"] == 1
+
+
+# --- Faults -------------------------------------------------------------------------------
+
+
+async def test_5xx_retried_then_502_recorded_with_attempts(make_client, toggl):
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(503, text="down"))
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 502
+    assert route.call_count == 3
+    assert run["status"] == "failed"
+    [action] = run["actions"]
+    assert action["status"] == "failed"
+    assert action["attempts"] == 3
+    assert action["error"].startswith("502 upstream-error")
+
+
+async def test_auth_failure_is_502_naming_the_token_and_never_the_value(make_client, toggl):
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(401))
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 502
+    assert "TOGGL_API_TOKEN" in response.json()["detail"]
+    assert TOKEN not in response.text
+    assert TOKEN not in json.dumps(run)
+
+
+@pytest.mark.parametrize("status", [402, 429])
+async def test_quota_with_long_retry_after_is_429_passing_it_on(make_client, toggl, status):
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(
+        return_value=httpx.Response(status, json="Quota exceeded", headers={"Retry-After": "1800"})
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1800"
+    assert "Quota exceeded" in response.json()["detail"]
+    assert route.call_count == 1
+    assert run["actions"][0]["attempts"] == 1
+    assert run["actions"][0]["error"].startswith("429")
+
+
+async def test_short_retry_after_is_honoured_and_counted(make_client, toggl):
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "1"}), echo_entry]
+    )
+    async with make_client(**CONFIG) as client:
+        began = time.monotonic()
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        elapsed = time.monotonic() - began
+        run = await get_run(client, response.json()["run_id"])
+    assert response.status_code == 200
+    assert elapsed >= 0.95
+    assert route.call_count == 2
+    assert run["actions"][0]["attempts"] == 2
+
+
+async def test_slow_toggl_is_504_after_bounded_retries(make_client, fake_toggl):
+    path = f"/api/v9/workspaces/{WID}/time_entries"
+    fake_toggl.route("POST", path, lambda req: Reply(json=entry(), delay=1.0))
+    async with make_client(**fake_config(fake_toggl, http_timeout_seconds=0.2)) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 504
+    assert len(fake_toggl.calls("POST", path)) == 3
+    assert run["actions"][0]["attempts"] == 3
+    assert run["actions"][0]["error"].startswith("504 upstream-timeout")
+
+
+async def test_reset_connection_is_503(make_client, fake_toggl):
+    path = f"/api/v9/workspaces/{WID}/time_entries"
+    fake_toggl.route("POST", path, lambda req: Reply(drop=True))
+    async with make_client(**fake_config(fake_toggl)) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+    assert response.status_code == 503
+    assert response.json()["upstream"] == "toggl"
+
+
+async def test_refused_connection_is_503(make_client):
+    async with make_client(**{**CONFIG, "toggl_base_url": "http://127.0.0.1:9/api/v9"}) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 503
+    assert run["actions"][0]["error"].startswith("503 upstream-unavailable")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(200, text="{broken"),
+        httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"}),
+        httpx.Response(500, text="<html><body>Internal Server Error</body></html>"),
+    ],
+)
+async def test_garbage_answers_are_502_never_500(make_client, toggl, reply):
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=reply)
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "x"})
+    assert response.status_code == 502
+    assert "<html>" not in response.text
+
+
+# --- Stop and current ---------------------------------------------------------------------
+
+
+async def test_stop_without_body_stops_the_running_timer(make_client, toggl):
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry(workspace_id=77)))
+    stop = toggl.patch("/workspaces/77/time_entries/111222333/stop").mock(
+        return_value=httpx.Response(200, json=entry(workspace_id=77, stop="2026-11-25T10:00:00Z", duration=1200))
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/stop-timer")
+        body = response.json()
+        run = await get_run(client, body["run_id"])
+    assert response.status_code == 200
+    assert stop.calls.last.request.headers["authorization"] == AUTH
+    assert body["stopped"] is True
+    assert body["already_stopped"] is False
+    assert (body["entry_id"], body["workspace_id"], body["elapsed_seconds"]) == (111222333, 77, 1200)
+    assert run["kind"] == "toggl.stop_timer"
+    assert run["actions"][0]["external_id"] == "111222333"
+    assert run["actions"][0]["request"] == {"method": "PATCH", "path": "/workspaces/77/time_entries/111222333/stop"}
+    assert run["actions"][0]["attempts"] == 2  # the read of the running timer, then the stop
+
+
+async def test_stop_when_nothing_runs_is_200_stopped_false(make_client, toggl):
+    toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/stop-timer", json={})
+        run = await get_run(client, response.json()["run_id"])
+    assert response.status_code == 200
+    assert response.json()["stopped"] is False
+    assert response.json()["entry_id"] is None
+    assert [call.request.method for call in toggl.calls] == ["GET"]
+    assert run["status"] == "ok"
+    assert run["result"]["stopped"] is False
+
+
+async def test_stop_by_id_409_is_already_stopped(make_client, toggl):
+    route = toggl.patch(f"/workspaces/{WID}/time_entries/5/stop").mock(
+        return_value=httpx.Response(409, json="Time entry is already stopped")
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/stop-timer", json={"entry_id": 5})
+    assert response.status_code == 200
+    assert response.json()["stopped"] is True
+    assert response.json()["already_stopped"] is True
+    assert route.call_count == 1
+
+
+async def test_stop_dry_run_patches_nothing(make_client, toggl):
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry()))
+    patch = toggl.patch(f"/workspaces/{WID}/time_entries/111222333/stop")
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/stop-timer?dry_run=true")
+        run = await get_run(client, response.json()["run_id"])
+    assert response.json()["dry_run"] is True
+    assert not patch.called
+    assert run["actions"][0]["status"] == "dry_run"
+    assert run["actions"][0]["request"]["method"] == "PATCH"
+
+
+async def test_stop_is_idempotent_by_key(make_client, toggl):
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry()))
+    stop = toggl.patch(f"/workspaces/{WID}/time_entries/111222333/stop").mock(
+        return_value=httpx.Response(200, json=entry(stop="2026-11-25T10:00:00Z", duration=60))
+    )
+    headers = {"Idempotency-Key": "stop-1"}
+    async with make_client(**CONFIG) as client:
+        first = await client.post("/stop-timer", headers=headers)
+        second = await client.post("/stop-timer", headers=headers)
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json() == first.json()
+    assert stop.call_count == 1
+
+
+async def test_current_timer(make_client, toggl):
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=300)
+    toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(
+            200, json=entry(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), duration=-int(start.timestamp()))
+        )
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.get("/timers/current")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["running"] is True
+    assert body["timer"]["entry_id"] == 111222333
+    assert 300 <= body["timer"]["elapsed_seconds"] <= 303
+
+
+async def test_current_timer_when_nothing_runs(make_client, toggl):
+    toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.get("/timers/current")
+    assert response.json() == {"running": False, "timer": None}
