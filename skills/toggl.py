@@ -300,11 +300,15 @@ class TogglSkill:
 
         response = await self._send("PATCH", path, accept=(409,))
         if response.status_code == 409:
+            # Stopped by someone else between our read and our PATCH. Toggl sends no entry with a 409;
+            # when we read the running timer a moment ago, its start and elapsed time are the best we know.
             return TimerStopped(
                 payload=request,
                 entry_id=entry_id,
                 workspace_id=wid,
                 description=running.description if running else None,
+                start=running.start if running else None,
+                elapsed_seconds=running.elapsed_seconds if running else None,
                 already_stopped=True,
             )
         entry = _entry(_json(response))

@@ -401,3 +401,15 @@ async def test_connection_refused_is_503(make_settings):
     async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
         with pytest.raises(UpstreamUnavailable):
             await TogglSkill(settings, client).current_timer()
+
+
+async def test_stop_running_timer_that_was_stopped_meanwhile(make_skill, toggl):
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry()))
+    toggl.patch(f"/workspaces/{WID}/time_entries/987654321/stop").mock(
+        return_value=httpx.Response(409, json="Time entry already stopped")
+    )
+    stopped = await make_skill().stop_timer()
+    assert stopped is not None
+    assert stopped.already_stopped is True
+    assert stopped.start is not None
+    assert stopped.elapsed_seconds is not None and 300 <= stopped.elapsed_seconds <= 303
