@@ -68,7 +68,7 @@ class SlackNotifyResponse(BaseModel):
     "/slack-notify",
     summary="Post a message to Slack",
     response_model=SlackNotifyResponse,
-    responses=problem_responses(401, 404, 409, 422, 429, 502, 503, 504),
+    responses=problem_responses(400, 401, 404, 409, 413, 422, 429, 502, 503, 504),
 )
 async def slack_notify(
     body: SlackNotifyRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep

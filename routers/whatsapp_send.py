@@ -59,7 +59,7 @@ class WhatsAppSendResponse(BaseModel):
     "/whatsapp-send",
     summary="Send a WhatsApp message (Twilio)",
     response_model=WhatsAppSendResponse,
-    responses=problem_responses(401, 409, 422, 429, 502, 503, 504),
+    responses=problem_responses(400, 401, 409, 413, 422, 429, 502, 503, 504),
 )
 async def whatsapp_send(
     body: WhatsAppSendRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
