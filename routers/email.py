@@ -73,7 +73,7 @@ def _summary(request: SendEmailRequest) -> dict[str, Any]:
     "/send-email",
     summary="Send an email over SMTP",
     response_model=SendEmailResponse,
-    responses=problem_responses(401, 409, 422, 429, 502, 503, 504),
+    responses=problem_responses(400, 401, 409, 413, 422, 429, 502, 503, 504),
 )
 async def send_email(
     request: SendEmailRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep

@@ -19,7 +19,7 @@ from workflows.actions import perform_action
 
 router = APIRouter(tags=["timers"])
 
-_ACTION_ERRORS = problem_responses(401, 404, 409, 422, 429, 502, 503, 504)
+_ACTION_ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 429, 502, 503, 504)
 
 
 # --- Start ------------------------------------------------------------------------------
