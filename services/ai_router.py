@@ -237,7 +237,7 @@ class AIRouter:
             )
         if forced:
             name = order[0]
-            missing = self.settings_missing(name)
+            missing = self._missing_settings(name)
             return NotConfigured(name, missing)
         return NotConfigured(
             "llm",
@@ -246,7 +246,7 @@ class AIRouter:
             "and LOCAL_LLM_MODEL for a local model) in the environment or .env and restart.",
         )
 
-    def settings_missing(self, name: str) -> list[str]:
+    def _missing_settings(self, name: str) -> list[str]:
         integration = {"gemini": gemini.INTEGRATION, "claude": claude.INTEGRATION, "local": local_llm.INTEGRATION}
         return integration[name].missing(self.settings) or [_CONFIG_HINTS[name]]
 

@@ -109,8 +109,15 @@ class GeminiProvider:
             text=answer,
             model=response.model_version or self.model,
             input_tokens=usage.prompt_token_count if usage else None,
-            output_tokens=usage.candidates_token_count if usage else None,
+            output_tokens=_billed_output(usage),
         )
+
+
+def _billed_output(usage: types.GenerateContentResponseUsageMetadata | None) -> int | None:
+    """Answer tokens plus thinking tokens: Gemini 3 models think by default and bill thoughts as output."""
+    if usage is None or (usage.candidates_token_count is None and usage.thoughts_token_count is None):
+        return None
+    return (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
 
 
 def _text_of(response: types.GenerateContentResponse) -> str | None:

@@ -20,6 +20,7 @@ from tests.fakes.llm import (
     HTML_ERROR_PAGE,
     OPENAI_PATH,
     anthropic_error,
+    gemini_content,
     gemini_error,
     gemini_prompt,
     gemini_system,
@@ -579,3 +580,26 @@ async def test_cancelling_generate_drops_the_upstream_call(make_router, fakes, t
     await asyncio.sleep(0.2)
     assert fakes.gemini.cancelled == 1
     assert fakes.claude.calls() == []  # a cancelled call is not "failed": no fallback
+
+
+async def test_gemini_thinking_tokens_count_as_output(make_router, fakes):
+    body = gemini_content("planned", prompt_tokens=20, output_tokens=6)
+    body["usageMetadata"]["thoughtsTokenCount"] = 40
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=body))
+    router = await make_router()
+
+    result = await router.generate(text="plan")
+
+    assert result.usage.model_dump() == {"input_tokens": 20, "output_tokens": 46}
+
+
+async def test_missing_usage_is_reported_as_unknown(make_router, fakes):
+    body = gemini_content("planned")
+    del body["usageMetadata"]
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=body))
+    router = await make_router()
+
+    result = await router.generate(text="plan")
+
+    assert result.response == "planned"
+    assert result.usage.model_dump() == {"input_tokens": None, "output_tokens": None}
