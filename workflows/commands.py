@@ -8,6 +8,7 @@ decides to act, only this grammar does.
 
     start                                   BRIEFING_TASK for BRIEFING_TIMER_MINUTES
     start <task> [for] <N> (m|min|minutes|h|hours)
+    start [for] <N> (m|min|...)             BRIEFING_TASK for N
     stop | status | brief | briefing | help
 """
 
@@ -38,7 +39,9 @@ MAX_MINUTES = 24 * 60
 _END = r"[.!]*"
 _SIMPLE = re.compile(rf"(?P<word>start|stop|status|brief|briefing|help){_END}", re.IGNORECASE)
 _TIMED_START = re.compile(
-    rf"start\s+(?P<task>\S.*?)\s+(?:for\s+)?(?P<amount>\d{{1,4}})\s*(?P<unit>m|min|mins|minutes?|h|hrs?|hours?){_END}",
+    # The task is optional ("start for 30 min" = BRIEFING_TASK); it may not begin with the duration itself.
+    rf"start(?:\s+(?!for\s+\d)(?P<task>\S.*?))?\s+(?:for\s+)?(?P<amount>\d{{1,4}})\s*"
+    rf"(?P<unit>m|min|mins|minutes?|h|hrs?|hours?){_END}",
     re.IGNORECASE | re.DOTALL,
 )
 _ALIASES: dict[str, CommandName] = {"briefing": "brief"}
@@ -75,7 +78,7 @@ def parse_command(text: str) -> Command | None:
     if timed:
         amount = int(timed.group("amount"))
         minutes = amount * 60 if timed.group("unit").lower().startswith("h") else amount
-        task = " ".join(timed.group("task").split())
+        task = " ".join(timed.group("task").split()) if timed.group("task") else None
         return Command(name="start", task=task, minutes=minutes)
     return None
 

@@ -1,0 +1,181 @@
+"""POST /morning-briefing through the real app and skills, against fake Toggl, Slack and Claude."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.fakes.server import Reply
+from tests.workflows.world import CLAUDE_PATH, post_whatsapp, runs_of, whatsapp_form, world
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+def steps_by_name(report: dict) -> dict[str, dict]:
+    return {step["name"]: step for step in report["steps"]}
+
+
+async def test_ok_briefing_posts_one_summary_with_plan_and_timer(w, make_client):
+    w.claude.answer = "- Draft the proposal\n- Lunch walk"
+    async with make_client(**w.settings(briefing_channel="#random")) as client:
+        response = await client.post("/morning-briefing", json={"task": "Proposal", "duration_minutes": 60})
+        report = response.json()
+        run = (await client.get(f"/runs/{report['run_id']}")).json()
+        schedule = (await client.get("/schedule")).json()
+
+    assert response.status_code == 200, report
+    assert report["status"] == "ok"
+    assert report["plan"] == "- Draft the proposal\n- Lunch walk"
+    steps = steps_by_name(report)
+    assert [step["name"] for step in report["steps"]] == ["plan", "timer", "slack"]
+    assert all(step["status"] == "ok" for step in report["steps"])
+    assert steps["timer"]["external_id"] == "9001"
+    assert steps["slack"]["external_id"] == "1732521600.000001"
+
+    # What reached the fakes: the prompt, the running timer, one summary in BRIEFING_CHANNEL.
+    [prompt] = w.claude.prompts
+    assert "60-minute focus block: Proposal" in prompt
+    assert w.claude.calls("POST", CLAUDE_PATH)[0].json["system"].startswith("You are a concise productivity")
+    [started] = w.toggl.starts
+    assert (started["description"], started["duration"]) == ("Proposal", -1)
+    [summary] = w.slack.posts
+    assert summary["channel"] == "#random"
+    assert "- Draft the proposal" in summary["text"]
+    assert re.search(
+        r"\*Timer\*: 'Proposal' started \d\d:\d\d Europe/Berlin, stops \d\d:\d\d Europe/Berlin", summary["text"]
+    )
+
+    # One ledger run, one action per step.
+    assert (run["kind"], run["trigger"], run["status"]) == ("briefing", "api", "ok")
+    assert sorted((a["skill"], a["operation"], a["status"]) for a in run["actions"]) == [
+        ("ai_router", "generate", "ok"),
+        ("slack", "post_message", "ok"),
+        ("toggl", "start_timer", "ok"),
+    ]
+    # The planned stop of the briefing timer is persisted.
+    assert [stop["id"] for stop in schedule["stops"]] == ["stop:9001"]
+
+
+async def test_plan_failure_still_sends_the_summary_saying_so(w, make_client):
+    w.claude.fail = Reply(400, json={"type": "error", "error": {"type": "invalid_request_error", "message": "nope"}})
+    async with make_client(**w.settings()) as client:
+        response = await client.post("/morning-briefing", json={})
+        report = response.json()
+        run = (await client.get(f"/runs/{report['run_id']}")).json()
+    assert response.status_code == 200
+    assert report["status"] == "partial" and report["plan"] is None
+    steps = steps_by_name(report)
+    assert steps["plan"]["status"] == "failed" and steps["plan"]["detail"]
+    assert steps["timer"]["status"] == "ok" and steps["slack"]["status"] == "ok"
+    [summary] = w.slack.posts
+    assert "*Plan*: could not be generated" in summary["text"]
+    assert "'Deep Work' started" in summary["text"]
+    assert run["status"] == "partial"
+    assert {a["operation"]: a["status"] for a in run["actions"]}["generate"] == "failed"
+
+
+async def test_unconfigured_toggl_is_reported_and_the_rest_runs(w, make_client):
+    async with make_client(**w.settings(toggl_api_token=None)) as client:
+        response = await client.post("/morning-briefing", json={})
+        report = response.json()
+        run = (await client.get(f"/runs/{report['run_id']}")).json()
+    assert response.status_code == 200
+    steps = steps_by_name(report)
+    assert steps["timer"]["status"] == "not_configured"
+    assert "TOGGL_API_TOKEN" in steps["timer"]["detail"]
+    assert steps["plan"]["status"] == "ok" and steps["slack"]["status"] == "ok"
+    assert report["status"] == "partial"
+    assert "*Timer*: not started" in w.slack.posts[0]["text"]
+    assert {a["operation"]: a["status"] for a in run["actions"]}["start_timer"] == "not_configured"
+
+
+async def test_slack_failure_is_partial(w, make_client):
+    async with make_client(**w.settings()) as client:
+        response = await client.post("/morning-briefing", json={"channel": "#does-not-exist"})
+    report = response.json()
+    assert response.status_code == 200
+    assert report["status"] == "partial"
+    assert steps_by_name(report)["slack"]["status"] == "failed"
+    assert "channel" in steps_by_name(report)["slack"]["detail"].lower()
+
+
+async def test_every_step_failing_is_a_502_problem_with_the_steps(w, make_client):
+    w.claude.fail = Reply(400, json={"type": "error", "error": {"type": "invalid_request_error", "message": "no"}})
+    async with make_client(**w.settings(toggl_api_token=None, slack_bot_token=None)) as client:
+        response = await client.post("/morning-briefing", json={})
+        body = response.json()
+        run = (await client.get(f"/runs/{body['run_id']}")).json()
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/problem+json"
+    assert body["briefing_status"] == "failed"
+    assert [(s["name"], s["status"]) for s in body["steps"]] == [
+        ("plan", "failed"),
+        ("timer", "not_configured"),
+        ("slack", "not_configured"),
+    ]
+    assert run["status"] == "failed"
+
+
+async def test_idempotency_key_replays_instead_of_starting_a_second_timer(w, make_client):
+    headers = {"Idempotency-Key": "briefing-2026-11-25"}
+    async with make_client(**w.settings()) as client:
+        first = await client.post("/morning-briefing", json={}, headers=headers)
+        second = await client.post("/morning-briefing", json={}, headers=headers)
+        other = await client.post("/morning-briefing", json={"task": "Other"}, headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.json() == first.json()
+    assert other.status_code == 422
+    assert len(w.toggl.starts) == 1 and len(w.slack.posts) == 1
+
+
+async def test_dry_run_sends_nothing(w, make_client):
+    async with make_client(**w.settings()) as client:
+        response = await client.post("/morning-briefing", json={"dry_run": True})
+        report = response.json()
+        run = (await client.get(f"/runs/{report['run_id']}")).json()
+    assert response.status_code == 200
+    assert [(s["name"], s["status"]) for s in report["steps"]] == [
+        ("plan", "skipped"),
+        ("timer", "ok"),
+        ("slack", "ok"),
+    ]
+    assert steps_by_name(report)["slack"]["detail"] == "dry run: would post to #general"
+    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
+    assert run["status"] == "dry_run"
+    slack_action = next(a for a in run["actions"] if a["skill"] == "slack")
+    assert slack_action["request"]["channel"] == "#general"
+    assert "Plan*: not generated (dry run" in slack_action["request"]["text"]
+
+
+async def test_requires_the_api_key(w, make_client):
+    async with make_client(**w.settings(app_api_key="k" * 32)) as client:
+        refused = await client.post("/morning-briefing", json={})
+        allowed = await client.post("/morning-briefing", json={}, headers={"X-API-Key": "k" * 32})
+    assert refused.status_code == 401
+    assert allowed.status_code == 200
+
+
+async def test_rejects_unknown_fields_and_bad_durations(w, make_client):
+    async with make_client(**w.settings()) as client:
+        unknown = await client.post("/morning-briefing", json={"chanel": "#typo"})
+        too_long = await client.post("/morning-briefing", json={"duration_minutes": 24 * 60 + 1})
+    assert unknown.status_code == too_long.status_code == 422
+    assert w.toggl.starts == []
+
+
+async def test_whatsapp_brief_command_replies_with_the_plan(w, make_client):
+    w.claude.answer = "- Inbox zero\n- Ship it"
+    async with make_client(**w.settings()) as client:
+        response = await post_whatsapp(client, whatsapp_form("Briefing"))
+        [run] = await runs_of(client, "briefing")
+    assert response.status_code == 200
+    assert "- Inbox zero\n- Ship it" in response.text
+    assert "Timer: &apos;Deep Work&apos; started" in response.text or "Timer: 'Deep Work' started" in response.text
+    assert run["trigger"] == "whatsapp"
+    assert len(w.slack.posts) == 1

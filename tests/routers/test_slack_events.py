@@ -1,0 +1,183 @@
+"""POST /slack/events through the real app: signatures built with slack_sdk's SignatureVerifier, the
+url_verification handshake, replays, what is ignored, and answers posted in the thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.fakes.slack import CHAT_POST_MESSAGE
+from tests.workflows.world import SLACK_SECRET, finished_runs, runs_of, slack_headers, wait_for, world
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+def callback(event: dict, *, event_id: str = "Ev0001") -> bytes:
+    payload = {
+        "token": "legacy-verification-token",
+        "team_id": "T0001",
+        "api_app_id": "A0001",
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": "T0001", "user_id": "UBOT", "is_bot": True}],
+        "event": event,
+    }
+    return json.dumps(payload).encode()
+
+
+def mention(text: str, **extra) -> dict:
+    return {
+        "type": "app_mention",
+        "user": "UHUMAN",
+        "text": text,
+        "ts": "1764057600.000100",
+        "channel": "C0000000002",
+        **extra,
+    }
+
+
+async def post(client, body: bytes, headers: dict | None = None):
+    return await client.post("/slack/events", content=body, headers=headers or slack_headers(body))
+
+
+async def test_url_verification_echoes_the_challenge(w, make_client):
+    body = json.dumps({"type": "url_verification", "token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY"}).encode()
+    async with make_client(**w.settings()) as client:
+        response = await post(client, body)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY"}
+
+
+async def test_bad_signature_is_rejected_and_nothing_runs(w, make_client):
+    body = callback(mention("<@UBOT> start"))
+    async with make_client(**w.settings()) as client:
+        forged = await post(client, body, slack_headers(body, secret="someone-elses-secret"))
+        missing = await client.post("/slack/events", content=body, headers={"Content-Type": "application/json"})
+        await asyncio.sleep(0.2)
+    assert forged.status_code == 403 and missing.status_code == 403
+    assert forged.headers["content-type"] == "application/problem+json"
+    assert SLACK_SECRET not in forged.text
+    assert w.toggl.starts == [] and w.slack.requests == []
+
+
+async def test_timestamp_older_than_five_minutes_is_rejected(w, make_client):
+    body = callback(mention("<@UBOT> status"))
+    async with make_client(**w.settings()) as client:
+        stale = await post(client, body, slack_headers(body, timestamp=int(time.time()) - 301))
+        fresh = await post(client, body, slack_headers(body, timestamp=int(time.time()) - 240))
+    assert stale.status_code == 403
+    assert "5 minutes" in stale.json()["detail"]
+    assert fresh.status_code == 200
+
+
+async def test_no_signing_secret_is_503(w, make_client):
+    body = callback(mention("hi"))
+    async with make_client(**w.settings(slack_signing_secret=None)) as client:
+        response = await post(client, body)
+    assert response.status_code == 503
+    assert response.json()["missing_settings"] == ["SLACK_SIGNING_SECRET"]
+
+
+async def test_mention_command_runs_and_replies_in_the_thread(w, make_client):
+    body = callback(mention("<@UBOT> start planning for 20 min"))
+    async with make_client(**w.settings()) as client:
+        started = time.perf_counter()
+        response = await post(client, body)
+        ack_seconds = time.perf_counter() - started
+        [reply_run] = await finished_runs(client, "slack.reply")
+        [start_run] = await runs_of(client, "command.start")
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert ack_seconds < 3
+    assert w.toggl.starts[0]["description"] == "planning"
+    announcement, reply = w.slack.posts
+    assert announcement["channel"] == "#general" and "planning" in announcement["text"]
+    assert reply["channel"] == "C0000000002"
+    assert reply["thread_ts"] == "1764057600.000100"
+    assert reply["text"].startswith("Started 'planning' at ")
+    assert start_run["trigger"] == "slack" and start_run["input_summary"]["sender"] == "UHUMAN"
+    assert reply_run["status"] == "ok"
+
+
+async def test_direct_message_gets_an_ai_answer_in_its_thread(w, make_client):
+    w.claude.answer = "Start with the hardest task."
+    event = {
+        "type": "message",
+        "channel_type": "im",
+        "user": "UHUMAN",
+        "text": "What should I start with?",
+        "ts": "1764057600.000200",
+        "thread_ts": "1764057500.000100",
+        "channel": "D0000000001",
+    }
+    w.slack.channels["dm"] = "D0000000001"
+    async with make_client(**w.settings()) as client:
+        await post(client, callback(event))
+        await finished_runs(client, "slack.reply")
+    assert w.claude.prompts == ["What should I start with?"]
+    [reply] = w.slack.posts
+    assert reply == {"channel": "D0000000001", "text": "Start with the hardest task.", "thread_ts": "1764057500.000100"}
+    assert w.toggl.starts == []
+
+
+async def test_ack_is_immediate_even_when_the_work_is_slow(w, make_client):
+    w.claude.delay = 3.5
+    async with make_client(**w.settings()) as client:
+        started = time.perf_counter()
+        response = await post(client, callback(mention("<@UBOT> summarise the week")))
+        elapsed = time.perf_counter() - started
+        await finished_runs(client, "slack.reply", timeout=10)
+    assert response.status_code == 200
+    assert elapsed < 1.0
+    assert len(w.slack.posts) == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        mention("<@UBOT> start", bot_id="B0001"),
+        mention("<@UBOT> start", subtype="bot_message"),
+        {"type": "message", "subtype": "message_changed", "channel_type": "im", "channel": "D1", "ts": "1.2"},
+        {"type": "message", "channel_type": "im", "user": "UBOT", "text": "start", "ts": "1.3", "channel": "D1"},
+        {"type": "message", "channel_type": "channel", "user": "UHUMAN", "text": "start", "ts": "1.4", "channel": "C1"},
+        {"type": "reaction_added", "user": "UHUMAN", "reaction": "thumbsup"},
+    ],
+    ids=["bot_id", "bot_message", "edit", "own_message", "channel_chatter", "other_event"],
+)
+async def test_ignored_events_do_nothing(w, make_client, event):
+    async with make_client(**w.settings()) as client:
+        response = await post(client, callback(event))
+        await asyncio.sleep(0.3)
+        assert await runs_of(client, "slack.reply") == []
+    assert response.status_code == 200
+    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
+
+
+async def test_retries_and_concurrent_duplicates_act_once(w, make_client):
+    body = callback(mention("<@UBOT> start"), event_id="EvDup")
+    async with make_client(**w.settings()) as client:
+        responses = await asyncio.gather(*(post(client, body) for _ in range(10)))
+        await finished_runs(client, "slack.reply")
+        retry = await post(client, body, {**slack_headers(body), "X-Slack-Retry-Num": "1"})
+        await asyncio.sleep(0.2)
+    assert all(response.status_code == 200 for response in [*responses, retry])
+    assert len(w.toggl.starts) == 1
+    assert len(w.slack.calls("POST", CHAT_POST_MESSAGE)) == 2  # one announcement, one thread reply
+
+
+async def test_replay_survives_a_restart(w, make_client, make_settings):
+    body = callback(mention("<@UBOT> start"), event_id="EvPersisted")
+    async with make_client(**w.settings()) as client:
+        await post(client, body)
+        await wait_for(lambda: len(w.slack.posts) == 2)
+    async with make_client(**w.settings()) as client:
+        await post(client, body)
+        await asyncio.sleep(0.3)
+    assert len(w.toggl.starts) == 1

@@ -1,0 +1,170 @@
+"""The briefing workflow with in-test doubles: real concurrency, per-step statuses, the ledger record."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from core.errors import NotConfigured, UpstreamError
+from core.registry import Registry
+from services import PROVIDERS
+from skills import SKILLS
+from skills.slack import SlackPosted
+from skills.toggl import TimerStarted
+from workflows.briefing import BriefingRequest, BriefingStep, WorkflowDeps, overall_status, run_briefing
+
+DELAY = 0.3
+
+
+class SlowRouter:
+    def __init__(self, *, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls: list[dict[str, Any]] = []
+
+    async def generate(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        await asyncio.sleep(DELAY)
+        if self.fail:
+            raise self.fail
+        return SimpleNamespace(response="- focus\n- lunch", model_used="claude-haiku-4-5", provider="claude")
+
+
+class SlowToggl:
+    def __init__(self, *, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls: list[dict[str, Any]] = []
+
+    async def start_timer(self, **kwargs: Any) -> TimerStarted:
+        self.calls.append(kwargs)
+        await asyncio.sleep(DELAY)
+        if self.fail:
+            raise self.fail
+        start = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+        return TimerStarted(
+            entry_id=77,
+            workspace_id=1,
+            description=kwargs["description"],
+            start=start,
+            planned_stop=start + timedelta(minutes=kwargs["duration_minutes"]),
+            payload={"json": {"duration": -1}},
+        )
+
+
+class RecordingSlack:
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+
+    async def post_message(self, **kwargs: Any) -> SlackPosted:
+        self.posts.append(kwargs)
+        return SlackPosted(channel="C1", ts="1.000001", payload={"channel": kwargs["channel"], "text": kwargs["text"]})
+
+
+class RecordingScheduler:
+    def __init__(self) -> None:
+        self.stops: list[dict[str, Any]] = []
+
+    async def schedule_stop(self, **kwargs: Any) -> str:
+        self.stops.append(kwargs)
+        return f"stop:{kwargs['entry_id']}"
+
+    async def cancel_stops(self, *, entry_id: Any) -> int:
+        return 0
+
+
+def make_deps(make_settings, ledger, *, router=None, toggl=None, slack=None, scheduler=None) -> WorkflowDeps:
+    settings = make_settings(timezone="Europe/Berlin", briefing_channel="#daily")
+    return WorkflowDeps(
+        settings=settings,
+        registry=Registry([*PROVIDERS, *SKILLS]),
+        ledger=ledger,
+        skills=SimpleNamespace(toggl=toggl or SlowToggl(), slack=slack or RecordingSlack()),  # type: ignore[arg-type]
+        ai_router=router or SlowRouter(),
+        scheduler=scheduler,
+    )
+
+
+async def test_plan_and_timer_run_concurrently(make_settings, ledger):
+    deps = make_deps(make_settings, ledger)
+    started = time.perf_counter()
+    report = await run_briefing(deps, BriefingRequest(), trigger="api")
+    elapsed = time.perf_counter() - started
+    assert report.status == "ok"
+    steps = {step.name: step for step in report.steps}
+    assert steps["plan"].duration_ms >= 300 and steps["timer"].duration_ms >= 300
+    # Sequential would be >= 600 ms; loose bound for slow CI machines.
+    assert elapsed < 0.55, elapsed
+
+
+async def test_summary_has_plan_and_timer_in_timezone_and_stop_is_scheduled(make_settings, ledger):
+    slack, scheduler = RecordingSlack(), RecordingScheduler()
+    deps = make_deps(make_settings, ledger, slack=slack, scheduler=scheduler)
+    report = await run_briefing(deps, BriefingRequest(task="Writing", duration_minutes=30), trigger="schedule")
+    [post] = slack.posts
+    assert post["channel"] == "#daily"
+    assert "- focus\n- lunch" in post["text"]
+    # 07:00 UTC is 08:00 in Berlin; the planned stop 30 minutes later.
+    assert "'Writing' started 08:00 Europe/Berlin, stops 08:30 Europe/Berlin" in post["text"]
+    assert scheduler.stops == [
+        {
+            "entry_id": 77,
+            "workspace_id": 1,
+            "description": "Writing",
+            "at": datetime(2026, 11, 25, 7, 30, tzinfo=UTC),
+        }
+    ]
+    run = await ledger.get_run(report.run_id)
+    assert run is not None and (run.trigger, run.status) == ("schedule", "ok")
+    assert sorted((a.skill, a.status) for a in run.actions) == [("ai_router", "ok"), ("slack", "ok"), ("toggl", "ok")]
+
+
+async def test_failure_in_one_concurrent_step_does_not_cancel_the_other(make_settings, ledger):
+    toggl = SlowToggl(fail=UpstreamError("Toggl answered 500", upstream="toggl"))
+    slack = RecordingSlack()
+    deps = make_deps(make_settings, ledger, toggl=toggl, slack=slack)
+    report = await run_briefing(deps, BriefingRequest(), trigger="api")
+    steps = {step.name: step for step in report.steps}
+    assert steps["timer"].status == "failed" and "Toggl answered 500" in steps["timer"].detail
+    assert steps["plan"].status == "ok" and report.plan == "- focus\n- lunch"
+    assert report.status == "partial"
+    assert "*Timer*: not started (502 upstream-error: Toggl answered 500)" in slack.posts[0]["text"]
+
+
+async def test_not_configured_router_error_is_a_not_configured_step(make_settings, ledger):
+    router = SlowRouter(fail=NotConfigured("ai", ["GEMINI_API_KEY"]))
+    deps = make_deps(make_settings, ledger, router=router)
+    report = await run_briefing(deps, BriefingRequest(), trigger="api")
+    assert report.steps[0].status == "not_configured"
+    run = await ledger.get_run(report.run_id)
+    assert {a.operation: a.status for a in run.actions}["generate"] == "not_configured"
+
+
+async def test_unexpected_bug_in_a_step_is_contained(make_settings, ledger):
+    toggl = SlowToggl(fail=KeyError("surprise"))
+    deps = make_deps(make_settings, ledger, toggl=toggl)
+    report = await run_briefing(deps, BriefingRequest(), trigger="api")
+    assert {s.name: s.status for s in report.steps} == {"plan": "ok", "timer": "failed", "slack": "ok"}
+    assert report.steps[1].detail == "unexpected error: KeyError"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (["ok", "ok", "ok"], "ok"),
+        (["skipped", "ok", "ok"], "ok"),
+        (["failed", "ok", "ok"], "partial"),
+        (["ok", "not_configured", "failed"], "partial"),
+        (["failed", "not_configured", "failed"], "failed"),
+        (["skipped", "failed", "failed"], "failed"),
+    ],
+)
+def test_overall_status(statuses, expected):
+    steps = [
+        BriefingStep(name=name, status=status, detail="")
+        for name, status in zip(["plan", "timer", "slack"], statuses, strict=True)
+    ]
+    assert overall_status(steps) == expected

@@ -1,0 +1,145 @@
+"""The command grammar: every command, the near-misses, and Hypothesis properties that it never misfires."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workflows.commands import Command, parse_command, strip_mentions
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("start", Command("start")),
+        ("  START  ", Command("start")),
+        ("Start!", Command("start")),
+        ("stop", Command("stop")),
+        ("Stop.", Command("stop")),
+        ("status", Command("status")),
+        ("STATUS", Command("status")),
+        ("brief", Command("brief")),
+        ("briefing", Command("brief")),
+        ("Briefing", Command("brief")),
+        ("help", Command("help")),
+        ("start writing for 30 min", Command("start", "writing", 30)),
+        ("start writing 30 min", Command("start", "writing", 30)),
+        ("start Deep work for 45 minutes", Command("start", "Deep work", 45)),
+        ("start code review for 1 minute", Command("start", "code review", 1)),
+        ("START email for 15m", Command("start", "email", 15)),
+        ("start taxes for 2 h", Command("start", "taxes", 120)),
+        ("start taxes for 2 hours", Command("start", "taxes", 120)),
+        ("start taxes for 1 hour", Command("start", "taxes", 60)),
+        ("start   spaced    task   for 10   min", Command("start", "spaced task", 10)),
+        ("start plan for the week for 20 min", Command("start", "plan for the week", 20)),
+        ("start 3 reviews for 25 min", Command("start", "3 reviews", 25)),
+        ("start for 30 min", Command("start", None, 30)),
+        ("start 2h", Command("start", None, 120)),
+    ],
+)
+def test_commands(text, expected):
+    assert parse_command(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I can't start today",
+        "starting soon",
+        "start soon",
+        "start writing",
+        "please start",
+        "can you stop?",
+        "stopwatch",
+        "stop the war",
+        "status report please",
+        "brief me",
+        "helpful",
+        "help me plan",
+        "what's my status",
+        "start writing for 30 minutes please",
+        "start writing for thirty min",
+        "start writing for 30 days",
+        "start writing for -5 min",
+        "",
+        "   ",
+        "🚀 start",
+        "/start",
+    ],
+)
+def test_near_misses_are_not_commands(text):
+    assert parse_command(text) is None
+
+
+def test_out_of_range_durations_parse_and_are_refused_when_executed():
+    # The grammar recognises the shape; the executor refuses 0 minutes or more than a day.
+    assert parse_command("start x for 0 min") == Command("start", "x", 0)
+    assert parse_command("start x for 99 h") == Command("start", "x", 99 * 60)
+
+
+def test_slack_mentions_are_stripped():
+    assert strip_mentions("<@U012AB3CD> start") == "start"
+    assert strip_mentions("<@U012AB3CD|bot>   stop") == "stop"
+    assert parse_command(strip_mentions("hey <@U012AB3CD> start")) is None
+
+
+# --- Properties ----------------------------------------------------------------------
+
+COMMAND_WORDS = {"start", "stop", "status", "brief", "briefing", "help"}
+UNITS = ["m", "min", "mins", "minute", "minutes", "h", "hr", "hrs", "hour", "hours"]
+
+
+def first_word(text: str) -> str:
+    words = text.strip().split()
+    return re.sub(r"[.!]+$", "", words[0]).lower() if words else ""
+
+
+@given(st.text())
+def test_arbitrary_text_parses_only_when_it_starts_with_a_command_word(text):
+    command = parse_command(text)
+    if command is not None:
+        assert first_word(text) in COMMAND_WORDS
+
+
+@given(st.text(min_size=1), st.sampled_from(sorted(COMMAND_WORDS)))
+def test_a_command_word_later_in_a_sentence_never_fires(prefix, word):
+    # "I can't start today", "please stop", "x status": anchored at the start, so never a command.
+    text = f"{prefix} {word}"
+    if prefix.strip() and first_word(prefix) not in COMMAND_WORDS:
+        assert parse_command(text) is None
+
+
+@given(st.sampled_from(["stop", "status", "brief", "briefing", "help"]), st.text(min_size=1))
+def test_a_simple_command_followed_by_words_is_chat(word, tail):
+    text = f"{word} {tail}"
+    if tail.strip() and not re.fullmatch(r"[.!\s]*", tail):
+        assert parse_command(text) is None
+
+
+task_text = st.text(
+    alphabet=st.characters(categories=("L", "N"), include_characters=" -'"), min_size=1, max_size=40
+).filter(lambda value: value.strip() and value.split()[0].lower() != "for")
+
+
+@given(
+    task_text,
+    st.integers(min_value=1, max_value=9999),
+    st.sampled_from(UNITS),
+    st.booleans(),
+    st.sampled_from(["start", "Start", "START"]),
+)
+def test_every_timed_start_in_the_grammar_parses_exactly(task, amount, unit, with_for, word):
+    text = f"{word} {task} {'for ' if with_for else ''}{amount} {unit}"
+    command = parse_command(text)
+    assert command is not None
+    assert command.name == "start"
+    assert command.minutes == (amount * 60 if unit.startswith("h") else amount)
+    expected_task = " ".join(task.split())
+    if with_for:
+        # A task may itself end in "for"; only the last "for <N> <unit>" is the duration.
+        assert command.task == expected_task
+    else:
+        assert command.task is not None and expected_task.startswith(command.task)

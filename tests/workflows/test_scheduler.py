@@ -1,0 +1,178 @@
+"""The durable scheduler: cron firing under a controllable clock (time-machine moves datetime.now for
+APScheduler too), a stop missed while down fired at start-up, and two instances on one database firing once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
+
+import time_machine
+from sqlalchemy import select
+
+from core.registry import Registry
+from core.store import JobFire, ScheduledJob
+from services import PROVIDERS
+from skills import SKILLS
+from tests.workflows.test_briefing import RecordingSlack, SlowRouter, SlowToggl
+from tests.workflows.world import finished_runs, post_whatsapp, runs_of, wait_for, whatsapp_form, world
+from workflows.briefing import WorkflowDeps
+from workflows.inbound import BackgroundTasks
+from workflows.scheduler import BRIEFING_JOB_ID, JobScheduler, briefing_fire_time
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def scheduler_for(settings, sessions, ledger, *, slack: RecordingSlack, worker_id: str) -> JobScheduler:
+    tasks = BackgroundTasks(ledger)
+    deps = WorkflowDeps(
+        settings=settings,
+        registry=Registry([*PROVIDERS, *SKILLS]),
+        ledger=ledger,
+        skills=SimpleNamespace(toggl=SlowToggl(), slack=slack),  # type: ignore[arg-type]
+        ai_router=SlowRouter(),
+        scheduler=None,
+    )
+    return JobScheduler(
+        settings=settings, sessions=sessions, ledger=ledger, tasks=tasks, deps=lambda: deps, worker_id=worker_id
+    )
+
+
+def test_fire_time_is_the_minute():
+    moment = datetime(2026, 11, 25, 8, 0, 7, 123456, tzinfo=BERLIN)
+    assert briefing_fire_time(moment) == datetime(2026, 11, 25, 8, 0, tzinfo=BERLIN)
+
+
+async def test_cron_fires_the_briefing_in_timezone_under_a_controlled_clock(make_settings, sessions, ledger):
+    settings = make_settings(briefing_cron="0 8 * * *", timezone="Europe/Berlin")
+    slack = RecordingSlack()
+    scheduler = scheduler_for(settings, sessions, ledger, slack=slack, worker_id="w1")
+    with time_machine.travel(datetime(2026, 11, 25, 7, 59, 0, tzinfo=BERLIN), tick=True) as clock:
+        await scheduler.start()
+        try:
+            job = scheduler.aps.get_job(BRIEFING_JOB_ID)
+            # 08:00 in Berlin is 07:00 UTC in November.
+            assert job.next_run_time == datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+            scheduler.aps.wakeup()
+            await asyncio.sleep(0.1)
+            assert slack.posts == []  # not yet 08:00
+
+            clock.move_to(datetime(2026, 11, 25, 8, 0, 1, tzinfo=BERLIN))
+            scheduler.aps.wakeup()
+            await wait_for(lambda: len(slack.posts) == 1)
+            await scheduler.tasks.aclose()
+            assert job.next_run_time == datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
+        finally:
+            await scheduler.shutdown()
+    runs, _ = await ledger.list_runs(kind="briefing")
+    assert [(run.trigger, run.status) for run in runs] == [("schedule", "ok")]
+    async with sessions() as session:
+        fires = (await session.scalars(select(JobFire))).all()
+    assert [(f.job_id, f.fire_time, f.worker) for f in fires] == [
+        (BRIEFING_JOB_ID, datetime(2026, 11, 25, 7, 0, tzinfo=UTC), "w1")
+    ]
+
+
+async def test_two_schedulers_on_one_database_fire_the_briefing_once(make_settings, sessions, ledger):
+    settings = make_settings(briefing_cron="30 6 * * 1-5", timezone="Europe/Berlin")
+    slack = RecordingSlack()
+    first = scheduler_for(settings, sessions, ledger, slack=slack, worker_id="w1")
+    second = scheduler_for(settings, sessions, ledger, slack=slack, worker_id="w2")
+    with time_machine.travel(datetime(2026, 11, 25, 6, 29, 58, tzinfo=BERLIN), tick=True) as clock:
+        await first.start()
+        await second.start()
+        try:
+            clock.move_to(datetime(2026, 11, 25, 6, 30, 0, 200_000, tzinfo=BERLIN))
+            first.aps.wakeup()
+            second.aps.wakeup()
+            await asyncio.sleep(0.05)
+            await first.tasks.aclose()
+            await second.tasks.aclose()
+        finally:
+            await first.shutdown()
+            await second.shutdown()
+    assert len(slack.posts) == 1
+    _, total = await ledger.list_runs(kind="briefing")
+    assert total == 1
+
+
+async def test_stop_missed_while_down_fires_at_start_up(make_client):
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as client:
+            await post_whatsapp(client, whatsapp_form("start report for 5 min"))
+            schedule = (await client.get("/schedule")).json()
+        assert [stop["status"] for stop in schedule["stops"]] == ["pending"]
+        assert w.toggl.stops == []  # the app stopped before the planned stop
+
+        # The service is down past the planned stop; it comes back ten minutes later.
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10), tick=True):
+            async with make_client(**settings) as client:
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+                [run] = await finished_runs(client, "schedule.stop_timer")
+                for _ in range(100):  # the job row is marked right after the run is recorded
+                    schedule = (await client.get("/schedule")).json()
+                    if schedule["stops"][0]["status"] != "pending":
+                        break
+                    await asyncio.sleep(0.05)
+        assert w.toggl.running is None
+        [stop] = schedule["stops"]
+        assert (stop["status"], stop["run_id"]) == ("done", run["id"])
+        assert (run["trigger"], run["status"]) == ("schedule", "ok")
+        assert [(a["skill"], a["operation"], a["external_id"]) for a in run["actions"]] == [
+            ("toggl", "stop_timer", "9001")
+        ]
+
+
+async def test_two_app_instances_on_one_database_fire_a_stop_once(make_client):
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 1 min"))
+            # The second worker learns about the stop from the database.
+            assert await two.app.state.scheduler.sync_stops() == 1
+            assert one.app.state.scheduler.aps.get_job("stop:9001") is not None
+            assert two.app.state.scheduler.aps.get_job("stop:9001") is not None
+            with time_machine.travel(datetime.now(UTC) + timedelta(minutes=2), tick=True):
+                one.app.state.scheduler.aps.wakeup()
+                two.app.state.scheduler.aps.wakeup()
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+                await asyncio.sleep(0.5)
+            async with one.app.state.resources.sessions() as session:
+                fires = (await session.scalars(select(JobFire))).all()
+                job = await session.get(ScheduledJob, "stop:9001")
+            runs = await runs_of(one, "schedule.stop_timer")
+        assert w.toggl.stops == ["9001"]
+        assert [fire.job_id for fire in fires] == ["stop:9001"]
+        assert job.status == "done"
+        assert len(runs) == 1
+
+
+async def test_concurrent_fires_from_two_workers_are_decided_by_the_claim_row(make_client):
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 30 min"))
+            # Both workers read the pending row, then race for the (job, fire time) key.
+            results = await asyncio.gather(
+                one.app.state.scheduler.fire_stop("stop:9001"), two.app.state.scheduler.fire_stop("stop:9001")
+            )
+            again = await two.app.state.scheduler.fire_stop("stop:9001")
+        assert sorted(results) == [False, True]
+        assert again is False
+        assert w.toggl.stops == ["9001"]
+
+
+async def test_get_schedule_needs_the_key_and_lists_jobs(make_client):
+    async with world() as w:
+        settings = w.settings(briefing_cron="0 8 * * 1-5", app_api_key="s" * 32)
+        async with make_client(**settings) as client:
+            refused = await client.get("/schedule")
+            listed = await client.get("/schedule", headers={"X-API-Key": "s" * 32})
+    assert refused.status_code == 401
+    body = listed.json()
+    assert body["timezone"] == "Europe/Berlin" and body["briefing_cron"] == "0 8 * * 1-5"
+    [job] = body["jobs"]
+    assert job["id"] == "morning-briefing" and job["next_run_time"].endswith("+01:00")
+    assert "day_of_week='1-5'" in job["trigger"]
