@@ -1,0 +1,109 @@
+"""Fault injection, per provider: every failure maps to a problem, retries stay bounded, nothing escapes.
+
+Each provider is forced (no fallback), so the 502 lists exactly its own
+error, and the fake's call count shows how many attempts were made
+(LLM_MAX_ATTEMPTS=2: retryable faults are tried twice, the others once).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from services.ai_router import AllProvidersFailed
+from tests.fakes.llm import (
+    ANTHROPIC_PATH,
+    HTML_ERROR_PAGE,
+    OPENAI_PATH,
+    anthropic_error,
+    gemini_error,
+    openai_error,
+)
+from tests.fakes.server import Reply
+
+
+def _rate_limited(vendor: str, headers: dict[str, str]) -> Reply:
+    if vendor == "claude":
+        return anthropic_error(429, "rate_limit_error", "Rate limit exceeded", headers=headers)
+    if vendor == "gemini":
+        return gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers=headers)
+    return openai_error(429, "rate_limit_exceeded", "Rate limit reached", headers=headers)
+
+
+def _server_error(vendor: str, status: int) -> Reply:
+    if vendor == "claude":
+        return anthropic_error(status, "api_error", "Internal server error")
+    if vendor == "gemini":
+        return gemini_error(status, "INTERNAL" if status == 500 else "UNAVAILABLE", "An internal error has occurred.")
+    return openai_error(status, "server_error", "The server had an error")
+
+
+FAULTS: dict[str, tuple[Callable[[str], Reply], str, int]] = {
+    # name: (reply for a vendor, problem slug in the 502's providers list, expected calls)
+    "429 with Retry-After": (lambda v: _rate_limited(v, {"Retry-After": "0"}), "upstream-rate-limited", 2),
+    "429 without Retry-After": (lambda v: _rate_limited(v, {}), "upstream-rate-limited", 2),
+    "500": (lambda v: _server_error(v, 500), "upstream-error", 2),
+    "503": (lambda v: _server_error(v, 503), "upstream-error", 2),
+    "slow past the timeout": (lambda v: Reply(200, json={}, delay=1.5), "upstream-timeout", 2),
+    "connection reset": (lambda v: Reply(drop=True), "upstream-unavailable", 2),
+    "HTML error page": (lambda v: Reply(502, text=HTML_ERROR_PAGE, content_type="text/html"), "upstream-error", 2),
+    "invalid JSON on 200": (
+        lambda v: Reply(200, text='{"candidates": [', content_type="application/json"),
+        "upstream-error",
+        1,
+    ),
+}
+
+VENDORS = ["gemini", "claude", "local"]
+
+
+def _path(fakes, vendor: str) -> tuple[object, str]:
+    return {
+        "gemini": (fakes.gemini, fakes.gemini.path),
+        "claude": (fakes.claude, ANTHROPIC_PATH),
+        "local": (fakes.local, OPENAI_PATH),
+    }[vendor]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_fault_is_mapped_with_bounded_retries(make_router, fakes, vendor, fault):
+    make_reply, slug, expected_calls = FAULTS[fault]
+    fake, path = _path(fakes, vendor)
+    fake.route("POST", path, lambda _: make_reply(vendor))
+    router = await make_router(local=True, llm_timeout_seconds=0.4, llm_max_attempts=2)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello", provider=vendor)
+
+    [failure] = caught.value.extras["providers"]
+    assert failure["provider"] == vendor
+    assert failure["error"] == slug, failure["detail"]
+    assert len(fake.calls("POST", path)) == expected_calls
+    assert caught.value.status == 502
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_connection_refused_is_mapped(make_router, fakes, vendor):
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    overrides = {
+        "gemini": {"gemini_base_url": dead},
+        "claude": {"anthropic_base_url": dead},
+        "local": {"local_llm_base_url": dead + "/v1"},
+    }[vendor]
+    router = await make_router(local=True, **overrides)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello", provider=vendor)
+
+    [failure] = caught.value.extras["providers"]
+    assert failure["error"] == "upstream-unavailable"
+    assert "could not be reached" in failure["detail"]
