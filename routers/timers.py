@@ -13,9 +13,11 @@ from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
 from core.outcome import ActionOutcome
+from routers.briefing import WorkflowDepsDep
 from routers.deps import SkillsDep
 from skills.toggl import RunningTimer, TimerStopped
 from workflows.actions import perform_action
+from workflows.briefing import schedule_planned_stop
 
 router = APIRouter(tags=["timers"])
 
@@ -95,10 +97,15 @@ class StartTimerResponse(BaseModel):
     responses=_ACTION_ERRORS,
 )
 async def start_timer(
-    request: StartTimerRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
+    request: StartTimerRequest,
+    skills: SkillsDep,
+    ledger: LedgerDep,
+    idem: IdempotencyDep,
+    dry_run: DryRunDep,
+    workflows: WorkflowDepsDep,
 ) -> JSONResponse:
     """Creates a *running* entry (`duration: -1`). `duration_minutes` does not make Toggl stop it:
-    it sets `planned_stop`, recorded in the ledger for the scheduler to act on."""
+    it sets `planned_stop`, which the scheduler persists and acts on (see GET /schedule)."""
 
     async def run() -> StartTimerResponse:
         run_id, outcome = await perform_action(
@@ -118,6 +125,8 @@ async def start_timer(
                 dry_run=dry_run,
             ),
         )
+        # Persist the planned stop so the scheduler stops the timer then, across restarts too.
+        await schedule_planned_stop(workflows, outcome)
         return StartTimerResponse(run_id=run_id, **outcome.model_dump())
 
     return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)

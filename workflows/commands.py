@@ -109,6 +109,9 @@ async def respond(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | 
     Never raises for an upstream failure: the failure becomes the reply (and
     is recorded in the ledger), because the sender is waiting for an answer.
     """
+    if not text.strip():
+        # A photo or a voice note without text: nothing to act on, and no reason to spend LLM tokens.
+        return "Send me a text message. " + help_text(deps)
     command = parse_command(text)
     if command is None:
         return await _chat(deps, text, trigger=trigger, sender=sender)

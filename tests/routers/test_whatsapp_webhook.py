@@ -288,3 +288,11 @@ async def test_shutdown_waits_for_late_work_and_it_is_not_lost(w, make_client):
     # Leaving the lifespan waited for the background reply instead of dropping it.
     assert len(w.twilio.sent) == 1
     assert len(w.claude.calls("POST", CLAUDE_PATH)) == 1
+
+
+async def test_media_without_text_gets_help_and_no_llm_call(w, make_client):
+    form = {**whatsapp_form(""), "NumMedia": "1", "MediaUrl0": "https://api.twilio.com/media/ME1"}
+    async with make_client(**w.settings()) as client:
+        [reply] = messages(await post_whatsapp(client, form))
+    assert reply.startswith("Send me a text message.")
+    assert w.claude.requests == []

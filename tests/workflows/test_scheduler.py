@@ -162,17 +162,3 @@ async def test_concurrent_fires_from_two_workers_are_decided_by_the_claim_row(ma
         assert sorted(results) == [False, True]
         assert again is False
         assert w.toggl.stops == ["9001"]
-
-
-async def test_get_schedule_needs_the_key_and_lists_jobs(make_client):
-    async with world() as w:
-        settings = w.settings(briefing_cron="0 8 * * 1-5", app_api_key="s" * 32)
-        async with make_client(**settings) as client:
-            refused = await client.get("/schedule")
-            listed = await client.get("/schedule", headers={"X-API-Key": "s" * 32})
-    assert refused.status_code == 401
-    body = listed.json()
-    assert body["timezone"] == "Europe/Berlin" and body["briefing_cron"] == "0 8 * * 1-5"
-    [job] = body["jobs"]
-    assert job["id"] == "morning-briefing" and job["next_run_time"].endswith("+01:00")
-    assert "day_of_week='1-5'" in job["trigger"]
