@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from core.errors import ProblemError
 from core.ledger import Ledger, describe_error
 from core.settings import Settings
-from core.store import JobFire, ScheduledJob, utcnow
+from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
 from workflows.briefing import BriefingRequest, WorkflowDeps, run_briefing
 from workflows.inbound import BackgroundTasks
 
@@ -45,6 +45,10 @@ BRIEFING_JOB_ID = "morning-briefing"
 SYNC_JOB_ID = "sync-planned-stops"
 STOP_KIND = "timer_stop"
 SYNC_SECONDS = 30
+PRUNE_JOB_ID = "prune-delivery-records"
+# Twilio and Slack redeliver within minutes to an hour; a week of message ids is ample.
+KEEP_INBOUND = timedelta(days=7)
+KEEP_FIRES = timedelta(days=30)
 # A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
 BRIEFING_GRACE_SECONDS = 300
 
@@ -102,6 +106,7 @@ class JobScheduler:
         self.aps.add_job(
             self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
         )
+        self.aps.add_job(self.prune, IntervalTrigger(hours=6), id=PRUNE_JOB_ID, name="Prune old delivery records")
         self.aps.start()
         await self.sync_stops()
 
@@ -250,6 +255,13 @@ class JobScheduler:
             return False
         return True
 
+    async def prune(self) -> None:
+        """Delete replay records old enough that no redelivery or second firing can still arrive."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            await session.execute(delete(InboundMessage).where(InboundMessage.received_at < now - KEEP_INBOUND))
+            await session.execute(delete(JobFire).where(JobFire.claimed_at < now - KEEP_FIRES))
+
     async def _release(self, job_id: str, fire_time: datetime) -> None:
         async with self.sessions.begin() as session:
             await session.execute(delete(JobFire).where(JobFire.job_id == job_id, JobFire.fire_time == fire_time))
@@ -266,7 +278,7 @@ class JobScheduler:
                 "next_run_time": job.next_run_time,
             }
             for job in self.aps.get_jobs()
-            if job.id != SYNC_JOB_ID
+            if job.id not in (SYNC_JOB_ID, PRUNE_JOB_ID)
         ]
         since = utcnow() - recent
         async with self.sessions() as session:

@@ -162,3 +162,27 @@ async def test_concurrent_fires_from_two_workers_are_decided_by_the_claim_row(ma
         assert sorted(results) == [False, True]
         assert again is False
         assert w.toggl.stops == ["9001"]
+
+
+async def test_prune_drops_only_old_delivery_records(make_settings, sessions, ledger):
+    from core.store import InboundMessage
+
+    scheduler = scheduler_for(make_settings(), sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        session.add_all(
+            [
+                InboundMessage(source="whatsapp", message_id="old", received_at=now - timedelta(days=8)),
+                InboundMessage(source="whatsapp", message_id="new", received_at=now - timedelta(hours=1)),
+                JobFire(
+                    job_id="x", fire_time=now - timedelta(days=40), worker="w", claimed_at=now - timedelta(days=40)
+                ),
+                JobFire(job_id="x", fire_time=now, worker="w", claimed_at=now),
+            ]
+        )
+    await scheduler.prune()
+    async with sessions() as session:
+        messages = (await session.scalars(select(InboundMessage.message_id))).all()
+        fires = (await session.scalars(select(JobFire.fire_time))).all()
+    assert messages == ["new"]
+    assert len(fires) == 1
