@@ -208,7 +208,15 @@ async def stop_timer(
     ledger: LedgerDep,
     idem: IdempotencyDep,
     dry_run: DryRunDep,
-    request: Annotated[StopTimerRequest | None, Body()] = None,
+    request: Annotated[
+        StopTimerRequest | None,
+        Body(
+            openapi_examples={
+                "running": {"summary": "Stop whatever runs (or send no body)", "value": {}},
+                "by_id": {"summary": "Stop one entry", "value": {"workspace_id": 1234567, "entry_id": 3456789012}},
+            }
+        ),
+    ] = None,
 ) -> JSONResponse:
     """No body stops whatever runs. When nothing runs the answer is 200 with `stopped: false`: the state the
     caller asked for already holds, so a retry is not an error. A 409 from Toggl (already stopped) is success
