@@ -4,7 +4,7 @@ async def test_health_with_no_configuration(client):
     body = response.json()
     assert body["status"] == "ok"
     assert body["database"] == "ok"
-    assert set(body["integrations"]) == {"gemini", "claude", "slack", "toggl", "email", "whatsapp"}
+    assert set(body["integrations"]) == {"gemini", "claude", "local", "slack", "toggl", "email", "whatsapp"}
     assert not any(item["configured"] for item in body["integrations"].values())
 
 
