@@ -191,10 +191,12 @@ class EmailSkill:
         smtp = await with_retries(connect, attempts=CONNECT_ATTEMPTS)
         try:
             errors, _ = await smtp.send_message(message, sender=sender, recipients=recipients)
-        except Exception as exc:
-            raise sending_error(exc) from None
-        finally:
-            await _quit(smtp)
+        except BaseException as exc:
+            smtp.close()  # no QUIT on a connection in an unknown state (or while being cancelled)
+            if isinstance(exc, Exception):
+                raise sending_error(exc) from None
+            raise
+        await _quit(smtp)
         return {address: f"{response.code} {response.message}" for address, response in errors.items()}
 
 
@@ -227,6 +229,13 @@ def connection_error(exc: Exception) -> ProblemError:
         return UpstreamError(
             "TLS with the SMTP server failed: check SMTP_SECURITY and SMTP_PORT (465 is tls, 587 is starttls) "
             "and the server's certificate (SMTP_CA_FILE for a private CA).",
+            upstream=UPSTREAM,
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 0:
+        # aiosmtplib's code for a line that is not SMTP at all (an HTTP server, TLS bytes on a plain port).
+        return UpstreamError(
+            "The server at SMTP_HOST/SMTP_PORT did not answer like an SMTP server: "
+            "check SMTP_PORT and SMTP_SECURITY (465 is tls, 587 is starttls).",
             upstream=UPSTREAM,
         )
     if isinstance(exc, aiosmtplib.SMTPResponseException):

@@ -283,6 +283,36 @@ async def test_connection_reset_at_greeting_is_503(cert):
     assert len(connections) == 3
 
 
+async def test_busy_greeting_is_503_after_bounded_retries(cert):
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"421 4.3.2 Too busy, try later\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(busy) as (port, connections):
+        skill = EmailSkill(email_settings(port, cert))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert "temporarily" in caught.value.detail
+    assert len(connections) == 3
+
+
+async def test_a_port_that_speaks_http_is_502_not_a_crash(cert):
+    async def http_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>no</html>\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(http_server) as (port, connections):
+        skill = EmailSkill(email_settings(port, cert))
+        with pytest.raises(UpstreamError) as caught:
+            await skill.send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.status == 502
+    assert "SMTP_PORT" in caught.value.detail
+    assert "<html>" not in caught.value.detail
+    assert len(connections) == 1
+
+
 async def test_untrusted_certificate_is_502_about_tls(smtp, cert):
     skill = EmailSkill(email_settings(smtp.port, None))  # no SMTP_CA_FILE: the self-signed cert is not trusted
     with pytest.raises(UpstreamError) as caught:
