@@ -14,7 +14,7 @@ import ssl
 import unicodedata
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 
 import aiosmtplib
@@ -115,26 +115,29 @@ class EmailSkill:
         check_subject(subject)
         sender = self.settings.smtp_from or self.settings.smtp_user
         assert sender is not None  # INTEGRATION.require checked SMTP_FROM or SMTP_USER
-        message = self._build(sender, recipients, subject, body, html)
-        payload = self._payload(message, recipients, body, html)
+        envelope_from = parseaddr(sender)[1]  # "Name <addr>" -> addr, for MAIL FROM and the Message-ID domain
+        message = self._build(sender, envelope_from, recipients, subject, body, html)
+        payload = self._payload(message, envelope_from, recipients, body, html)
 
         if dry_run:
             return EmailSent(dry_run=True, payload=payload, message_id=message["Message-ID"], recipients=recipients)
 
-        refused = await self._deliver(message, sender, recipients)
+        refused = await self._deliver(message, envelope_from, recipients)
         accepted = [address for address in recipients if address not in refused]
         return EmailSent(payload=payload, message_id=message["Message-ID"], recipients=accepted, refused=refused)
 
     # --- Building -------------------------------------------------------------------
 
-    def _build(self, sender: str, recipients: list[str], subject: str, body: str, html: str | None) -> EmailMessage:
+    def _build(
+        self, sender: str, envelope_from: str, recipients: list[str], subject: str, body: str, html: str | None
+    ) -> EmailMessage:
         message = EmailMessage()
         try:
             message["From"] = sender
             message["To"] = ", ".join(recipients)
             message["Subject"] = subject
             message["Date"] = format_datetime(datetime.now(UTC))
-            message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+            message["Message-ID"] = make_msgid(domain=envelope_from.rpartition("@")[2] or None)
         except ValueError as exc:
             # The default policy refuses CR/LF in any header: a last line of defence after the checks above.
             raise InvalidInput(f"A header value is not allowed: {exc}") from None
@@ -143,14 +146,16 @@ class EmailSkill:
             message.add_alternative(html, subtype="html")
         return message
 
-    def _payload(self, message: EmailMessage, recipients: list[str], body: str, html: str | None) -> dict[str, Any]:
+    def _payload(
+        self, message: EmailMessage, envelope_from: str, recipients: list[str], body: str, html: str | None
+    ) -> dict[str, Any]:
         """What the ledger records: server, envelope, headers and content; never the password."""
         settings = self.settings
         return {
             "server": f"{settings.smtp_host}:{settings.effective_smtp_port}",
             "security": settings.smtp_security,
             "login": settings.smtp_user,
-            "envelope": {"from": message["From"], "to": recipients},
+            "envelope": {"from": envelope_from, "to": recipients},
             "headers": {name: str(message[name]) for name in ("From", "To", "Subject", "Date", "Message-ID")},
             "text": body,
             "html": html,

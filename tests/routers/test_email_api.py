@@ -86,7 +86,10 @@ async def test_send_email_end_to_end(make_client, smtp, cert):
     assert action["external_id"] == body["message_id"]
     assert action["attempts"] == 1
     assert action["request"]["headers"]["Message-ID"] == body["message_id"]
-    assert action["request"]["envelope"] == {"from": "Orchestrator <bot@example.com>", "to": ["ann@example.com"]}
+    assert action["request"]["envelope"] == {"from": "bot@example.com", "to": ["ann@example.com"]}
+    assert action["request"]["headers"]["From"] == "Orchestrator <bot@example.com>"
+    assert received.mail_from == "bot@example.com"
+    assert body["message_id"].endswith("@example.com>") and not body["message_id"].endswith(">>")
     assert PASSWORD not in json.dumps(run)
 
 
