@@ -17,25 +17,29 @@ from core.resources import Resources
 from core.settings import Settings
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     return request.app.state.resources
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_http_client(resources: Annotated[Resources, Depends(get_resources)]) -> httpx.AsyncClient:
+async def get_http_client(resources: Annotated[Resources, Depends(get_resources)]) -> httpx.AsyncClient:
     return resources.http
 
 
-def get_ledger(resources: Annotated[Resources, Depends(get_resources)]) -> Ledger:
+async def get_ledger(resources: Annotated[Resources, Depends(get_resources)]) -> Ledger:
     return resources.ledger
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
+
+# Every provider here is `async def` although none awaits: FastAPI runs a plain
+# `def` dependency in a worker thread, one thread hop per dependency per request,
+# which showed up in the profile of every request (docs/benchmarks.md).
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -44,7 +48,7 @@ LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-def get_dry_run(
+async def get_dry_run(
     settings: SettingsDep,
     dry_run: Annotated[
         bool,

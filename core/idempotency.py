@@ -165,7 +165,7 @@ class Idempotency:
             await session.execute(query)
 
 
-def get_idempotency(
+async def get_idempotency(
     request: Request,
     resources: ResourcesDep,
     idempotency_key: Annotated[

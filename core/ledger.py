@@ -15,18 +15,19 @@ the current action via a context variable, so skills never see the ledger.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from core.errors import ProblemError
@@ -115,9 +116,69 @@ class RunHandle:
         await self.ledger.record_action(self.id, record, duration_ms=0)
 
 
+_Write = Callable[[AsyncSession], Awaitable[None]]
+_PendingWrite = tuple[_Write, "asyncio.Future[None]"]
+
+
+class _GroupCommit:
+    """Commits the ledger writes of concurrent requests together, in one transaction.
+
+    Each ledger write used to be its own transaction: about five round trips to
+    the database driver's thread (aiosqlite) and a commit, three times per run.
+    Under load those round trips, not the upstream, capped throughput
+    (docs/benchmarks.md). Here a write joins the batch being collected and the
+    caller still waits until its batch is committed, so nothing changes for the
+    caller: when `start_run` returns, the row is in the database. One drain task
+    at a time keeps writes in submission order. If a batch fails, its writes are
+    retried one by one, so one bad write never takes the others down.
+    """
+
+    def __init__(self, sessions: async_sessionmaker) -> None:
+        self.sessions = sessions
+        self._pending: list[_PendingWrite] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, write: _Write) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="ledger-group-commit")
+        # shield: a cancelled caller still gets its row written (a cancelled run must end up in the ledger).
+        await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self.sessions.begin() as session:
+                    for write, _ in batch:
+                        await write(session)
+            except Exception:
+                await self._one_by_one(batch)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _one_by_one(
+        self, batch: list[tuple[Callable[[AsyncSession], Awaitable[None]], asyncio.Future[None]]]
+    ) -> None:
+        for write, done in batch:
+            try:
+                async with self.sessions.begin() as session:
+                    await write(session)
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(None)
+
+
 class Ledger:
     def __init__(self, sessions: async_sessionmaker) -> None:
         self.sessions = sessions
+        self._writes = _GroupCommit(sessions)
 
     @asynccontextmanager
     async def run(
@@ -138,31 +199,37 @@ class Ledger:
         self, kind: str, *, trigger: str, input_summary: Mapping[str, Any] | None = None, run_id: str | None = None
     ) -> str:
         run_id = run_id or uuid.uuid4().hex
-        async with self.sessions.begin() as session:
-            session.add(
-                Run(
-                    id=run_id,
-                    kind=kind,
-                    trigger=trigger,
-                    status="running",
-                    created_at=utcnow(),
-                    input_summary=redact(dict(input_summary or {})),
-                )
-            )
+        row = Run(
+            id=run_id,
+            kind=kind,
+            trigger=trigger,
+            status="running",
+            created_at=utcnow(),
+            input_summary=redact(dict(input_summary or {})),
+        )
+
+        async def write(session: AsyncSession) -> None:
+            session.add(row)
+
+        await self._writes.submit(write)
         return run_id
 
     async def finish_run(
         self, run_id: str, *, status: str, result: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
-        async with self.sessions.begin() as session:
-            await session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(status=status, finished_at=utcnow(), result=redact(result) if result else None, error=error)
-            )
+        statement = (
+            update(Run)
+            .where(Run.id == run_id)
+            .values(status=status, finished_at=utcnow(), result=redact(result) if result else None, error=error)
+        )
+
+        async def write(session: AsyncSession) -> None:
+            await session.execute(statement)
+
+        await self._writes.submit(write)
 
     async def record_action(self, run_id: str, record: ActionRecord, *, duration_ms: int) -> None:
-        async with self.sessions.begin() as session:
+        async def write(session: AsyncSession) -> None:
             session.add(
                 Action(
                     run_id=run_id,
@@ -177,6 +244,8 @@ class Ledger:
                     created_at=utcnow(),
                 )
             )
+
+        await self._writes.submit(write)
 
     async def list_runs(
         self,

@@ -2,8 +2,8 @@
 
 OWASP API4 (unrestricted resource consumption): one leaked key or one looping
 script must not be able to burn through LLM credit or Twilio balance. The
-limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint over a moving
-60-second window, kept in process memory by the `limits` library.
+limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint over a sliding
+60-second window (sliding-window counter), kept in process memory by the `limits` library.
 
 A client is identified by its API key when it sends one (hashed: the key itself
 is never kept), otherwise by its IP address. Each costly endpoint has its own
@@ -27,7 +27,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from core.errors import RateLimited
 
@@ -35,13 +35,15 @@ _STATE_ATTRIBUTE = "client_rate_limiter"
 
 
 class ClientRateLimiter:
-    """A moving-window limit of `per_minute` hits per (client, endpoint)."""
+    """A sliding-window limit of `per_minute` hits per (client, endpoint)."""
 
     def __init__(self, per_minute: int) -> None:
         self.item = RateLimitItemPerMinute(per_minute)
-        # Moving window rather than fixed: a fixed window lets a client spend twice
-        # its budget across a window boundary (60 at 0:59, 60 more at 1:00).
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        # Sliding-window counter: a fixed window would let a client spend twice its
+        # budget across a boundary (60 at 0:59, 60 more at 1:00); an exact moving
+        # window keeps one timestamp per hit and its in-memory expiry makes a thread
+        # hop per request. The counter weighs the previous window: no burst, O(1).
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
 
     async def hit(self, client: str, endpoint: str) -> None:
         """Count one request; raise RateLimited (429 + Retry-After) when over the limit."""
@@ -78,7 +80,7 @@ def client_identity(request: Request) -> str:
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
-def get_rate_limiter(request: Request) -> ClientRateLimiter:
+async def get_rate_limiter(request: Request) -> ClientRateLimiter:
     """One limiter per app, created on first use (no await in between, so no race)."""
     limiter = getattr(request.app.state, _STATE_ATTRIBUTE, None)
     if limiter is None:

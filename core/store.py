@@ -112,6 +112,10 @@ def create_engine(database_url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # In WAL mode NORMAL skips the fsync on every commit (the WAL is synced at
+            # checkpoints): the database stays consistent after a power cut, at worst
+            # losing the last commits. An fsync per ledger write halved throughput.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine

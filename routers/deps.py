@@ -10,14 +10,14 @@ from services.ai_router import AIRouter
 from skills import SkillSet
 
 
-def get_skills(request: Request) -> SkillSet:
+async def get_skills(request: Request) -> SkillSet:
     return request.app.state.skills
 
 
 SkillsDep = Annotated[SkillSet, Depends(get_skills)]
 
 
-def get_ai_router(request: Request) -> AIRouter:
+async def get_ai_router(request: Request) -> AIRouter:
     return request.app.state.ai_router
 
 
