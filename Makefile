@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean
+.PHONY: run test lint install install-dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ lint: install-dev
 
 test: install-dev lint
 	scripts/run-tests
+
+# Benchmark (not part of `make test`): the service vs bare passthroughs and the LiteLLM proxy.
+# Installs wrk from Debian if missing, matplotlib/py-spy into .venv, LiteLLM into its own bench/.venv-litellm.
+# Results: bench/results/latest.json and docs/img/benchmark.png. BENCH_ARGS="--duration 5 --skip-litellm" to vary.
+BENCH_ARGS ?=
+bench: install-dev
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	test -x bench/.venv-litellm/bin/litellm || ($(PYTHON) -m venv bench/.venv-litellm && \
+		bench/.venv-litellm/bin/python -m pip install --quiet -r bench/requirements-litellm.txt)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.plot
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
