@@ -92,6 +92,14 @@ def status_error(
         return CallerPayloadTooLarge(
             f"{upstream} refused the prompt as too large ({said}).", upstream=upstream, upstream_status=status
         )
+    if status == 400 and spend_exhausted(said):
+        # Anthropic answers "Your credit balance is too low" as a 400: the account's fault, not the
+        # caller's, so another provider may well answer it.
+        return UpstreamError(
+            f"{upstream} refused the request for billing reasons ({said}).{suffix}",
+            upstream=upstream,
+            upstream_status=status,
+        )
     if status in CALLER_FAULT_STATUSES:
         return CallerFault(
             f"{upstream} rejected the request ({status}: {said}). Check text, system and max_tokens.",

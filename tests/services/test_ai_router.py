@@ -603,3 +603,18 @@ async def test_missing_usage_is_reported_as_unknown(make_router, fakes):
 
     assert result.response == "planned"
     assert result.usage.model_dump() == {"input_tokens": None, "output_tokens": None}
+
+
+async def test_low_credit_400_is_not_the_callers_fault_and_falls_back(make_router, fakes):
+    fakes.claude.queue(
+        "POST",
+        ANTHROPIC_PATH,
+        anthropic_error(400, "invalid_request_error", "Your credit balance is too low to access the Anthropic API."),
+    )
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "gemini"
+    assert result.routing.fallback_from == "claude"
+    assert len(fakes.claude.calls()) == 1
