@@ -139,6 +139,8 @@ class AIRouter:
     ) -> Generation:
         settings = self.settings
         self._validate(text, system, max_tokens, provider)
+        # A blank system text is no system text: Gemini rejects an empty systemInstruction part.
+        system = system if system and system.strip() else None
         max_tokens = max_tokens or settings.llm_max_tokens
         started = time.perf_counter()
         word_count = len(text.split())

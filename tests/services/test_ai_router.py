@@ -618,3 +618,9 @@ async def test_low_credit_400_is_not_the_callers_fault_and_falls_back(make_route
     assert result.provider == "gemini"
     assert result.routing.fallback_from == "claude"
     assert len(fakes.claude.calls()) == 1
+
+
+async def test_blank_system_text_is_not_sent(make_router, fakes):
+    router = await make_router()
+    await router.generate(text="hello", system="   ")
+    assert "systemInstruction" not in fakes.gemini.calls()[0].json
