@@ -87,11 +87,14 @@ def normalise_recipients(to: str | list[str]) -> list[str]:
     return normalised
 
 
-def check_subject(subject: str) -> None:
+def normalise_subject(subject: str) -> str:
+    """One line, surrounding spaces and tabs removed: mail parsers drop them from plain-ASCII headers anyway,
+    so stripping here makes what is recorded equal to what the recipient sees."""
     if _has_line_break_or_control(subject):
         raise InvalidInput("The subject contains a line break or control character; it must be one line.")
     if len(subject) > MAX_SUBJECT_CHARS:
         raise InvalidInput(f"The subject is longer than {MAX_SUBJECT_CHARS} characters.")
+    return subject.strip(" \t")
 
 
 class EmailSkill:
@@ -112,7 +115,7 @@ class EmailSkill:
         """Validate, build and send one message; every header check happens before any connection."""
         INTEGRATION.require(self.settings)
         recipients = normalise_recipients(to)
-        check_subject(subject)
+        subject = normalise_subject(subject)
         sender = self.settings.smtp_from or self.settings.smtp_user
         assert sender is not None  # INTEGRATION.require checked SMTP_FROM or SMTP_USER
         envelope_from = parseaddr(sender)[1]  # "Name <addr>" -> addr, for MAIL FROM and the Message-ID domain
