@@ -43,12 +43,35 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def transport_error(exc: httpx.TransportError, *, upstream: str, hint: str = "") -> UpstreamError:
-    """Map an httpx transport failure to a retryable domain error."""
+# Failures that prove the request never reached the upstream: always safe to try again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def transport_error(
+    exc: httpx.TransportError, *, upstream: str, hint: str = "", replay_safe: bool = True
+) -> UpstreamError:
+    """Map an httpx transport failure to a domain error.
+
+    `replay_safe=False` is for calls that create something (post a message, start
+    a timer): when the request may have reached the upstream before the failure
+    (a read timeout, a connection dropped mid-answer), trying again could do it
+    twice, so the error is not retryable and says the outcome is unknown.
+    """
     suffix = f" {hint}" if hint else ""
+    never_sent = isinstance(exc, _NOT_SENT)
+    retryable = never_sent or replay_safe
+    unknown = "" if retryable else f" The outcome is unknown: check {upstream} before retrying."
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"{upstream} did not answer in time ({type(exc).__name__}).{suffix}", upstream=upstream)
-    return UpstreamUnavailable(f"{upstream} could not be reached ({type(exc).__name__}).{suffix}", upstream=upstream)
+        return UpstreamTimeout(
+            f"{upstream} did not answer in time ({type(exc).__name__}).{unknown}{suffix}",
+            upstream=upstream,
+            retryable=retryable,
+        )
+    return UpstreamUnavailable(
+        f"{upstream} could not be reached ({type(exc).__name__}).{unknown}{suffix}",
+        upstream=upstream,
+        retryable=retryable,
+    )
 
 
 def _is_retryable(exc: BaseException) -> bool:

@@ -43,6 +43,7 @@ INTEGRATION = Integration(
 )
 
 UPSTREAM = "slack"
+_TIMEOUT_HINT = "connection timed out"
 #: Attempts per message, counting the first (429, 5xx, timeouts and unreachable are retried).
 ATTEMPTS = 3
 #: A Retry-After longer than this is passed on to the caller as a 429 instead of being waited out:
@@ -126,15 +127,29 @@ class SlackSkill:
             response = await self.client.chat_postMessage(**payload)
         except SlackApiError as exc:
             raise slack_error(exc, channel=payload["channel"]) from None
+        except aiohttp.ConnectionTimeoutError:
+            # Never connected, so nothing was posted: safe to try again.
+            raise UpstreamTimeout(f"Slack could not be reached in time ({_TIMEOUT_HINT}).", upstream=UPSTREAM) from None
         except TimeoutError:
-            # aiohttp's ClientTimeout raises asyncio.TimeoutError (TimeoutError since Python 3.11).
+            # The request went out and no answer came: Slack may have posted it. Retrying could post twice.
             raise UpstreamTimeout(
-                f"Slack did not answer within {self.settings.http_timeout_seconds:g} s.", upstream=UPSTREAM
+                f"Slack did not answer within {self.settings.http_timeout_seconds:g} s; the message may have been "
+                "posted. Check the channel before retrying.",
+                upstream=UPSTREAM,
+                retryable=False,
             ) from None
-        except aiohttp.ClientError as exc:
-            # Connection refused, reset or dropped mid-answer.
+        except aiohttp.ClientConnectorError as exc:
+            # Connection refused or DNS failure: the request never left.
             raise UpstreamUnavailable(
                 f"Slack could not be reached ({type(exc).__name__}).", upstream=UPSTREAM
+            ) from None
+        except aiohttp.ClientError as exc:
+            # Reset or dropped mid-answer: the message may exist, so this is not retried.
+            raise UpstreamUnavailable(
+                f"The connection to Slack failed mid-request ({type(exc).__name__}); the message may have been "
+                "posted. Check the channel before retrying.",
+                upstream=UPSTREAM,
+                retryable=False,
             ) from None
         except AttributeError:
             # slack_sdk reads a 200 text/plain answer as a str and then calls `.get` on it.

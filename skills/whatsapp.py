@@ -177,7 +177,8 @@ class WhatsAppSkill:
                 headers={"Accept": "application/json"},
             )
         except httpx.TransportError as exc:
-            raise transport_error(exc, upstream=UPSTREAM) from None
+            # Creating a message is not replay-safe: after a read timeout Twilio may have sent it.
+            raise transport_error(exc, upstream=UPSTREAM, replay_safe=False) from None
         if response.is_success:
             try:
                 sid = response.json().get("sid")

@@ -274,23 +274,26 @@ async def test_unusable_200_is_502_and_not_retried(fake, slack_settings, reply):
     assert len(fake.posts) == 1
 
 
-async def test_slow_answer_past_the_timeout_is_504_after_bounded_attempts(fake, slack_settings):
+async def test_slow_answer_past_the_timeout_is_504_and_never_reposted(fake, slack_settings):
+    # The request reached Slack and may have been posted: a retry could post it twice.
     fake.queue("POST", CHAT_POST_MESSAGE, *[Reply(json={"ok": True, "ts": "1.1"}, delay=1.0)] * 5)
     async with opened(slack_settings(http_timeout_seconds=0.2)) as skill:
         with pytest.raises(UpstreamTimeout) as caught:
             await skill.post_message(text="hello")
     assert caught.value.status == 504
-    assert len(fake.posts) == ATTEMPTS
+    assert "may have been posted" in caught.value.detail
+    assert len(fake.posts) == 1
 
 
-async def test_connection_reset_is_503_after_bounded_attempts(fake, slack_settings):
+async def test_connection_reset_mid_request_is_503_and_never_reposted(fake, slack_settings):
     fake.queue("POST", CHAT_POST_MESSAGE, *[Reply(drop=True)] * 5)
     async with opened(slack_settings()) as skill:
         with pytest.raises(UpstreamUnavailable) as caught:
             await skill.post_message(text="hello")
     assert caught.value.status == 503
-    # Exactly our attempts: the SDK's connection-error handler would add one more per attempt.
-    assert len(fake.posts) == ATTEMPTS
+    assert "may have been posted" in caught.value.detail
+    # One request only: neither our loop nor the SDK's connection-error handler may repeat it.
+    assert len(fake.posts) == 1
 
 
 async def test_connection_refused_is_503(make_settings):

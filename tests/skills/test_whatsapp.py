@@ -326,20 +326,25 @@ async def test_5xx_then_success(skill, twilio):
 
 
 @pytest.mark.parametrize(
-    ("exc", "problem", "status"),
+    ("exc", "problem", "status", "calls"),
     [
-        (httpx.ReadTimeout("slow"), UpstreamTimeout, 504),
-        (httpx.ConnectError("refused"), UpstreamUnavailable, 503),
-        (httpx.RemoteProtocolError("reset"), UpstreamUnavailable, 503),
+        # Never reached Twilio: retried within the bound.
+        (httpx.ConnectError("refused"), UpstreamUnavailable, 503, ATTEMPTS),
+        (httpx.ConnectTimeout("slow connect"), UpstreamTimeout, 504, ATTEMPTS),
+        # Reached Twilio, which may have sent the message: never repeated.
+        (httpx.ReadTimeout("slow"), UpstreamTimeout, 504, 1),
+        (httpx.RemoteProtocolError("reset"), UpstreamUnavailable, 503, 1),
     ],
-    ids=["timeout", "refused", "reset"],
+    ids=["refused", "connect-timeout", "timeout", "reset"],
 )
-async def test_transport_failures_are_retried_then_mapped(skill, twilio, exc, problem, status):
+async def test_transport_failures_are_mapped_and_only_unsent_ones_retried(skill, twilio, exc, problem, status, calls):
     route = twilio.post(URL).mock(side_effect=exc)
     with pytest.raises(problem) as caught:
         await skill().send_message(to="+15551234567", body="hi")
     assert caught.value.status == status
-    assert route.call_count == ATTEMPTS
+    assert route.call_count == calls
+    if calls == 1:
+        assert "outcome is unknown" in caught.value.detail
 
 
 @pytest.mark.parametrize(
