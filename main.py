@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 
 from core import __version__
 from core.auth import require_api_key
-from core.errors import ConfigurationError, add_exception_handlers
+from core.errors import ConfigurationError, add_exception_handlers, problem_responses
 from core.log import configure_logging
 from core.middleware import RequestContextMiddleware
 from core.openapi import install_problem_schema
@@ -112,9 +112,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each email lands in a real inbox (and relays meter sends): rate-limited per client too.
     app.include_router(email_api.router, dependencies=[*protected, RateLimitDep])
     # Each generation spends LLM tokens: rate-limited per client (after the API-key check).
-    app.include_router(ai_api.router, dependencies=[*protected, RateLimitDep])
+    # `responses=` here documents what the shared layers answer on these routes: 400 for an
+    # undecodable body, 413 from the body limit, 429 from the rate limit (found by schemathesis).
+    app.include_router(ai_api.router, dependencies=[*protected, RateLimitDep], responses=problem_responses(400))
     # The briefing spends LLM tokens too.
-    app.include_router(briefing_api.router, dependencies=[*protected, RateLimitDep])
+    app.include_router(
+        briefing_api.router, dependencies=[*protected, RateLimitDep], responses=problem_responses(400, 413, 429)
+    )
     app.include_router(schedule_api.router, dependencies=protected)
     # Webhooks carry their own signatures (Twilio, Slack) instead of the API key.
     app.include_router(whatsapp_webhook.router)

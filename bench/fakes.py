@@ -241,6 +241,8 @@ def vendor_settings(base_url: str, smtp_port: int | None = None) -> dict[str, An
         "gemini_base_url": base_url,
         "anthropic_api_key": "fake-anthropic-key",
         "anthropic_base_url": base_url,
+        "local_llm_base_url": base_url + "/v1",
+        "local_llm_model": "llama3.2",
         "slack_bot_token": "xoxb-fake",
         "slack_signing_secret": "fake-signing-secret",
         "slack_default_channel": "#general",

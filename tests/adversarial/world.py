@@ -17,7 +17,7 @@ from aiohttp import web
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from fastapi import FastAPI
 
-from bench.fakes import build_vendor_app, start_smtp, vendor_settings
+from bench.fakes import SlowSmtpHandler, build_vendor_app, start_smtp, vendor_settings
 from core.settings import Settings
 
 API_KEY = "adversarial-test-key"
@@ -30,6 +30,7 @@ class FakeWorld:
     portal: BlockingPortal
     stack: ExitStack
     counts: dict[str, int] = field(default_factory=dict)
+    smtp: SlowSmtpHandler | None = None
     stopped: bool = False
 
     @classmethod
@@ -49,7 +50,7 @@ class FakeWorld:
 
         port = portal.call(serve)
         stack.callback(portal.call, runner.cleanup)
-        controller, _ = start_smtp()
+        controller, smtp = start_smtp()
         stack.callback(controller.stop)
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         base_url = f"http://127.0.0.1:{port}"
@@ -65,7 +66,7 @@ class FakeWorld:
                 **overrides,
             },
         )
-        return cls(app=create_app(settings), base_url=base_url, portal=portal, stack=stack, counts=counts)
+        return cls(app=create_app(settings), base_url=base_url, portal=portal, stack=stack, counts=counts, smtp=smtp)
 
     def stop(self) -> None:
         if not self.stopped:
