@@ -36,7 +36,11 @@ from core.store import Action, Run, utcnow
 logger = logging.getLogger("orchestrator.ledger")
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|authorization|auth|signature|cookie)", re.I)
+# A key that names a credential: `token`, `slack_bot_token`, `X-API-Key`, `Authorization`...
+# but not a count such as `input_tokens` or `max_tokens` (the match is anchored at the end).
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(token|secret|password|passwd|api[_-]?key|authorization|auth|signature|cookie|credentials?)$", re.I
+)
 _MAX_STRING = 500
 
 

@@ -78,3 +78,16 @@ def test_redact_masks_secret_keys_and_truncates():
         "list": [{"password": "***"}],
     }
     assert redact("x" * 600).endswith("(600 chars)")
+
+
+def test_redact_keeps_counts_that_merely_mention_tokens():
+    cleaned = redact(
+        {"input_tokens": 12, "max_tokens": 300, "slack_bot_token": "xoxb-1", "X-API-Key": "k", "smtp_password": "p"}
+    )
+    assert cleaned == {
+        "input_tokens": 12,
+        "max_tokens": 300,
+        "slack_bot_token": "***",
+        "X-API-Key": "***",
+        "smtp_password": "***",
+    }
