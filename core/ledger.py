@@ -41,7 +41,10 @@ REDACTED = "***"
 _SECRET_KEY = re.compile(
     r"(^|[_-])(token|secret|password|passwd|api[_-]?key|authorization|auth|signature|cookie|credentials?)$", re.I
 )
-_MAX_STRING = 500
+#: Longest string kept in a stored summary (a stored prompt with STORE_PROMPTS=true included);
+#: longer ones are cut and their length noted, so one request cannot bloat the ledger.
+_MAX_STRING = 20_000
+_MAX_ERROR = 500
 
 
 def redact(value: Any) -> Any:
@@ -61,7 +64,7 @@ def redact(value: Any) -> Any:
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ProblemError):
         return f"{exc.status} {exc.slug}: {exc.detail}"
-    return f"{type(exc).__name__}: {exc}"[:_MAX_STRING]
+    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
 
 
 @dataclass
