@@ -88,3 +88,26 @@ async def test_a_cancelled_caller_still_gets_its_row(engine):
                 return
         await asyncio.sleep(0.01)
     pytest.fail("the cancelled caller's run was never written")
+
+
+async def test_health_ping_reuses_a_success_for_a_second_but_never_a_failure(engine):
+    from core.store import ping
+
+    checkouts = 0
+
+    def count(*_args):
+        nonlocal checkouts
+        checkouts += 1
+
+    event.listen(engine.sync_engine, "checkout", count)
+    assert await ping(engine) and await ping(engine) and await ping(engine)
+    assert checkouts == 1  # the second and third answered from the fresh success
+    assert await ping(engine, fresh_seconds=0)
+    assert checkouts == 2
+
+    unreachable = create_engine("postgresql+asyncpg://user:pw@127.0.0.1:1/none")
+    try:
+        assert not await ping(unreachable, within_seconds=2)
+        assert not await ping(unreachable, within_seconds=2)  # re-checked, still down
+    finally:
+        await unreachable.dispose()
