@@ -124,34 +124,44 @@ class RunHandle:
 
 
 _Write = Callable[[AsyncSession], Awaitable[None]]
-_PendingWrite = tuple[_Write, "asyncio.Future[None]"]
 
 
 class _GroupCommit:
-    """Commits the ledger writes of concurrent requests together, in one transaction.
+    """Writes the ledger in submission order, committing concurrent writes together.
 
     Each ledger write used to be its own transaction: about five round trips to
     the database driver's thread (aiosqlite) and a commit, three times per run.
-    Under load those round trips, not the upstream, capped throughput
-    (docs/benchmarks.md). Here a write joins the batch being collected and the
-    caller still waits until its batch is committed, so nothing changes for the
-    caller: when `start_run` returns, the row is in the database. One drain task
-    at a time keeps writes in submission order. If a batch fails, its writes are
-    retried one by one, so one bad write never takes the others down.
+    Those round trips, not the upstream, capped throughput and set the latency
+    floor (docs/benchmarks.md). Now writes join one FIFO queue and one drain
+    task at a time commits everything queued so far in one transaction.
+
+    A caller may wait for its write (`wait=True`) or not. Because the queue is
+    FIFO, a waited write also guarantees that every write submitted before it
+    is committed: `Ledger.run` submits the run's start and its actions without
+    waiting and waits only for the finish, so when a route returns, its whole
+    run is in the database, in one transaction when nothing else is queued.
+    If a batch fails, its writes are retried one by one, so one bad write never
+    takes the others down; a failed write nobody waits for is logged.
     """
 
     def __init__(self, sessions: async_sessionmaker) -> None:
         self.sessions = sessions
-        self._pending: list[_PendingWrite] = []
+        self._pending: list[tuple[_Write, asyncio.Future[None] | None]] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    async def submit(self, write: _Write) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, write: _Write, *, wait: bool = True) -> None:
+        done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait else None
         self._pending.append((write, done))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="ledger-group-commit")
-        # shield: a cancelled caller still gets its row written (a cancelled run must end up in the ledger).
-        await asyncio.shield(done)
+        if done is not None:
+            # shield: a cancelled caller still gets its row written (a cancelled run must end up in the ledger).
+            await asyncio.shield(done)
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed (read-your-writes for ledger reads)."""
+        if self._pending or (self._drainer is not None and not self._drainer.done()):
+            await self.submit(_nothing)
 
     async def _drain(self) -> None:
         while self._pending:
@@ -164,22 +174,26 @@ class _GroupCommit:
                 await self._one_by_one(batch)
             else:
                 for _, done in batch:
-                    if not done.done():
+                    if done is not None and not done.done():
                         done.set_result(None)
 
-    async def _one_by_one(
-        self, batch: list[tuple[Callable[[AsyncSession], Awaitable[None]], asyncio.Future[None]]]
-    ) -> None:
+    async def _one_by_one(self, batch: list[tuple[_Write, asyncio.Future[None] | None]]) -> None:
         for write, done in batch:
             try:
                 async with self.sessions.begin() as session:
                     await write(session)
             except Exception as exc:
-                if not done.done():
+                if done is None:
+                    logger.exception("a ledger write failed")
+                elif not done.done():
                     done.set_exception(exc)
             else:
-                if not done.done():
+                if done is not None and not done.done():
                     done.set_result(None)
+
+
+async def _nothing(session: AsyncSession) -> None:
+    return None
 
 
 class Ledger:
@@ -205,6 +219,7 @@ class Ledger:
     async def start_run(
         self, kind: str, *, trigger: str, input_summary: Mapping[str, Any] | None = None, run_id: str | None = None
     ) -> str:
+        explicit_id = run_id is not None
         run_id = run_id or uuid.uuid4().hex
         row = Run(
             id=run_id,
@@ -218,7 +233,9 @@ class Ledger:
         async def write(session: AsyncSession) -> None:
             session.add(row)
 
-        await self._writes.submit(write)
+        # Not waited for: the finish (or any waited write after it) commits it, in order.
+        # A caller-chosen id may collide, so that caller learns of it here.
+        await self._writes.submit(write, wait=explicit_id)
         return run_id
 
     async def finish_run(
@@ -252,7 +269,7 @@ class Ledger:
                 )
             )
 
-        await self._writes.submit(write)
+        await self._writes.submit(write, wait=False)  # committed by the run's finish at the latest
 
     async def list_runs(
         self,
@@ -270,11 +287,13 @@ class Ledger:
                 query = query.where(column == value)
                 counted = counted.where(column == value)
         query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
+        await self._writes.flush()
         async with self.sessions() as session:
             runs = list((await session.scalars(query)).all())
             total = int(await session.scalar(counted) or 0)
         return runs, total
 
     async def get_run(self, run_id: str) -> Run | None:
+        await self._writes.flush()
         async with self.sessions() as session:
             return await session.scalar(select(Run).where(Run.id == run_id).options(selectinload(Run.actions)))

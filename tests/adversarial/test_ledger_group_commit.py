@@ -50,11 +50,30 @@ async def test_concurrent_runs_are_all_written_in_fewer_transactions(engine):
     assert commits < 120 / 2, commits
 
 
-async def test_a_write_is_committed_when_the_call_returns(engine):
+async def test_when_finish_returns_the_whole_run_is_committed(engine):
     ledger = Ledger(session_factory(engine))
-    run_id = await ledger.start_run("bench.kind", trigger="api")
-    async with session_factory(engine)() as session:  # a separate session sees it at once
-        assert (await session.get(Run, run_id)).status == "running"
+    async with ledger.run("bench.kind", trigger="api") as run:
+        async with run.action("fake", "call"):
+            pass
+        # Ledger reads see writes still queued (read-your-writes).
+        assert (await ledger.get_run(run.id)).status == "running"
+    async with session_factory(engine)() as session:  # a separate session, no flush: already committed
+        stored = await session.get(Run, run.id)
+        assert stored.status == "ok"
+        assert await session.scalar(select(func.count()).select_from(Action).where(Action.run_id == run.id)) == 1
+
+
+async def test_one_run_alone_is_one_transaction(engine):
+    commits = 0
+
+    def count(_connection):
+        nonlocal commits
+        commits += 1
+
+    ledger = Ledger(session_factory(engine))
+    event.listen(engine.sync_engine, "commit", count)
+    await _one_run(ledger, 1)
+    assert commits == 1  # start, action and finish, together
 
 
 async def test_one_failing_write_fails_alone(engine):
