@@ -203,11 +203,25 @@ class Ledger:
 
     @asynccontextmanager
     async def run(
-        self, kind: str, *, trigger: str, input_summary: Mapping[str, Any] | None = None, run_id: str | None = None
+        self,
+        kind: str,
+        *,
+        trigger: str,
+        input_summary: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        durable_start: bool = True,
     ) -> AsyncIterator[RunHandle]:
-        handle = RunHandle(
-            self, await self.start_run(kind, trigger=trigger, input_summary=input_summary, run_id=run_id)
+        """Record a run around the block.
+
+        `durable_start=True` (the default) commits the `running` row before the block
+        acts, so a crash mid-action leaves a visible trace ("running", never finished)
+        rather than an action on someone's account with no record at all. Runs that
+        only read or generate text may pass False to skip that wait.
+        """
+        started = await self.start_run(
+            kind, trigger=trigger, input_summary=input_summary, run_id=run_id, durable=durable_start
         )
+        handle = RunHandle(self, started)
         try:
             yield handle
         except BaseException as exc:
@@ -217,7 +231,13 @@ class Ledger:
             await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result)
 
     async def start_run(
-        self, kind: str, *, trigger: str, input_summary: Mapping[str, Any] | None = None, run_id: str | None = None
+        self,
+        kind: str,
+        *,
+        trigger: str,
+        input_summary: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        durable: bool = True,
     ) -> str:
         explicit_id = run_id is not None
         run_id = run_id or uuid.uuid4().hex
@@ -233,9 +253,9 @@ class Ledger:
         async def write(session: AsyncSession) -> None:
             session.add(row)
 
-        # Not waited for: the finish (or any waited write after it) commits it, in order.
-        # A caller-chosen id may collide, so that caller learns of it here.
-        await self._writes.submit(write, wait=explicit_id)
+        # When not durable, not waited for: the finish (or any waited write after it) commits
+        # it, in order. A caller-chosen id may collide, so that caller always learns of it here.
+        await self._writes.submit(write, wait=durable or explicit_id)
         return run_id
 
     async def finish_run(

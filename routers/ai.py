@@ -110,8 +110,13 @@ async def process_prompt(
     request: Request, body: AIProcessRequest, *, ai: AIRouter, ledger: Ledger, store_prompts: bool
 ) -> Generation:
     """One run (kind `ai.process`) with one action named after the provider that answered."""
+    # Generating text acts on no one's account, so the start need not be committed before the call:
+    # the finish commits the whole run, and the hot path skips one database round trip.
     async with ledger.run(
-        "ai.process", trigger="api", input_summary=prompt_summary(body, store_prompts=store_prompts)
+        "ai.process",
+        trigger="api",
+        input_summary=prompt_summary(body, store_prompts=store_prompts),
+        durable_start=False,
     ) as run:
         async with run.action("ai", "generate") as action:
             generation = await cancel_on_disconnect(

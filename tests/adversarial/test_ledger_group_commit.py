@@ -20,8 +20,8 @@ async def engine(database_url):
     await engine.dispose()
 
 
-async def _one_run(ledger: Ledger, n: int) -> str:
-    async with ledger.run("bench.kind", trigger="api", input_summary={"n": n}) as run:
+async def _one_run(ledger: Ledger, n: int, *, durable_start: bool = False) -> str:
+    async with ledger.run("bench.kind", trigger="api", input_summary={"n": n}, durable_start=durable_start) as run:
         async with run.action("fake", "call") as action:
             action.external_id = f"ext-{n}"
         run.result = {"n": n}
@@ -74,6 +74,8 @@ async def test_one_run_alone_is_one_transaction(engine):
     event.listen(engine.sync_engine, "commit", count)
     await _one_run(ledger, 1)
     assert commits == 1  # start, action and finish, together
+    await _one_run(ledger, 2, durable_start=True)
+    assert commits == 3  # the durable start alone, then action and finish together
 
 
 async def test_one_failing_write_fails_alone(engine):

@@ -92,3 +92,19 @@ def test_redact_keeps_counts_that_merely_mention_tokens():
         "X-API-Key": "***",
         "smtp_password": "***",
     }
+
+
+async def test_a_durable_start_is_committed_before_the_action_runs(client):
+    """A crash mid-action must leave a `running` row, never an action with no record."""
+    from sqlalchemy import select
+
+    from core.store import Run
+
+    resources = client.app.state.resources
+    seen_during_action = {}
+    for durable in (True, False):
+        async with resources.ledger.run("slack.notify", trigger="api", durable_start=durable) as run:
+            async with resources.sessions() as session:  # a separate connection: only committed rows
+                row = await session.scalar(select(Run).where(Run.id == run.id))
+            seen_during_action[durable] = row.status if row else None
+    assert seen_during_action[True] == "running"
