@@ -271,7 +271,7 @@ def log(message: str) -> None:
 # --- the five measurements ------------------------------------------------------------
 
 
-def measure_overhead(bench: Bench, *, with_litellm: bool) -> None:
+def measure_overhead(bench: Bench, *, with_litellm: bool, targets: list[str] | None = None) -> None:
     """1. /ai-process vs the fake itself, two bare passthroughs and LiteLLM, at 1/16/64."""
     fake_url, smtp_port = bench.fakes("fakes-fast", {})
     service, service_url, service_ready = bench.service("service", fake_url, smtp_port)
@@ -279,6 +279,7 @@ def measure_overhead(bench: Bench, *, with_litellm: bool) -> None:
     time.sleep(2)  # idle, then memory
     bench.results["startup"]["service"]["idle_rss_mib"] = round(service.rss_kib() / 1024, 1)
 
+    only_targets = targets
     targets: dict[str, dict[str, Any]] = {
         "direct fake": {
             "url": fake_url + "/v1/messages",
@@ -303,7 +304,7 @@ def measure_overhead(bench: Bench, *, with_litellm: bool) -> None:
             "headers": {"Content-Type": "application/json"},
         },
     }
-    if with_litellm:
+    if with_litellm and (not only_targets or any("LiteLLM" in wanted for wanted in only_targets)):
         litellm, litellm_url, litellm_ready = bench.litellm(fake_url)
         time.sleep(2)
         bench.results["startup"]["litellm"] = {
@@ -318,6 +319,8 @@ def measure_overhead(bench: Bench, *, with_litellm: bool) -> None:
 
     table: dict[str, dict[str, Any]] = {}
     for name, target in targets.items():
+        if only_targets and not any(wanted in name for wanted in only_targets):
+            continue
         # Warm-up: connection pools, imports on first use, SQLite pages.
         bench.wrk(
             target["url"], concurrency=4, method="POST", body=target["body"], headers=target["headers"], duration=2
@@ -333,8 +336,14 @@ def measure_overhead(bench: Bench, *, with_litellm: bool) -> None:
             )
     bench.results["overhead"] = table
     bench.results["service_rss_after_load_mib"] = round(service.rss_kib() / 1024, 1)
+    if not only_targets:
+        measure_webhooks(bench, service_url, fake_url)
+    for proc in list(bench.procs):
+        bench.stop(proc)
 
-    # 4. Signed WhatsApp webhooks (dedupe + ledger) vs a bare hello world, same run, same core.
+
+def measure_webhooks(bench: Bench, service_url: str, fake_url: str) -> None:
+    """4. Signed WhatsApp webhooks (signature, dedupe, ledger) vs a bare hello world, same run, same core."""
     hello_url = bench.app("hello", "bench.apps:hello_app", fake_url) + "/hello"
     requests_file = _signed_webhooks(bench.workdir, service_url + "/whatsapp-webhook", count=60_000)
     webhook = bench.wrk(
@@ -349,8 +358,6 @@ def measure_overhead(bench: Bench, *, with_litellm: bool) -> None:
     bench.results["webhooks"] = {"whatsapp": webhook, "hello": hello, "ratio": round(webhook["rps"] / hello["rps"], 3)}
     bench.results["webhooks"]["unique_messages_available"] = 60_000
     log(f"webhooks {webhook['rps']} req/s vs hello {hello['rps']} req/s (errors {webhook['errors']})")
-    for proc in list(bench.procs):
-        bench.stop(proc)
 
 
 def _signed_webhooks(workdir: Path, url: str, *, count: int) -> Path:
@@ -468,7 +475,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the service against bare passthroughs and LiteLLM.")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
     parser.add_argument("--skip-litellm", action="store_true")
-    parser.add_argument("--only", choices=["overhead", "event-loop", "briefing"], action="append")
+    parser.add_argument("--only", choices=["overhead", "webhooks", "event-loop", "briefing"], action="append")
     parser.add_argument(
         "--service-root",
         type=Path,
@@ -476,13 +483,14 @@ def main() -> None:
         help="run the service from this tree (e.g. `git archive OLD | tar -x -C /tmp/before`) to compare versions",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--targets", nargs="+", help="only these overhead targets (substring), e.g. service httpx")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     with_litellm = not args.skip_litellm
     if with_litellm and not LITELLM_BIN.exists():
         sys.exit(f"{LITELLM_BIN} is missing: make bench-litellm (or pass --skip-litellm)")
-    only = set(args.only or ["overhead", "event-loop", "briefing"])
+    only = set(args.only or ["overhead", "event-loop", "briefing"])  # overhead includes the webhooks
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
         bench = Bench(duration=args.duration, workdir=Path(tmp), stack=stack, service_root=args.service_root.resolve())
@@ -492,7 +500,11 @@ def main() -> None:
         bench.results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
             if "overhead" in only:
-                measure_overhead(bench, with_litellm=with_litellm)
+                measure_overhead(bench, with_litellm=with_litellm, targets=args.targets)
+            if "webhooks" in only and "overhead" not in only:
+                fake_url, smtp_port = bench.fakes("fakes-fast", {})
+                _, service_url, _ = bench.service("service", fake_url, smtp_port)
+                measure_webhooks(bench, service_url, fake_url)
             if "event-loop" in only:
                 measure_event_loop(bench)
             if "briefing" in only:

@@ -103,7 +103,12 @@ def create_engine(database_url: str) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One connection per process: SQLite takes one writer at a time anyway, and with
+        # several connections a second writer sleeps in SQLite's busy handler (backing off
+        # up to 100 ms) instead of waiting its turn in asyncio; that sleep was the p99 of
+        # the webhooks benchmark (docs/benchmarks.md). Sessions are short and never nested,
+        # so one connection cannot deadlock. Other workers still meet busy_timeout.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
