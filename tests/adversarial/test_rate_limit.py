@@ -114,3 +114,30 @@ async def test_key_is_hashed_not_kept():
         await client.get("/who", headers={"X-API-Key": "super-secret-key"})
     assert seen[0].startswith("key:")
     assert "super-secret-key" not in seen[0]
+
+
+COSTLY = [
+    ("/ai-process", {"text": "hello", "provider": "claude"}),
+    ("/send-email", {"to_address": "ann@example.com", "subject": "Hi", "body": "Hello"}),
+    ("/whatsapp-send", {"to": "+15551234567", "body": "Hello"}),
+    ("/morning-briefing", {"dry_run": True}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), COSTLY, ids=[path for path, _ in COSTLY])
+async def test_costly_routes_limited(make_client, path, body):
+    """The real costly routes, with nothing configured: whatever they answer, the third call in a minute is a 429."""
+    async with make_client(app_api_key="k", rate_limit_per_minute=2) as client:
+        headers = {"X-API-Key": "k"}
+        first = await client.post(path, json=body, headers=headers)
+        second = await client.post(path, json=body, headers=headers)
+        third = await client.post(path, json=body, headers=headers)
+        unauthenticated = await client.post(path, json=body)
+        schema = client.app.openapi()
+    assert first.status_code != 429 and second.status_code != 429, (first.text, second.text)
+    assert third.status_code == 429, third.text
+    assert third.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert 1 <= int(third.headers["retry-after"]) <= 60
+    # The key check runs first: no key, no budget spent, and a 401 rather than a 429.
+    assert unauthenticated.status_code == 401
+    assert "429" in schema["paths"][path]["post"]["responses"], f"{path} does not document its 429"
