@@ -23,7 +23,6 @@ router = APIRouter(tags=["ai"])
 T = TypeVar("T")
 
 #: How often a running generation checks whether its caller is still connected.
-DISCONNECT_POLL_SECONDS = 0.2
 
 
 class AIProcessRequest(BaseModel):
@@ -62,26 +61,35 @@ class ClientClosedRequest(ProblemError):
     status, slug, title = 499, "client-closed-request", "Client closed the request"
 
 
-async def cancel_on_disconnect(
-    request: Request, work: Awaitable[T], *, poll_seconds: float = DISCONNECT_POLL_SECONDS
-) -> T:
+async def _disconnected(request: Request) -> None:
+    """Return when the ASGI server reports `http.disconnect`.
+
+    The body has been read by now, so the next `receive()` blocks until the
+    client goes away (or the server finishes the response): one wait per
+    request instead of a polling loop.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it if the client disconnects first.
 
     Starlette does not cancel a handler when its client goes away, so a
     30-second LLM call would run (and bill) for nobody. The work runs as a
-    task raced against `request.is_disconnected()` polling.
+    task raced against the server's disconnect message.
     """
     task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll_seconds)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                await asyncio.wait({task})
-                raise ClientClosedRequest("The client disconnected; the LLM call was cancelled.")
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.wait({task})
+        raise ClientClosedRequest("The client disconnected; the LLM call was cancelled.")
     finally:
+        watcher.cancel()
         if not task.done():  # we were cancelled ourselves (shutdown): take the upstream call down with us
             task.cancel()
             await asyncio.wait({task})
