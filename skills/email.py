@@ -10,6 +10,7 @@ was delivered, so it is reported, never retried.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 import unicodedata
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from core.upstream import with_retries
 UPSTREAM = "smtp"
 CONNECT_ATTEMPTS = 3
 MAX_RECIPIENTS = 50
+LEDGER_EXCERPT_CHARS = 500
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; a longer subject would have to be folded anyway.
 
 
@@ -60,6 +62,12 @@ class EmailSent(ActionOutcome):
 
     def ledger_external_id(self) -> str | None:
         return self.message_id
+
+
+def _excerpt(value: str) -> str:
+    if len(value) <= LEDGER_EXCERPT_CHARS:
+        return value
+    return value[:LEDGER_EXCERPT_CHARS] + f"… ({len(value)} chars)"
 
 
 def _has_line_break_or_control(value: str) -> bool:
@@ -152,7 +160,11 @@ class EmailSkill:
     def _payload(
         self, message: EmailMessage, envelope_from: str, recipients: list[str], body: str, html: str | None
     ) -> dict[str, Any]:
-        """What the ledger records: server, envelope, headers and content; never the password."""
+        """What the ledger records: server, envelope, headers and content; never the password.
+
+        Message content is personal: the ledger keeps its first `LEDGER_EXCERPT_CHARS` characters, its length
+        and a SHA-256 (to show which exact text went out without keeping it).
+        """
         settings = self.settings
         return {
             "server": f"{settings.smtp_host}:{settings.effective_smtp_port}",
@@ -160,8 +172,11 @@ class EmailSkill:
             "login": settings.smtp_user,
             "envelope": {"from": envelope_from, "to": recipients},
             "headers": {name: str(message[name]) for name in ("From", "To", "Subject", "Date", "Message-ID")},
-            "text": body,
-            "html": html,
+            "text": _excerpt(body),
+            "text_chars": len(body),
+            "text_sha256": hashlib.sha256(body.encode()).hexdigest(),
+            "html": _excerpt(html) if html is not None else None,
+            "html_chars": len(html) if html is not None else None,
         }
 
     # --- Sending --------------------------------------------------------------------

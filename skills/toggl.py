@@ -356,8 +356,9 @@ class TogglSkill:
     ) -> httpx.Response:
         """One request with bounded retries; non-2xx answers (other than `accept`) become domain errors.
 
-        Retrying a POST after a timeout or 5xx may create a second entry; Toggl keeps one running
-        timer per user and stops the previous one, so the worst case is a near-empty entry.
+        Refused connections, connect timeouts, 429 and 5xx answers are retried for every method. A read
+        timeout or a dropped answer is retried only for GET and PATCH: a replayed POST could start a
+        second entry, so that failure is reported with "outcome unknown" instead.
         """
         token = self.settings.toggl_api_token
         assert token is not None  # INTEGRATION.require ran
@@ -369,7 +370,9 @@ class TogglSkill:
                     method, url, json=json, auth=httpx.BasicAuth(token.get_secret_value(), "api_token")
                 )
             except httpx.TransportError as exc:
-                raise transport_error(exc, upstream=UPSTREAM) from None
+                # A POST that may have reached Toggl (read timeout, dropped answer) is not replayed: it could
+                # create a second entry. GET and the stop PATCH (409 when repeated) are safe to repeat.
+                raise transport_error(exc, upstream=UPSTREAM, replay_safe=method != "POST") from None
             except httpx.DecodingError:
                 raise UpstreamError(
                     "Toggl answered with a body that could not be decoded.", upstream=UPSTREAM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -125,6 +126,10 @@ async def test_long_bodies_are_not_kept_in_full(make_client, smtp, cert):
     assert secret_tail not in stored
     assert run["input_summary"]["body_chars"] == len(mail["body"])
     assert "body" not in run["input_summary"]
+    request = run["actions"][0]["request"]
+    assert request["text"].startswith("a" * 500) and request["text"].endswith(f"({len(mail['body'])} chars)")
+    assert request["text_chars"] == len(mail["body"])
+    assert request["text_sha256"] == hashlib.sha256(mail["body"].encode()).hexdigest()
 
 
 @pytest.mark.parametrize(

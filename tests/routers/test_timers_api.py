@@ -318,16 +318,30 @@ async def test_short_retry_after_is_honoured_and_counted(make_client, toggl):
     assert run["actions"][0]["attempts"] == 2
 
 
-async def test_slow_toggl_is_504_after_bounded_retries(make_client, fake_toggl):
+async def test_slow_toggl_on_start_is_504_sent_once(make_client, fake_toggl):
     path = f"/api/v9/workspaces/{WID}/time_entries"
     fake_toggl.route("POST", path, lambda req: Reply(json=entry(), delay=1.0))
     async with make_client(**fake_config(fake_toggl, http_timeout_seconds=0.2)) as client:
         response = await client.post("/start-timer", json={"task_name": "x"})
         run = await latest_run(client, "toggl.start_timer")
     assert response.status_code == 504
-    assert len(fake_toggl.calls("POST", path)) == 3
-    assert run["actions"][0]["attempts"] == 3
+    assert "unknown" in response.json()["detail"]
+    # The entry may exist already: replaying the POST could start a second timer.
+    assert len(fake_toggl.calls("POST", path)) == 1
+    assert run["actions"][0]["attempts"] == 1
     assert run["actions"][0]["error"].startswith("504 upstream-timeout")
+
+
+async def test_slow_toggl_on_stop_is_504_after_bounded_retries(make_client, fake_toggl):
+    current = "/api/v9/me/time_entries/current"
+    fake_toggl.route("GET", current, lambda req: Reply(json=entry(), delay=1.0))
+    async with make_client(**fake_config(fake_toggl, http_timeout_seconds=0.2)) as client:
+        response = await client.post("/stop-timer")
+        run = await latest_run(client, "toggl.stop_timer")
+    assert response.status_code == 504
+    assert len(fake_toggl.calls("GET", current)) == 3
+    assert run["status"] == "failed"
+    assert run["actions"][0]["attempts"] == 3
 
 
 async def test_reset_connection_is_503(make_client, fake_toggl):

@@ -20,6 +20,15 @@ USER = "bot@example.com"
 PASSWORD = "app-password-123"
 
 
+@pytest.fixture(autouse=True)
+async def _let_closing_sockets_close() -> AsyncIterator[None]:
+    """aiosmtplib's close() only schedules the socket's closing; in the service the event loop runs on and
+    finishes it. A test's loop ends right after the call, so give it a moment, or the socket is reported
+    unclosed (a ResourceWarning, an error here) in whichever test runs next."""
+    yield
+    await asyncio.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     return make_certificate(tmp_path_factory.mktemp("smtp-cert"))

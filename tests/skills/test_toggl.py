@@ -341,12 +341,30 @@ async def test_unexpected_entry_shape_is_502(make_skill, toggl):
     assert caught.value.status == 502
 
 
-async def test_timeout_retried_then_504(make_skill, toggl):
+async def test_read_timeout_on_start_is_504_and_never_replayed(make_skill, toggl):
+    # Toggl may have created the entry before the answer was lost: a retry could start a second one.
     route = post_route(toggl).mock(side_effect=httpx.ReadTimeout("slow"))
     with pytest.raises(UpstreamTimeout) as caught:
         await make_skill().start_timer(description="x")
     assert caught.value.status == 504
+    assert "unknown" in caught.value.detail
+    assert route.call_count == 1
+
+
+async def test_connect_timeout_on_start_is_retried_then_504(make_skill, toggl):
+    route = post_route(toggl).mock(side_effect=httpx.ConnectTimeout("no route"))
+    with pytest.raises(UpstreamTimeout):
+        await make_skill().start_timer(description="x")
     assert route.call_count == 3
+
+
+async def test_read_timeout_on_stop_is_retried(make_skill, toggl):
+    route = toggl.patch(f"/workspaces/{WID}/time_entries/5/stop").mock(
+        side_effect=[httpx.ReadTimeout("slow"), httpx.Response(409, json="already stopped")]
+    )
+    stopped = await make_skill().stop_timer(entry_id=5)
+    assert route.call_count == 2  # the PATCH is safe to repeat: a second one answers 409
+    assert stopped is not None and stopped.already_stopped
 
 
 # --- Real sockets: slow answers, dropped and refused connections --------------------------
