@@ -182,7 +182,10 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
             # The planned stop has nothing left to do; cancelling it keeps GET /schedule honest.
             await deps.scheduler.cancel_stops(entry_id=stopped.entry_id)
         run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
-        return f"Stopped '{stopped.description}' after {human_duration(stopped.elapsed_seconds)}."
+        name = f"'{stopped.description}'" if stopped.description else "the timer"
+        if stopped.elapsed_seconds is None:  # Toggl found it already stopped and did not return it
+            return f"Stopped {name}."
+        return f"Stopped {name} after {human_duration(stopped.elapsed_seconds)}."
 
 
 async def _status(deps: WorkflowDeps) -> str:

@@ -245,6 +245,22 @@ async def test_stop_and_status(w, make_client):
     assert [job["status"] for job in schedule["stops"]] == ["cancelled"]
 
 
+async def test_stop_of_a_timer_started_elsewhere_without_description(w, make_client):
+    # A timer started in Toggl's own app may have no description.
+    w.toggl.running = {
+        "id": 4242,
+        "workspace_id": 123,
+        "description": None,
+        "start": "2026-11-25T08:00:00Z",
+        "stop": None,
+        "duration": -1795680000,
+    }
+    async with make_client(**w.settings()) as client:
+        [stop] = messages(await post_whatsapp(client, whatsapp_form("stop", sid="SM" + "6" * 32)))
+    assert re.fullmatch(r"Stopped the timer after \d+ h \d\d min\.", stop)
+    assert w.toggl.stops == ["4242"]
+
+
 async def test_toggl_failure_becomes_the_reply_and_a_failed_run(w, make_client):
     w.toggl.fail_start = 500
     async with make_client(**w.settings()) as client:
