@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI
 from core import __version__
 from core.auth import require_api_key
 from core.errors import ConfigurationError, add_exception_handlers, problem_responses
+from core.gc_tuning import frozen_startup_heap
 from core.log import configure_logging
 from core.middleware import RequestContextMiddleware
 from core.openapi import install_problem_schema
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 deps=lambda: WorkflowDeps.from_app(app),
                 stack=stack,
             )
+            # Last, once everything long-lived exists: full GC passes then skip it (core/gc_tuning.py).
+            stack.enter_context(frozen_startup_heap())
             logger.info("started version=%s environment=%s", __version__, settings.app_env)
             yield
         logger.info("stopped")

@@ -16,11 +16,13 @@ from workflows.inbound import BackgroundTasks
 router = APIRouter(tags=["briefing"])
 
 
-def get_workflow_deps(request: Request) -> WorkflowDeps:
+# async def, not def: FastAPI runs a plain def dependency in a worker thread, a thread hop per
+# request (these two sit on every webhook; docs/benchmarks.md).
+async def get_workflow_deps(request: Request) -> WorkflowDeps:
     return WorkflowDeps.from_app(request.app)
 
 
-def get_background_tasks(request: Request) -> BackgroundTasks:
+async def get_background_tasks(request: Request) -> BackgroundTasks:
     return request.app.state.background_tasks
 
 

@@ -70,3 +70,56 @@ async def test_shutdown_cancels_overdue_work_and_records_it(ledger, caplog):
     assert [(run.status, run.error) for run in runs] == [("cancelled", "cancelled at shutdown")]
     with pytest.raises(RuntimeError, match="shutting down"):
         tasks.spawn(forever(), kind="late", trigger="slack")
+
+
+async def test_concurrent_claims_share_one_transaction(sessions):
+    """Claims made together are committed together: one commit for twenty webhooks, not twenty."""
+    from sqlalchemy import event
+
+    engine = sessions.kw["bind"].sync_engine
+    commits: list[int] = []
+
+    def count(_connection) -> None:
+        commits.append(1)
+
+    event.listen(engine, "commit", count)
+    try:
+        results = await asyncio.gather(
+            *(claim_message(sessions, source="whatsapp", message_id=f"SM{n}") for n in range(20))
+        )
+    finally:
+        event.remove(engine, "commit", count)
+    assert results == [True] * 20
+    assert len(commits) == 1
+
+
+async def test_a_batch_tells_replays_from_first_deliveries(sessions):
+    """In one batch: an id already stored, one id twice and a new id; the database decides each."""
+    assert await claim_message(sessions, source="whatsapp", message_id="SM-old") is True
+    results = await asyncio.gather(
+        claim_message(sessions, source="whatsapp", message_id="SM-old"),
+        claim_message(sessions, source="whatsapp", message_id="SM-twice"),
+        claim_message(sessions, source="whatsapp", message_id="SM-twice"),
+        claim_message(sessions, source="slack", message_id="SM-old"),
+    )
+    assert results == [False, True, False, True]
+    # Committed, not just decided: a fresh session sees exactly these rows.
+    from sqlalchemy import select
+
+    from core.store import InboundMessage
+
+    async with sessions() as session:
+        rows = set((await session.execute(select(InboundMessage.source, InboundMessage.message_id))).all())
+    assert rows == {("whatsapp", "SM-old"), ("whatsapp", "SM-twice"), ("slack", "SM-old")}
+
+
+async def test_a_database_failure_fails_every_claim_of_the_batch(sessions):
+    from sqlalchemy import text
+
+    async with sessions.begin() as session:
+        await session.execute(text("DROP TABLE inbound_messages"))
+    results = await asyncio.gather(
+        *(claim_message(sessions, source="whatsapp", message_id=f"SM{n}") for n in range(3)), return_exceptions=True
+    )
+    assert len(results) == 3
+    assert all(isinstance(result, Exception) for result in results)
