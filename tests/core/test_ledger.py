@@ -108,3 +108,34 @@ async def test_a_durable_start_is_committed_before_the_action_runs(client):
                 row = await session.scalar(select(Run).where(Run.id == run.id))
             seen_during_action[durable] = row.status if row else None
     assert seen_during_action[True] == "running"
+
+
+async def test_the_finishes_of_a_batch_are_one_executemany(client):
+    """Runs finishing together are written as one UPDATE executemany, each row with its own status and result."""
+    from sqlalchemy import event
+
+    resources = client.app.state.resources
+    ledger = resources.ledger
+    engine = resources.engine.sync_engine
+    updates: list[int] = []
+
+    def count(_conn, _cursor, statement, parameters, _context, executemany) -> None:
+        if statement.startswith("UPDATE runs"):
+            updates.append(len(parameters) if executemany else 1)
+
+    async def one(n: int) -> str:
+        async with ledger.run("bench.run", trigger="api", durable_start=False) as run:
+            if n % 2:
+                run.status, run.result = "partial", {"n": n}
+        return run.id
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        ids = await asyncio.gather(*(one(n) for n in range(10)))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert updates == [10]  # one statement carrying ten finishes, not ten statements
+    for n, run_id in enumerate(ids):
+        detail = (await client.get(f"/runs/{run_id}")).json()
+        assert detail["finished_at"]
+        assert (detail["status"], detail["result"]) == (("partial", {"n": n}) if n % 2 else ("ok", None))

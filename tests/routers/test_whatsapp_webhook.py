@@ -312,3 +312,17 @@ async def test_media_without_text_gets_help_and_no_llm_call(w, make_client):
         [reply] = messages(await post_whatsapp(client, form))
     assert reply.startswith("Send me a text message.")
     assert w.claude.requests == []
+
+
+def test_a_repeated_reply_is_built_once_and_still_escaped():
+    from routers.whatsapp_webhook import _twiml_text, twiml
+
+    _twiml_text.cache_clear()
+    first, second = twiml("a & <b>", "two"), twiml("a & <b>", "two")
+    expected = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b"<Response><Message>a &amp; &lt;b&gt;</Message><Message>two</Message></Response>"
+    )
+    assert first.body == second.body == expected
+    assert first.media_type == "text/xml"
+    assert (_twiml_text.cache_info().misses, _twiml_text.cache_info().hits) == (1, 1)
