@@ -123,3 +123,36 @@ async def test_a_database_failure_fails_every_claim_of_the_batch(sessions):
     )
     assert len(results) == 3
     assert all(isinstance(result, Exception) for result in results)
+
+
+@pytest.mark.postgres
+async def test_batched_claims_and_finishes_on_postgresql(postgres_url):
+    """The PostgreSQL branches: ON CONFLICT DO NOTHING RETURNING for claims, the finishes' executemany."""
+    from core.ledger import Ledger
+    from core.store import create_engine, migrate, session_factory
+
+    engine = create_engine(postgres_url)
+    try:
+        await migrate(engine)
+        sessions = session_factory(engine)
+        assert await claim_message(sessions, source="whatsapp", message_id="SM-old") is True
+        results = await asyncio.gather(
+            claim_message(sessions, source="whatsapp", message_id="SM-old"),
+            claim_message(sessions, source="whatsapp", message_id="SM-new"),
+            claim_message(sessions, source="whatsapp", message_id="SM-new"),
+        )
+        assert results == [False, True, False]
+
+        ledger = Ledger(sessions)
+
+        async def one(n: int) -> str:
+            async with ledger.run("pg.run", trigger="api", durable_start=False) as run:
+                run.result = {"n": n}
+            return run.id
+
+        ids = await asyncio.gather(*(one(n) for n in range(5)))
+        for n, run_id in enumerate(ids):
+            run = await ledger.get_run(run_id)
+            assert (run.status, run.result, run.finished_at is not None) == ("ok", {"n": n}, True)
+    finally:
+        await engine.dispose()
