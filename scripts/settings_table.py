@@ -39,7 +39,7 @@ def main() -> int:
     updated = f"{before}{START}\n{table}\n{END}{after}"
     if "--check" in sys.argv:
         if updated != readme:
-            print("README.md configuration table is stale: run scripts/settings_table.py", file=sys.stderr)
+            sys.stderr.write("README.md configuration table is stale: run scripts/settings_table.py\n")
             return 1
         return 0
     readme_path.write_text(updated)
