@@ -3,7 +3,8 @@
 OWASP API4 (unrestricted resource consumption): one leaked key or one looping
 script must not be able to burn through LLM credit or Twilio balance. The
 limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint over a sliding
-60-second window (sliding-window counter), kept in process memory by the `limits` library.
+60-second window (sliding-window counter), kept in process memory by the `limits` library:
+with several workers each keeps its own count, so the effective limit is workers x the setting.
 
 A client is identified by its API key when it sends one (hashed: the key itself
 is never kept), otherwise by its IP address. Each costly endpoint has its own
