@@ -20,13 +20,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -123,7 +123,87 @@ class RunHandle:
         await self.ledger.record_action(self.id, record, duration_ms=0)
 
 
-_Write = Callable[[AsyncSession], Awaitable[None]]
+class _StartRun:
+    """A run's `running` row, as data: a batch inserts all of its starts in one executemany."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+
+
+class _AddAction:
+    """An action row, as data: a batch inserts all of its actions in one executemany."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+
+
+class _FinishRun:
+    """A run's finish, as data: folded into its start when both are in one batch, else one executemany."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+
+class _Barrier:
+    """Writes nothing; waiting for it waits for everything queued before it (`flush`)."""
+
+
+_Write = _StartRun | _AddAction | _FinishRun | _Barrier
+
+# Plain table statements, not ORM units of work: the ORM's flush (identity map, per-object state
+# changes, synchronize-session evaluation) was ~15 % of the event loop's CPU on /ai-process, for rows
+# nobody reads back in the drain's session (docs/benchmarks.md).
+_runs = Run.__table__
+_actions = Action.__table__
+_INSERT_RUNS = insert(_runs)
+_INSERT_ACTIONS = insert(_actions)
+_FINISH_RUN = (
+    update(_runs)
+    .where(_runs.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_finished_at"),
+        result=bindparam("b_result"),
+        error=bindparam("b_error"),
+    )
+)
+
+
+async def _write_batch(session: AsyncSession, batch: list[_Write]) -> None:
+    """At most three statements for a whole batch: runs, then actions, then finishes.
+
+    A finish whose start is in the same batch is folded into the start's row, so a
+    run that starts and ends between two commits (an /ai-process request) is one
+    INSERT. A second start with an id already in the batch is inserted as its own
+    row, so the primary key still rejects it.
+    """
+    starts: list[dict[str, Any]] = []
+    started: dict[str, dict[str, Any]] = {}
+    actions: list[dict[str, Any]] = []
+    finishes: list[dict[str, Any]] = []
+    for write in batch:
+        if isinstance(write, _StartRun):
+            starts.append(write.row)
+            started.setdefault(write.row["id"], write.row)
+        elif isinstance(write, _AddAction):
+            actions.append(write.row)
+        elif isinstance(write, _FinishRun):
+            row = started.get(write.params["b_id"])
+            if row is None:
+                finishes.append(write.params)
+            else:
+                row.update(
+                    status=write.params["b_status"],
+                    finished_at=write.params["b_finished_at"],
+                    result=write.params["b_result"],
+                    error=write.params["b_error"],
+                )
+    if starts:
+        await session.execute(_INSERT_RUNS, starts)
+    if actions:
+        await session.execute(_INSERT_ACTIONS, actions)
+    if finishes:
+        await session.execute(_FINISH_RUN, finishes)
 
 
 class _GroupCommit:
@@ -140,6 +220,8 @@ class _GroupCommit:
     is committed: `Ledger.run` submits the run's start and its actions without
     waiting and waits only for the finish, so when a route returns, its whole
     run is in the database, in one transaction when nothing else is queued.
+    A write submitted with `kick=False` does not start a drain by itself; it
+    rides with the next write that does (a run's finish always does).
     If a batch fails, its writes are retried one by one, so one bad write never
     takes the others down; a failed write nobody waits for is logged.
     """
@@ -149,10 +231,10 @@ class _GroupCommit:
         self._pending: list[tuple[_Write, asyncio.Future[None] | None]] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    async def submit(self, write: _Write, *, wait: bool = True) -> None:
+    async def submit(self, write: _Write, *, wait: bool = True, kick: bool = True) -> None:
         done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait else None
         self._pending.append((write, done))
-        if self._drainer is None or self._drainer.done():
+        if (kick or wait) and (self._drainer is None or self._drainer.done()):
             self._drainer = asyncio.create_task(self._drain(), name="ledger-group-commit")
         if done is not None:
             # shield: a cancelled caller still gets its row written (a cancelled run must end up in the ledger).
@@ -161,23 +243,14 @@ class _GroupCommit:
     async def flush(self) -> None:
         """Wait until everything submitted so far is committed (read-your-writes for ledger reads)."""
         if self._pending or (self._drainer is not None and not self._drainer.done()):
-            await self.submit(_nothing)
+            await self.submit(_Barrier())
 
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 async with self.sessions.begin() as session:
-                    finishes = []
-                    for write, _ in batch:
-                        if isinstance(write, _FinishRun):
-                            finishes.append(write.params)
-                        else:
-                            await write(session)
-                    # Every finish of the batch in one executemany: one driver round trip instead of
-                    # three per run. After the inserts, so a run started in this batch exists to update.
-                    if finishes:
-                        await session.execute(_FINISH_RUN, finishes)
+                    await _write_batch(session, [write for write, _ in batch])
             except Exception:
                 await self._one_by_one(batch)
             else:
@@ -189,7 +262,7 @@ class _GroupCommit:
         for write, done in batch:
             try:
                 async with self.sessions.begin() as session:
-                    await write(session)
+                    await _write_batch(session, [write])
             except Exception as exc:
                 if done is None:
                     logger.exception("a ledger write failed")
@@ -198,35 +271,6 @@ class _GroupCommit:
             else:
                 if done is not None and not done.done():
                     done.set_result(None)
-
-
-async def _nothing(session: AsyncSession) -> None:
-    return None
-
-
-# A plain table UPDATE, not the ORM-enabled `update(Run)`: nothing is loaded in the drain's session, so the
-# ORM's synchronize-session evaluation was pure CPU on the event loop (docs/benchmarks.md).
-_runs = Run.__table__
-_FINISH_RUN = (
-    update(_runs)
-    .where(_runs.c.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status"),
-        finished_at=bindparam("b_finished_at"),
-        result=bindparam("b_result"),
-        error=bindparam("b_error"),
-    )
-)
-
-
-class _FinishRun:
-    """A run's finish as data, so the drain can send all finishes of a batch as one executemany."""
-
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
-
-    async def __call__(self, session: AsyncSession) -> None:  # alone: in `_one_by_one` after a failed batch
-        await session.execute(_FINISH_RUN, [self.params])
 
 
 class Ledger:
@@ -274,21 +318,22 @@ class Ledger:
     ) -> str:
         explicit_id = run_id is not None
         run_id = run_id or uuid.uuid4().hex
-        row = Run(
-            id=run_id,
-            kind=kind,
-            trigger=trigger,
-            status="running",
-            created_at=utcnow(),
-            input_summary=redact(dict(input_summary or {})),
-        )
-
-        async def write(session: AsyncSession) -> None:
-            session.add(row)
-
-        # When not durable, not waited for: the finish (or any waited write after it) commits
-        # it, in order. A caller-chosen id may collide, so that caller always learns of it here.
-        await self._writes.submit(write, wait=durable or explicit_id)
+        row = {
+            "id": run_id,
+            "kind": kind,
+            "trigger": trigger,
+            "status": "running",
+            "created_at": utcnow(),
+            "finished_at": None,
+            "input_summary": redact(dict(input_summary or {})),
+            "result": None,
+            "error": None,
+        }
+        # A durable start is committed before the caller acts. A non-durable one is not even sent on its own:
+        # it waits in the queue for the next write that drains (the run's finish at the latest, a ledger read
+        # sooner), so a short run is one INSERT. A caller-chosen id may collide, so that caller always waits.
+        wait = durable or explicit_id
+        await self._writes.submit(_StartRun(row), wait=wait, kick=wait)
         return run_id
 
     async def finish_run(
@@ -304,23 +349,21 @@ class Ledger:
         await self._writes.submit(_FinishRun(params))
 
     async def record_action(self, run_id: str, record: ActionRecord, *, duration_ms: int) -> None:
-        async def write(session: AsyncSession) -> None:
-            session.add(
-                Action(
-                    run_id=run_id,
-                    skill=record.skill,
-                    operation=record.operation,
-                    status=record.status,
-                    external_id=record.external_id,
-                    error=record.error,
-                    attempts=max(record.attempts, 1 if record.status in ("ok", "failed") else 0),
-                    duration_ms=duration_ms,
-                    request=redact(record.request) if record.request is not None else None,
-                    created_at=utcnow(),
-                )
-            )
-
-        await self._writes.submit(write, wait=False)  # committed by the run's finish at the latest
+        row = {
+            "run_id": run_id,
+            "skill": record.skill,
+            "operation": record.operation,
+            "status": record.status,
+            "external_id": record.external_id,
+            "error": record.error,
+            "attempts": max(record.attempts, 1 if record.status in ("ok", "failed") else 0),
+            "duration_ms": duration_ms,
+            "request": redact(record.request) if record.request is not None else None,
+            "created_at": utcnow(),
+        }
+        # Not waited for (the run's finish commits it at the latest), but drained now: an action on someone's
+        # account must reach the database even if a later step of the same run takes long.
+        await self._writes.submit(_AddAction(row), wait=False)
 
     async def list_runs(
         self,

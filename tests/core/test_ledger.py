@@ -124,7 +124,8 @@ async def test_the_finishes_of_a_batch_are_one_executemany(client):
             updates.append(len(parameters) if executemany else 1)
 
     async def one(n: int) -> str:
-        async with ledger.run("bench.run", trigger="api", durable_start=False) as run:
+        # Durable starts: committed before the finishes, so the finishes are UPDATEs (not folded into the INSERT).
+        async with ledger.run("bench.run", trigger="api", durable_start=True) as run:
             if n % 2:
                 run.status, run.result = "partial", {"n": n}
         return run.id
@@ -139,3 +140,38 @@ async def test_the_finishes_of_a_batch_are_one_executemany(client):
         detail = (await client.get(f"/runs/{run_id}")).json()
         assert detail["finished_at"]
         assert (detail["status"], detail["result"]) == (("partial", {"n": n}) if n % 2 else ("ok", None))
+
+
+async def test_runs_started_and_finished_in_one_batch_are_one_insert(client):
+    """A non-durable start rides with its finish: the row is inserted finished, with no UPDATE, for a whole batch."""
+    from sqlalchemy import event
+
+    resources = client.app.state.resources
+    ledger = resources.ledger
+    engine = resources.engine.sync_engine
+    statements: list[tuple[str, int]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, executemany) -> None:
+        if statement.startswith(("INSERT INTO runs", "INSERT INTO actions", "UPDATE runs")):
+            statements.append((statement.split(" (")[0].split(" SET")[0], len(parameters) if executemany else 1))
+
+    async def one(n: int) -> str:
+        async with ledger.run("bench.run", trigger="api", input_summary={"n": n}, durable_start=False) as run:
+            async with run.action("fake", "call") as action:
+                await asyncio.sleep(0)  # a real await between start and finish, as around an upstream call
+                action.external_id = f"ext-{n}"
+            if n % 2:
+                run.status, run.result = "partial", {"n": n}
+        return run.id
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        ids = await asyncio.gather(*(one(n) for n in range(10)))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert statements == [("INSERT INTO runs", 10), ("INSERT INTO actions", 10)]
+    for n, run_id in enumerate(ids):
+        detail = (await client.get(f"/runs/{run_id}")).json()
+        assert detail["finished_at"] and detail["input_summary"] == {"n": n}
+        assert (detail["status"], detail["result"]) == (("partial", {"n": n}) if n % 2 else ("ok", None))
+        assert [(a["skill"], a["external_id"]) for a in detail["actions"]] == [("fake", f"ext-{n}")]
