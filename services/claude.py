@@ -1,15 +1,23 @@
 """Claude provider, built on anthropic's AsyncAnthropic (`messages.create`).
 
 `max_retries=0`: the SDK would otherwise retry 408/409/429/5xx twice on its
-own, multiplying with the router's loop. The HTTP transport (aiohttp through
+own, multiplying with the router's loop. The answer is read through
+`with_raw_response` and only the fields the router needs are taken from the
+JSON: building the SDK's `Message` model was a fifth of the SDK's CPU per call
+(docs/benchmarks.md). OpenTelemetry spans are off unless
+ANTHROPIC_OPEN_TELEMETRY is set: the service registers no tracer, so each call
+paid for a span nobody records. The HTTP transport (aiohttp through
 `DefaultAioHttpClient`, or httpx) is picked by the router from the
 benchmark in docs/llm-routing.md; the client is closed in the lifespan.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import anthropic
-from anthropic.types import Message
 from pydantic import SecretStr
 
 from core.errors import UpstreamTimeout, UpstreamUnavailable
@@ -60,6 +68,8 @@ class ClaudeProvider:
             max_retries=0,
             timeout=timeout_seconds,
             http_client=http_client,
+            # None = the SDK reads its ANTHROPIC_OPEN_TELEMETRY* variables (an operator who wires up tracing).
+            open_telemetry=None if os.environ.get("ANTHROPIC_OPEN_TELEMETRY") else False,
         )
 
     async def aclose(self) -> None:
@@ -68,12 +78,13 @@ class ClaudeProvider:
     async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion:
         extra = {"system": system} if system else {}
         try:
-            message = await self._client.messages.create(
+            raw = await self._client.messages.with_raw_response.create(
                 model=self.model,
                 max_tokens=max_tokens,
                 messages=[{"role": "user", "content": text}],
                 **extra,
             )
+            message = json.loads(await raw.read())
         except anthropic.APIStatusError as exc:
             said = exc.api_message or _body_text(exc)
             retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
@@ -88,19 +99,34 @@ class ClaudeProvider:
                 upstream=UPSTREAM,
             ) from None
         except (anthropic.APIResponseValidationError, ValueError, TypeError) as exc:
+            # ValueError includes a 2xx body that is not JSON (a proxy's HTML page).
             raise unusable_answer(UPSTREAM, exc) from None
-        if not isinstance(message, Message):
-            # A 2xx that is not JSON (a proxy's HTML page) comes back as a bare string.
-            raise unusable_answer(UPSTREAM, "not a JSON message")
-        answer = first_text("".join(block.text for block in message.content if block.type == "text"))
+        return self._completion(message)
+
+    def _completion(self, message: Any) -> Completion:
+        """The Messages API answer (`content` blocks, `usage`, `model`) as a Completion; anything else is unusable."""
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            raise unusable_answer(UPSTREAM, "not a Messages API answer")
+        texts = [
+            block["text"]
+            for block in message["content"]
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+        ]
+        answer = first_text("".join(texts))
         if answer is None:
-            raise unusable_answer(UPSTREAM, f"no text; stop reason {message.stop_reason}")
+            raise unusable_answer(UPSTREAM, f"no text; stop reason {message.get('stop_reason')}")
+        usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+        model = message.get("model")
         return Completion(
             text=answer,
-            model=message.model or self.model,
-            input_tokens=message.usage.input_tokens if message.usage else None,
-            output_tokens=message.usage.output_tokens if message.usage else None,
+            model=model if isinstance(model, str) and model else self.model,
+            input_tokens=_count(usage.get("input_tokens")),
+            output_tokens=_count(usage.get("output_tokens")),
         )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _body_text(exc: anthropic.APIStatusError) -> str:

@@ -449,6 +449,10 @@ async def test_html_error_page_is_mapped_and_retried(make_router, fakes):
         Reply(200, text="{not json", content_type="application/json"),
         Reply(200, text="<html>captive portal</html>", content_type="text/html"),
         Reply(200, json={"content": [], "usage": {}}),
+        Reply(200, json=["not", "an", "object"]),
+        Reply(200, json={"content": "a string, not blocks"}),
+        Reply(200, json={"content": [{"type": "text", "text": 7}], "stop_reason": "end_turn"}),
+        Reply(200, json={"content": [{"type": "thinking", "thinking": "only thoughts"}], "stop_reason": "max_tokens"}),
     ],
 )
 async def test_unusable_claude_answer_falls_back_without_retry(make_router, fakes, reply):
@@ -624,3 +628,26 @@ async def test_blank_system_text_is_not_sent(make_router, fakes):
     router = await make_router()
     await router.generate(text="hello", system="   ")
     assert "systemInstruction" not in fakes.gemini.calls()[0].json
+
+
+async def test_claude_answer_keeps_only_text_blocks_and_tolerates_missing_fields(make_router, fakes):
+    """The answer is read from the raw JSON: text blocks joined, other blocks ignored, absent usage/model tolerated."""
+    body = {
+        "content": [
+            {"type": "thinking", "thinking": "let me think"},
+            {"type": "text", "text": "first half, "},
+            {"type": "tool_use", "id": "t1", "name": "x", "input": {}},
+            {"type": "text", "text": "second half"},
+        ],
+        "usage": {"input_tokens": 12, "output_tokens": True},
+        "stop_reason": "end_turn",
+    }
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=body))
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "claude"
+    assert result.response == "first half, second half"
+    assert result.model_used == "claude-haiku-4-5"  # the configured model: the answer named none
+    assert result.usage.model_dump() == {"input_tokens": 12, "output_tokens": None}
