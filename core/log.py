@@ -93,5 +93,5 @@ def configure_logging(*, level: str, fmt: str, secrets: Iterable[str]) -> None:
     # uvicorn's own access log would duplicate our request line.
     logging.getLogger("uvicorn.access").disabled = True
     # Library chatter that would drown the request lines at INFO.
-    for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "slack_sdk", "google_genai", "anthropic"):
+    for noisy in ("httpx", "httpx2", "httpcore", "alembic", "aiosqlite", "slack_sdk", "google_genai", "anthropic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

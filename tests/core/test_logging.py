@@ -48,3 +48,17 @@ async def test_secrets_never_appear_in_logs_or_error_bodies(make_client, capsys)
         assert secret not in logged, secret
         for body in bodies:
             assert secret not in body, secret
+
+
+def test_http_client_libraries_do_not_log_every_upstream_call_at_info():
+    """httpx2 (inside the Anthropic SDK) logs each request at INFO; at the service's INFO level it must stay quiet."""
+    import logging
+
+    from core.log import configure_logging
+
+    configure_logging(level="INFO", fmt="json", secrets=[])
+    for name in ("httpx", "httpx2", "httpcore", "anthropic"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+    configure_logging(level="DEBUG", fmt="json", secrets=[])
+    assert not logging.getLogger("httpx2").isEnabledFor(logging.INFO)  # still WARNING: DEBUG is for our own lines
+    configure_logging(level="INFO", fmt="json", secrets=[])
