@@ -6,7 +6,9 @@ own, multiplying with the router's loop. The answer is read through
 JSON: building the SDK's `Message` model was a fifth of the SDK's CPU per call
 (docs/benchmarks.md). OpenTelemetry spans are off unless
 ANTHROPIC_OPEN_TELEMETRY is set: the service registers no tracer, so each call
-paid for a span nobody records. The HTTP transport (aiohttp through
+paid for a span nobody records. The SDK itself is imported when the provider
+is built, not with this module: `import anthropic` is ~40 MiB of resident
+pydantic types, which an install without ANTHROPIC_API_KEY should not carry. The HTTP transport (aiohttp through
 `DefaultAioHttpClient`, or httpx) is picked by the router from the
 benchmark in docs/llm-routing.md; the client is closed in the lifespan.
 """
@@ -15,15 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 from pydantic import SecretStr
 
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
 from services.base import Completion, first_text, status_error, unusable_answer
+
+if TYPE_CHECKING:
+    import anthropic
 
 INTEGRATION = Integration(
     name="claude",
@@ -55,6 +59,9 @@ class ClaudeProvider:
         aiohttp_transport: bool = True,
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     ) -> None:
+        import anthropic  # here, not at the top: see the module docstring
+
+        self._sdk = anthropic
         self.model = model
         self.context_tokens = context_tokens
         http_client = (
@@ -76,6 +83,7 @@ class ClaudeProvider:
         await self._client.close()
 
     async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion:
+        anthropic = self._sdk
         extra = {"system": system} if system else {}
         try:
             raw = await self._client.messages.with_raw_response.create(

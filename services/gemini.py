@@ -19,19 +19,20 @@ opened and closed in the lifespan, or an httpx client when asked
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types
 from pydantic import SecretStr
 
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
 from services.base import Completion, first_text, status_error, unusable_answer
+
+if TYPE_CHECKING:
+    from google.genai import errors as genai_errors
+    from google.genai import types
 
 INTEGRATION = Integration(
     name="gemini",
@@ -68,6 +69,12 @@ class GeminiProvider:
     ) -> None:
         if (session is None) == (http is None):
             raise ValueError("give exactly one transport: an aiohttp session or an httpx client")
+        # Imported here, not at the top: google-genai is ~16 MiB resident, which an install without
+        # GEMINI_API_KEY should not carry (docs/benchmarks.md, footprint).
+        from google import genai
+        from google.genai import errors, types
+
+        self._errors, self._types = errors, types
         self.model = model
         self.context_tokens = context_tokens
         options = types.HttpOptions(
@@ -86,10 +93,10 @@ class GeminiProvider:
         await self._client.aio.aclose()
 
     async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion:
-        config = types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens)
+        config = self._types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens)
         try:
             response = await self._client.aio.models.generate_content(model=self.model, contents=text, config=config)
-        except genai_errors.APIError as exc:
+        except self._errors.APIError as exc:
             raise _api_error(exc) from None
         except (aiohttp.ServerTimeoutError, httpx.TimeoutException, TimeoutError) as exc:
             raise UpstreamTimeout(f"gemini did not answer in time ({type(exc).__name__}).", upstream=UPSTREAM) from None
