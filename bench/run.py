@@ -182,6 +182,38 @@ class Bench:
         ready = self.wait_ready(proc, url + "/health")
         return proc, url, ready
 
+    def zero_config_footprint(self) -> dict[str, float]:
+        """Start the service with nothing configured but its database and API key; RSS 2 s after the first 200."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            "APP_API_KEY": API_KEY,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{self.workdir}/zero-config.db",
+            "PYTHONPATH": str(self.service_root),
+        }
+        # Nothing from this shell's environment or a .env may configure an integration: settings are read from
+        # the environment (filtered) and from `.env` in the working directory, which is the empty workdir.
+        clean = {key: value for key, value in os.environ.items() if key.upper() not in _service_setting_names()}
+        argv = [PYTHON, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        argv += ["--no-access-log", "--log-level", "warning"]
+        log = self.workdir / "service-zero-config.log"
+        with log.open("wb") as handle:
+            popen = subprocess.Popen(
+                _pinned(SERVER_CPUS, argv),
+                cwd=self.workdir,
+                env={**clean, **env},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            proc = Proc("service-zero-config", popen, log, time.perf_counter())
+            try:
+                ready = self.wait_ready(proc, url + "/health")
+                time.sleep(2)
+                return {"ready_s": round(ready, 3), "idle_rss_mib": round(proc.rss_kib() / 1024, 1)}
+            finally:
+                self._stop(proc)
+
     def app(self, name: str, target: str, fake_url: str) -> str:
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -258,6 +290,14 @@ class Bench:
         }
 
 
+def _service_setting_names() -> set[str]:
+    """Every environment variable the service reads (its settings), upper-cased."""
+    sys.path.insert(0, str(ROOT))
+    from core.settings import Settings, env_name
+
+    return {env_name(field).upper() for field in Settings.model_fields}
+
+
 def _env_value(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
@@ -274,8 +314,9 @@ def log(message: str) -> None:
 def measure_overhead(bench: Bench, *, with_litellm: bool, targets: list[str] | None = None) -> None:
     """1. /ai-process vs the fake itself, two bare passthroughs and LiteLLM, at 1/16/64."""
     fake_url, smtp_port = bench.fakes("fakes-fast", {})
+    zero_config = bench.zero_config_footprint()
     service, service_url, service_ready = bench.service("service", fake_url, smtp_port)
-    bench.results["startup"] = {"service": {"ready_s": round(service_ready, 3)}}
+    bench.results["startup"] = {"service": {"ready_s": round(service_ready, 3)}, "service_zero_config": zero_config}
     time.sleep(2)  # idle, then memory
     bench.results["startup"]["service"]["idle_rss_mib"] = round(service.rss_kib() / 1024, 1)
 
