@@ -225,8 +225,10 @@ class InboundMessage(Base):
 
     __tablename__ = "inbound_messages"
 
-    source: Mapped[str] = mapped_column(String(16), primary_key=True)  # "whatsapp" | "slack"
-    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # MessageSid | event_id
+    source: Mapped[str] = mapped_column(
+        String(16), primary_key=True
+    )  # "whatsapp" | "slack" (event_id) | "slack-message" (channel:ts)
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # MessageSid | event_id | channel:ts
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_inbound_messages_received_at", "received_at"),)

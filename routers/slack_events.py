@@ -16,6 +16,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, problem_responses
+from core.resources import Resources
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond, strip_mentions
@@ -96,6 +97,9 @@ async def slack_events(
         return SlackEventsAck()
     if should_act(payload):
         event = payload["event"]
+        if not await _first_event_for_message(resources, event):
+            logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.get("ts"))
+            return SlackEventsAck()
         tasks.spawn(
             _answer(deps, event),
             kind="slack.event",
@@ -103,6 +107,21 @@ async def slack_events(
             input_summary={"event_id": event_id, "user": event.get("user"), "channel": event.get("channel")},
         )
     return SlackEventsAck()
+
+
+async def _first_event_for_message(resources: Resources, event: dict[str, Any]) -> bool:
+    """Claim the message itself, not only the event.
+
+    One message can arrive as two events with two event_ids: a direct message
+    that also mentions the bot is both `message.im` and `app_mention`. Claiming
+    (channel, ts) in the same table makes it one answer and one action, across
+    workers too. The claim is taken only for events we act on, so an ignored
+    event never hides the one we want.
+    """
+    channel, ts = event.get("channel"), event.get("ts")
+    if not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
+        return True  # nothing to key on; the event_id claim already ran
+    return await claim_message(resources.sessions, source="slack-message", message_id=f"{channel}:{ts}")
 
 
 async def _answer(deps: WorkflowDeps, event: dict[str, Any]) -> None:

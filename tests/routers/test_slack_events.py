@@ -181,3 +181,33 @@ async def test_replay_survives_a_restart(w, make_client, make_settings):
         await post(client, body)
         await asyncio.sleep(0.3)
     assert len(w.toggl.starts) == 1
+
+
+async def test_a_dm_that_mentions_the_bot_is_answered_once(w, make_client):
+    """Slack sends such a message twice, as message.im and as app_mention, with different event_ids."""
+    text = "<@UBOT> start planning for 20 min"
+    same_message = {"user": "UHUMAN", "text": text, "ts": "1764057600.000300", "channel": "D0000000001"}
+    as_dm = callback({"type": "message", "channel_type": "im", **same_message}, event_id="EvAsMessage")
+    as_mention = callback({"type": "app_mention", **same_message}, event_id="EvAsMention")
+    w.slack.channels["dm"] = "D0000000001"
+    async with make_client(**w.settings()) as client:
+        responses = await asyncio.gather(post(client, as_dm), post(client, as_mention))
+        await finished_runs(client, "slack.reply")
+        await asyncio.sleep(0.3)
+        assert len(await runs_of(client, "slack.reply")) == 1
+    assert [response.status_code for response in responses] == [200, 200]
+    assert len(w.toggl.starts) == 1
+    thread_replies = [post for post in w.slack.posts if post.get("thread_ts") == "1764057600.000300"]
+    assert len(thread_replies) == 1
+
+
+async def test_two_messages_with_the_same_ts_in_different_channels_are_both_answered(w, make_client):
+    """The message key is channel and ts together: a ts alone is only unique within its channel."""
+    w.claude.answer = "ok"
+    first = callback(mention("<@UBOT> how are you", channel="C0000000002"), event_id="EvChannelA")
+    second = callback(mention("<@UBOT> how are you", channel="C0000000003"), event_id="EvChannelB")
+    async with make_client(**w.settings()) as client:
+        await post(client, first)
+        await post(client, second)
+        await finished_runs(client, "slack.reply", count=2)
+    assert sorted(post["channel"] for post in w.slack.posts) == ["C0000000002", "C0000000003"]
