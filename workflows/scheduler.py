@@ -11,6 +11,13 @@ durable and single-firing lives in the database:
   (job id, fire time). The primary key lets exactly one worker win; the
   others see the conflict and do nothing. This holds for several processes on
   one database, which APScheduler 3's in-memory job store alone cannot.
+- A stop's claim is a lease. If the worker holding it dies hard (SIGKILL,
+  power loss) before marking the stop done, the stop stays `pending`; once its
+  claim is older than `STOP_CLAIM_LEASE`, the next worker to fire it (every
+  worker re-arms pending stops every `SYNC_SECONDS`) takes the claim over in
+  one conditional UPDATE and stops the timer. Stopping an already-stopped
+  Toggl entry is harmless, so a takeover after a stop that did happen costs
+  nothing but a second ledger run.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ KEEP_INBOUND = timedelta(days=7)
 KEEP_FIRES = timedelta(days=30)
 # A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
 BRIEFING_GRACE_SECONDS = 300
+# A stop claim older than this, on a stop still pending, belongs to a worker that died: far longer than a
+# live stop can take (HTTP_TIMEOUT_SECONDS x a few bounded attempts), so a live worker is never overtaken.
+STOP_CLAIM_LEASE = timedelta(minutes=10)
 
 
 def stop_job_id(entry_id: int | str) -> str:
@@ -188,7 +198,7 @@ class JobScheduler:
             row = await session.get(ScheduledJob, job_id)
         if row is None or row.status != "pending":
             return False
-        if not await self.claim(job_id, row.run_at):
+        if not await self.claim(job_id, row.run_at) and not await self._take_over_stale_claim(job_id, row.run_at):
             return False
         payload = row.payload
         status, error, run_id = "failed", None, None
@@ -254,6 +264,29 @@ class JobScheduler:
         except IntegrityError:
             return False
         return True
+
+    async def _take_over_stale_claim(self, job_id: str, fire_time: datetime) -> bool:
+        """Take a stop's claim whose holder has not finished within STOP_CLAIM_LEASE; True if we now hold it.
+
+        Called only for a stop that is still `pending`. The UPDATE is a compare-and-set on `claimed_at`:
+        of several workers trying at once, the first moves `claimed_at` to now and the others match nothing.
+        """
+        now = utcnow()
+        fires = JobFire.__table__
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(fires)
+                .where(
+                    fires.c.job_id == job_id,
+                    fires.c.fire_time == fire_time,
+                    fires.c.claimed_at < now - STOP_CLAIM_LEASE,
+                )
+                .values(worker=self.worker_id, claimed_at=now)
+            )
+            taken = result.rowcount == 1  # type: ignore[attr-defined]
+        if taken:
+            logger.warning("planned stop %s: its claim was older than %s; taking it over", job_id, STOP_CLAIM_LEASE)
+        return taken
 
     async def prune(self) -> None:
         """Delete replay records old enough that no redelivery or second firing can still arrive."""

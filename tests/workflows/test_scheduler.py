@@ -164,6 +164,64 @@ async def test_concurrent_fires_from_two_workers_are_decided_by_the_claim_row(ma
         assert w.toggl.stops == ["9001"]
 
 
+async def _claim_as_dead_worker(client, *, claimed_ago: timedelta) -> None:
+    """A claim on stop:9001 by a worker that died before finishing (SIGKILL after the claim's commit)."""
+    sessions = client.app.state.resources.sessions
+    async with sessions() as session:
+        job = await session.get(ScheduledJob, "stop:9001")
+    async with sessions.begin() as session:
+        session.add(
+            JobFire(
+                job_id="stop:9001",
+                fire_time=job.run_at,
+                worker="dead-worker",
+                claimed_at=datetime.now(UTC) - claimed_ago,
+            )
+        )
+
+
+async def test_a_stop_claimed_by_a_dead_worker_is_taken_over_after_the_lease(make_client):
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            await _claim_as_dead_worker(client, claimed_ago=timedelta(minutes=11))
+            scheduler = client.app.state.scheduler
+
+            assert await scheduler.fire_stop("stop:9001") is True
+            assert await scheduler.fire_stop("stop:9001") is False  # done now: never a second time
+            schedule = (await client.get("/schedule")).json()
+            sessions = client.app.state.resources.sessions
+            async with sessions() as session:
+                [fire] = (await session.scalars(select(JobFire))).all()
+        assert w.toggl.stops == ["9001"]
+        assert [stop["status"] for stop in schedule["stops"]] == ["done"]
+        assert fire.worker == scheduler.worker_id
+
+
+async def test_a_fresh_claim_is_never_taken_over(make_client):
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            await _claim_as_dead_worker(client, claimed_ago=timedelta(minutes=9))  # maybe still at work
+            assert await client.app.state.scheduler.fire_stop("stop:9001") is False
+            schedule = (await client.get("/schedule")).json()
+        assert w.toggl.stops == []
+        assert [stop["status"] for stop in schedule["stops"]] == ["pending"]
+
+
+async def test_two_workers_taking_over_one_stale_claim_stop_once(make_client):
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 1 min"))
+            await _claim_as_dead_worker(one, claimed_ago=timedelta(hours=1))
+            results = await asyncio.gather(
+                one.app.state.scheduler.fire_stop("stop:9001"), two.app.state.scheduler.fire_stop("stop:9001")
+            )
+        assert sorted(results) == [False, True]
+        assert w.toggl.stops == ["9001"]
+
+
 async def test_prune_drops_only_old_delivery_records(make_settings, sessions, ledger):
     from core.store import InboundMessage
 
