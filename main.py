@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from core import __version__
 from core.auth import require_api_key
@@ -91,7 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         logger.info("stopped")
 
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs and /redoc pointing at Swagger UI and ReDoc files shipped in the
+    # package (served under /static-offline-docs) instead of cdn.jsdelivr.net: the page works without internet.
+    app = FastAPIOffline(
         title="AI Productivity Orchestrator",
         version=__version__,
         description=DESCRIPTION,

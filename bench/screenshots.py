@@ -8,22 +8,16 @@ What it does, in order:
    of Slack, WhatsApp, email and the morning briefing,
 3. takes the screenshots.
 
-FastAPI's /docs page loads Swagger UI from cdn.jsdelivr.net. This machine has no internet, so
-Chromium's resolver maps that host to a local HTTPS server that serves the same files from the npm
-package `swagger-ui-dist@5` (fetched with `npm pack`). The page, the schema and the app are the real
-ones; only the CDN is local.
+The service serves Swagger UI's files itself (fastapi-offline), and Chromium runs with every host but
+127.0.0.1 unresolvable, so the /docs screenshot also shows that the page needs no CDN and no internet.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
-import ssl
 import subprocess
-import tarfile
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -34,47 +28,6 @@ from bench.run import Bench
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "img"
-SWAGGER_PACKAGE = "swagger-ui-dist@5"
-
-
-def _swagger_dist(workdir: Path) -> Path:
-    """Unpack swagger-ui-dist from the npm registry into workdir/npm/swagger-ui-dist@5/."""
-    subprocess.run(["npm", "pack", SWAGGER_PACKAGE, "--silent"], cwd=workdir, check=True, capture_output=True)
-    tarball = next(workdir.glob("swagger-ui-dist-*.tgz"))
-    with tarfile.open(tarball) as archive:
-        archive.extractall(workdir / "unpacked", filter="data")
-    target = workdir / "cdn" / "npm" / SWAGGER_PACKAGE
-    target.parent.mkdir(parents=True)
-    shutil.move(workdir / "unpacked" / "package", target)
-    return workdir / "cdn"
-
-
-def _local_cdn(root: Path, workdir: Path, stack: ExitStack) -> int:
-    """An HTTPS static server on 127.0.0.1 with a throwaway self-signed certificate."""
-    cert, key = workdir / "cdn.pem", workdir / "cdn.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=cdn.jsdelivr.net", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    stack.callback(server.shutdown)
-    return server.server_address[1]
 
 
 def _populate(url: str) -> list[str]:
@@ -99,7 +52,7 @@ def _populate(url: str) -> list[str]:
     return done
 
 
-def _chromium(url: str, out: Path, *, size: str, cdn_port: int | None = None) -> None:
+def _chromium(url: str, out: Path, *, size: str) -> None:
     profile = tempfile.mkdtemp(prefix="chromium-")
     argv = [
         "chromium",
@@ -115,12 +68,9 @@ def _chromium(url: str, out: Path, *, size: str, cdn_port: int | None = None) ->
         f"--window-size={size}",
         "--virtual-time-budget=15000",  # let Swagger UI fetch and render the schema before the shot
         f"--screenshot={out}",
+        # Only the service: a page that still reached for a CDN would render blank.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ]
-    if cdn_port is not None:
-        argv += [
-            f"--host-resolver-rules=MAP cdn.jsdelivr.net 127.0.0.1:{cdn_port}, MAP fastapi.tiangolo.com ~NOTFOUND",
-            "--ignore-certificate-errors",
-        ]
     try:
         subprocess.run([*argv, url], check=True, capture_output=True, timeout=120)
     finally:
@@ -135,8 +85,7 @@ def main() -> None:
         fake_url, smtp_port = bench.fakes("fakes", {})
         _, url, _ = bench.service("service", fake_url, smtp_port, APP_API_KEY="", LOG_LEVEL="WARNING")
         print("\n".join(_populate(url)))
-        cdn_port = _local_cdn(_swagger_dist(workdir), workdir, stack)
-        _chromium(url + "/docs", IMAGES / "swagger-ui.png", size="1280,1500", cdn_port=cdn_port)
+        _chromium(url + "/docs", IMAGES / "swagger-ui.png", size="1280,1500")
         _chromium(url + "/runs?limit=6", IMAGES / "runs-ledger.png", size="1100,420")
         with httpx.Client(base_url=url) as client:
             runs = client.get("/runs", params={"limit": 50}).json()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def _resolve(schema, ref):
     name = ref.rsplit("/", 1)[-1]
@@ -38,3 +40,18 @@ async def test_swagger_ui_is_served(client):
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "swagger-ui" in response.text.lower()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_docs_pages_load_every_asset_from_the_service_itself(client, page):
+    """No CDN: each script and stylesheet the page names is served by the app (so /docs works offline)."""
+    import re
+
+    html = (await client.get(page)).text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css))["']""", html)
+    assert assets, html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from another host"
+        response = await client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 10_000, asset  # the real bundle, not an error page
