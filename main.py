@@ -24,7 +24,7 @@ from core.settings import Settings, load_settings
 from routers import ai as ai_api
 from routers import briefing as briefing_api
 from routers import email as email_api
-from routers import health, runs, slack_events, slack_notify, whatsapp_send, whatsapp_webhook
+from routers import health, runs, slack_events, slack_notify, whatsapp_send, whatsapp_status, whatsapp_webhook
 from routers import schedule as schedule_api
 from routers import skills as skills_api
 from routers import timers as timers_api
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(schedule_api.router, dependencies=protected)
     # Webhooks carry their own signatures (Twilio, Slack) instead of the API key.
     app.include_router(whatsapp_webhook.router)
+    app.include_router(whatsapp_status.router)
     app.include_router(slack_events.router)
     return app
 

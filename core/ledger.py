@@ -387,6 +387,18 @@ class Ledger:
             total = int(await session.scalar(counted) or 0)
         return runs, total
 
+    async def find_run_by_external_id(self, *, skill: str, external_id: str) -> str | None:
+        """The newest run with an action of `skill` whose external id names `external_id` (ids may be joined)."""
+        await self._writes.flush()
+        query = (
+            select(Action.run_id)
+            .where(Action.skill == skill, Action.external_id.contains(external_id, autoescape=True))
+            .order_by(Action.id.desc())
+            .limit(1)
+        )
+        async with self.sessions() as session:
+            return await session.scalar(query)
+
     async def get_run(self, run_id: str) -> Run | None:
         await self._writes.flush()
         async with self.sessions() as session:

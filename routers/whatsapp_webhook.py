@@ -69,6 +69,28 @@ def _first(header: str | None) -> str | None:
     return header.split(",")[0].strip() or None
 
 
+async def verified_twilio_form(request: Request, settings: Settings, *, what: str) -> FormData:
+    """The posted form, once its X-Twilio-Signature matches; 403 otherwise, 503 without TWILIO_AUTH_TOKEN.
+
+    Nothing is read from the form before this returns.
+    """
+    token = settings.twilio_auth_token
+    if token is None:
+        # Never run unsigned: without the token no request can be verified.
+        raise NotConfigured(what, ["TWILIO_AUTH_TOKEN"])
+    raw = await request.body()
+    form = FormData(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
+    signature = request.headers.get("x-twilio-signature")
+    url = public_url(request, settings)
+    if not signature or not RequestValidator(token.get_secret_value()).validate(url, form, signature):
+        logger.warning("rejected a %s with a %s signature", what, "bad" if signature else "missing")
+        raise Forbidden(
+            "X-Twilio-Signature is missing or does not match. Behind ngrok or a proxy, set PUBLIC_BASE_URL "
+            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called."
+        )
+    return form
+
+
 def twiml(*messages: str) -> Response:
     return Response(content=_twiml_text(messages), media_type=TWIML_MEDIA_TYPE)
 
@@ -113,21 +135,7 @@ async def whatsapp_webhook(
     `start <task> for <N> min`, `start`, `stop`, `status`, `brief`, `help`; anything else gets an AI reply.
     The answer comes back as TwiML within 2 seconds; slower work is sent afterwards with the WhatsApp skill.
     """
-    token = settings.twilio_auth_token
-    if token is None:
-        # Never run unsigned: without the token no request can be verified.
-        raise NotConfigured("whatsapp webhook", ["TWILIO_AUTH_TOKEN"])
-    raw = await request.body()
-    form = FormData(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
-    signature = request.headers.get("x-twilio-signature")
-    url = public_url(request, settings)
-    if not signature or not RequestValidator(token.get_secret_value()).validate(url, form, signature):
-        logger.warning("rejected a WhatsApp webhook with a %s signature", "bad" if signature else "missing")
-        raise Forbidden(
-            "X-Twilio-Signature is missing or does not match. Behind ngrok or a proxy, set PUBLIC_BASE_URL "
-            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called."
-        )
-
+    form = await verified_twilio_form(request, settings, what="whatsapp webhook")
     message_sid = form.get("MessageSid") or form.get("SmsMessageSid")
     if not isinstance(message_sid, str) or not message_sid:
         return twiml()  # a signed post without a message (a status callback): nothing to do

@@ -45,6 +45,8 @@ MAX_BODY_CHARS = 1600
 MAX_PARTS = 10
 ATTEMPTS = 3
 MAX_RETRY_WAIT_SECONDS = 10.0
+#: Where Twilio reports what happened to each message after accepting it (routers/whatsapp_status.py).
+STATUS_CALLBACK_PATH = "/whatsapp-status"
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _CREDENTIALS = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
@@ -126,6 +128,17 @@ class WhatsAppSkill:
         self.http = http
 
     @property
+    def status_callback_url(self) -> str | None:
+        """PUBLIC_BASE_URL + /whatsapp-status, or None: Twilio can only call back a public address.
+
+        Twilio accepts a message and reports its fate later: 63016 (outside the 24-hour window) and
+        63015 (sandbox not joined) usually arrive this way, not on the create call. Without the
+        callback such a message would fail with nothing recorded.
+        """
+        base = self.settings.public_base_url
+        return base.rstrip("/") + STATUS_CALLBACK_PATH if base else None
+
+    @property
     def messages_url(self) -> str:
         base = self.settings.twilio_base_url.rstrip("/")
         return f"{base}/2010-04-01/Accounts/{self.settings.twilio_account_sid}/Messages.json"
@@ -146,6 +159,9 @@ class WhatsAppSkill:
                 field="body",
             )
         forms = [{"From": sender, "To": recipient, "Body": part} for part in parts]
+        if self.status_callback_url:
+            for form in forms:
+                form["StatusCallback"] = self.status_callback_url
         payload: dict[str, Any] = {"url": self.messages_url, "messages": forms}
         if dry_run:
             return WhatsAppSent(dry_run=True, to=recipient, sids=[], parts=len(parts), payload=payload)
@@ -210,6 +226,17 @@ _CODE_HINTS: dict[int, tuple[type[ProblemError], str]] = {
     21617: (InvalidInput, "The message body exceeds 1,600 characters."),
     21408: (InvalidInput, "Your Twilio account may not send to this country; enable it in Geo permissions."),
 }
+
+
+def delivery_error(code: int | None, message: str | None) -> ProblemError:
+    """What a `failed`/`undelivered` status callback means, as the same problem the create call would give."""
+    said = f" (Twilio {code}: {message})" if code and message else (f" (Twilio {code})" if code else "")
+    context: dict[str, Any] = {"twilio_code": code, "upstream": UPSTREAM}
+    lead = "Twilio accepted the message but could not deliver it."
+    if code in _CODE_HINTS:
+        problem, hint = _CODE_HINTS[code]
+        return problem(f"{lead} {hint}{said}", **context)
+    return UpstreamError(f"{lead}{said}", **context)
 
 
 def twilio_error(response: httpx.Response) -> ProblemError:

@@ -1,0 +1,140 @@
+"""Twilio's delivery status callbacks: asked for on every message, signed, and a failed delivery recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.workflows.world import (
+    OWNER,
+    TWILIO_SID,
+    finished_runs,
+    post_whatsapp,
+    runs_of,
+    twilio_signature,
+    world,
+)
+
+PUBLIC = "https://orchestrator.example.test"
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+def status_form(sid: str, status: str, *, code: str | None = None) -> dict[str, str]:
+    """What Twilio posts to a StatusCallback (form-encoded, every field covered by the signature)."""
+    form = {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "AccountSid": TWILIO_SID,
+        "From": "whatsapp:+14155238886",
+        "To": f"whatsapp:{OWNER}",
+        "ApiVersion": "2010-04-01",
+        "ChannelPrefix": "whatsapp",
+    }
+    if code is not None:
+        form["ErrorCode"] = code
+    return form
+
+
+async def post_status(client, form: dict[str, str], *, signature: str | None = None):
+    return await post_whatsapp(
+        client, form, signed_url=f"{PUBLIC}/whatsapp-status", path="/whatsapp-status", signature=signature
+    )
+
+
+async def send_one(client) -> tuple[str, str]:
+    """Send a WhatsApp message through the API; its Twilio SID and the run that sent it."""
+    response = await client.post("/whatsapp-send", json={"to": OWNER, "body": "Standup in 5 minutes"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["sids"][0], body["run_id"]
+
+
+async def test_every_message_asks_twilio_for_status_callbacks(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC + "/")) as client:
+        await send_one(client)
+    assert w.twilio.sent[0]["StatusCallback"] == f"{PUBLIC}/whatsapp-status"
+
+
+async def test_without_a_public_url_no_callback_is_asked_for(w, make_client):
+    async with make_client(**w.settings()) as client:
+        await send_one(client)
+    assert "StatusCallback" not in w.twilio.sent[0]
+
+
+async def test_an_undelivered_message_becomes_a_failed_run_with_the_hint_linked_to_its_send(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, send_run = await send_one(client)
+        response = await post_status(client, status_form(sid, "undelivered", code="63016"))
+        [run] = await finished_runs(client, "whatsapp.delivery")
+    assert response.status_code == 204
+    assert (run["trigger"], run["status"]) == ("whatsapp", "failed")
+    assert run["input_summary"] == {
+        "message_sid": sid,
+        "status": "undelivered",
+        "to": OWNER,
+        "twilio_code": 63016,
+        "send_run_id": send_run,
+    }
+    assert "409 conflict" in run["error"] and "approved template (ContentSid)" in run["error"]
+    [action] = run["actions"]
+    assert (action["skill"], action["operation"], action["status"], action["external_id"]) == (
+        "whatsapp",
+        "delivery",
+        "failed",
+        sid,
+    )
+
+
+async def test_an_unknown_failure_code_is_still_recorded(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, _ = await send_one(client)
+        await post_status(client, status_form(sid, "failed", code="30008"))
+        [run] = await finished_runs(client, "whatsapp.delivery")
+    assert run["status"] == "failed"
+    assert "could not deliver it. (Twilio 30008)" in run["error"]
+
+
+@pytest.mark.parametrize("status", ["queued", "sent", "delivered", "read"])
+async def test_progress_statuses_record_nothing(w, make_client, status):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, _ = await send_one(client)
+        response = await post_status(client, status_form(sid, status))
+        assert response.status_code == 204
+        assert await runs_of(client, "whatsapp.delivery") == []
+
+
+async def test_a_redelivered_failure_is_recorded_once(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, _ = await send_one(client)
+        form = status_form(sid, "undelivered", code="63015")
+        responses = await asyncio.gather(*(post_status(client, form) for _ in range(5)))
+        await finished_runs(client, "whatsapp.delivery")
+        await asyncio.sleep(0.2)
+        runs = await runs_of(client, "whatsapp.delivery")
+    assert [response.status_code for response in responses] == [204] * 5
+    assert len(runs) == 1
+
+
+async def test_a_bad_signature_is_403_and_records_nothing(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        form = status_form("SM" + "f" * 32, "undelivered", code="63016")
+        forged = twilio_signature(f"{PUBLIC}/whatsapp-status", form, token="not-the-auth-token")
+        response = await post_status(client, form, signature=forged)
+        await asyncio.sleep(0.1)
+        assert await runs_of(client, "whatsapp.delivery") == []
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_no_auth_token_is_503(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC, twilio_auth_token=None)) as client:
+        response = await post_status(client, status_form("SM" + "e" * 32, "failed"))
+    assert response.status_code == 503
