@@ -387,12 +387,20 @@ class Ledger:
             total = int(await session.scalar(counted) or 0)
         return runs, total
 
-    async def find_run_by_external_id(self, *, skill: str, external_id: str) -> str | None:
-        """The newest run with an action of `skill` whose external id names `external_id` (ids may be joined)."""
+    async def find_run_by_external_id(self, *, skill: str, operation: str, external_id: str) -> str | None:
+        """The newest run with a `skill`/`operation` action whose external id names `external_id`.
+
+        Several ids may be joined in one external id ("SM1,SM2"), hence a substring match: a scan,
+        acceptable for the rare lookups it serves (a failed WhatsApp delivery).
+        """
         await self._writes.flush()
         query = (
             select(Action.run_id)
-            .where(Action.skill == skill, Action.external_id.contains(external_id, autoescape=True))
+            .where(
+                Action.skill == skill,
+                Action.operation == operation,
+                Action.external_id.contains(external_id, autoescape=True),
+            )
             .order_by(Action.id.desc())
             .limit(1)
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from core.deps import LedgerDep, ResourcesDep, SettingsDep
+from core.deps import LedgerDep, SettingsDep
 from core.errors import problem_responses
 from routers.whatsapp_webhook import verified_twilio_form
 from workflows.deliveries import record_whatsapp_status
@@ -20,9 +20,7 @@ router = APIRouter(tags=["inbound"])
     responses={204: {"description": "Received (a failed delivery is now a failed run in the ledger)"}}
     | problem_responses(403, 413, 503),
 )
-async def whatsapp_status(
-    request: Request, settings: SettingsDep, resources: ResourcesDep, ledger: LedgerDep
-) -> Response:
+async def whatsapp_status(request: Request, settings: SettingsDep, ledger: LedgerDep) -> Response:
     """Twilio posts here (form-encoded, signed) each time a message the service sent changes status.
 
     The service asks for it on every message when `PUBLIC_BASE_URL` is set. `failed` and `undelivered`
@@ -36,11 +34,11 @@ async def whatsapp_status(
         code = str(form.get("ErrorCode") or "")
         await record_whatsapp_status(
             ledger,
-            resources.sessions,
             message_sid=message_sid,
             status=status,
             to=str(form.get("To") or ""),
-            error_code=int(code) if code.isdigit() else None,
+            # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+            error_code=int(code) if code.isascii() and code.isdigit() else None,
             error_message=str(form.get("ErrorMessage") or "") or None,
         )
     return Response(status_code=204)

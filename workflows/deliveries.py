@@ -11,14 +11,15 @@ the run that sent it, so a message that never arrived is never silent.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.exc import IntegrityError
 
 from core.errors import ProblemError
 from core.ledger import Ledger
 from skills.whatsapp import delivery_error
-from workflows.inbound import bare_number, claim_message
+from workflows.inbound import bare_number
 
 logger = logging.getLogger("orchestrator.deliveries")
 
@@ -27,7 +28,6 @@ FAILED_STATUSES = frozenset({"failed", "undelivered"})
 
 async def record_whatsapp_status(
     ledger: Ledger,
-    sessions: async_sessionmaker,
     *,
     message_sid: str,
     status: str,
@@ -38,11 +38,11 @@ async def record_whatsapp_status(
     """Record a failed delivery as a failed run, once per (message, status); the run id, or None."""
     if status not in FAILED_STATUSES:
         return None
-    # Twilio retries a callback it got no 2xx for; a redelivered failure is recorded once.
-    if not await claim_message(sessions, source="twilio-status", message_id=f"{message_sid}:{status}"):
-        logger.info("WhatsApp status %s for %s is a redelivery: ignored", status, message_sid)
-        return None
-    sent_by = await ledger.find_run_by_external_id(skill="whatsapp", external_id=message_sid)
+    # Twilio retries a callback it got no 2xx for. The run's id is derived from (SID, status), so the
+    # run row itself is the dedupe: a redelivery meets the primary key, and a callback that failed
+    # before its run was written (the database was down) is recorded by the retry, not lost.
+    run_id = hashlib.sha256(f"whatsapp-status:{message_sid}:{status}".encode()).hexdigest()[:32]
+    sent_by = await ledger.find_run_by_external_id(skill="whatsapp", operation="send_message", external_id=message_sid)
     summary = {
         "message_sid": message_sid,
         "status": status,
@@ -52,11 +52,14 @@ async def record_whatsapp_status(
     }
     problem = delivery_error(error_code, error_message)
     try:
-        async with ledger.run("whatsapp.delivery", trigger="whatsapp", input_summary=summary) as run:
+        async with ledger.run("whatsapp.delivery", trigger="whatsapp", input_summary=summary, run_id=run_id) as run:
             async with run.action("whatsapp", "delivery") as action:
                 action.external_id = message_sid
                 # Raised inside the run so the ledger records it the one way it records every failure.
                 raise problem
+    except IntegrityError:
+        logger.info("WhatsApp status %s for %s is a redelivery: ignored", status, message_sid)
+        return None
     except ProblemError:
         logger.warning("WhatsApp message %s to %s was %s: %s", message_sid, summary["to"], status, problem.detail)
-    return run.id
+    return run_id

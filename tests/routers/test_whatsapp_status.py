@@ -138,3 +138,49 @@ async def test_no_auth_token_is_503(w, make_client):
     async with make_client(**w.settings(public_base_url=PUBLIC, twilio_auth_token=None)) as client:
         response = await post_status(client, status_form("SM" + "e" * 32, "failed"))
     assert response.status_code == 503
+
+
+async def test_a_callback_that_failed_before_its_run_was_written_is_recorded_by_twilios_retry(
+    w, make_client, monkeypatch
+):
+    """The run itself is the dedupe: nothing is claimed before it exists, so a failed first try is not lost."""
+    from core.ledger import Ledger
+
+    real_lookup = Ledger.find_run_by_external_id
+    calls = 0
+
+    async def flaky_lookup(self, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("database went away")
+        return await real_lookup(self, **kwargs)
+
+    monkeypatch.setattr(Ledger, "find_run_by_external_id", flaky_lookup)
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, send_run = await send_one(client)
+        form = status_form(sid, "undelivered", code="63016")
+        first = await post_status(client, form)
+        retry = await post_status(client, form)
+        [run] = await finished_runs(client, "whatsapp.delivery")
+    assert (first.status_code, retry.status_code) == (500, 204)
+    assert run["input_summary"]["send_run_id"] == send_run
+
+
+async def test_each_failure_status_of_one_message_links_to_the_send_not_to_an_earlier_failure(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, send_run = await send_one(client)
+        await post_status(client, status_form(sid, "undelivered", code="63016"))
+        await post_status(client, status_form(sid, "failed", code="63016"))
+        runs = await finished_runs(client, "whatsapp.delivery", count=2)
+    assert sorted(run["input_summary"]["status"] for run in runs) == ["failed", "undelivered"]
+    assert [run["input_summary"]["send_run_id"] for run in runs] == [send_run, send_run]
+
+
+async def test_a_non_ascii_error_code_is_kept_as_unknown_not_a_500(w, make_client):
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        sid, _ = await send_one(client)
+        response = await post_status(client, status_form(sid, "failed", code="²"))
+        [run] = await finished_runs(client, "whatsapp.delivery")
+    assert response.status_code == 204
+    assert run["input_summary"]["twilio_code"] is None
