@@ -20,7 +20,7 @@ from core.resources import Resources
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond, strip_mentions
-from workflows.inbound import claim_message
+from workflows.inbound import claim_message, release_message
 
 logger = logging.getLogger("orchestrator.slack_events")
 
@@ -97,7 +97,14 @@ async def slack_events(
         return SlackEventsAck()
     if should_act(payload):
         event = payload["event"]
-        if not await _first_event_for_message(resources, event):
+        try:
+            first = await _first_event_for_message(resources, event)
+        except Exception:
+            # Nothing ran: give the event back, or Slack's retry (same event_id) would be taken for a
+            # redelivery and the message never answered.
+            await release_message(resources.sessions, source="slack", message_id=event_id)
+            raise
+        if not first:
             logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.get("ts"))
             return SlackEventsAck()
         tasks.spawn(

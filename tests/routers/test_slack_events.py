@@ -211,3 +211,26 @@ async def test_two_messages_with_the_same_ts_in_different_channels_are_both_answ
         await post(client, second)
         await finished_runs(client, "slack.reply", count=2)
     assert sorted(post["channel"] for post in w.slack.posts) == ["C0000000002", "C0000000003"]
+
+
+async def test_a_failed_message_claim_gives_the_event_back_so_slacks_retry_is_answered(w, make_client, monkeypatch):
+    import routers.slack_events as slack_events
+
+    real_claim = slack_events._first_event_for_message
+    calls = 0
+
+    async def flaky_claim(resources, event):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("database went away")
+        return await real_claim(resources, event)
+
+    monkeypatch.setattr(slack_events, "_first_event_for_message", flaky_claim)
+    body = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvFlaky")
+    async with make_client(**w.settings()) as client:
+        first = await post(client, body)
+        retry = await post(client, body, {**slack_headers(body), "X-Slack-Retry-Num": "1"})
+        await finished_runs(client, "slack.reply")
+    assert (first.status_code, retry.status_code) == (500, 200)
+    assert len(w.toggl.starts) == 1
