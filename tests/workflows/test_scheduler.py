@@ -244,3 +244,22 @@ async def test_prune_drops_only_old_delivery_records(make_settings, sessions, le
         fires = (await session.scalars(select(JobFire.fire_time))).all()
     assert messages == ["new"]
     assert len(fires) == 1
+
+
+async def test_an_unexpected_error_marks_the_stop_failed_instead_of_leaving_it_pending(make_client):
+    """Left pending, the stale-claim takeover would retry it every lease, forever."""
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            scheduler = client.app.state.scheduler
+
+            async def broken_stop(**_kwargs):
+                raise RuntimeError("a bug, not an upstream problem")
+
+            client.app.state.skills.toggl.stop_timer = broken_stop
+            assert await scheduler.fire_stop("stop:9001") is True
+            schedule = (await client.get("/schedule")).json()
+            [run] = await finished_runs(client, "schedule.stop_timer")
+        [stop] = schedule["stops"]
+        assert stop["status"] == "failed" and stop["run_id"] == run["id"]
+        assert run["status"] == "failed" and "RuntimeError: a bug" in run["error"]
