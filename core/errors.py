@@ -105,6 +105,16 @@ class RateLimited(ProblemError):
         super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
 
 
+class StoreUnavailable(ProblemError):
+    """The service's own database did not answer, so a request that must be counted or recorded first was refused."""
+
+    status, slug, title = 503, "store-unavailable", "Database unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
+
+
 class NotConfigured(ProblemError):
     """A skill or provider is missing settings. Names the variables, never their values."""
 
@@ -196,7 +206,7 @@ _DESCRIPTIONS = {
     422: "Invalid input; `errors` lists the failing fields",
     429: "Rate limited; see Retry-After",
     502: "Upstream service failed",
-    503: "Integration not configured, or upstream unreachable",
+    503: "Integration not configured, upstream unreachable, or the service's database unavailable",
     504: "Upstream service timed out",
 }
 

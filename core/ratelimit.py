@@ -3,8 +3,12 @@
 OWASP API4 (unrestricted resource consumption): one leaked key or one looping
 script must not be able to burn through LLM credit or Twilio balance. The
 limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint over a sliding
-60-second window (sliding-window counter), kept in process memory by the `limits` library:
-with several workers each keeps its own count, so the effective limit is workers x the setting.
+60-second window (sliding-window counter) from the `limits` library.
+
+Where the counts live is `RATE_LIMIT_STORAGE`: in the worker's memory (the
+default on SQLite, a single worker), or in the database, where every worker
+sharing PostgreSQL draws on one budget (the default on PostgreSQL; see
+core/ratelimit_store.py). In memory, N workers would allow N times the limit.
 
 A client is identified by its API key when it sends one (hashed: the key itself
 is never kept), otherwise by its IP address. Each costly endpoint has its own
@@ -27,10 +31,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from core.errors import RateLimited
+from core.errors import RateLimited, StoreUnavailable
+from core.settings import Settings
 
 _STATE_ATTRIBUTE = "client_rate_limiter"
 
@@ -38,19 +45,28 @@ _STATE_ATTRIBUTE = "client_rate_limiter"
 class ClientRateLimiter:
     """A sliding-window limit of `per_minute` hits per (client, endpoint)."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, storage: Storage | None = None) -> None:
         self.item = RateLimitItemPerMinute(per_minute)
+        self.shared = storage is not None
         # Sliding-window counter: a fixed window would let a client spend twice its
         # budget across a boundary (60 at 0:59, 60 more at 1:00); an exact moving
         # window keeps one timestamp per hit and its in-memory expiry makes a thread
         # hop per request. The counter weighs the previous window: no burst, O(1).
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._limiter = SlidingWindowCounterRateLimiter(storage or MemoryStorage())
 
     async def hit(self, client: str, endpoint: str) -> None:
         """Count one request; raise RateLimited (429 + Retry-After) when over the limit."""
-        if await self._limiter.hit(self.item, endpoint, client):
-            return
-        stats = await self._limiter.get_window_stats(self.item, endpoint, client)
+        try:
+            if await self._limiter.hit(self.item, endpoint, client):
+                return
+            stats = await self._limiter.get_window_stats(self.item, endpoint, client)
+        except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg's refused connection is not wrapped
+            # Fail closed: these endpoints spend money, and an uncounted request is an unlimited one.
+            raise StoreUnavailable(
+                "The database that holds the shared rate-limit counts (RATE_LIMIT_STORAGE) did not answer "
+                f"({type(exc).__name__}), so this costly request was not attempted. Check DATABASE_URL and retry.",
+                retry_after=5,
+            ) from exc
         # reset_time is when the oldest hit in the window expires: the earliest a retry can succeed.
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimited(
@@ -81,11 +97,23 @@ def client_identity(request: Request) -> str:
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
+def limiter_for(settings: Settings, sessions: async_sessionmaker | None) -> ClientRateLimiter:
+    """The limiter RATE_LIMIT_STORAGE asks for: counts in the database (shared) or in this worker's memory."""
+    if settings.shared_rate_limit:
+        if sessions is None:
+            raise RuntimeError("RATE_LIMIT_STORAGE=database needs the app's database sessions")
+        from core.ratelimit_store import DatabaseStorage
+
+        return ClientRateLimiter(settings.rate_limit_per_minute, DatabaseStorage(sessions))
+    return ClientRateLimiter(settings.rate_limit_per_minute)
+
+
 async def get_rate_limiter(request: Request) -> ClientRateLimiter:
     """One limiter per app, created on first use (no await in between, so no race)."""
     limiter = getattr(request.app.state, _STATE_ATTRIBUTE, None)
     if limiter is None:
-        limiter = ClientRateLimiter(request.app.state.settings.rate_limit_per_minute)
+        resources = getattr(request.app.state, "resources", None)
+        limiter = limiter_for(request.app.state.settings, resources.sessions if resources else None)
         setattr(request.app.state, _STATE_ATTRIBUTE, limiter)
     return limiter
 

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(100, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     rate_limit_per_minute: int = Field(60, ge=1)
+    rate_limit_storage: Literal["auto", "memory", "database"] = "auto"
 
     # --- LLM --------------------------------------------------------------
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
@@ -190,6 +191,13 @@ class Settings(BaseSettings):
     @cached_property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def shared_rate_limit(self) -> bool:
+        """Whether rate-limit counts live in the database (shared by workers) rather than in each worker's memory."""
+        if self.rate_limit_storage == "auto":
+            return self.database_url.startswith("postgresql")
+        return self.rate_limit_storage == "database"
 
     @property
     def effective_smtp_port(self) -> int:
