@@ -84,7 +84,8 @@ class Action(Base):
     skill: Mapped[str] = mapped_column(String(32))
     operation: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
-    external_id: Mapped[str | None] = mapped_column(String(255))
+    # Text, not String(255): a multi-part WhatsApp message records every part's SID (migration 0005).
+    external_id: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=1)
     duration_ms: Mapped[int] = mapped_column(default=0)

@@ -60,10 +60,8 @@ class WhatsAppSent(ActionOutcome):
     parts: int = Field(description="How many messages the body was split into (1,600 characters each at most).")
 
     def ledger_external_id(self) -> str | None:
-        if not self.sids:
-            return None
-        joined = ",".join(self.sids)
-        return joined if len(joined) <= 255 else f"{self.sids[0]} (+{len(self.sids) - 1} more)"
+        # Every part's SID, so a status callback for any part finds the run that sent it (workflows.deliveries).
+        return ",".join(self.sids) or None
 
 
 def _utf16_units(text: str) -> int:

@@ -74,6 +74,14 @@ async def test_upgrade_keeps_existing_data(tmp_path, make_client):
                     "VALUES ('old-run', 'slack.notify', 'api', 'ok', '2026-01-01 08:00:00', '{}')"
                 )
             )
+            # Migration 0005 copies the actions table on SQLite (batch mode): its rows must survive.
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO actions (run_id, skill, operation, status, external_id, attempts, duration_ms, "
+                    "created_at) VALUES ('old-run', 'slack', 'post_message', 'ok', '1767254400.000100', 1, 12, "
+                    "'2026-01-01 08:00:00')"
+                )
+            )
     finally:
         await engine.dispose()
 
@@ -82,6 +90,8 @@ async def test_upgrade_keeps_existing_data(tmp_path, make_client):
         assert response.status_code == 200
         assert response.json()["kind"] == "slack.notify"
         assert response.json()["created_at"].startswith("2026-01-01T08:00:00")
+        [action] = response.json()["actions"]
+        assert (action["skill"], action["external_id"], action["duration_ms"]) == ("slack", "1767254400.000100", 12)
         assert await current_revision(client.app.state.resources.engine) != "0001"
 
 

@@ -184,3 +184,18 @@ async def test_a_non_ascii_error_code_is_kept_as_unknown_not_a_500(w, make_clien
         [run] = await finished_runs(client, "whatsapp.delivery")
     assert response.status_code == 204
     assert run["input_summary"]["twilio_code"] is None
+
+
+async def test_a_failure_of_the_last_part_of_a_ten_part_message_links_to_its_send(w, make_client):
+    """Ten SIDs (349 characters) no longer fit a 255-character external id: the column is TEXT since 0005."""
+    body = " ".join(["word"] * 3_000)  # 14,999 characters: ten parts of at most 1,600
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        response = await client.post("/whatsapp-send", json={"to": OWNER, "body": body})
+        assert response.status_code == 200, response.text
+        sent = response.json()
+        assert sent["parts"] == 10
+        await post_status(client, status_form(sent["sids"][-1], "undelivered", code="63016"))
+        [run] = await finished_runs(client, "whatsapp.delivery")
+        send = (await client.get(f"/runs/{sent['run_id']}")).json()
+    assert run["input_summary"]["send_run_id"] == sent["run_id"]
+    assert send["actions"][0]["external_id"] == ",".join(sent["sids"])
