@@ -34,7 +34,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import RateLimited, StoreUnavailable
 from core.settings import Settings
@@ -97,14 +97,14 @@ def client_identity(request: Request) -> str:
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
-def limiter_for(settings: Settings, sessions: async_sessionmaker | None) -> ClientRateLimiter:
+def limiter_for(settings: Settings, engine: AsyncEngine | None) -> ClientRateLimiter:
     """The limiter RATE_LIMIT_STORAGE asks for: counts in the database (shared) or in this worker's memory."""
     if settings.shared_rate_limit:
-        if sessions is None:
-            raise RuntimeError("RATE_LIMIT_STORAGE=database needs the app's database sessions")
+        if engine is None:
+            raise RuntimeError("RATE_LIMIT_STORAGE=database needs the app's database engine")
         from core.ratelimit_store import DatabaseStorage
 
-        return ClientRateLimiter(settings.rate_limit_per_minute, DatabaseStorage(sessions))
+        return ClientRateLimiter(settings.rate_limit_per_minute, DatabaseStorage(engine))
     return ClientRateLimiter(settings.rate_limit_per_minute)
 
 
@@ -113,7 +113,7 @@ async def get_rate_limiter(request: Request) -> ClientRateLimiter:
     limiter = getattr(request.app.state, _STATE_ATTRIBUTE, None)
     if limiter is None:
         resources = getattr(request.app.state, "resources", None)
-        limiter = limiter_for(request.app.state.settings, resources.sessions if resources else None)
+        limiter = limiter_for(request.app.state.settings, resources.engine if resources else None)
         setattr(request.app.state, _STATE_ATTRIBUTE, limiter)
     return limiter
 

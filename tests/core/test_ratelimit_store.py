@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
 
 import pytest
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from core import ratelimit_store
 from core.errors import PROBLEM_CONTENT_TYPE
 from core.ratelimit import limiter_for
 from core.ratelimit_store import MAX_KEY_CHARS, DatabaseStorage
-from core.store import RateLimitCounter, create_engine, migrate, session_factory
+from core.store import RateLimitCounter, create_engine, migrate
 from tests.conftest import running_app
 
 KEY = {"X-API-Key": "k"}
@@ -23,10 +23,10 @@ PROMPT = {"text": "hello", "provider": "claude"}
 
 
 @pytest.fixture
-async def sessions(database_url):
+async def engine(database_url):
     engine = create_engine(database_url)
     await migrate(engine)
-    yield session_factory(engine)
+    yield engine
     await engine.dispose()
 
 
@@ -48,20 +48,20 @@ def clock(monkeypatch):
     return fake
 
 
-async def _rows(sessions) -> dict[str, int]:
-    async with sessions() as session:
-        return dict((await session.execute(select(RateLimitCounter.key, RateLimitCounter.count))).all())
+async def _rows(engine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return dict((await conn.execute(select(RateLimitCounter.key, RateLimitCounter.count))).all())
 
 
 # --- The storage itself ---------------------------------------------------------------
 
 
-async def test_hits_up_to_the_limit_then_refused_and_a_refusal_is_not_counted(sessions, clock):
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(sessions))
+async def test_hits_up_to_the_limit_then_refused_and_a_refusal_is_not_counted(engine, clock):
+    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
     item = RateLimitItemPerMinute(3)
     outcomes = [await limiter.hit(item, "/ai-process", "key:abc") for _ in range(5)]
     assert outcomes == [True, True, True, False, False]
-    rows = await _rows(sessions)
+    rows = await _rows(engine)
     # One row, the current window's, holding the three hits taken: the two refusals were rolled back.
     assert list(rows.values()) == [3]
     (key,) = rows
@@ -71,9 +71,9 @@ async def test_hits_up_to_the_limit_then_refused_and_a_refusal_is_not_counted(se
     assert await limiter.hit(item, "/send-email", "key:abc")
 
 
-async def test_the_previous_window_weighs_on_the_next_one(sessions, clock):
+async def test_the_previous_window_weighs_on_the_next_one(engine, clock):
     """limits' sliding-window counter: 3 hits late in one window still count as 5/6 x 3 ten seconds into the next."""
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(sessions))
+    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
     item = RateLimitItemPerMinute(3)
     clock.now -= 15  # 55 s into the previous window
     assert [await limiter.hit(item, "/x", "c") for _ in range(3)] == [True, True, True]
@@ -86,8 +86,8 @@ async def test_the_previous_window_weighs_on_the_next_one(sessions, clock):
     assert await limiter.hit(item, "/x", "c")
 
 
-async def test_window_stats_give_the_reset_time_used_for_retry_after(sessions, clock):
-    storage = DatabaseStorage(sessions)
+async def test_window_stats_give_the_reset_time_used_for_retry_after(engine, clock):
+    storage = DatabaseStorage(engine)
     limiter = SlidingWindowCounterRateLimiter(storage)
     item = RateLimitItemPerMinute(2)
     await limiter.hit(item, "/x", "c")
@@ -98,8 +98,8 @@ async def test_window_stats_give_the_reset_time_used_for_retry_after(sessions, c
     assert stats.remaining == 1
 
 
-async def test_expired_counters_restart_and_are_purged(sessions, clock):
-    storage = DatabaseStorage(sessions)
+async def test_expired_counters_restart_and_are_purged(engine, clock):
+    storage = DatabaseStorage(engine)
     assert await storage.incr("k", 60) == 1
     assert await storage.incr("k", 60) == 2
     assert await storage.get("k") == 2
@@ -112,13 +112,13 @@ async def test_expired_counters_restart_and_are_purged(sessions, clock):
     clock.now += ratelimit_store.PURGE_EVERY_SECONDS + 1
     limiter = SlidingWindowCounterRateLimiter(storage)
     assert await limiter.hit(RateLimitItemPerMinute(5), "/x", "c")
-    keys = set(await _rows(sessions))
+    keys = set(await _rows(engine))
     assert "old" not in keys and "k" not in keys
     assert len(keys) == 1
 
 
-async def test_clear_reset_and_check(sessions, clock):
-    storage = DatabaseStorage(sessions)
+async def test_clear_reset_and_check(engine, clock):
+    storage = DatabaseStorage(engine)
     limiter = SlidingWindowCounterRateLimiter(storage)
     item = RateLimitItemPerMinute(1)
     assert await limiter.hit(item, "/x", "c")
@@ -127,21 +127,21 @@ async def test_clear_reset_and_check(sessions, clock):
     assert await limiter.hit(item, "/x", "c")
     await storage.incr("other", 60)
     assert await storage.reset() == 2
-    assert await _rows(sessions) == {}
+    assert await _rows(engine) == {}
     assert await storage.check()
 
 
-async def test_an_overlong_key_is_stored_hashed(sessions, clock):
-    storage = DatabaseStorage(sessions)
+async def test_an_overlong_key_is_stored_hashed(engine, clock):
+    storage = DatabaseStorage(engine)
     long_key = "ip:" + "f" * (MAX_KEY_CHARS + 50)
     assert await storage.incr(long_key, 60) == 1
     assert await storage.incr(long_key, 60) == 2
-    (stored,) = await _rows(sessions)
+    (stored,) = await _rows(engine)
     assert stored.startswith("sha256:") and len(stored) < MAX_KEY_CHARS
 
 
-async def test_concurrent_hits_never_take_more_than_the_limit(sessions):
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(sessions))
+async def test_concurrent_hits_never_take_more_than_the_limit(engine):
+    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
     item = RateLimitItemPerMinute(5)
     outcomes = await asyncio.gather(*(limiter.hit(item, "/x", "c") for _ in range(30)))
     assert outcomes.count(True) == 5
@@ -162,7 +162,8 @@ async def test_concurrent_hits_never_take_more_than_the_limit(sessions):
 def test_storage_setting(make_settings, storage, database_url, shared):
     settings = make_settings(rate_limit_storage=storage, database_url=database_url)
     assert settings.shared_rate_limit is shared
-    assert limiter_for(settings, sessions=object()).shared is shared  # type: ignore[arg-type]
+    engine = create_async_engine(database_url)  # connects on first use only: nothing is reached here
+    assert limiter_for(settings, engine=engine).shared is shared
 
 
 async def test_two_workers_on_one_database_share_one_budget(make_settings):
@@ -189,28 +190,30 @@ async def test_in_memory_each_worker_counts_alone(make_settings):
 
 
 @pytest.mark.parametrize(
-    "failure",
-    [sqlite3.OperationalError("unable to open database file"), ConnectionRefusedError("database down")],
-    ids=["driver-error", "refused-socket"],
+    ("store_url", "reason"),
+    [
+        ("sqlite+aiosqlite:////nonexistent-directory/limits.db", "unable to open database file"),
+        ("postgresql+asyncpg://orchestrator:secret-pw@127.0.0.1:9/limits", "Connect call failed"),
+    ],
+    ids=["sqlite-unopenable", "postgres-refused"],
 )
-async def test_an_unreachable_store_refuses_the_costly_call_with_a_503(make_settings, monkeypatch, failure):
-    """Fail closed: an uncounted request would be an unlimited one. Nothing upstream is attempted."""
-    settings = make_settings(app_api_key="k", rate_limit_storage="database", dry_run=True)
+async def test_an_unreachable_store_refuses_the_costly_call_with_a_503(make_settings, store_url, reason):
+    """Fail closed: an uncounted request would be an unlimited one. The handler never runs (no ledger run)."""
+    settings = make_settings(app_api_key="k", rate_limit_storage="database")
     async with running_app(settings) as (app, client):
-        await app.state.resources.engine.dispose()
-
-        def broken(*_args, **_kwargs):
-            raise failure
-
-        monkeypatch.setattr("aiosqlite.core.sqlite3.connect", broken)
+        unreachable = create_async_engine(store_url)
+        app.state.client_rate_limiter = limiter_for(settings, unreachable)
         response = await client.post("/morning-briefing", json={"dry_run": True}, headers=KEY)
+        runs = (await client.get("/runs", headers=KEY)).json()
+        await unreachable.dispose()
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
     assert response.headers["retry-after"] == "5"
     body = response.json()
     assert body["type"] == "/problems/store-unavailable"
     assert "RATE_LIMIT_STORAGE" in body["detail"]
-    assert str(failure) not in body["detail"]
+    assert reason not in body["detail"] and "secret-pw" not in response.text
+    assert runs["items"] == []
 
 
 # --- PostgreSQL: several workers ----------------------------------------------------------
