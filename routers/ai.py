@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from core.deps import LedgerDep, SettingsDep
 from core.errors import ProblemError, problem_responses
@@ -44,7 +44,9 @@ class AIProcessRequest(BaseModel):
         "ROUTER_WORD_THRESHOLD words it goes to Gemini, above it to Claude.",
     )
     system: str | None = Field(None, description="Optional system instruction.")
-    max_tokens: int | None = Field(None, ge=1, le=65_536, description="Output token cap; LLM_MAX_TOKENS when absent.")
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=65_536, description="Output token cap; LLM_MAX_TOKENS when absent."
+    )
     provider: ProviderChoice = Field("auto", description="auto applies the word rule; a name forces that provider.")
 
     @field_validator("text")

@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
 from routers.deps import SkillsDep
-from skills.email import MAX_RECIPIENTS
+from routers.validation import skill_check
+from skills.email import MAX_RECIPIENTS, normalise_recipients, normalise_subject
 from workflows.actions import perform_action
 
 router = APIRouter(tags=["email"])
@@ -22,6 +23,7 @@ Address = Annotated[str, Field(min_length=3, max_length=320)]
 
 class SendEmailRequest(BaseModel):
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "example": {
                 "to_address": "ann@example.com",
@@ -29,7 +31,7 @@ class SendEmailRequest(BaseModel):
                 "body": "Deep work 9-10:30, standup at 11.",
                 "html": "<p>Deep work 9-10:30, standup at 11.</p>",
             }
-        }
+        },
     )
 
     to_address: Address | Annotated[list[Address], Field(min_length=1, max_length=MAX_RECIPIENTS)] = Field(
@@ -38,6 +40,16 @@ class SendEmailRequest(BaseModel):
     subject: str = Field(max_length=998, description="One line: CR, LF and other control characters get a 422.")
     body: str = Field(max_length=200_000, description="Plain text.")
     html: str | None = Field(None, max_length=500_000, description="Optional HTML alternative to the text body.")
+
+    @field_validator("to_address")
+    @classmethod
+    def _valid_addresses(cls, value: str | list[str]) -> str | list[str]:
+        return skill_check(normalise_recipients, value)
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line_subject(cls, value: str) -> str:
+        return skill_check(normalise_subject, value)
 
 
 class SendEmailResponse(BaseModel):

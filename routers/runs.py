@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.deps import LedgerDep
 from core.errors import NotFound, problem_responses
 
 router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422))
+
+# Every value the ledger writes: a filter outside these is a typo, answered with a 422 listing them
+# rather than an empty page that looks like "no such runs".
+RunStatus = Literal["running", "ok", "partial", "failed", "dry_run", "cancelled"]
+RunTrigger = Literal["api", "whatsapp", "slack", "schedule"]
 
 
 class ActionOut(BaseModel):
@@ -34,8 +39,11 @@ class RunOut(BaseModel):
 
     id: str
     kind: str
-    trigger: str
-    status: str
+    trigger: str = Field(description="api, whatsapp, slack or schedule.")
+    status: str = Field(
+        description="running (not finished yet, or its worker died), ok, partial (some steps failed), failed, "
+        "dry_run, or cancelled (stopped at shutdown before it finished)."
+    )
     created_at: datetime
     finished_at: datetime | None
     input_summary: dict[str, Any]
@@ -82,8 +90,8 @@ class RunPage(BaseModel):
 async def list_runs(
     ledger: LedgerDep,
     kind: Annotated[str | None, Query(max_length=64, description="e.g. slack.notify")] = None,
-    status: Annotated[str | None, Query(max_length=16, description="running, ok, partial, failed, dry_run")] = None,
-    trigger: Annotated[str | None, Query(max_length=16, description="api, whatsapp, slack or schedule")] = None,
+    status: Annotated[RunStatus | None, Query(description="Only runs with this status.")] = None,
+    trigger: Annotated[RunTrigger | None, Query(description="Only runs started this way.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> RunPage:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
@@ -38,6 +38,15 @@ class SlackNotifyRequest(BaseModel):
     channel: str | None = Field(
         None, min_length=1, max_length=80, description="Channel ID or #name; defaults to SLACK_DEFAULT_CHANNEL."
     )
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_not_blank(cls, value: str | None) -> str | None:
+        # A blank channel is a mistake, not a request for the default: omit the field for SLACK_DEFAULT_CHANNEL.
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank; omit `channel` to use SLACK_DEFAULT_CHANNEL")
+        return value.strip() if value is not None else None
+
     thread_ts: str | None = Field(
         None, pattern=r"^[0-9]{1,12}\.[0-9]{1,8}$", description="Reply in this thread (the parent message's ts)."
     )

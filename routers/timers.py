@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
@@ -27,8 +27,15 @@ _ACTION_ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 429, 502, 503, 
 # --- Start ------------------------------------------------------------------------------
 
 
+#: Toggl ids are 64-bit integers: anything larger cannot name an entry, workspace or project.
+TOGGL_ID_MAX = 2**63 - 1
+
+
 class StartTimerRequest(BaseModel):
+    # Unknown fields and loosely typed values are refused: `"duration_minutes": true` must not become a
+    # one-minute timer on someone's account, nor "50" silently pass for 50.
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "example": {
                 "task_name": "Deep Work",
@@ -38,20 +45,20 @@ class StartTimerRequest(BaseModel):
                 "tags": ["focus"],
                 "billable": False,
             }
-        }
+        },
     )
 
     task_name: str = Field(min_length=1, max_length=3000, description="Becomes the time entry's description.")
-    workspace_id: int | None = Field(None, ge=1, description="Defaults to TOGGL_WORKSPACE_ID.")
-    duration_minutes: int | None = Field(
+    workspace_id: StrictInt | None = Field(None, ge=1, le=TOGGL_ID_MAX, description="Defaults to TOGGL_WORKSPACE_ID.")
+    duration_minutes: StrictInt | None = Field(
         None,
         ge=1,
         le=24 * 60,
         description="Planned length. The timer still starts running; the response gives the planned stop time.",
     )
-    project_id: int | None = Field(None, ge=1)
+    project_id: StrictInt | None = Field(None, ge=1, le=TOGGL_ID_MAX)
     tags: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(None, max_length=50)
-    billable: bool | None = None
+    billable: StrictBool | None = None
 
     @field_validator("task_name")
     @classmethod
@@ -136,15 +143,20 @@ async def start_timer(
 
 
 class StopTimerRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"workspace_id": 1234567, "entry_id": 3456789012}})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"workspace_id": 1234567, "entry_id": 3456789012}}
+    )
 
-    workspace_id: int | None = Field(
+    workspace_id: StrictInt | None = Field(
         None,
         ge=1,
+        le=TOGGL_ID_MAX,
         description="Only with entry_id; defaults to TOGGL_WORKSPACE_ID. Without entry_id the "
         "running timer's own workspace is used.",
     )
-    entry_id: int | None = Field(None, ge=1, description="Stop this entry; omit to stop whatever is running.")
+    entry_id: StrictInt | None = Field(
+        None, ge=1, le=TOGGL_ID_MAX, description="Stop this entry; omit to stop whatever is running."
+    )
 
 
 class StopTimerResponse(BaseModel):

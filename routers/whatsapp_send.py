@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
 from routers.deps import SkillsDep
-from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS
+from routers.validation import skill_check
+from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message, whatsapp_address
 from workflows.actions import perform_action
 
 router = APIRouter(tags=["whatsapp"])
@@ -33,6 +34,21 @@ class WhatsAppSendRequest(BaseModel):
         description=f"Message text. Over {MAX_BODY_CHARS} characters it is split on word boundaries into "
         f"several messages, sent in order (at most {MAX_PARTS}).",
     )
+
+    @field_validator("to")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        return skill_check(whatsapp_address, value)
+
+    @field_validator("body")
+    @classmethod
+    def _sendable(cls, value: str) -> str:
+        parts = split_message(value)
+        if not parts:
+            raise ValueError("must contain more than whitespace")
+        if len(parts) > MAX_PARTS:
+            raise ValueError(f"needs {len(parts)} WhatsApp messages; the limit is {MAX_PARTS}")
+        return value
 
 
 class WhatsAppSendResponse(BaseModel):

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from core.errors import NotConfigured, ProblemError
 from core.ledger import Ledger, RunHandle
@@ -118,13 +118,23 @@ class BriefingRequest(BaseModel):
         max_length=80,
         description="Slack channel; default BRIEFING_CHANNEL, then SLACK_DEFAULT_CHANNEL.",
     )
+    # The same limit as POST /start-timer's task_name: both become the Toggl entry's description.
     task: str | None = Field(
-        None, min_length=1, max_length=200, description="Timer description; default BRIEFING_TASK."
+        None, min_length=1, max_length=3000, description="Timer description; default BRIEFING_TASK."
     )
-    duration_minutes: int | None = Field(
+    # Strict: `"dry_run": "yes"` or `"duration_minutes": true` is a 422, not a guess.
+    duration_minutes: StrictInt | None = Field(
         None, ge=1, le=24 * 60, description="Planned timer length; default BRIEFING_TIMER_MINUTES."
     )
-    dry_run: bool = Field(False, description="Build every request without sending any (no LLM call either).")
+    dry_run: StrictBool = Field(False, description="Build every request without sending any (no LLM call either).")
+
+    @field_validator("channel", "task")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        # Blank is a mistake, not a request for the default: omit the field to use the BRIEFING_* setting.
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank; omit it to use the default")
+        return value.strip() if value is not None else None
 
 
 class BriefingStep(BaseModel):
