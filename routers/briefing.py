@@ -36,11 +36,20 @@ class BriefingFailed(ProblemError):
     status, slug, title = 502, "briefing-failed", "The morning briefing failed"
 
 
+class BriefingNotConfigured(ProblemError):
+    """No step could run because nothing it needs is configured: the caller's set-up, not an upstream, is at fault.
+
+    The same type as core.errors.NotConfigured (`missing_settings` lists every variable), plus the run and steps.
+    """
+
+    status, slug, title = 503, "not-configured", "Integration not configured"
+
+
 @router.post(
     "/morning-briefing",
     summary="Run the morning briefing",
     response_model=BriefingReport,
-    responses=problem_responses(401, 409, 422, 502),
+    responses=problem_responses(401, 409, 422, 502, 503),
 )
 async def morning_briefing(
     body: BriefingRequest, deps: WorkflowDepsDep, idem: IdempotencyDep, dry_run: DryRunDep
@@ -49,13 +58,25 @@ async def morning_briefing(
     Slack summary with both. A failing or unconfigured step never stops the others.
 
     200 with `status` `ok` or `partial` (read each step's `status` and `detail`); 502 problem when every
-    step failed, with the same `run_id`, `steps` and `plan` members. Send an `Idempotency-Key` to make a
-    retry replay the first answer instead of starting a second timer.
+    step failed, with the same `run_id`, `steps` and `plan` members; 503 `not-configured` when no step could
+    run because nothing it needs is configured (`missing_settings` lists the variables). Send an
+    `Idempotency-Key` to make a retry replay the first answer instead of starting a second timer.
     """
     request = body.model_copy(update={"dry_run": body.dry_run or dry_run})
 
     async def run() -> BriefingReport:
         report = await run_briefing(deps, request, trigger="api")
+        if report.status == "failed" and all(step.status in ("not_configured", "skipped") for step in report.steps):
+            missing = list(dict.fromkeys(name for step in report.steps for name in step.missing_settings))
+            reasons = " ".join(f"{step.name}: {step.detail}" for step in report.steps)
+            raise BriefingNotConfigured(
+                f"Nothing the briefing needs is configured (any one step is enough for a partial briefing). {reasons}",
+                integration="briefing",
+                missing_settings=missing,
+                run_id=report.run_id,
+                steps=[step.model_dump(mode="json") for step in report.steps],
+                briefing_status=report.status,
+            )
         if report.status == "failed":
             raise BriefingFailed(
                 "Every briefing step failed; see `steps` for each reason.",

@@ -143,6 +143,9 @@ class BriefingStep(BaseModel):
     detail: str
     external_id: str | None = None
     duration_ms: int = 0
+    missing_settings: list[str] = Field(
+        default_factory=list, description="For a not_configured step: the variables to set (names only)."
+    )
 
 
 class BriefingReport(BaseModel):
@@ -224,7 +227,13 @@ async def _run_step(
             except NotConfigured as exc:
                 action.status, action.error = "not_configured", exc.detail
                 return _StepResult(
-                    BriefingStep(name=name, status="not_configured", detail=exc.detail, duration_ms=elapsed())
+                    BriefingStep(
+                        name=name,
+                        status="not_configured",
+                        detail=exc.detail,
+                        duration_ms=elapsed(),
+                        missing_settings=list(exc.extras.get("missing_settings", [])),
+                    )
                 )
             detail, external_id = describe(value)
             action.external_id = external_id

@@ -121,6 +121,25 @@ async def test_every_step_failing_is_a_502_problem_with_the_steps(w, make_client
     assert run["status"] == "failed"
 
 
+async def test_nothing_configured_is_a_503_not_configured_listing_every_variable(make_client):
+    """No upstream was called, so a 502 "briefing-failed" would blame one wrongly: the set-up is what is missing."""
+    async with make_client() as client:
+        response = await client.post("/morning-briefing", json={})
+        body = response.json()
+        run = (await client.get(f"/runs/{body['run_id']}")).json()
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert body["type"] == "/problems/not-configured"
+    assert body["missing_settings"] == ["GEMINI_API_KEY", "ANTHROPIC_API_KEY", "TOGGL_API_TOKEN", "SLACK_BOT_TOKEN"]
+    assert "timer: toggl is not configured: set TOGGL_API_TOKEN" in body["detail"]
+    assert [(s["name"], s["status"], s["missing_settings"]) for s in body["steps"]] == [
+        ("plan", "not_configured", ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"]),
+        ("timer", "not_configured", ["TOGGL_API_TOKEN"]),
+        ("slack", "not_configured", ["SLACK_BOT_TOKEN"]),
+    ]
+    assert run["status"] == "failed"
+
+
 async def test_idempotency_key_replays_instead_of_starting_a_second_timer(w, make_client):
     headers = {"Idempotency-Key": "briefing-2026-11-25"}
     async with make_client(**w.settings()) as client:
