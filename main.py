@@ -69,7 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secret_values())
         async with AsyncExitStack() as stack:
-            resources = await open_resources(settings, registry, stack)
+            try:
+                resources = await open_resources(settings, registry, stack)
+            except ConfigurationError as exc:
+                # Said once, plainly, before uvicorn prints the start-up traceback (whose last line repeats it).
+                logger.error("cannot start: %s", exc)
+                raise
             app.state.resources = resources
             app.state.skills = await open_skills(resources, stack)
             app.state.ai_router = await open_ai_router(resources, stack)

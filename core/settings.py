@@ -231,13 +231,11 @@ def describe_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors(include_input=False, include_url=False):
         loc = [str(part) for part in item["loc"]]
-        if loc and loc[0] in Settings.model_fields:
-            name = env_name(loc[0])
-        elif loc:
-            name = loc[0].upper()
-        else:
-            name = "configuration"
         message = item["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across variables: its message names them itself
+            lines.append(message)
+            continue
+        name = env_name(loc[0]) if loc[0] in Settings.model_fields else loc[0].upper()
         lines.append(f"{name}: {message}")
     return "Invalid configuration: " + "; ".join(lines)
 

@@ -18,6 +18,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from core.errors import ConfigurationError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -148,9 +150,41 @@ def _alembic_config(connection: Any) -> Any:
 _migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+class DatabaseUnreachable(ConfigurationError):
+    """The database named by DATABASE_URL could not be reached at start-up. The message hides the password."""
+
+
+async def ensure_reachable(engine: AsyncEngine, within_seconds: float = 15.0) -> None:
+    """Open one connection, or raise DatabaseUnreachable naming DATABASE_URL (password hidden) and the cause.
+
+    Without it, a wrong DATABASE_URL surfaced as a 170-line traceback from deep inside the driver.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        async with asyncio.timeout(within_seconds), engine.connect():
+            pass
+    except (OSError, DBAPIError, TimeoutError) as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        cause = type(exc).__name__ if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {_first_line(exc)}"
+        raise DatabaseUnreachable(
+            f"Cannot reach the database at {where} ({cause}). Check DATABASE_URL and that the server is running "
+            "and accepts connections from this host."
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    from sqlalchemy.exc import DBAPIError
+
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return (str(original).strip().splitlines() or [""])[0][:200]
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Apply Alembic migrations up to `revision` (start-up runs this with "head")."""
     from alembic import command
+
+    await ensure_reachable(engine)
 
     def _upgrade(connection: Any) -> None:
         command.upgrade(_alembic_config(connection), revision)

@@ -84,8 +84,10 @@ def test_every_secret_is_a_secretstr():
 
 def test_production_without_api_key_refuses_to_start(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
-    with pytest.raises(ConfigurationError, match="APP_API_KEY must be set"):
+    with pytest.raises(ConfigurationError, match="APP_API_KEY must be set") as refused:
         load_settings(_env_file=None)
+    # A check across variables names them itself: no "configuration: " label in front.
+    assert str(refused.value).startswith("Invalid configuration: APP_API_KEY must be set when APP_ENV=production")
     monkeypatch.setenv("APP_API_KEY", "a-long-random-key")
     assert load_settings(_env_file=None).app_env == "production"
 
@@ -146,3 +148,26 @@ def test_readme_configuration_table_matches_env_example():
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_an_unreachable_database_stops_startup_naming_database_url_without_the_password(tmp_path):
+    """Found by a black-box run: a 174-line driver traceback, and no line naming DATABASE_URL."""
+    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
+    env.update(PYTHONPATH=str(REPO), DATABASE_URL="postgresql+asyncpg://orchestrator:pw-never-shown@127.0.0.1:9/db")
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "main:app", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    expected = "Cannot reach the database at postgresql+asyncpg://orchestrator:***@127.0.0.1:9/db (ConnectionRefused"
+    cannot_start = [line for line in output.splitlines() if "cannot start:" in line]
+    assert len(cannot_start) == 1 and expected in cannot_start[0] and "Check DATABASE_URL" in cannot_start[0]
+    assert "pw-never-shown" not in output
+    # The driver's own traceback is not chained in: the output ends with our sentence, not asyncpg internals.
+    assert "asyncpg/connect_utils.py" not in output
