@@ -17,7 +17,7 @@ from routers.briefing import WorkflowDepsDep
 from routers.deps import SkillsDep
 from skills.toggl import RunningTimer, TimerStopped
 from workflows.actions import perform_action
-from workflows.briefing import schedule_planned_stop
+from workflows.briefing import cancel_planned_stop, schedule_planned_stop
 
 router = APIRouter(tags=["timers"])
 
@@ -220,6 +220,7 @@ async def stop_timer(
     ledger: LedgerDep,
     idem: IdempotencyDep,
     dry_run: DryRunDep,
+    workflows: WorkflowDepsDep,
     request: Annotated[
         StopTimerRequest | None,
         Body(
@@ -232,7 +233,7 @@ async def stop_timer(
 ) -> JSONResponse:
     """No body stops whatever runs. When nothing runs the answer is 200 with `stopped: false`: the state the
     caller asked for already holds, so a retry is not an error. A 409 from Toggl (already stopped) is success
-    with `already_stopped: true`."""
+    with `already_stopped: true`. A planned stop of the stopped entry (see GET /schedule) is cancelled."""
     request = request or StopTimerRequest()
 
     async def run() -> StopTimerResponse:
@@ -251,6 +252,8 @@ async def stop_timer(
             input_summary=request.model_dump(exclude_none=True),
             call=call,
         )
+        if not dry_run:
+            await cancel_planned_stop(workflows, outcome.timer)
         return outcome.response(run_id)
 
     return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)

@@ -360,3 +360,11 @@ async def schedule_planned_stop(deps: WorkflowDeps, started: Any) -> None:
     await deps.scheduler.schedule_stop(
         entry_id=started.entry_id, workspace_id=started.workspace_id, description=started.description, at=planned
     )
+
+
+async def cancel_planned_stop(deps: WorkflowDeps, stopped: Any) -> None:
+    """A timer stopped by hand has nothing left for its planned stop to do: cancel it, so GET /schedule stays
+    honest and the stop does not fire later as a no-op."""
+    if stopped is None or getattr(stopped, "dry_run", False) or stopped.entry_id is None or deps.scheduler is None:
+        return
+    await deps.scheduler.cancel_stops(entry_id=stopped.entry_id)

@@ -23,6 +23,7 @@ from core.errors import NotConfigured, ProblemError
 from workflows.briefing import (
     BriefingRequest,
     WorkflowDeps,
+    cancel_planned_stop,
     human_duration,
     local_time,
     run_briefing,
@@ -178,9 +179,7 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
         if stopped is None:
             run.result = {"stopped": None}
             return "No timer is running."
-        if deps.scheduler is not None:
-            # The planned stop has nothing left to do; cancelling it keeps GET /schedule honest.
-            await deps.scheduler.cancel_stops(entry_id=stopped.entry_id)
+        await cancel_planned_stop(deps, stopped)
         run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
         name = f"'{stopped.description}'" if stopped.description else "the timer"
         if stopped.elapsed_seconds is None:  # Toggl found it already stopped and did not return it

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 
-from tests.workflows.world import finished_runs, wait_for, world
+from tests.workflows.world import finished_runs, runs_of, wait_for, world
 
 
 @pytest.fixture
@@ -67,3 +68,24 @@ async def test_no_stop_without_duration_or_in_a_dry_run(w, make_client):
     assert plain.status_code == dry.status_code == 200
     assert body["stops"] == []
     assert [start["description"] for start in w.toggl.starts] == ["Open-ended"]
+
+
+async def test_stopping_by_hand_cancels_the_planned_stop(w, make_client):
+    """Found by a black-box run: after POST /stop-timer the plan stayed `pending` and later fired as a no-op."""
+    async with make_client(**w.settings()) as client:
+        started = (await client.post("/start-timer", json={"task_name": "Admin", "duration_minutes": 15})).json()
+        dry = await client.post("/stop-timer?dry_run=true", json={})
+        [after_dry_run] = (await client.get("/schedule")).json()["stops"]
+        stopped = await client.post("/stop-timer", json={})
+        body = (await client.get("/schedule")).json()
+
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=16), tick=True):
+            client.app.state.scheduler.aps.wakeup()
+            await asyncio.sleep(0.3)
+            planned_runs = await runs_of(client, "schedule.stop_timer")
+    assert dry.status_code == stopped.status_code == 200
+    assert after_dry_run["status"] == "pending"  # a dry run changes nothing
+    assert w.toggl.stops == [str(started["entry_id"])]  # the hand stop only
+    assert [(stop["id"], stop["status"]) for stop in body["stops"]] == [(f"stop:{started['entry_id']}", "cancelled")]
+    assert not [job for job in body["jobs"] if job["id"].startswith("stop:")]
+    assert planned_runs == []
