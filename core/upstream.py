@@ -1,7 +1,15 @@
-"""Calling upstream APIs: one retry loop, transport-error mapping, Retry-After parsing.
+"""Calling upstream APIs: one retry loop, transport and 5xx mapping, Retry-After parsing.
 
 Skills turn each vendor's failure shape into a domain error (`core.errors`)
 and mark it `retryable` or not; `with_retries` is the only loop that retries.
+
+One rule for every skill: a call that creates something (post a message, send
+one, start a timer) is retried only when the failure proves the upstream did
+not act: the connection was never made, or it answered 429 (refused, not
+processed). A read timeout, a dropped answer or a 5xx answer proves nothing
+(a 500 can come after the side effect), so the error says the outcome is
+unknown and how to check, and is not retried. Reads and replay-safe writes
+retry all of these.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -47,20 +55,34 @@ def parse_retry_after(value: str | None) -> float | None:
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+def outcome_unknown(upstream: str, check: str | None = None) -> str:
+    """The sentence every "did it happen?" failure ends with: the outcome is unknown, and how to find out.
+
+    `check` says where to look, in the skill's words ("the message may have been posted; check #general").
+    """
+    return f" The outcome is unknown: {check or f'check {upstream}'} before retrying."
+
+
 def transport_error(
-    exc: httpx.TransportError, *, upstream: str, hint: str = "", replay_safe: bool = True
+    exc: httpx.TransportError,
+    *,
+    upstream: str,
+    hint: str = "",
+    replay_safe: bool = True,
+    check: str | None = None,
 ) -> UpstreamError:
     """Map an httpx transport failure to a domain error.
 
     `replay_safe=False` is for calls that create something (post a message, start
     a timer): when the request may have reached the upstream before the failure
     (a read timeout, a connection dropped mid-answer), trying again could do it
-    twice, so the error is not retryable and says the outcome is unknown.
+    twice, so the error is not retryable and says the outcome is unknown
+    (`check`: how to find out, see `outcome_unknown`).
     """
     suffix = f" {hint}" if hint else ""
     never_sent = isinstance(exc, _NOT_SENT)
     retryable = never_sent or replay_safe
-    unknown = "" if retryable else f" The outcome is unknown: check {upstream} before retrying."
+    unknown = "" if retryable else outcome_unknown(upstream, check)
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(
             f"{upstream} did not answer in time ({type(exc).__name__}).{unknown}{suffix}",
@@ -72,6 +94,38 @@ def transport_error(
         upstream=upstream,
         retryable=retryable,
     )
+
+
+def server_error(
+    status: int,
+    detail: str,
+    *,
+    upstream: str,
+    replay_safe: bool,
+    check: str | None = None,
+    **extras: Any,
+) -> UpstreamError:
+    """Map an HTTP 5xx answer to a domain error: the one status mapping and retry rule for every skill.
+
+    Status, the same for Slack, Twilio and Toggl (the intent of `core.errors`' classes):
+    - 503 -> `UpstreamUnavailable` (503 `upstream-unavailable`): the upstream says it could not serve the request now;
+    - 504 -> `UpstreamTimeout` (504 `upstream-timeout`): a gateway gave up waiting for the upstream;
+    - any other 5xx (500, 502 from a proxy, an HTML error page) -> `UpstreamError` (502 `upstream-error`).
+
+    Retry: a 5xx says something failed, not that nothing happened: Slack documents that after `fatal_error` "it's
+    possible some aspect of the operation succeeded", and Twilio that retrying a message create after a 500 may
+    send it twice (https://www.twilio.com/docs/api/errors/20500). So only a `replay_safe` call is retried; for
+    one that creates something the detail ends with `outcome_unknown(upstream, check)`. A skill that has the
+    vendor's word that a specific answer was not processed maps that answer itself, before calling this.
+    """
+    if not replay_safe:
+        detail += outcome_unknown(upstream, check)
+    kind: type[UpstreamError] = UpstreamError
+    if status == 503:
+        kind = UpstreamUnavailable
+    elif status == 504:
+        kind = UpstreamTimeout
+    return kind(detail, upstream=upstream, upstream_status=status, retryable=replay_safe, **extras)
 
 
 def _is_retryable(exc: BaseException) -> bool:

@@ -212,8 +212,17 @@ class EmailSkill:
             return smtp
 
         smtp = await with_retries(connect, attempts=CONNECT_ATTEMPTS)
+        non_ascii = [address for address in (sender, *recipients) if not address.isascii()]
         try:
             errors, _ = await smtp.send_message(message, sender=sender, recipients=recipients)
+        except aiosmtplib.SMTPNotSupported as exc:
+            if not non_ascii:
+                smtp.close()
+                raise sending_error(exc) from None
+            # aiosmtplib refuses before MAIL FROM when an address needs SMTPUTF8 and the server's EHLO did not
+            # offer it: nothing was handed over, the connection is in a known state, and no retry can change it.
+            await _quit(smtp)
+            raise smtputf8_unsupported(non_ascii) from None
         except BaseException as exc:
             smtp.close()  # no QUIT on a connection in an unknown state (or while being cancelled)
             if isinstance(exc, Exception):
@@ -278,6 +287,18 @@ def connection_error(exc: Exception) -> ProblemError:
             f"SMTP failed while connecting: {exc.message} Check SMTP_SECURITY and SMTP_PORT.", upstream=UPSTREAM
         )
     return UpstreamError(f"SMTP failed while connecting ({type(exc).__name__}).", upstream=UPSTREAM)
+
+
+def smtputf8_unsupported(addresses: list[str]) -> InvalidInput:
+    """An internationalised address (non-ASCII, RFC 6531) meets a server without SMTPUTF8: the caller must change
+    something (the address, or the server), so this is a 422 and is never retried."""
+    return InvalidInput(
+        "The configured SMTP server (SMTP_HOST) does not support internationalised email addresses (SMTPUTF8), "
+        f"needed for {', '.join(addresses)}. Nothing was sent: use an ASCII address, or an SMTP server that "
+        "supports SMTPUTF8.",
+        upstream=UPSTREAM,
+        settings=["SMTP_HOST"],
+    )
 
 
 def sending_error(exc: Exception) -> ProblemError:

@@ -31,7 +31,7 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, with_retries
+from core.upstream import outcome_unknown, parse_retry_after, server_error, with_retries
 
 INTEGRATION = Integration(
     name="slack",
@@ -44,7 +44,8 @@ INTEGRATION = Integration(
 
 UPSTREAM = "slack"
 _TIMEOUT_HINT = "connection timed out"
-#: Attempts per message, counting the first (429, 5xx, timeouts and unreachable are retried).
+#: Attempts per message, counting the first. Only failures that prove nothing was posted are retried:
+#: 429 / `ratelimited`, `request_timeout`, and a connection that was never made (refused, connect timeout).
 ATTEMPTS = 3
 #: A Retry-After longer than this is passed on to the caller as a 429 instead of being waited out:
 #: an HTTP caller should not hang for a minute on a rate limit.
@@ -133,8 +134,8 @@ class SlackSkill:
         except TimeoutError:
             # The request went out and no answer came: Slack may have posted it. Retrying could post twice.
             raise UpstreamTimeout(
-                f"Slack did not answer within {self.settings.http_timeout_seconds:g} s; the message may have been "
-                "posted. Check the channel before retrying.",
+                f"Slack did not answer within {self.settings.http_timeout_seconds:g} s."
+                + outcome_unknown(UPSTREAM, _may_have_posted(payload["channel"])),
                 upstream=UPSTREAM,
                 retryable=False,
             ) from None
@@ -146,8 +147,8 @@ class SlackSkill:
         except aiohttp.ClientError as exc:
             # Reset or dropped mid-answer: the message may exist, so this is not retried.
             raise UpstreamUnavailable(
-                f"The connection to Slack failed mid-request ({type(exc).__name__}); the message may have been "
-                "posted. Check the channel before retrying.",
+                f"The connection to Slack failed mid-request ({type(exc).__name__})."
+                + outcome_unknown(UPSTREAM, _may_have_posted(payload["channel"])),
                 upstream=UPSTREAM,
                 retryable=False,
             ) from None
@@ -160,8 +161,18 @@ class SlackSkill:
         return data
 
 
+def _may_have_posted(channel: str) -> str:
+    """How to find out whether a post whose outcome is unknown happened (see `core.upstream.outcome_unknown`)."""
+    return f"the message may have been posted; check {channel}"
+
+
 def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
-    """Map one SlackApiError (an `ok: false` body or a non-200 answer) to a domain error."""
+    """Map one SlackApiError (an `ok: false` body or a non-200 answer) to a domain error.
+
+    Posting is not replay-safe: only answers that Slack documents as "not done" are retried (429 /
+    `ratelimited`, `request_timeout`). Every 5xx, and `fatal_error` / `internal_error` / `service_unavailable`
+    in any status, says the outcome is unknown and is not retried.
+    """
     response = exc.response
     # A SlackResponse has status_code/data; for an unparseable body the SDK passes the raw aiohttp response.
     status = getattr(response, "status_code", None) or getattr(response, "status", None) or 0
@@ -170,6 +181,8 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
     error = data.get("error") if isinstance(data, dict) else None
 
     if status == 429:
+        # https://api.slack.com/docs/rate-limits: over the limit Slack answers 429 with Retry-After, "the number
+        # of seconds until you can retry": the request was refused, not performed, so it is retried.
         retry_after = parse_retry_after(headers.get("Retry-After"))
         return UpstreamRateLimited(
             "Slack's rate limit was reached (about one message per second per channel)."
@@ -179,14 +192,18 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
             slack_error=error,
         )
     if status >= 500:
-        if status == 503:
-            return UpstreamUnavailable(f"Slack is unavailable (HTTP {status}).", upstream=UPSTREAM, slack_error=error)
-        return UpstreamError(
-            f"Slack failed with HTTP {status}.",
+        # Slack documents no 5xx as "nothing was posted": `fatal_error` and `internal_error` say "it's possible some
+        # aspect of the operation succeeded before the error was raised", `service_unavailable` only that "the
+        # service is temporarily unavailable" (https://api.slack.com/methods/chat.postMessage#errors). A 503 with
+        # Retry-After is not documented either. So no 5xx is retried: the error says how to check instead.
+        said = f" ({error})" if error else ""
+        return server_error(
+            status,
+            f"Slack answered {status}{said}.",
             upstream=UPSTREAM,
-            upstream_status=status,
+            replay_safe=False,
+            check=_may_have_posted(channel),
             slack_error=error,
-            retryable=True,
         )
     if error is None:
         # A 200 whose body is not JSON (an HTML error page from a proxy), or a 4xx without Slack's error shape.
@@ -233,12 +250,28 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
     if error in _INPUT_ERRORS:
         return InvalidInput(_INPUT_ERRORS[error], upstream=UPSTREAM, slack_error=error)
     if error == "ratelimited":
+        # "The request has been ratelimited. Refer to the Retry-After header for when to retry the request."
         return UpstreamRateLimited("Slack's rate limit was reached.", upstream=UPSTREAM, slack_error=error)
-    if error == "service_unavailable":
-        return UpstreamUnavailable("Slack is temporarily unavailable.", upstream=UPSTREAM, slack_error=error)
     if error == "request_timeout":
-        # Slack says the POST body was missing or truncated: nothing was posted, so a retry is safe.
+        # "The method was called via a POST request, but the POST data was either missing or truncated": Slack
+        # never had the whole message, so nothing was posted and a retry is safe.
         return UpstreamTimeout("Slack timed out reading the request.", upstream=UPSTREAM, slack_error=error)
+    if error == "service_unavailable":
+        # Documented only as "the service is temporarily unavailable", not as "nothing was done": not retried.
+        return UpstreamUnavailable(
+            "Slack is temporarily unavailable (service_unavailable)."
+            + outcome_unknown(UPSTREAM, _may_have_posted(channel)),
+            upstream=UPSTREAM,
+            slack_error=error,
+            retryable=False,
+        )
+    if error in ("fatal_error", "internal_error"):
+        # "It's possible some aspect of the operation succeeded before the error was raised."
+        return UpstreamError(
+            f"Slack failed ({error})." + outcome_unknown(UPSTREAM, _may_have_posted(channel)),
+            upstream=UPSTREAM,
+            slack_error=error,
+        )
     return UpstreamError(f"Slack refused the message: {error}.", upstream=UPSTREAM, slack_error=error)
 
 

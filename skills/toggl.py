@@ -28,7 +28,7 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, transport_error, with_retries
+from core.upstream import parse_retry_after, server_error, transport_error, with_retries
 
 INTEGRATION = Integration(
     name="toggl",
@@ -41,6 +41,8 @@ INTEGRATION = Integration(
 
 UPSTREAM = "toggl"
 CREATED_WITH = "ai-productivity-orchestrator"
+#: Attempts per request, counting the first. The start POST is retried only when Toggl cannot have acted
+#: (429, or 402 with a wait, and connections never made); GET and the stop PATCH also on 5xx and lost answers.
 ATTEMPTS = 3
 # An HTTP caller is waiting on us: wait out a short Retry-After, pass a long one on as our own 429.
 MAX_WAIT_SECONDS = 10.0
@@ -150,8 +152,16 @@ def _retry_after(response: httpx.Response) -> float | None:
     return retry_after
 
 
-def error_for(response: httpx.Response) -> ProblemError:
-    """Turn a non-2xx Toggl answer into a domain error; `retryable` says whether trying again may help."""
+#: How to find out whether a start whose outcome is unknown created an entry (`core.upstream.outcome_unknown`).
+_MAY_HAVE_STARTED = "the time entry may have been created; check the running timer (GET /timers/current or Toggl)"
+
+
+def error_for(response: httpx.Response, *, replay_safe: bool = True) -> ProblemError:
+    """Turn a non-2xx Toggl answer into a domain error; `retryable` says whether trying again may help.
+
+    `replay_safe=False` (the start POST): a 5xx is not retried, since Toggl may have created the entry before
+    failing; the error says the outcome is unknown instead.
+    """
     status = response.status_code
     said = _toggl_message(response)
     suffix = f" Toggl said: {said}" if said else ""
@@ -179,9 +189,16 @@ def error_for(response: httpx.Response) -> ProblemError:
         return NotFound("Toggl has no such workspace or time entry (404)." + suffix, upstream=UPSTREAM)
     if 400 <= status < 500:
         return InvalidInput(f"Toggl rejected the request ({status})." + suffix, upstream=UPSTREAM)
-    return UpstreamError(
-        f"Toggl failed ({status})." + suffix, upstream=UPSTREAM, upstream_status=status, retryable=status >= 500
-    )
+    if status >= 500:
+        # Toggl's docs promise nothing about a 5xx: it may come after the entry was written.
+        return server_error(
+            status,
+            f"Toggl answered {status}." + suffix,
+            upstream=UPSTREAM,
+            replay_safe=replay_safe,
+            check=_MAY_HAVE_STARTED,
+        )
+    return UpstreamError(f"Toggl answered {status}." + suffix, upstream=UPSTREAM, upstream_status=status)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -356,13 +373,16 @@ class TogglSkill:
     ) -> httpx.Response:
         """One request with bounded retries; non-2xx answers (other than `accept`) become domain errors.
 
-        Refused connections, connect timeouts, 429 and 5xx answers are retried for every method. A read
-        timeout or a dropped answer is retried only for GET and PATCH: a replayed POST could start a
-        second entry, so that failure is reported with "outcome unknown" instead.
+        Refused connections, connect timeouts and 429 answers are retried for every method. A read timeout,
+        a dropped answer or a 5xx answer is retried only for GET and PATCH: Toggl may have created the entry
+        before failing, and a replayed POST could start a second one, so that failure is reported with
+        "outcome unknown" instead.
         """
         token = self.settings.toggl_api_token
         assert token is not None  # INTEGRATION.require ran
         url = self.settings.toggl_base_url.rstrip("/") + path
+        # GET reads; the stop PATCH answers 409 when repeated. Only the create POST must not be replayed.
+        replay_safe = method != "POST"
 
         async def attempt() -> httpx.Response:
             try:
@@ -372,14 +392,16 @@ class TogglSkill:
             except httpx.TransportError as exc:
                 # A POST that may have reached Toggl (read timeout, dropped answer) is not replayed: it could
                 # create a second entry. GET and the stop PATCH (409 when repeated) are safe to repeat.
-                raise transport_error(exc, upstream=UPSTREAM, replay_safe=method != "POST") from None
+                raise transport_error(
+                    exc, upstream=UPSTREAM, replay_safe=replay_safe, check=_MAY_HAVE_STARTED
+                ) from None
             except httpx.DecodingError:
                 raise UpstreamError(
                     "Toggl answered with a body that could not be decoded.", upstream=UPSTREAM
                 ) from None
             if response.is_success or response.status_code in accept:
                 return response
-            raise error_for(response)
+            raise error_for(response, replay_safe=replay_safe)
 
         return await with_retries(attempt, attempts=ATTEMPTS, max_wait_seconds=MAX_WAIT_SECONDS)
 

@@ -20,13 +20,12 @@ from core.errors import (
     ProblemError,
     UpstreamError,
     UpstreamRateLimited,
-    UpstreamUnavailable,
 )
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, transport_error, with_retries
+from core.upstream import parse_retry_after, server_error, transport_error, with_retries
 
 INTEGRATION = Integration(
     name="whatsapp",
@@ -43,6 +42,8 @@ PREFIX = "whatsapp:"
 MAX_BODY_CHARS = 1600
 #: A longer text is refused rather than sent as dozens of paid messages.
 MAX_PARTS = 10
+#: Attempts per message part, counting the first. Creating a message is not replay-safe, so only failures that
+#: prove Twilio did not act are retried: 429 / 20429 and a connection that was never made.
 ATTEMPTS = 3
 MAX_RETRY_WAIT_SECONDS = 10.0
 #: Where Twilio reports what happened to each message after accepting it (routers/whatsapp_status.py).
@@ -192,7 +193,7 @@ class WhatsAppSkill:
             )
         except httpx.TransportError as exc:
             # Creating a message is not replay-safe: after a read timeout Twilio may have sent it.
-            raise transport_error(exc, upstream=UPSTREAM, replay_safe=False) from None
+            raise transport_error(exc, upstream=UPSTREAM, replay_safe=False, check=_may_have_sent(form["To"])) from None
         if response.is_success:
             try:
                 sid = response.json().get("sid")
@@ -203,7 +204,7 @@ class WhatsAppSkill:
                     f"Twilio answered HTTP {response.status_code} without a message SID.", upstream=UPSTREAM
                 )
             return sid
-        raise twilio_error(response)
+        raise twilio_error(response, recipient=form["To"])
 
 
 # Twilio error code -> (problem class, human hint). Codes: https://www.twilio.com/docs/api/errors
@@ -237,8 +238,14 @@ def delivery_error(code: int | None, message: str | None) -> ProblemError:
     return UpstreamError(f"{lead}{said}", **context)
 
 
-def twilio_error(response: httpx.Response) -> ProblemError:
-    """Map a non-2xx Twilio answer to a domain error with a human hint."""
+def _may_have_sent(recipient: str | None) -> str:
+    """How to find out whether a create whose outcome is unknown sent the message (`core.upstream.outcome_unknown`)."""
+    to = f" to {recipient}" if recipient else ""
+    return f"the message may have been sent; check Twilio's message log (Monitor > Logs > Messaging) for messages{to}"
+
+
+def twilio_error(response: httpx.Response, *, recipient: str | None = None) -> ProblemError:
+    """Map a non-2xx answer to a message create to a domain error with a human hint."""
     status = response.status_code
     try:
         body = response.json()
@@ -256,9 +263,19 @@ def twilio_error(response: httpx.Response) -> ProblemError:
             f"Twilio's rate limit was reached.{said}", upstream=UPSTREAM, retry_after=retry_after
         )
     if status >= 500:
-        if status == 503:
-            return UpstreamUnavailable(f"Twilio is unavailable (HTTP 503).{said}", upstream=UPSTREAM, **context)
-        return UpstreamError(f"Twilio failed with HTTP {status}.{said}", upstream=UPSTREAM, retryable=True, **context)
+        # Not retried: "sending an SMS [...] is not idempotent. If you get a 500 Server Error on these requests, and
+        # you retry the request, it is possible for a customer to receive multiple messages"
+        # (https://www.twilio.com/docs/api/errors/20500). 20503 "Service unavailable" advises back-off retries but
+        # does not say the message was not created, so a 503 is not retried either.
+        context.pop("upstream_status")
+        return server_error(
+            status,
+            f"Twilio answered {status}{said}.",
+            upstream=UPSTREAM,
+            replay_safe=False,
+            check=_may_have_sent(recipient),
+            **context,
+        )
     if status in (401, 403) or code == 20003:
         return UpstreamError(
             f"Twilio refused the credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.{said}",

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from core.errors import InvalidInput, UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
-from core.upstream import parse_retry_after, transport_error, with_retries
+from core.upstream import parse_retry_after, server_error, transport_error, with_retries
 
 REQUEST = httpx.Request("POST", "https://api.example.test/create")
 
@@ -45,6 +45,63 @@ def test_ambiguous_failures_are_not_retried_for_creating_calls(exc, kind):
     assert isinstance(error, kind)
     assert not error.retryable
     assert "outcome is unknown" in error.detail
+
+
+def test_a_creating_call_may_say_how_to_check_the_outcome():
+    error = transport_error(
+        httpx.ReadTimeout("no answer", request=REQUEST),
+        upstream="slack",
+        replay_safe=False,
+        check="the message may have been posted; check #general",
+    )
+    assert error.detail.endswith(
+        "The outcome is unknown: the message may have been posted; check #general before retrying."
+    )
+
+
+# One status mapping for an upstream 5xx in every skill.
+FIVE_XX = [
+    (500, UpstreamError, 502, "upstream-error"),
+    (502, UpstreamError, 502, "upstream-error"),
+    (503, UpstreamUnavailable, 503, "upstream-unavailable"),
+    (504, UpstreamTimeout, 504, "upstream-timeout"),
+    (507, UpstreamError, 502, "upstream-error"),
+]
+
+
+@pytest.mark.parametrize(("upstream_status", "kind", "status", "slug"), FIVE_XX)
+def test_5xx_status_mapping_is_the_same_for_reads_and_creates(upstream_status, kind, status, slug):
+    for replay_safe in (True, False):
+        error = server_error(upstream_status, "Toggl answered.", upstream="toggl", replay_safe=replay_safe)
+        assert type(error) is kind
+        assert (error.status, error.slug) == (status, slug)
+        assert error.extras["upstream_status"] == upstream_status
+        assert error.extras["upstream"] == "toggl"
+
+
+@pytest.mark.parametrize(("upstream_status", "kind", "status", "slug"), FIVE_XX)
+def test_5xx_is_retryable_only_for_a_replay_safe_call(upstream_status, kind, status, slug):
+    read = server_error(upstream_status, "Toggl answered.", upstream="toggl", replay_safe=True)
+    assert read.retryable and read.detail == "Toggl answered."
+    create = server_error(
+        upstream_status, "Slack answered 500 (fatal_error).", upstream="slack", replay_safe=False, check="check #ops"
+    )
+    assert not create.retryable
+    assert create.detail == "Slack answered 500 (fatal_error). The outcome is unknown: check #ops before retrying."
+
+
+@pytest.mark.parametrize(("replay_safe", "attempts"), [(True, 3), (False, 1)])
+async def test_with_retries_repeats_a_5xx_only_for_a_replay_safe_call(replay_safe, attempts):
+    calls = 0
+
+    async def fails():
+        nonlocal calls
+        calls += 1
+        raise server_error(500, "boom", upstream="x", replay_safe=replay_safe)
+
+    with pytest.raises(UpstreamError):
+        await with_retries(fails, attempts=3)
+    assert calls == attempts
 
 
 async def test_with_retries_is_bounded_and_honours_retry_after():

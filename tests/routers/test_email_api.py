@@ -172,6 +172,39 @@ async def test_refused_recipient_is_422(make_client, smtp, cert):
     assert smtp.messages == []
 
 
+@pytest.mark.parametrize("to", ["José@exämple.com", ["ann@example.com", "José@exämple.com"]])
+async def test_internationalised_address_without_smtputf8_is_422_once_and_recorded(make_client, cert, to):
+    server = SmtpServer(mode="starttls", cert=cert, users={USER: PASSWORD})
+    server.controller.SMTP_kwargs["enable_SMTPUTF8"] = False  # aiosmtpd's Controller offers it by default
+    with server:
+        async with make_client(**config(server.port, cert)) as client:
+            response = await client.post("/send-email", json={**MAIL, "to_address": to})
+            run = await latest_run(client)
+    assert response.status_code == 422
+    problem = response.json()
+    detail = (
+        "The configured SMTP server (SMTP_HOST) does not support internationalised email addresses (SMTPUTF8), "
+        "needed for José@exämple.com. Nothing was sent: use an ASCII address, or an SMTP server that supports "
+        "SMTPUTF8."
+    )
+    assert (problem["type"], problem["detail"], problem["upstream"]) == ("/problems/invalid-input", detail, "smtp")
+    assert server.connections == 1
+    assert server.messages == []
+    assert run["status"] == "failed"
+    [action] = run["actions"]
+    assert (action["status"], action["attempts"]) == ("failed", 1)
+    assert action["error"] == f"422 invalid-input: {detail}"
+
+
+async def test_internationalised_address_is_sent_when_the_server_offers_smtputf8(make_client, smtp, cert):
+    async with make_client(**config(smtp.port, cert)) as client:
+        response = await client.post("/send-email", json={**MAIL, "to_address": "José@exämple.com"})
+    assert response.status_code == 200, response.text
+    assert response.json()["recipients"] == ["José@exämple.com"]
+    [received] = smtp.messages
+    assert received.rcpt_tos == ["José@exämple.com"]
+
+
 async def test_unreachable_server_is_503_after_bounded_retries(make_client, cert):
     async with make_client(**config(free_port(), cert)) as client:
         response = await client.post("/send-email", json=MAIL)

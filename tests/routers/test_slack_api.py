@@ -224,15 +224,17 @@ async def test_rate_limit_then_success_is_one_post_recorded_with_two_attempts(sl
 @pytest.mark.parametrize(
     ("replies", "status", "attempts"),
     [
-        ([Reply(500, json={"ok": False, "error": "fatal_error"})] * ATTEMPTS, 502, ATTEMPTS),
-        ([Reply(503, text="unavailable")] * ATTEMPTS, 503, ATTEMPTS),
-        ([Reply(502, text="<html>bad gateway</html>", content_type="text/html")] * ATTEMPTS, 502, ATTEMPTS),
+        # A 5xx, a dropped answer or a timeout: the request reached Slack, which may have posted it. One attempt,
+        # never repeated (a retry, were there one, would meet the queued copies and post them).
+        ([Reply(500, json={"ok": False, "error": "fatal_error"})] * ATTEMPTS, 502, 1),
+        ([Reply(503, text="unavailable")] * ATTEMPTS, 503, 1),
+        ([Reply(502, text="<html>bad gateway</html>", content_type="text/html")] * ATTEMPTS, 502, 1),
+        ([Reply(504, text="gateway timeout")] * ATTEMPTS, 504, 1),
         ([Reply(200, text="{not json")], 502, 1),
-        # The request reached Slack, which may have posted it: one attempt, never repeated.
         ([Reply(drop=True)] * ATTEMPTS, 503, 1),
         ([Reply(json={"ok": True, "ts": "1.1"}, delay=1.0)] * ATTEMPTS, 504, 1),
     ],
-    ids=["500", "503", "html-502", "invalid-json", "reset", "slow-past-timeout"],
+    ids=["500", "503", "html-502", "504", "invalid-json", "reset", "slow-past-timeout"],
 )
 async def test_faults_are_mapped_bounded_and_recorded(slack_client, fake, replies, status, attempts):
     fake.queue("POST", CHAT_POST_MESSAGE, *replies)
@@ -247,6 +249,25 @@ async def test_faults_are_mapped_bounded_and_recorded(slack_client, fake, replie
     assert (run["status"], action["status"]) == ("failed", "failed")
     assert action["attempts"] == attempts
     assert action["error"].startswith(str(status))
+
+
+async def test_fatal_error_500_is_one_post_and_a_failed_action_saying_how_to_check(slack_client, fake):
+    fake.queue("POST", CHAT_POST_MESSAGE, Reply(500, json={"ok": False, "error": "fatal_error"}))
+    async with slack_client() as client:
+        response = await client.post("/slack-notify", json={"message": "hi", "channel": "#alerts"})
+        run = await _only_run(client)
+    assert len(fake.posts) == 1
+    assert response.status_code == 502
+    problem = response.json()
+    detail = (
+        "Slack answered 500 (fatal_error). The outcome is unknown: the message may have been posted; "
+        "check #alerts before retrying."
+    )
+    assert (problem["type"], problem["detail"]) == ("/problems/upstream-error", detail)
+    assert (problem["upstream"], problem["upstream_status"], problem["slack_error"]) == ("slack", 500, "fatal_error")
+    [action] = run["actions"]
+    assert (run["status"], action["status"], action["attempts"]) == ("failed", "failed", 1)
+    assert action["error"] == f"502 upstream-error: {detail}"
 
 
 async def test_connection_refused_is_503_and_recorded(make_client):

@@ -262,18 +262,52 @@ async def test_twenty_concurrent_duplicates_start_one_timer(make_client, fake_to
 # --- Faults -------------------------------------------------------------------------------
 
 
-async def test_5xx_retried_then_502_recorded_with_attempts(make_client, toggl):
-    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(503, text="down"))
-    async with make_client(**CONFIG) as client:
+@pytest.mark.parametrize(
+    ("upstream_status", "status", "slug"),
+    [(500, 502, "upstream-error"), (503, 503, "upstream-unavailable"), (504, 504, "upstream-timeout")],
+)
+async def test_5xx_on_start_is_one_post_and_a_failed_action_saying_how_to_check(
+    make_client, fake_toggl, upstream_status, status, slug
+):
+    # A real server, with a good answer behind the fault: a retried POST would start a timer.
+    path = f"/api/v9/workspaces/{WID}/time_entries"
+    fake_toggl.queue(
+        "POST", path, Reply(upstream_status, text="<html>Service Unavailable</html>", content_type="text/html")
+    )
+    fake_toggl.route("POST", path, slow_create)
+    async with make_client(**fake_config(fake_toggl)) as client:
         response = await client.post("/start-timer", json={"task_name": "x"})
         run = await latest_run(client, "toggl.start_timer")
-    assert response.status_code == 502
-    assert route.call_count == 3
+    assert len(fake_toggl.calls("POST", path)) == 1
+    assert response.status_code == status
+    problem = response.json()
+    detail = (
+        f"Toggl answered {upstream_status}. The outcome is unknown: the time entry may have been created; "
+        "check the running timer (GET /timers/current or Toggl) before retrying."
+    )
+    assert (problem["type"], problem["detail"], problem["upstream_status"]) == (
+        f"/problems/{slug}",
+        detail,
+        upstream_status,
+    )
     assert run["status"] == "failed"
     [action] = run["actions"]
-    assert action["status"] == "failed"
-    assert action["attempts"] == 3
-    assert action["error"].startswith("502 upstream-error")
+    assert (action["status"], action["attempts"]) == ("failed", 1)
+    assert action["error"] == f"{status} {slug}: {detail}"
+
+
+async def test_503_on_the_read_before_a_stop_is_retried_then_503_recorded_with_attempts(make_client, toggl):
+    route = toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(503, text="down"))
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/stop-timer")
+        run = await latest_run(client, "toggl.stop_timer")
+    assert response.status_code == 503
+    assert response.json()["type"] == "/problems/upstream-unavailable"
+    assert "outcome is unknown" not in response.json()["detail"]
+    assert route.call_count == 3
+    [action] = run["actions"]
+    assert (run["status"], action["status"], action["attempts"]) == ("failed", "failed", 3)
+    assert action["error"].startswith("503 upstream-unavailable: Toggl answered 503.")
 
 
 async def test_auth_failure_is_502_naming_the_token_and_never_the_value(make_client, toggl):

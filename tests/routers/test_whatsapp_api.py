@@ -92,7 +92,8 @@ async def test_invalid_number_is_422_and_twilio_is_not_called(wa_client, twilio)
     async with wa_client() as client:
         response = await client.post("/whatsapp-send", json={"to": "555-123-4567", "body": "hi"})
     assert response.status_code == 422
-    assert "E.164" in response.json()["detail"]
+    [error] = response.json()["errors"]
+    assert error["field"] == "body.to" and "E.164" in error["message"]
     assert not route.called
 
 
@@ -145,14 +146,15 @@ async def test_auth_failure_is_502_naming_the_credentials_without_the_token(wa_c
     [
         (httpx.Response(429, headers={"Retry-After": "0"}, json={"code": 20429}), 429, {"retry-after": "0"}, ATTEMPTS),
         (httpx.Response(429, json={"code": 20429}), 429, {}, ATTEMPTS),
-        (httpx.Response(500, json={"code": 20500}), 502, {}, ATTEMPTS),
-        (httpx.Response(503, text="<html>down</html>"), 503, {}, ATTEMPTS),
         (httpx.ConnectError("refused"), 503, {}, ATTEMPTS),
         # Reached Twilio, which may have sent the message: one attempt, never repeated.
+        (httpx.Response(500, json={"code": 20500}), 502, {}, 1),
+        (httpx.Response(503, text="<html>down</html>"), 503, {}, 1),
+        (httpx.Response(504, text="gateway timeout"), 504, {}, 1),
         (httpx.ReadTimeout("slow"), 504, {}, 1),
         (httpx.RemoteProtocolError("reset"), 503, {}, 1),
     ],
-    ids=["429-retry-after", "429-bare", "500", "503-html", "refused", "timeout", "reset"],
+    ids=["429-retry-after", "429-bare", "refused", "500", "503-html", "504", "timeout", "reset"],
 )
 async def test_faults_are_mapped_bounded_and_recorded(wa_client, twilio, effect, status, headers, attempts):
     route = twilio.post(PATH)
@@ -171,6 +173,31 @@ async def test_faults_are_mapped_bounded_and_recorded(wa_client, twilio, effect,
     [action] = run["actions"]
     assert (run["status"], action["status"], action["attempts"]) == ("failed", "failed", attempts)
     assert action["error"].startswith(str(status))
+    if attempts == 1:
+        assert "The outcome is unknown: the message may have been sent" in response.json()["detail"]
+        assert "outcome is unknown" in action["error"]
+
+
+async def test_500_is_one_post_and_a_failed_action_saying_how_to_check(wa_client, twilio):
+    # A good answer is queued behind the fault: a retry would send the message a second time.
+    route = twilio.post(PATH).mock(
+        side_effect=[httpx.Response(500, json={"code": 20500, "message": "Internal Server Error"}), _created()]
+    )
+    async with wa_client() as client:
+        response = await client.post("/whatsapp-send", json={"to": "+15551234567", "body": "hi"})
+        run = await _only_run(client)
+    assert route.call_count == 1
+    assert response.status_code == 502
+    problem = response.json()
+    detail = (
+        "Twilio answered 500 (Twilio 20500: Internal Server Error). The outcome is unknown: the message may have "
+        "been sent; check Twilio's message log (Monitor > Logs > Messaging) for messages to whatsapp:+15551234567 "
+        "before retrying."
+    )
+    assert (problem["type"], problem["detail"]) == ("/problems/upstream-error", detail)
+    assert (problem["upstream_status"], problem["twilio_code"]) == (500, 20500)
+    [action] = run["actions"]
+    assert (action["status"], action["attempts"], action["error"]) == ("failed", 1, f"502 upstream-error: {detail}")
 
 
 async def test_slow_answer_past_the_shared_client_timeout_is_504(make_client):

@@ -234,6 +234,40 @@ async def test_server_stalls_after_data_is_504_and_not_retried(make_skill, smtp)
     assert smtp.connections == 1  # the message may have been accepted: never sent twice
 
 
+def _smtputf8_server(cert: Certificate, *, enabled: bool) -> SmtpServer:
+    """The usual STARTTLS + AUTH server, offering SMTPUTF8 in its EHLO or not (aiosmtpd's `enable_SMTPUTF8`)."""
+    server = SmtpServer(mode="starttls", cert=cert, users={USER: PASSWORD})
+    server.controller.SMTP_kwargs["enable_SMTPUTF8"] = enabled
+    return server
+
+
+async def test_internationalised_address_without_smtputf8_is_422_and_nothing_is_sent(cert):
+    with _smtputf8_server(cert, enabled=False) as server:
+        skill = EmailSkill(email_settings(server.port, cert))
+        with pytest.raises(InvalidInput) as caught:
+            await skill.send_email(to="José@exämple.com", subject="s", body="b")
+    assert caught.value.status == 422
+    assert caught.value.retryable is False
+    assert caught.value.detail == (
+        "The configured SMTP server (SMTP_HOST) does not support internationalised email addresses (SMTPUTF8), "
+        "needed for José@exämple.com. Nothing was sent: use an ASCII address, or an SMTP server that supports "
+        "SMTPUTF8."
+    )
+    assert server.connections == 1  # not retried
+    assert server.logins == [(USER, True)]  # it got as far as a logged-in session, then stopped before MAIL FROM
+    assert server.messages == []
+
+
+async def test_internationalised_address_is_delivered_when_the_server_offers_smtputf8(cert):
+    with _smtputf8_server(cert, enabled=True) as server:
+        skill = EmailSkill(email_settings(server.port, cert))
+        sent = await skill.send_email(to="José@exämple.com", subject="s", body="b")
+    [received] = server.messages
+    assert received.rcpt_tos == ["José@exämple.com"]
+    assert received.message["To"] == "José@exämple.com"
+    assert sent.recipients == ["José@exämple.com"]
+
+
 async def test_connection_refused_is_503_after_bounded_retries(cert):
     port = free_port()  # nothing listens here
     skill = EmailSkill(email_settings(port, cert))

@@ -309,21 +309,74 @@ async def test_402_without_retry_after_is_not_retried(make_skill, toggl):
     assert route.call_count == 1
 
 
-@pytest.mark.parametrize("status", [500, 502, 503])
-async def test_5xx_retried_then_502(make_skill, toggl, status):
-    route = post_route(toggl).mock(return_value=httpx.Response(status, text="<html><body>Bad gateway</body></html>"))
-    with pytest.raises(UpstreamError) as caught:
+FIVE_XX = [
+    (500, UpstreamError, 502, "upstream-error"),
+    (502, UpstreamError, 502, "upstream-error"),
+    (503, UpstreamUnavailable, 503, "upstream-unavailable"),
+    (504, UpstreamTimeout, 504, "upstream-timeout"),
+]
+HTML_PAGE = "<html><body>Service Unavailable</body></html>"
+
+
+@pytest.mark.parametrize(("status", "problem", "answer", "slug"), FIVE_XX)
+async def test_5xx_on_start_is_sent_once_and_says_the_outcome_is_unknown(
+    make_skill, toggl, status, problem, answer, slug
+):
+    # Toggl may have created the entry before failing: a second POST could start a second timer.
+    route = post_route(toggl).mock(
+        side_effect=[
+            httpx.Response(status, text=HTML_PAGE, headers={"content-type": "text/html"}),
+            httpx.Response(200, json=entry()),
+        ]
+    )
+    with pytest.raises(problem) as caught:
         await make_skill().start_timer(description="x")
-    assert caught.value.status == 502
+    assert route.call_count == 1
+    assert type(caught.value) is problem
+    assert (caught.value.status, caught.value.slug) == (answer, slug)
+    assert caught.value.retryable is False
+    assert caught.value.extras["upstream_status"] == status
+    assert caught.value.detail == (
+        f"Toggl answered {status}. The outcome is unknown: the time entry may have been created; "
+        "check the running timer (GET /timers/current or Toggl) before retrying."
+    )
+
+
+@pytest.mark.parametrize(("status", "problem", "answer", "slug"), FIVE_XX)
+async def test_5xx_on_reads_and_stops_is_retried_a_bounded_number_of_times(
+    make_skill, toggl, status, problem, answer, slug
+):
+    read = toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(status, text=HTML_PAGE))
+    with pytest.raises(problem) as caught:
+        await make_skill().current_timer()
+    assert read.call_count == 3
+    assert (caught.value.status, caught.value.slug) == (answer, slug)
+    assert "outcome is unknown" not in caught.value.detail
     assert "<html>" not in caught.value.detail
-    assert route.call_count == 3
+
+    stop = toggl.patch(f"/workspaces/{WID}/time_entries/5/stop").mock(return_value=httpx.Response(status))
+    with pytest.raises(problem):
+        await make_skill().stop_timer(entry_id=5)
+    assert stop.call_count == 3
 
 
-async def test_5xx_then_success_recovers(make_skill, toggl):
-    route = post_route(toggl).mock(side_effect=[httpx.Response(503), httpx.Response(200, json=entry())])
-    started = await make_skill().start_timer(description="x")
+async def test_5xx_then_success_recovers_on_a_read(make_skill, toggl):
+    route = toggl.get("/me/time_entries/current").mock(
+        side_effect=[httpx.Response(503), httpx.Response(200, json=entry())]
+    )
+    running = await make_skill().current_timer()
     assert route.call_count == 2
-    assert started.entry_id == 987654321
+    assert running is not None and running.entry_id == 987654321
+
+
+async def test_a_stop_repeated_after_a_500_answers_409_and_counts_as_stopped(make_skill, toggl):
+    # The first PATCH may have stopped the entry before failing: the repeat then gets Toggl's 409.
+    route = toggl.patch(f"/workspaces/{WID}/time_entries/5/stop").mock(
+        side_effect=[httpx.Response(500), httpx.Response(409, json="Time entry already stopped")]
+    )
+    stopped = await make_skill().stop_timer(entry_id=5)
+    assert route.call_count == 2
+    assert stopped is not None and stopped.already_stopped
 
 
 async def test_invalid_json_on_success_is_502(make_skill, toggl):

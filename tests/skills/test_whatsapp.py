@@ -297,32 +297,59 @@ async def test_429_with_long_retry_after_is_passed_on_at_once(skill, twilio):
     assert caught.value.headers["Retry-After"] == "300"
 
 
+_UNKNOWN = (
+    "The outcome is unknown: the message may have been sent; check Twilio's message log (Monitor > Logs > Messaging) "
+    "for messages to whatsapp:+15551234567 before retrying."
+)
+
+
 @pytest.mark.parametrize(
-    ("response", "problem", "status"),
+    ("response", "problem", "status", "lead"),
     [
-        (httpx.Response(500, json={"code": 20500, "message": "Internal"}), UpstreamError, 502),
+        (
+            httpx.Response(500, json={"code": 20500, "message": "Internal"}),
+            UpstreamError,
+            502,
+            "Twilio answered 500 (Twilio 20500: Internal).",
+        ),
         (
             httpx.Response(502, text="<html>Bad gateway</html>", headers={"content-type": "text/html"}),
             UpstreamError,
             502,
+            "Twilio answered 502.",
         ),
-        (httpx.Response(503, text="down"), UpstreamUnavailable, 503),
+        (
+            httpx.Response(503, json={"code": 20503, "message": "Service unavailable"}),
+            UpstreamUnavailable,
+            503,
+            "Twilio answered 503 (Twilio 20503: Service unavailable).",
+        ),
+        (httpx.Response(504, text="gateway timeout"), UpstreamTimeout, 504, "Twilio answered 504."),
     ],
-    ids=["500", "502-html", "503"],
+    ids=["500", "502-html", "503", "504"],
 )
-async def test_5xx_is_retried_a_bounded_number_of_times(skill, twilio, response, problem, status):
-    route = twilio.post(URL).mock(return_value=response)
+async def test_5xx_is_sent_once_and_says_the_outcome_is_unknown(skill, twilio, response, problem, status, lead):
+    # Twilio: after a 500 on a message create, "it is possible for a customer to receive multiple messages"
+    # if it is retried. A good answer is queued behind the fault: a retry would send a second message.
+    route = twilio.post(URL).mock(side_effect=[response, _created()])
     with pytest.raises(problem) as caught:
         await skill().send_message(to="+15551234567", body="hi")
+    assert route.call_count == 1
+    assert type(caught.value) is problem
     assert caught.value.status == status
-    assert route.call_count == ATTEMPTS
+    assert caught.value.retryable is False
+    assert caught.value.extras["upstream_status"] == response.status_code
+    assert caught.value.detail == f"{lead} {_UNKNOWN}"
 
 
-async def test_5xx_then_success(skill, twilio):
-    route = twilio.post(URL).mock(side_effect=[httpx.Response(500), _created()])
-    sent = await skill().send_message(to="+15551234567", body="hi")
+async def test_a_5xx_on_a_later_part_stops_there_and_reports_what_was_sent(skill, twilio):
+    route = twilio.post(URL).mock(side_effect=[_created("SM1"), httpx.Response(500), _created("SM2")])
+    with pytest.raises(UpstreamError) as caught:
+        await skill().send_message(to="+15551234567", body="a " * 1000)
     assert route.call_count == 2
-    assert sent.sids
+    assert caught.value.extras["sent_sids"] == ["SM1"]
+    assert "outcome is unknown" in caught.value.detail
+    assert "Parts 1-1 of 2 were sent" in caught.value.detail
 
 
 @pytest.mark.parametrize(
