@@ -14,6 +14,10 @@ connection error, bad credentials or an unusable answer. A request the
 provider rejects as malformed (400/413/422) is answered at once: another
 provider would refuse it too.
 
+When every provider tried failed with a 429 (a rate limit, or an exhausted
+quota or spend limit), the answer is a 429 `upstream-rate-limited` whose
+Retry-After is the smallest any provider gave; any other mix is a 502.
+
 The one retry loop is `core.upstream.with_retries` around each provider:
 LLM_MAX_ATTEMPTS attempts, jittered backoff, Retry-After honoured up to
 `max_retry_wait_seconds` (a longer wait moves on to the next provider
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -33,7 +38,15 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import InvalidInput, NotConfigured, PayloadTooLarge, ProblemError, UpstreamError, UpstreamTimeout
+from core.errors import (
+    InvalidInput,
+    NotConfigured,
+    PayloadTooLarge,
+    ProblemError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 from core.resources import Resources
 from core.settings import Settings
 from core.upstream import with_retries
@@ -105,6 +118,18 @@ class AllProvidersFailed(UpstreamError):
     """Every candidate provider failed; `providers` lists each one's error."""
 
     slug, title = "llm-providers-failed", "Every LLM provider failed"
+
+
+class AllProvidersRateLimited(AllProvidersFailed, UpstreamRateLimited):
+    """Every provider tried answered 429: a 429 `upstream-rate-limited` with the smallest Retry-After any gave.
+
+    Still an `AllProvidersFailed` (with its `providers` list) for code that handles total failure; its
+    type and title are the rate limit's, so a client backs off instead of treating it as an outage.
+    """
+
+    status, slug, title = UpstreamRateLimited.status, UpstreamRateLimited.slug, UpstreamRateLimited.title
+    # The router has spent its attempts on every provider; a loop on top of it would multiply them.
+    retryable = False
 
 
 def estimate_tokens(*parts: str | None) -> int:
@@ -284,6 +309,19 @@ def _all_failed(failures: list[tuple[str, ProblemError]]) -> AllProvidersFailed:
     providers: list[dict[str, Any]] = [
         {"provider": name, "status": exc.status, "error": exc.slug, "detail": exc.detail} for name, exc in failures
     ]
+    if all(isinstance(exc, UpstreamRateLimited) for _, exc in failures):
+        # Anthropic's 529 overloaded and a 503 are UpstreamErrors, not rate limits: the vendor is down, not
+        # limiting us, so a mix with them stays a 502. The raw smallest wait is passed on, not reduced by
+        # the time spent since: a client that waits it never arrives early.
+        waits = [exc.retry_after for _, exc in failures if exc.retry_after is not None]
+        retry_after = min(waits) if waits else None
+        when = f"; try again in {math.ceil(retry_after)} s" if retry_after is not None else ""
+        return AllProvidersRateLimited(
+            f"Every LLM provider is rate limiting us{when}. {listed}",
+            upstream="llm",
+            retry_after=retry_after,
+            providers=providers,
+        )
     return AllProvidersFailed(f"Every LLM provider failed. {listed}", upstream="llm", providers=providers)
 
 

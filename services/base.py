@@ -10,6 +10,11 @@ how the router should treat it:
   answers at once; another provider would refuse it too, so none is tried.
 - anything else (401/403 bad key, 404 unknown model, exhausted spend or quota,
   an unreadable answer): not retried, but the next provider is tried.
+
+A 400 is not always the caller's fault: Anthropic bills a low credit balance
+as a 400, and Gemini answers a wrong or expired key, and a region it does not
+serve, with a 400. Those are `account_refused` (like a 401/403), recognised by
+the provider that knows its vendor's error shape.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def status_error(
     status is kept as `upstream_status`; the problem's own status stays the
     error class's (502, 429, 422...).
     """
-    said = " ".join((message or "no error message").split())[:300]
+    said = _said(message)
     suffix = f" {hint}" if hint else ""
     if status == 413:
         return CallerPayloadTooLarge(
@@ -122,9 +127,7 @@ def status_error(
             upstream_status=status,
         )
     if status in (401, 403):
-        return UpstreamError(
-            f"{upstream} refused our credentials ({status}: {said}).{suffix}", upstream=upstream, upstream_status=status
-        )
+        return account_refused(upstream=upstream, status=status, message=said, fix=hint)
     if status == 404:
         return UpstreamError(
             f"{upstream} does not know the model or endpoint ({said}).{suffix}",
@@ -139,6 +142,34 @@ def status_error(
         transient.retry_after = retry_after  # a 503's Retry-After is honoured by the retry loop too
         return transient
     return UpstreamError(f"{upstream} answered {status} ({said}).{suffix}", upstream=upstream, upstream_status=status)
+
+
+def account_refused(
+    *,
+    upstream: str,
+    status: int,
+    message: str,
+    fix: str,
+    reason: str | None = None,
+    refused: str = "our credentials",
+) -> UpstreamError:
+    """The vendor refused our key, project or region (a 401/403, or one of the 400s that mean the same).
+
+    Our configuration's fault, not the caller's and not transient: not retried,
+    but the next provider is tried. `fix` names the setting and how to repair
+    it; the key's value is never part of the message. `reason` is the vendor's
+    machine-readable cause (Gemini's `API_KEY_INVALID`), shown next to the status.
+    """
+    code = f"{status} {reason}" if reason else str(status)
+    suffix = f" {fix}" if fix else ""
+    return UpstreamError(
+        f"{upstream} refused {refused} ({code}: {_said(message)}).{suffix}", upstream=upstream, upstream_status=status
+    )
+
+
+def _said(message: str) -> str:
+    """The vendor's message on one line, cut short: a proxy's HTML error page can be long."""
+    return " ".join((message or "no error message").split())[:300]
 
 
 def unusable_answer(upstream: str, exc: BaseException | str) -> UpstreamError:

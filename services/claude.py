@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
-from services.base import Completion, first_text, status_error, unusable_answer
+from services.base import Completion, account_refused, first_text, status_error, unusable_answer
 
 if TYPE_CHECKING:
     import anthropic
@@ -42,6 +43,13 @@ UPSTREAM = "claude"
 #: claude-haiku-4-5 (and the other current Claude models by default) take 200K tokens.
 DEFAULT_CONTEXT_TOKENS = 200_000
 _KEY_HINT = "Check ANTHROPIC_API_KEY and CLAUDE_MODEL."
+#: Anthropic answers a disabled organization with a 400 invalid_request_error ("This organization has been
+#: disabled."): our account's fault, not the caller's, so another provider may answer.
+_ORGANIZATION_DISABLED = re.compile(r"organization has been disabled", re.IGNORECASE)
+_FIX_ORGANIZATION = (
+    "The Anthropic organization of ANTHROPIC_API_KEY has been disabled: resolve it in the Anthropic Console, "
+    "or set ANTHROPIC_API_KEY to a key of another organization and restart."
+)
 
 
 class ClaudeProvider:
@@ -96,6 +104,10 @@ class ClaudeProvider:
         except anthropic.APIStatusError as exc:
             said = exc.api_message or _body_text(exc)
             retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+            if exc.status_code == 400 and _ORGANIZATION_DISABLED.search(said):
+                raise account_refused(
+                    upstream=UPSTREAM, status=400, message=said, fix=_FIX_ORGANIZATION, refused="to serve our account"
+                ) from None
             raise status_error(
                 upstream=UPSTREAM, status=exc.status_code, message=said, retry_after=retry_after, hint=_KEY_HINT
             ) from None

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
-from services.base import Completion, first_text, status_error, unusable_answer
+from services.base import Completion, account_refused, first_text, status_error, unusable_answer
 
 if TYPE_CHECKING:
     from google.genai import errors as genai_errors
@@ -49,6 +49,51 @@ API_VERSION = "v1"
 #: Gemini 3.x Flash models take 1,048,576 input tokens.
 DEFAULT_CONTEXT_TOKENS = 1_048_576
 _KEY_HINT = "Check GEMINI_API_KEY and GEMINI_MODEL."
+
+# Gemini answers some faults of OUR configuration with a 400, which would otherwise read as the
+# caller's fault (answered at once, no fallback). They are told apart by the google.rpc.ErrorInfo
+# `reason` (google.api.ErrorReason) or, for region and billing, the status FAILED_PRECONDITION.
+#: The key is wrong, expired or deleted: Gemini's "API key not valid" / "API key expired" (400 INVALID_ARGUMENT).
+_INVALID_KEY = "API_KEY_INVALID"
+#: The key exists but its restrictions block this API, this server's IP or referrer.
+_BLOCKED_KEY = frozenset(
+    {
+        "API_KEY_SERVICE_BLOCKED",
+        "API_KEY_HTTP_REFERRER_BLOCKED",
+        "API_KEY_IP_ADDRESS_BLOCKED",
+        "API_KEY_ANDROID_APP_BLOCKED",
+        "API_KEY_IOS_APP_BLOCKED",
+    }
+)
+#: The Google Cloud project behind the key cannot use the API.
+_PROJECT_REFUSED = frozenset(
+    {"SERVICE_DISABLED", "BILLING_DISABLED", "CONSUMER_SUSPENDED", "CONSUMER_INVALID", "USER_PROJECT_DENIED"}
+)
+_FIX_INVALID_KEY = (
+    "GEMINI_API_KEY is not a valid Gemini API key (wrong, expired or deleted): create one in Google AI Studio, "
+    "set GEMINI_API_KEY in the environment or .env, and restart."
+)
+_FIX_BLOCKED_KEY = (
+    "GEMINI_API_KEY's restrictions block this call: allow the Generative Language API and this server on the key "
+    "(Google Cloud console, Credentials), or set GEMINI_API_KEY to another key and restart."
+)
+_FIX_PROJECT = (
+    "The Google Cloud project of GEMINI_API_KEY cannot use the Gemini API: enable the Generative Language API and "
+    "billing on it, or set GEMINI_API_KEY to a key of another project and restart."
+)
+#: ErrorInfo reason -> (what Gemini refused, how to fix it).
+_REFUSALS: dict[str, tuple[str, str]] = {
+    _INVALID_KEY: ("our credentials", _FIX_INVALID_KEY),
+    **{reason: ("our credentials", _FIX_BLOCKED_KEY) for reason in _BLOCKED_KEY},
+    **{reason: ("to serve our account", _FIX_PROJECT) for reason in _PROJECT_REFUSED},
+}
+#: 400 FAILED_PRECONDITION: "User location is not supported for the API use." or "Gemini API free tier is not
+#: available in your country. Please enable billing...". This service sends no cached content or files, so
+#: for its requests the unmet precondition is the account's, never the prompt's.
+_FIX_REGION = (
+    "The Gemini API does not serve this server's region, or not without billing: enable billing on the project "
+    "of GEMINI_API_KEY in Google AI Studio, or run the service from a supported region."
+)
 
 
 class GeminiProvider:
@@ -151,7 +196,34 @@ def _api_error(exc: genai_errors.APIError) -> Exception:
     # quota..."); the violated quota's id (…PerDay…) in the details tells them apart.
     if status == 429 and "PerDay" in detail_text:
         message = f"{message} (daily quota)"
+    refused = _account_refused(exc, status, message)
+    if refused is not None:
+        return refused
     return status_error(upstream=UPSTREAM, status=status, message=message, retry_after=retry_after, hint=_KEY_HINT)
+
+
+def _account_refused(exc: genai_errors.APIError, status: int, message: str) -> Exception | None:
+    """A 400/401/403 that blames our key, project or region (see the reasons above), else None."""
+    if status not in (400, 401, 403):
+        return None
+    for item in _error_details(exc):
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.ErrorInfo"):
+            reason = str(item.get("reason"))
+            if reason in _REFUSALS:
+                refused, fix = _REFUSALS[reason]
+                return account_refused(
+                    upstream=UPSTREAM, status=status, message=message, reason=reason, fix=fix, refused=refused
+                )
+    if status == 400 and exc.status == "FAILED_PRECONDITION":
+        return account_refused(
+            upstream=UPSTREAM,
+            status=status,
+            message=message,
+            reason="FAILED_PRECONDITION",
+            fix=_FIX_REGION,
+            refused="to serve our account",
+        )
+    return None
 
 
 def _retry_after(exc: genai_errors.APIError) -> float | None:

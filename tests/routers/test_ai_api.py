@@ -209,6 +209,138 @@ async def test_bad_request_from_the_provider_is_422_and_not_sent_elsewhere(make_
     assert run["status"] == "failed"
 
 
+#: Gemini's real answer to a wrong or expired key: HTTP 400 INVALID_ARGUMENT, with the reason in an ErrorInfo.
+GEMINI_BAD_KEY_BODY = {
+    "error": {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+}
+
+
+async def test_invalid_gemini_key_falls_back_to_claude(make_client, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: Reply(400, json=GEMINI_BAD_KEY_BODY))
+    async with make_client(**fakes.settings(llm_max_attempts=2)) as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+        run = await _only_run(client)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["provider"] == "claude"
+    assert body["response"] == "claude: 1 words received"
+    assert body["routing"]["fallback_from"] == "gemini"
+    assert body["routing"]["reason"] == (
+        "1 words <= 500: gemini; gemini failed (400 upstream-error); fell back to claude"
+    )
+    [gemini_call] = fakes.gemini.calls()  # a bad key is not retried
+    assert gemini_call.headers["x-goog-api-key"] == GEMINI_KEY
+    [claude_call] = fakes.claude.calls()
+    assert claude_call.json["messages"] == [{"role": "user", "content": "hello"}]
+    assert run["status"] == "ok"
+    assert run["actions"][0]["skill"] == "claude"
+    assert run["actions"][0]["attempts"] == 2  # one on gemini, one on claude
+
+
+async def test_invalid_gemini_key_alone_is_502_naming_the_setting_not_the_key(make_client, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: Reply(400, json=GEMINI_BAD_KEY_BODY))
+    async with make_client(**fakes.settings(anthropic_api_key=None)) as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+
+    assert response.status_code == 502
+    body = response.json()
+    assert body["type"] == "/problems/llm-providers-failed"
+    assert body["providers"] == [
+        {
+            "provider": "gemini",
+            "status": 502,
+            "error": "upstream-error",
+            "detail": "gemini refused our credentials (400 API_KEY_INVALID: API key not valid. Please pass a valid "
+            "API key.). GEMINI_API_KEY is not a valid Gemini API key (wrong, expired or deleted): create one in "
+            "Google AI Studio, set GEMINI_API_KEY in the environment or .env, and restart.",
+        }
+    ]
+    assert GEMINI_KEY not in response.text
+    assert len(fakes.gemini.calls()) == 1
+
+
+async def test_every_provider_rate_limited_is_429_with_the_smallest_retry_after(make_client, fakes):
+    fakes.gemini.route(
+        "POST",
+        fakes.gemini.path,
+        lambda _: gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers={"Retry-After": "7"}),
+    )
+    fakes.claude.route(
+        "POST",
+        ANTHROPIC_PATH,
+        lambda _: anthropic_error(429, "rate_limit_error", "Rate limit exceeded", headers={"retry-after": "9"}),
+    )
+    async with make_client(**fakes.settings(llm_max_attempts=1)) as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+        run = await _only_run(client)
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json() == {
+        "type": "/problems/upstream-rate-limited",
+        "title": "Upstream rate limit reached",
+        "status": 429,
+        "detail": "Every LLM provider is rate limiting us; try again in 7 s. "
+        "gemini: gemini is rate limiting us (Resource has been exhausted.).; "
+        "claude: claude is rate limiting us (Rate limit exceeded).",
+        "instance": "/ai-process",
+        "request_id": response.headers["x-request-id"],
+        "upstream": "llm",
+        "retry_after": 7,
+        "providers": [
+            {
+                "provider": "gemini",
+                "status": 429,
+                "error": "upstream-rate-limited",
+                "detail": "gemini is rate limiting us (Resource has been exhausted.).",
+            },
+            {
+                "provider": "claude",
+                "status": 429,
+                "error": "upstream-rate-limited",
+                "detail": "claude is rate limiting us (Rate limit exceeded).",
+            },
+        ],
+    }
+    assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
+    assert run["status"] == "failed" and "upstream-rate-limited" in run["error"]
+
+
+async def test_rate_limit_and_outage_mixed_stay_502_without_retry_after(make_client, fakes):
+    fakes.gemini.route(
+        "POST",
+        fakes.gemini.path,
+        lambda _: gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers={"Retry-After": "7"}),
+    )
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: anthropic_error(529, "overloaded_error", "Overloaded"))
+    async with make_client(**fakes.settings(llm_max_attempts=1)) as client:
+        response = await client.post("/ai-process", json={"text": "hello"})
+
+    assert response.status_code == 502
+    assert "retry-after" not in response.headers
+    body = response.json()
+    assert body["type"] == "/problems/llm-providers-failed"
+    assert [(p["provider"], p["error"]) for p in body["providers"]] == [
+        ("gemini", "upstream-rate-limited"),
+        ("claude", "upstream-error"),
+    ]
+    assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
+
+
 async def test_timeout_on_the_only_provider_is_502_with_the_timeout_named(make_client, fakes):
     fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json={}, delay=2.0))
     settings = fakes.settings(gemini_api_key=None, llm_timeout_seconds=0.3, llm_max_attempts=1)

@@ -651,3 +651,322 @@ async def test_claude_answer_keeps_only_text_blocks_and_tolerates_missing_fields
     assert result.response == "first half, second half"
     assert result.model_used == "claude-haiku-4-5"  # the configured model: the answer named none
     assert result.usage.model_dump() == {"input_tokens": 12, "output_tokens": None}
+
+
+# --- Faults on our side that a 4xx reports: our key, project or region ------------------------
+
+#: Gemini's real answer to a wrong or expired key: a 400, not a 401, told apart by its ErrorInfo reason.
+API_KEY_INVALID = [
+    {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "API_KEY_INVALID",
+        "domain": "googleapis.com",
+        "metadata": {"service": "generativelanguage.googleapis.com"},
+    }
+]
+
+
+def gemini_bad_key() -> Reply:
+    return gemini_error(
+        400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", details=API_KEY_INVALID
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_gemini_invalid_key_400_is_not_retried_and_falls_back_to_claude(make_router, fakes, transport):
+    fakes.gemini.queue("POST", fakes.gemini.path, gemini_bad_key())
+    router = await make_router(transport=transport)
+
+    result = await router.generate(text="hello")
+
+    assert result.provider == "claude"
+    assert result.routing.fallback_from == "gemini"
+    assert result.routing.reason == "1 words <= 500: gemini; gemini failed (400 upstream-error); fell back to claude"
+    [gemini_call] = fakes.gemini.calls("POST", fakes.gemini.path)  # a bad key is not retried
+    assert gemini_call.headers["x-goog-api-key"] == GEMINI_KEY
+    [claude_call] = fakes.claude.calls("POST", ANTHROPIC_PATH)
+    assert claude_call.json["messages"] == [{"role": "user", "content": "hello"}]
+
+
+async def test_gemini_invalid_key_names_the_setting_and_the_fix_but_not_the_key(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_bad_key())
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello", provider="gemini")
+
+    error = caught.value
+    assert error.status == 502
+    assert error.extras["providers"] == [
+        {
+            "provider": "gemini",
+            "status": 502,
+            "error": "upstream-error",
+            "detail": "gemini refused our credentials (400 API_KEY_INVALID: API key not valid. Please pass a valid "
+            "API key.). GEMINI_API_KEY is not a valid Gemini API key (wrong, expired or deleted): create one in "
+            "Google AI Studio, set GEMINI_API_KEY in the environment or .env, and restart.",
+        }
+    ]
+    assert GEMINI_KEY not in error.detail
+    assert len(fakes.gemini.calls()) == 1
+    assert fakes.claude.calls() == []  # forced: never replaced
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "details"),
+    [
+        ("User location is not supported for the API use.", "FAILED_PRECONDITION", None),
+        (
+            "Gemini API free tier is not available in your country. Please enable billing on your project in "
+            "Google AI Studio.",
+            "FAILED_PRECONDITION",
+            None,
+        ),
+        ("API key expired. Please renew the API key.", "INVALID_ARGUMENT", API_KEY_INVALID),
+    ],
+)
+async def test_gemini_400_for_our_key_region_or_billing_falls_back(make_router, fakes, message, status, details):
+    fakes.gemini.queue("POST", fakes.gemini.path, gemini_error(400, status, message, details=details))
+    router = await make_router()
+
+    result = await router.generate(text="hello")
+
+    assert result.provider == "claude"
+    assert result.routing.reason.endswith("gemini failed (400 upstream-error); fell back to claude")
+    assert len(fakes.gemini.calls()) == 1
+    assert len(fakes.claude.calls()) == 1
+
+
+async def test_gemini_region_400_says_what_to_change(make_router, fakes):
+    fakes.gemini.queue(
+        "POST",
+        fakes.gemini.path,
+        gemini_error(400, "FAILED_PRECONDITION", "User location is not supported for the API use."),
+    )
+    router = await make_router(anthropic_api_key=None)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    [failure] = caught.value.extras["providers"]
+    assert failure["detail"] == (
+        "gemini refused to serve our account (400 FAILED_PRECONDITION: User location is not supported for the API "
+        "use.). The Gemini API does not serve this server's region, or not without billing: enable billing on the "
+        "project of GEMINI_API_KEY in Google AI Studio, or run the service from a supported region."
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_gemini_400_with_field_violations_is_still_the_callers_fault(make_router, fakes, transport):
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "generation_config.max_output_tokens", "description": "too large"}],
+        }
+    ]
+    fakes.gemini.queue(
+        "POST", fakes.gemini.path, gemini_error(400, "INVALID_ARGUMENT", "Invalid max_output_tokens", details=details)
+    )
+    router = await make_router(transport=transport)
+
+    with pytest.raises(CallerFault) as caught:
+        await router.generate(text="hello", max_tokens=999_999)
+
+    assert caught.value.status == 422
+    assert caught.value.detail == (
+        "gemini rejected the request (400: Invalid max_output_tokens). Check text, system and max_tokens."
+    )
+    assert len(fakes.gemini.calls()) == 1
+    assert fakes.claude.calls() == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("status", "kind", "message"),
+    [
+        (401, "authentication_error", "invalid x-api-key"),
+        (403, "permission_error", "Your API key does not have permission to use the specified resource."),
+    ],
+)
+async def test_claude_401_and_403_are_not_retried_and_fall_back_to_gemini(
+    make_router, fakes, transport, status, kind, message
+):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, anthropic_error(status, kind, message))
+    router = await make_router(transport=transport)
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "gemini"
+    assert result.routing.reason == (
+        f"600 words > 500: claude; claude failed ({status} upstream-error); fell back to gemini"
+    )
+    assert len(fakes.claude.calls()) == 1
+    assert gemini_prompt(fakes.gemini.calls()[0]) == words(600)
+
+
+async def test_claude_disabled_organization_400_falls_back_to_gemini(make_router, fakes):
+    fakes.claude.queue(
+        "POST", ANTHROPIC_PATH, anthropic_error(400, "invalid_request_error", "This organization has been disabled.")
+    )
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert result.provider == "gemini"
+    assert result.routing.reason.endswith("claude failed (400 upstream-error); fell back to gemini")
+    assert len(fakes.claude.calls()) == 1
+    assert len(fakes.gemini.calls()) == 1
+
+
+async def test_claude_401_detail_names_the_setting_not_the_key(make_router, fakes):
+    fakes.claude.queue("POST", ANTHROPIC_PATH, anthropic_error(401, "authentication_error", "invalid x-api-key"))
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello", provider="claude")
+
+    [failure] = caught.value.extras["providers"]
+    assert failure["detail"] == (
+        "claude refused our credentials (401: invalid x-api-key). Check ANTHROPIC_API_KEY and CLAUDE_MODEL."
+    )
+    assert ANTHROPIC_KEY not in caught.value.detail
+
+
+# --- Every provider rate limited ------------------------------------------------------------
+
+
+def gemini_429(retry_after: str | None = None, details=None) -> Reply:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers=headers, details=details)
+
+
+def claude_429(retry_after: str | None = None) -> Reply:
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    return anthropic_error(429, "rate_limit_error", "Rate limit exceeded", headers=headers)
+
+
+async def test_every_provider_rate_limited_is_429_with_the_smallest_retry_after(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_429("9"))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: claude_429("7"))
+    router = await make_router(max_retry_wait_seconds=5)  # 7 and 9 s are not waited out in the request
+    started = time.monotonic()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    assert time.monotonic() - started < 2
+    error = caught.value
+    assert (error.status, error.slug, error.title) == (429, "upstream-rate-limited", "Upstream rate limit reached")
+    assert error.headers == {"Retry-After": "7"}
+    assert error.extras["retry_after"] == 7
+    assert error.extras["upstream"] == "llm"
+    assert error.retryable is False  # the router has spent its attempts; nobody should loop on top of it
+    assert [(p["provider"], p["status"], p["error"]) for p in error.extras["providers"]] == [
+        ("gemini", 429, "upstream-rate-limited"),
+        ("claude", 429, "upstream-rate-limited"),
+    ]
+    assert error.detail == (
+        "Every LLM provider is rate limiting us; try again in 7 s. "
+        "gemini: gemini is rate limiting us (Resource has been exhausted.).; "
+        "claude: claude is rate limiting us (Rate limit exceeded)."
+    )
+    assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
+
+
+async def test_rate_limited_retry_after_comes_from_gemini_retry_info_too(make_router, fakes):
+    retry_info = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3.2s"}]
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_429(details=retry_info))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: claude_429("30"))
+    router = await make_router(max_retry_wait_seconds=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    assert caught.value.status == 429
+    assert caught.value.headers == {"Retry-After": "4"}  # 3.2 s, rounded up
+    assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
+
+
+async def test_rate_limited_without_any_retry_after_is_429_without_the_header(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_429())
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: claude_429())
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    assert caught.value.status == 429
+    assert caught.value.headers == {}
+    assert "retry_after" not in caught.value.extras
+    assert caught.value.detail.startswith("Every LLM provider is rate limiting us. gemini: ")
+    assert len(fakes.gemini.calls()) == 2 and len(fakes.claude.calls()) == 2  # retried with backoff on each
+
+
+async def test_rate_limited_with_one_retry_after_uses_that_one(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_429())
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: claude_429("12"))
+    router = await make_router(llm_max_attempts=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    assert caught.value.status == 429
+    assert caught.value.headers == {"Retry-After": "12"}
+
+
+async def test_rate_limited_includes_the_local_model_when_it_was_tried(make_router, fakes):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_429("8"))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: claude_429("6"))
+    fakes.local.route(
+        "POST", OPENAI_PATH, lambda _: openai_error(429, "rate_limit_exceeded", "busy", headers={"Retry-After": "5"})
+    )
+    router = await make_router(local=True, llm_max_attempts=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    assert caught.value.status == 429
+    assert caught.value.headers == {"Retry-After": "5"}
+    assert [p["provider"] for p in caught.value.extras["providers"]] == ["gemini", "claude", "local"]
+    assert len(fakes.local.calls()) == 1
+
+
+@pytest.mark.parametrize(
+    ("gemini_reply", "claude_reply"),
+    [
+        (gemini_429("7"), anthropic_error(529, "overloaded_error", "Overloaded")),  # 529: down, not a rate limit
+        (gemini_error(503, "UNAVAILABLE", "The model is overloaded."), claude_429("7")),
+        (gemini_429("7"), anthropic_error(401, "authentication_error", "invalid x-api-key")),
+    ],
+)
+async def test_mixed_failures_stay_502(make_router, fakes, gemini_reply, claude_reply):
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_reply)
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: claude_reply)
+    router = await make_router(llm_max_attempts=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    error = caught.value
+    assert (error.status, error.slug) == (502, "llm-providers-failed")
+    assert error.headers == {}
+    assert [p["provider"] for p in error.extras["providers"]] == ["gemini", "claude"]
+    assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
+
+
+async def test_exhausted_quotas_on_every_provider_are_429(make_router, fakes):
+    """A 429 for an exhausted spend limit or daily quota is still the vendor's rate limit: waiting (long) helps."""
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_429("4"))
+    fakes.claude.route(
+        "POST",
+        ANTHROPIC_PATH,
+        lambda _: anthropic_error(429, "rate_limit_error", "You have reached your specified API usage limits."),
+    )
+    router = await make_router(llm_max_attempts=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="hello")
+
+    assert caught.value.status == 429
+    assert caught.value.headers == {"Retry-After": "4"}
+    assert "waiting will not help" in caught.value.extras["providers"][1]["detail"]

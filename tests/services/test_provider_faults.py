@@ -1,8 +1,9 @@
 """Fault injection, per provider: every failure maps to a problem, retries stay bounded, nothing escapes.
 
-Each provider is forced (no fallback), so the 502 lists exactly its own
-error, and the fake's call count shows how many attempts were made
+Each provider is forced (no fallback), so the error lists exactly its own
+failure, and the fake's call count shows how many attempts were made
 (LLM_MAX_ATTEMPTS=2: retryable faults are tried twice, the others once).
+A rate limit on the only provider tried is a 429 with its Retry-After; the rest are 502s.
 """
 
 from __future__ import annotations
@@ -40,19 +41,33 @@ def _server_error(vendor: str, status: int) -> Reply:
     return openai_error(status, "server_error", "The server had an error")
 
 
-FAULTS: dict[str, tuple[Callable[[str], Reply], str, int]] = {
-    # name: (reply for a vendor, problem slug in the 502's providers list, expected calls)
-    "429 with Retry-After": (lambda v: _rate_limited(v, {"Retry-After": "0"}), "upstream-rate-limited", 2),
-    "429 without Retry-After": (lambda v: _rate_limited(v, {}), "upstream-rate-limited", 2),
-    "500": (lambda v: _server_error(v, 500), "upstream-error", 2),
-    "503": (lambda v: _server_error(v, 503), "upstream-error", 2),
-    "slow past the timeout": (lambda v: Reply(200, json={}, delay=1.5), "upstream-timeout", 2),
-    "connection reset": (lambda v: Reply(drop=True), "upstream-unavailable", 2),
-    "HTML error page": (lambda v: Reply(502, text=HTML_ERROR_PAGE, content_type="text/html"), "upstream-error", 2),
+FAULTS: dict[str, tuple[Callable[[str], Reply], str, int, int, dict[str, str]]] = {
+    # name: (reply for a vendor, problem slug in the providers list, expected calls, answer status, answer headers)
+    "429 with Retry-After": (
+        lambda v: _rate_limited(v, {"Retry-After": "0"}),
+        "upstream-rate-limited",
+        2,
+        429,
+        {"Retry-After": "0"},
+    ),
+    "429 without Retry-After": (lambda v: _rate_limited(v, {}), "upstream-rate-limited", 2, 429, {}),
+    "500": (lambda v: _server_error(v, 500), "upstream-error", 2, 502, {}),
+    "503": (lambda v: _server_error(v, 503), "upstream-error", 2, 502, {}),
+    "slow past the timeout": (lambda v: Reply(200, json={}, delay=1.5), "upstream-timeout", 2, 502, {}),
+    "connection reset": (lambda v: Reply(drop=True), "upstream-unavailable", 2, 502, {}),
+    "HTML error page": (
+        lambda v: Reply(502, text=HTML_ERROR_PAGE, content_type="text/html"),
+        "upstream-error",
+        2,
+        502,
+        {},
+    ),
     "invalid JSON on 200": (
         lambda v: Reply(200, text='{"candidates": [', content_type="application/json"),
         "upstream-error",
         1,
+        502,
+        {},
     ),
 }
 
@@ -70,7 +85,7 @@ def _path(fakes, vendor: str) -> tuple[object, str]:
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_fault_is_mapped_with_bounded_retries(make_router, fakes, vendor, fault):
-    make_reply, slug, expected_calls = FAULTS[fault]
+    make_reply, slug, expected_calls, status, headers = FAULTS[fault]
     fake, path = _path(fakes, vendor)
     fake.route("POST", path, lambda _: make_reply(vendor))
     router = await make_router(local=True, llm_timeout_seconds=0.4, llm_max_attempts=2)
@@ -82,7 +97,8 @@ async def test_fault_is_mapped_with_bounded_retries(make_router, fakes, vendor, 
     assert failure["provider"] == vendor
     assert failure["error"] == slug, failure["detail"]
     assert len(fake.calls("POST", path)) == expected_calls
-    assert caught.value.status == 502
+    assert caught.value.status == status
+    assert caught.value.headers == headers
 
 
 def _closed_port() -> int:
