@@ -3,6 +3,10 @@
 Code anywhere raises a `ProblemError` subclass that says what went wrong in
 domain terms (`UpstreamRateLimited(retry_after=30)`); `add_exception_handlers`
 is the only place that turns errors into HTTP responses.
+
+Every body built here (`problem_body`, `problem_response`) is passed through the
+serving app's secret scrubber (core/secrets.py), members and extras included: a
+detail may quote an upstream that echoed the credential it was sent.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.context import current_request_id
+from core.secrets import current_scrubber
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "/problems/"
@@ -227,7 +232,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def problem_body(exc: ProblemError, instance: str | None = None) -> dict[str, Any]:
-    """The JSON body for a domain error, as the handler would send it."""
+    """The JSON body for a domain error, as the handler sends it and the idempotency store keeps it: scrubbed."""
     body: dict[str, Any] = {"type": exc.type, "title": exc.title, "status": exc.status, "detail": exc.detail}
     if instance is not None:
         body["instance"] = instance
@@ -236,7 +241,7 @@ def problem_body(exc: ProblemError, instance: str | None = None) -> dict[str, An
         body["request_id"] = request_id
     for key, value in exc.extras.items():
         body.setdefault(key, value)
-    return body
+    return current_scrubber().scrub_value(body)
 
 
 def problem_response(
@@ -257,6 +262,7 @@ def problem_response(
         body["request_id"] = request_id
     for key, value in (extras or {}).items():
         body.setdefault(key, value)
+    body = current_scrubber().scrub_value(body)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
@@ -277,10 +283,11 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        body = problem_body(exc, request.url.path)
         if exc.status >= 500:
-            logger.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.slug, exc.detail)
+            logger.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.slug, body["detail"])
         return JSONResponse(
-            problem_body(exc, request.url.path),
+            body,
             status_code=exc.status,
             headers=exc.headers,
             media_type=PROBLEM_CONTENT_TYPE,

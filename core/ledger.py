@@ -11,6 +11,11 @@ A failure inside `run.action` is recorded (status `failed`, the error's
 detail) and re-raised; a failure inside `ledger.run` marks the run failed.
 Retries in skills report their attempts through `note_attempt()`, which finds
 the current action via a context variable, so skills never see the ledger.
+
+Nothing secret is stored: `redact()` masks values under credential-looking keys,
+and the ledger's `SecretScrubber` (core/secrets.py, the one the logs and error
+bodies use) replaces every form of a configured secret in everything written:
+input summary, result, error, and each action's request, external id and error.
 """
 
 from __future__ import annotations
@@ -31,11 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from core.errors import ProblemError
+from core.secrets import NO_SECRETS, REDACTED, SecretScrubber
 from core.store import Action, Run, utcnow
 
 logger = logging.getLogger("orchestrator.ledger")
 
-REDACTED = "***"
 # A key that names a credential: `token`, `slack_bot_token`, `X-API-Key`, `Authorization`...
 # but not a count such as `input_tokens` or `max_tokens` (the match is anchored at the end).
 _SECRET_KEY = re.compile(
@@ -61,10 +66,11 @@ def redact(value: Any) -> Any:
     return value
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException, *, scrubber: SecretScrubber = NO_SECRETS) -> str:
+    """One line for the ledger; scrubbed before it is cut, so a cut never leaves half a secret."""
     if isinstance(exc, ProblemError):
-        return f"{exc.status} {exc.slug}: {exc.detail}"
-    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+        return scrubber.scrub(f"{exc.status} {exc.slug}: {exc.detail}")
+    return scrubber.scrub(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
 
 
 @dataclass
@@ -109,7 +115,7 @@ class RunHandle:
             yield record
         except BaseException as exc:
             record.status = "failed"
-            record.error = describe_error(exc)
+            record.error = describe_error(exc, scrubber=self.ledger.scrubber)
             raise
         finally:
             _current_action.reset(token)
@@ -274,9 +280,19 @@ class _GroupCommit:
 
 
 class Ledger:
-    def __init__(self, sessions: async_sessionmaker) -> None:
+    """Runs and actions in the database. `scrubber` removes configured secrets from everything written."""
+
+    def __init__(self, sessions: async_sessionmaker, *, scrubber: SecretScrubber = NO_SECRETS) -> None:
         self.sessions = sessions
+        self.scrubber = scrubber
         self._writes = _GroupCommit(sessions)
+
+    def _stored(self, value: Any) -> Any:
+        # Scrubbed before redact() cuts long strings, so a cut never leaves half a secret.
+        return redact(self.scrubber.scrub_value(value))
+
+    def _stored_text(self, text: str | None) -> str | None:
+        return self.scrubber.scrub(text) if text else text
 
     @asynccontextmanager
     async def run(
@@ -302,7 +318,9 @@ class Ledger:
         try:
             yield handle
         except BaseException as exc:
-            await self.finish_run(handle.id, status="failed", error=describe_error(exc), result=handle.result)
+            await self.finish_run(
+                handle.id, status="failed", error=describe_error(exc, scrubber=self.scrubber), result=handle.result
+            )
             raise
         else:
             await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result)
@@ -325,7 +343,7 @@ class Ledger:
             "status": "running",
             "created_at": utcnow(),
             "finished_at": None,
-            "input_summary": redact(dict(input_summary or {})),
+            "input_summary": self._stored(dict(input_summary or {})),
             "result": None,
             "error": None,
         }
@@ -343,8 +361,8 @@ class Ledger:
             "b_id": run_id,
             "b_status": status,
             "b_finished_at": utcnow(),
-            "b_result": redact(result) if result else None,
-            "b_error": error,
+            "b_result": self._stored(result) if result else None,
+            "b_error": self._stored_text(error),
         }
         await self._writes.submit(_FinishRun(params))
 
@@ -354,11 +372,11 @@ class Ledger:
             "skill": record.skill,
             "operation": record.operation,
             "status": record.status,
-            "external_id": record.external_id,
-            "error": record.error,
+            "external_id": self._stored_text(record.external_id),
+            "error": self._stored_text(record.error),
             "attempts": max(record.attempts, 1 if record.status in ("ok", "failed") else 0),
             "duration_ms": duration_ms,
-            "request": redact(record.request) if record.request is not None else None,
+            "request": self._stored(record.request) if record.request is not None else None,
             "created_at": utcnow(),
         }
         # Not waited for (the run's finish commits it at the latest), but drained now: an action on someone's

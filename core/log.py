@@ -1,9 +1,10 @@
 """Logging set-up: text or JSON lines, request ids, and secret scrubbing.
 
 Secrets are `SecretStr` everywhere, so they should never reach a log record.
-`SecretScrubber` is the second line of defence: it replaces any configured
-secret value that still slips into a message (an upstream echoing a token,
-a traceback holding a URL with credentials) before the record is written.
+`SecretScrubbingFilter` is the second line of defence: it replaces every form
+of a configured secret (core/secrets.py: raw, URL-encoded, base64 credentials)
+that still slips into a record (an upstream echoing a token, a traceback
+holding a URL with credentials) before the record is written.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from core.context import current_request_id
+from core.secrets import SecretScrubber
 
-REDACTED = "***"
+#: Attributes every record has; the others were given with `extra={...}` (and JSON lines show them).
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
 
 class RequestIdFilter(logging.Filter):
@@ -26,37 +29,33 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class SecretScrubber(logging.Filter):
-    """Replace known secret values in the formatted message and traceback text."""
+class SecretScrubbingFilter(logging.Filter):
+    """Scrub the formatted message, the traceback text and string `extra` fields of each record."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, scrubber: SecretScrubber) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        self.scrubber = scrubber
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
+        if not self.scrubber:
             return True
+        scrub = self.scrubber.scrub
         message = record.getMessage()
-        scrubbed = self.scrub(message)
+        scrubbed = scrub(message)
         if scrubbed != message:
             record.msg, record.args = scrubbed, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
+            record.exc_text = scrub(record.exc_text)
+        for key, value in list(vars(record).items()):
+            if isinstance(value, str) and key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                setattr(record, key, scrub(value))
         return True
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; extra fields given with `extra={...}` are kept."""
-
-    _standard = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
     def format(self, record: logging.LogRecord) -> str:
         payload = {
@@ -67,7 +66,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
         }
         for key, value in vars(record).items():
-            if key not in self._standard and not key.startswith("_"):
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
                 payload[key] = value
         if record.exc_info or record.exc_text:
             payload["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
@@ -77,8 +76,12 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
-def configure_logging(*, level: str, fmt: str, secrets: Iterable[str]) -> None:
-    """Configure the root logger once per app start; idempotent across test apps."""
+def configure_logging(*, level: str, fmt: str, secrets: SecretScrubber | Iterable[str]) -> None:
+    """Configure the root logger once per app start; idempotent across test apps.
+
+    `secrets` is best the settings' `secret_scrubber`, the one errors and the ledger use; raw values
+    (`secret_values()`) get every form derivable from a value alone, not the exact Basic pairs.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_orchestrator", False):
@@ -86,7 +89,8 @@ def configure_logging(*, level: str, fmt: str, secrets: Iterable[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._orchestrator = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
-    handler.addFilter(SecretScrubber(secrets))
+    scrubber = secrets if isinstance(secrets, SecretScrubber) else SecretScrubber(secrets)
+    handler.addFilter(SecretScrubbingFilter(scrubber))
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request id, one access-log line, body limit, last-resort 500.
+"""Pure-ASGI middleware: request id, secret scrubber, one access-log line, body limit, last-resort 500.
 
 Written as raw ASGI rather than `BaseHTTPMiddleware` because it sits on every
 request and the raw form adds no task or stream copies.
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.context import reset_request_id, set_request_id
 from core.errors import problem_response
+from core.secrets import reset_scrubber, scrubber_of, use_scrubber
 
 access_log = logging.getLogger("orchestrator.access")
 error_log = logging.getLogger("orchestrator.errors")
@@ -41,6 +42,8 @@ class RequestContextMiddleware:
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = supplied if _SAFE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
         token = set_request_id(request_id)
+        # Like the request id, the app's scrubber travels with the request: every problem body uses it.
+        scrubber_token = use_scrubber(scrubber_of(scope.get("app")))
         started = time.perf_counter()
         status_holder = {"status": 500, "started": False}
         max_body = self.max_body_bytes
@@ -95,6 +98,7 @@ class RequestContextMiddleware:
                 raise
         finally:
             self._log(scope, status_holder["status"], started, request_id)
+            reset_scrubber(scrubber_token)
             reset_request_id(token)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:

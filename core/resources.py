@@ -56,5 +56,5 @@ async def open_resources(settings: Settings, registry: Registry, stack: AsyncExi
         http=http,
         engine=engine,
         sessions=sessions,
-        ledger=Ledger(sessions),
+        ledger=Ledger(sessions, scrubber=settings.secret_scrubber),
     )

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationE
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigurationError
+from core.secrets import SecretScrubber
 
 
 def _http_url(value: str) -> str:
@@ -206,7 +207,7 @@ class Settings(BaseSettings):
         return {"starttls": 587, "tls": 465, "none": 25}[self.smtp_security]
 
     def secret_values(self) -> list[str]:
-        """Every configured secret, unwrapped; used only to scrub logs."""
+        """Every configured secret, unwrapped; used only to scrub them (`secret_scrubber`)."""
         values = []
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -215,6 +216,11 @@ class Settings(BaseSettings):
                 if len(raw) >= 4:
                     values.append(raw)
         return values
+
+    @cached_property
+    def secret_scrubber(self) -> SecretScrubber:
+        """Every form of the configured secrets (core/secrets.py): one for the logs, errors and the ledger."""
+        return SecretScrubber.from_settings(self)
 
 
 def env_name(field: str) -> str:

@@ -62,3 +62,22 @@ def test_http_client_libraries_do_not_log_every_upstream_call_at_info():
     configure_logging(level="DEBUG", fmt="json", secrets=[])
     assert not logging.getLogger("httpx2").isEnabledFor(logging.INFO)  # still WARNING: DEBUG is for our own lines
     configure_logging(level="INFO", fmt="json", secrets=[])
+
+
+async def test_base64_credentials_never_appear_in_logs_or_error_bodies(make_client, capsys):
+    """A traceback quoting the Basic header the service sent (base64 of `token:api_token`) is scrubbed too."""
+    import base64
+
+    token = SECRETS["toggl_api_token"]
+    basic = base64.b64encode(f"{token}:api_token".encode()).decode()
+    async with make_client(toggl_api_token=token) as client:
+
+        async def leak():
+            raise RuntimeError(f"upstream echoed Authorization: Basic {basic}")
+
+        client.app.add_api_route("/leak", leak)
+        body = (await client.get("/leak")).text
+    logged = capsys.readouterr().err
+    assert "upstream echoed Authorization: Basic ***" in logged and "Basic ***=" not in logged
+    for form in (basic, basic.rstrip("="), token):
+        assert form not in logged and form not in body, form

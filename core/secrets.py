@@ -1,0 +1,186 @@
+"""Every form a configured secret can take, and the one scrubber that removes them.
+
+Secrets are `SecretStr` and should never reach a log line, an error body or the
+ledger. This is the second line of defence for the text that still can: an
+upstream that echoes the credential it was sent (Slack's `invalid_auth Bearer
+xoxb-...`, a Toggl 400 quoting `Authorization: Basic ...`). Logs
+(`core.log`), problem-details bodies (`core.errors`) and the ledger
+(`core.ledger`) all replace the same forms with `***`:
+
+- the raw value, and its URL-encoded forms when encoding changes it;
+- the base64 credentials the service itself sends: Toggl's HTTP Basic
+  `token:api_token` (skills/toggl.py), Twilio's `ACCOUNT_SID:AUTH_TOKEN`
+  (skills/whatsapp.py), SMTP `AUTH PLAIN` (`\\0user\\0password`) and `AUTH LOGIN`
+  (`password` alone) as aiosmtplib encodes them (skills/email.py);
+- the secret base64-encoded inside any longer value (another Basic pairing, a
+  re-encoded header): wherever the secret sits, its base64 text contains one of
+  three fixed strings, one per alignment. Only for secrets long enough
+  (`_MIN_CORE` characters of base64) that a chance match is negligible.
+
+A base64 form takes the whole base64 run around it (padding included), so no
+fragment of an encoded credential is left behind. CRAM-MD5 and the Slack signing
+secret only ever leave as an HMAC, which reveals nothing.
+
+`Settings.secret_scrubber` builds the one instance an app uses: the ledger gets
+it from `core.resources`, problem bodies through `current_scrubber()` (set per
+request by `RequestContextMiddleware`, like the request id).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+REDACTED = "***"
+
+_BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+#: Shortest base64 text of a secret searched for inside longer base64 values (64**8 ≈ 3e14 to one).
+_MIN_CORE = 8
+
+
+def _base64(value: bytes) -> str:
+    """`value` base64-encoded, without the `=` padding (a match takes the padding with it)."""
+    return base64.b64encode(value).decode("ascii").rstrip("=")
+
+
+def _url_forms(secret: str) -> set[str]:
+    """The secret as a URL path or query would carry it, when encoding changes it."""
+    return {form for form in (quote(secret, safe=""), quote_plus(secret, safe="")) if form != secret}
+
+
+def _base64_cores(secret: bytes) -> set[str]:
+    """The base64 characters that encode only `secret`'s bits, for each of its three possible alignments.
+
+    In the base64 of any value containing `secret` at byte offset `p`, the characters that
+    encode bits of `secret` alone are exactly the core for alignment `p % 3`.
+    """
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret).decode("ascii")
+        first = -(-offset * 8 // 6)  # the first character with no bit of the prefix
+        end = (offset + len(secret)) * 8 // 6  # past the last character with no padding bit
+        core = encoded[first:end]
+        if len(core) >= _MIN_CORE:
+            cores.add(core)
+    return cores
+
+
+class SecretScrubber:
+    """Replaces every form of the given secrets with `***`.
+
+    `secrets` are raw values (`Settings.secret_values()`). `credentials` are the exact
+    values the service sends base64-encoded that one secret alone does not determine
+    (a Basic `user:password` pair), before encoding; `from_settings` lists them. Text
+    forms are replaced where they stand; a base64 form takes its whole base64 run with it.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, credentials: Iterable[bytes] = ()) -> None:
+        raw = {secret for secret in secrets if secret}
+        forms = set(raw)
+        encoded = {_base64(value) for value in credentials if value}
+        for secret in raw:
+            forms |= _url_forms(secret)
+            encoded.add(_base64(secret.encode()))  # as AUTH LOGIN sends a password
+            encoded |= _base64_cores(secret.encode())
+        # Longest first: a form that contains another is replaced whole.
+        self.forms = sorted(forms, key=len, reverse=True)
+        self.base64_forms = sorted(encoded, key=len, reverse=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretScrubber:
+        credentials: list[bytes] = []
+        if settings.toggl_api_token is not None:
+            # skills/toggl.py: httpx.BasicAuth(token, "api_token").
+            credentials.append(f"{settings.toggl_api_token.get_secret_value()}:api_token".encode())
+        if settings.twilio_auth_token is not None:
+            # skills/whatsapp.py: auth=(TWILIO_ACCOUNT_SID or "", TWILIO_AUTH_TOKEN).
+            sid = settings.twilio_account_sid or ""
+            credentials.append(f"{sid}:{settings.twilio_auth_token.get_secret_value()}".encode())
+        if settings.smtp_password is not None and settings.smtp_user:
+            # skills/email.py through aiosmtplib: AUTH PLAIN sends base64("\0user\0password");
+            # AUTH LOGIN sends base64(password) on its own, a form every secret already has.
+            user, password = settings.smtp_user, settings.smtp_password.get_secret_value()
+            credentials.append(f"\0{user}\0{password}".encode())
+        return cls(settings.secret_values(), credentials=credentials)
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def scrub(self, text: str) -> str:
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        for encoded in self.base64_forms:
+            if encoded in text:
+                text = _replace_base64_runs(text, encoded)
+        return text
+
+    def scrub_value(self, value: Any) -> Any:
+        """A copy of a JSON-like value (mappings, lists, strings) with every string scrubbed, keys included."""
+        if not self.forms:
+            return value
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, Mapping):
+            scrub_key = self.scrub
+            return {(scrub_key(k) if isinstance(k, str) else k): self.scrub_value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.scrub_value(item) for item in value]
+        return value
+
+
+def _replace_base64_runs(text: str, encoded: str) -> str:
+    """Replace each whole run of base64 characters (and its padding) that contains `encoded`.
+
+    A scan outwards from each hit rather than a regex: `[A-Za-z0-9+/]*encoded` backtracks
+    quadratically over a long base64 blob that does not contain it.
+    """
+    parts: list[str] = []
+    done = 0
+    hit = text.find(encoded)
+    while hit != -1:
+        start = hit
+        while start > done and text[start - 1] in _BASE64_ALPHABET:
+            start -= 1
+        end = hit + len(encoded)
+        while end < len(text) and text[end] in _BASE64_ALPHABET:
+            end += 1
+        for _ in range(2):
+            if end < len(text) and text[end] == "=":
+                end += 1
+        parts += [text[done:start], REDACTED]
+        done = end
+        hit = text.find(encoded, done)
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+#: Scrubs nothing: the default where no settings are known (a bare Ledger in a test, a request outside an app).
+NO_SECRETS = SecretScrubber()
+
+_current: ContextVar[SecretScrubber] = ContextVar("secret_scrubber", default=NO_SECRETS)
+
+
+def scrubber_of(app: Any) -> SecretScrubber:
+    """The scrubber of the app's settings (`create_app` puts them on `app.state`); none scrubs nothing."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    return settings.secret_scrubber if settings is not None else NO_SECRETS
+
+
+def current_scrubber() -> SecretScrubber:
+    """The scrubber of the app serving this request, set by `RequestContextMiddleware` like the request id."""
+    return _current.get()
+
+
+def use_scrubber(scrubber: SecretScrubber) -> Token[SecretScrubber]:
+    return _current.set(scrubber)
+
+
+def reset_scrubber(token: Token[SecretScrubber]) -> None:
+    _current.reset(token)
