@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secret_values())
+        configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secret_scrubber)
         async with AsyncExitStack() as stack:
             try:
                 resources = await open_resources(settings, registry, stack)

@@ -11,6 +11,7 @@ Facts this module relies on (Toggl Track API v9):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -121,7 +122,7 @@ class RunningTimer(BaseModel):
     tags: list[str] | None = None
 
 
-def _toggl_message(response: httpx.Response) -> str | None:
+def _toggl_message(response: httpx.Response, scrub: Callable[[str], str] = str) -> str | None:
     """Toggl's own words, when it gave any: a bare JSON string, a JSON object's message, or short plain text.
 
     HTML error pages (a proxy or load balancer in front of Toggl) are never echoed.
@@ -135,13 +136,13 @@ def _toggl_message(response: httpx.Response) -> str | None:
         content_type = response.headers.get("content-type", "")
         if "html" in content_type or text.lstrip().startswith("<"):
             return None
-        return text[:_MAX_DETAIL]
+        return scrub(text)[:_MAX_DETAIL]
     if isinstance(data, str):
-        return data[:_MAX_DETAIL]
+        return scrub(data)[:_MAX_DETAIL]
     if isinstance(data, dict):
         for key in ("message", "error", "error_message"):
             if isinstance(data.get(key), str):
-                return data[key][:_MAX_DETAIL]
+                return scrub(data[key])[:_MAX_DETAIL]
     return None
 
 
@@ -156,14 +157,15 @@ def _retry_after(response: httpx.Response) -> float | None:
 _MAY_HAVE_STARTED = "the time entry may have been created; check the running timer (GET /timers/current or Toggl)"
 
 
-def error_for(response: httpx.Response, *, replay_safe: bool = True) -> ProblemError:
+def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Callable[[str], str] = str) -> ProblemError:
     """Turn a non-2xx Toggl answer into a domain error; `retryable` says whether trying again may help.
 
     `replay_safe=False` (the start POST): a 5xx is not retried, since Toggl may have created the entry before
-    failing; the error says the outcome is unknown instead.
+    failing; the error says the outcome is unknown instead. `scrub` removes secrets from Toggl's words before
+    they are cut to length (a cut first could leave half a token that no scrubber recognises).
     """
     status = response.status_code
-    said = _toggl_message(response)
+    said = _toggl_message(response, scrub)
     suffix = f" Toggl said: {said}" if said else ""
     if status in (401, 403):
         return UpstreamError(
@@ -401,7 +403,7 @@ class TogglSkill:
                 ) from None
             if response.is_success or response.status_code in accept:
                 return response
-            raise error_for(response, replay_safe=replay_safe)
+            raise error_for(response, replay_safe=replay_safe, scrub=self.settings.secret_scrubber.scrub)
 
         return await with_retries(attempt, attempts=ATTEMPTS, max_wait_seconds=MAX_WAIT_SECONDS)
 

@@ -203,7 +203,9 @@ class BackgroundTasks:
             raise
         except Exception as exc:
             logger.exception("background %s failed", kind)
-            await self._record(kind, trigger, summary, status="failed", error=describe_error(exc))
+            await self._record(
+                kind, trigger, summary, status="failed", error=describe_error(exc, scrubber=self.ledger.scrubber)
+            )
             return None
 
     async def _record(self, kind: str, trigger: str, summary: dict[str, Any], *, status: str, error: str) -> None:

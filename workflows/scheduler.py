@@ -221,12 +221,12 @@ class JobScheduler:
                 }
             status = "done"
         except ProblemError as exc:
-            error = describe_error(exc)
+            error = describe_error(exc, scrubber=self.ledger.scrubber)
             logger.warning("planned stop %s failed: %s", job_id, error)
         except Exception as exc:
             # Marked failed too (the ledger run says why): left pending, the stale-claim takeover
             # would run it again every STOP_CLAIM_LEASE, indefinitely.
-            error = describe_error(exc)
+            error = describe_error(exc, scrubber=self.ledger.scrubber)
             logger.exception("planned stop %s failed unexpectedly", job_id)
         except asyncio.CancelledError:
             # Cut short at shutdown: give the claim back so the next start-up fires it

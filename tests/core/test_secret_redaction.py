@@ -148,6 +148,24 @@ async def test_toggl_echoing_the_basic_credentials(make_client, toggl, database_
     )
 
 
+async def test_toggl_words_are_scrubbed_before_they_are_cut_to_length(make_client, toggl, database_url):
+    """Toggl's message is cut to 300 characters: a token straddling the cut must not leave its first half."""
+    padding = "x" * (300 - 10)  # the token starts 10 characters before the cut
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(
+        return_value=httpx.Response(400, json={"message": f"{padding}{TOGGL_TOKEN} was not accepted"})
+    )
+    settings = {"toggl_api_token": TOGGL_TOKEN, "toggl_workspace_id": WID, "toggl_base_url": TOGGL_BASE}
+    async with make_client(**settings) as client:
+        response = await client.post("/start-timer", json={"task_name": "Write report"})
+        run = await only_run(client, "toggl.start_timer")
+    assert route.called
+    assert response.status_code == 422
+    said = f"{padding}{REDACTED} was not accepted"[:300]  # scrubbed, then cut
+    assert response.json()["detail"].endswith(f"Toggl said: {said}")
+    first_half = TOGGL_TOKEN[:10]
+    assert_nowhere([first_half], response=response.text, run=json.dumps(run), database=dump_database(database_url))
+
+
 @pytest.fixture
 def twilio() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=TWILIO_BASE, assert_all_called=False) as router:
@@ -212,6 +230,27 @@ async def test_ledger_scrubs_every_stored_field(database_url):
     [action] = stored.actions
     assert (action.request, action.external_id) == ({"text": f"Bearer {REDACTED}"}, f"id-{REDACTED}")
     assert SLACK_TOKEN not in dump_database(database_url)
+
+
+async def test_a_failed_background_task_is_scrubbed_before_its_error_is_cut(database_url):
+    """Inbound work (a WhatsApp reply, say) that fails off the request: its error is cut to 500 characters."""
+    from workflows.inbound import BackgroundTasks
+
+    engine = create_engine(database_url)
+    await migrate(engine)
+    try:
+        ledger = Ledger(session_factory(engine), scrubber=SecretScrubber([SLACK_TOKEN]))
+        tasks = BackgroundTasks(ledger)
+
+        async def fails() -> None:
+            raise RuntimeError("x" * 480 + SLACK_TOKEN)  # "RuntimeError: " + 480: the token straddles the cut
+
+        await tasks.spawn(fails(), kind="whatsapp.reply", trigger="whatsapp")
+        [stored], _ = await ledger.list_runs(kind="whatsapp.reply", status=None, trigger=None, limit=5, offset=0)
+    finally:
+        await engine.dispose()
+    assert stored.error.endswith("x" + REDACTED)
+    assert SLACK_TOKEN[:5] not in dump_database(database_url)
 
 
 async def test_an_error_cut_to_length_is_scrubbed_before_the_cut(database_url):

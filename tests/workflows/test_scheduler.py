@@ -263,3 +263,21 @@ async def test_an_unexpected_error_marks_the_stop_failed_instead_of_leaving_it_p
         [stop] = schedule["stops"]
         assert stop["status"] == "failed" and stop["run_id"] == run["id"]
         assert run["status"] == "failed" and "RuntimeError: a bug" in run["error"]
+
+
+async def test_a_failed_stop_keeps_no_secret_in_the_schedule_table(make_client):
+    """scheduled_jobs.error is written by the scheduler itself, beside the ledger: it is scrubbed the same way."""
+    async with world() as w:
+        settings = w.settings()
+        token = settings["toggl_api_token"]
+        async with make_client(**settings) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+
+            async def leaky_stop(**_kwargs):
+                raise RuntimeError(f"driver said: token={token}")
+
+            client.app.state.skills.toggl.stop_timer = leaky_stop
+            assert await client.app.state.scheduler.fire_stop("stop:9001") is True
+            [stop] = (await client.get("/schedule")).json()["stops"]
+    assert stop["status"] == "failed"
+    assert stop["error"] == "RuntimeError: driver said: token=***"
