@@ -149,7 +149,7 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    """Connection refused or reset: the upstream could not be reached at all."""
+    """Connection refused or reset, or an HTTP 503: the upstream could not serve the call."""
 
     status, slug, title = 503, "upstream-unavailable", "Upstream service unreachable"
     retryable = True
