@@ -66,6 +66,19 @@ def redact(value: Any) -> Any:
     return value
 
 
+CANCELLED = (
+    "cancelled before it finished (the service shut down, or the caller went away); "
+    "a call already sent upstream may or may not have taken effect"
+)
+
+
+def outcome_of(exc: BaseException, *, scrubber: SecretScrubber = NO_SECRETS) -> tuple[str, str]:
+    """(status, error) for a run or action that ended with `exc`: a cancellation is not a failure."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled", CANCELLED
+    return "failed", describe_error(exc, scrubber=scrubber)
+
+
 def describe_error(exc: BaseException, *, scrubber: SecretScrubber = NO_SECRETS) -> str:
     """One line for the ledger; scrubbed before it is cut, so a cut never leaves half a secret."""
     if isinstance(exc, ProblemError):
@@ -114,8 +127,7 @@ class RunHandle:
         try:
             yield record
         except BaseException as exc:
-            record.status = "failed"
-            record.error = describe_error(exc, scrubber=self.ledger.scrubber)
+            record.status, record.error = outcome_of(exc, scrubber=self.ledger.scrubber)
             raise
         finally:
             _current_action.reset(token)
@@ -318,9 +330,8 @@ class Ledger:
         try:
             yield handle
         except BaseException as exc:
-            await self.finish_run(
-                handle.id, status="failed", error=describe_error(exc, scrubber=self.scrubber), result=handle.result
-            )
+            status, error = outcome_of(exc, scrubber=self.scrubber)
+            await self.finish_run(handle.id, status=status, error=error, result=handle.result)
             raise
         else:
             await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result)

@@ -175,3 +175,27 @@ async def test_runs_started_and_finished_in_one_batch_are_one_insert(client):
         assert detail["finished_at"] and detail["input_summary"] == {"n": n}
         assert (detail["status"], detail["result"]) == (("partial", {"n": n}) if n % 2 else ("ok", None))
         assert [(a["skill"], a["external_id"]) for a in detail["actions"]] == [("fake", f"ext-{n}")]
+
+
+async def test_a_cancelled_run_is_recorded_cancelled_not_failed(client):
+    """Found by a black-box run: work cut off at shutdown read `failed` with the error "CancelledError: "."""
+    ledger = client.app.state.resources.ledger
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        async with ledger.run("inbound.chat", trigger="whatsapp") as run:
+            async with run.action("ai", "generate"):
+                entered.set()
+                await asyncio.sleep(30)  # the LLM call in flight
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [stored] = (await client.get("/runs", params={"kind": "inbound.chat"})).json()["items"]
+    detail = (await client.get(f"/runs/{stored['id']}")).json()
+    assert (detail["status"], detail["actions"][0]["status"]) == ("cancelled", "cancelled")
+    assert detail["error"].startswith("cancelled before it finished")
+    assert "may or may not have taken effect" in detail["actions"][0]["error"]
+    assert (await client.get("/runs", params={"status": "cancelled"})).json()["total"] == 1
