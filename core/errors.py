@@ -266,16 +266,32 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
-def _validation_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+SEND_JSON = "Send a JSON object with Content-Type: application/json."
+
+
+def _validation_errors(errors: Iterable[dict[str, Any]], *, content_type: str = "") -> list[dict[str, Any]]:
     # Only location, message and type: echoing the rejected input could echo a secret.
-    return [
-        {
-            "field": ".".join(str(part) for part in error.get("loc", ())),
-            "message": error.get("msg", ""),
-            "type": error.get("type", ""),
+    return [_validation_error(error, content_type) for error in errors]
+
+
+def _validation_error(error: dict[str, Any], content_type: str) -> dict[str, Any]:
+    loc = tuple(error.get("loc", ()))
+    kind = error.get("type", "")
+    message = error.get("msg", "")
+    if kind == "json_invalid":
+        # FastAPI puts the character offset in the location ("body.11"): it is not a field.
+        position = f" at character {loc[1]}" if len(loc) > 1 else ""
+        reason = (error.get("ctx") or {}).get("error", "")
+        return {
+            "field": "body",
+            "message": f"Malformed JSON{position}" + (f": {reason}" if reason else "") + f". {SEND_JSON}",
+            "type": kind,
         }
-        for error in errors
-    ]
+    if loc == ("body",) and kind in ("model_attributes_type", "dict_type") and "json" not in content_type:
+        # A form or text body reaches a JSON endpoint as a string; "a valid dictionary" does not say why.
+        shown = content_type.split(";")[0].strip() or "no Content-Type"
+        return {"field": "body", "message": f"The body was sent as {shown}. {SEND_JSON}", "type": kind}
+    return {"field": ".".join(str(part) for part in loc), "message": message, "type": kind}
 
 
 def add_exception_handlers(app: FastAPI) -> None:
@@ -295,7 +311,7 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_errors(exc.errors())
+        errors = _validation_errors(exc.errors(), content_type=request.headers.get("content-type", "").lower())
         fields = ", ".join(error["field"] for error in errors) or "request"
         return problem_response(
             status=422,
@@ -310,6 +326,15 @@ def add_exception_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            # Starlette's words for a body it cannot decode (invalid UTF-8, a broken multipart form).
+            return problem_response(
+                status=400,
+                title="Malformed request",
+                detail=f"The body could not be parsed (it must be UTF-8). {SEND_JSON}",
+                type_=PROBLEM_BASE + "bad-request",
+                instance=request.url.path,
+            )
         if exc.status_code == 404 and detail is None:
             detail = f"No route matches {request.url.path}. See /docs for the available endpoints."
         elif exc.status_code == 405 and detail is None:

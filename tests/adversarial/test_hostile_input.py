@@ -162,3 +162,47 @@ async def test_body_exactly_at_the_limit_is_accepted():
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.post("/", content=b"x" * LIMIT)
     assert (response.status_code, response.text) == (200, str(LIMIT))
+
+
+# --- The answers say what to fix (found by a black-box review) -------------------------------------------------
+
+
+async def test_malformed_json_names_the_body_and_the_position_not_a_field_called_11(hostile_client):
+    response = await hostile_client.post(
+        "/slack-notify", content=b'{"message":', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["field"] == "body"
+    assert error["message"].startswith("Malformed JSON at character 11")
+    assert error["message"].endswith("Send a JSON object with Content-Type: application/json.")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "shown"),
+    [
+        ("text/plain", b"hello", "text/plain"),
+        ("application/x-www-form-urlencoded", b"message=hi", "application/x-www-form-urlencoded"),
+    ],
+)
+async def test_a_non_json_body_is_told_to_send_json(hostile_client, content_type, body, shown):
+    response = await hostile_client.post("/slack-notify", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error == {
+        "field": "body",
+        "message": f"The body was sent as {shown}. Send a JSON object with Content-Type: application/json.",
+        "type": error["type"],
+    }
+
+
+async def test_an_undecodable_body_is_a_bad_request_problem_not_about_blank(hostile_client):
+    response = await hostile_client.post(
+        "/slack-notify", content=b'{"message":"\xff\xfe"}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["type"] == "/problems/bad-request"
+    assert body["detail"] == (
+        "The body could not be parsed (it must be UTF-8). Send a JSON object with Content-Type: application/json."
+    )
