@@ -96,6 +96,8 @@ def configure_logging(*, level: str, fmt: str, secrets: SecretScrubber | Iterabl
     root.setLevel(level)
     # uvicorn's own access log would duplicate our request line.
     logging.getLogger("uvicorn.access").disabled = True
-    # Library chatter that would drown the request lines at INFO.
-    for noisy in ("httpx", "httpx2", "httpcore", "alembic", "aiosqlite", "slack_sdk", "google_genai", "anthropic"):
+    # Library chatter that would drown the request lines at INFO. APScheduler logs every run of the 30-second
+    # stop sync; orchestrator.scheduler logs what matters (a stop planned, fired, taken over).
+    noisy_loggers = ("httpx", "httpx2", "httpcore", "alembic", "aiosqlite", "slack_sdk", "google_genai", "anthropic")
+    for noisy in (*noisy_loggers, "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

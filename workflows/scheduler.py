@@ -23,6 +23,7 @@ durable and single-firing lives in the database:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -163,7 +164,7 @@ class JobScheduler:
                 .values(status="cancelled", finished_at=utcnow())
             )
         if self.aps.get_job(job_id) is not None:
-            self.aps.remove_job(job_id)
+            contextvars.Context().run(self.aps.remove_job, job_id)  # see _arm_stop
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def sync_stops(self) -> int:
@@ -179,7 +180,10 @@ class JobScheduler:
         return armed
 
     def _arm_stop(self, job_id: str, at: datetime) -> None:
-        self.aps.add_job(
+        # APScheduler's timer callbacks, and the job tasks they create, inherit the context they were armed
+        # in: armed from a request, every later firing logged that request's id. A fresh context has none.
+        contextvars.Context().run(
+            self.aps.add_job,
             self._stop_due,
             DateTrigger(run_date=at),
             args=[job_id],

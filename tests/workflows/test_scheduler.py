@@ -281,3 +281,33 @@ async def test_a_failed_stop_keeps_no_secret_in_the_schedule_table(make_client):
             [stop] = (await client.get("/schedule")).json()["stops"]
     assert stop["status"] == "failed"
     assert stop["error"] == "RuntimeError: driver said: token=***"
+
+
+async def test_a_stop_armed_from_a_request_does_not_fire_under_that_requests_id(make_client):
+    """Found by a black-box run: scheduler log lines carried the id of an unrelated, long finished request."""
+    from core.context import current_request_id
+
+    seen: list[str | None] = []
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            scheduler = client.app.state.scheduler
+            fire = scheduler.fire_stop
+
+            async def spy(job_id: str) -> bool:
+                seen.append(current_request_id())
+                return await fire(job_id)
+
+            scheduler.fire_stop = spy
+            response = await client.post(
+                "/start-timer",
+                json={"task_name": "Admin", "duration_minutes": 1},
+                headers={"X-Request-ID": "req-started-the-timer"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["x-request-id"] == "req-started-the-timer"
+            with time_machine.travel(datetime.now(UTC) + timedelta(minutes=2), tick=True):
+                scheduler.aps.wakeup()
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+    # Every firing (the stop's own, and the 30-second sync's, which the claim turns into a no-op) ran with no
+    # request id of its own.
+    assert seen and set(seen) == {None}
