@@ -115,6 +115,7 @@ class RunHandle:
     id: str
     status: str | None = None  # set to override the final status ("partial", "dry_run", ...)
     result: dict[str, Any] | None = None
+    error: str | None = None  # why a run that ends without an exception still failed (a briefing whose steps all did)
     actions: list[ActionRecord] = field(default_factory=list)
 
     @asynccontextmanager
@@ -334,7 +335,8 @@ class Ledger:
             await self.finish_run(handle.id, status=status, error=error, result=handle.result)
             raise
         else:
-            await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result)
+            error = self.scrubber.scrub(handle.error)[:_MAX_ERROR] if handle.error else None
+            await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result, error=error)
 
     async def start_run(
         self,

@@ -57,6 +57,19 @@ class AIProcessRequest(BaseModel):
         return value
 
 
+class AIProcessResponse(Generation):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                **Generation.model_config["json_schema_extra"]["example"],  # type: ignore[index,dict-item]
+                "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+            }
+        }
+    )
+
+    run_id: str = Field(description="The ledger run: GET /runs/{run_id}.")
+
+
 class ClientClosedRequest(ProblemError):
     """The caller went away; the upstream call was cancelled. Nobody reads this answer, the ledger does."""
 
@@ -118,7 +131,7 @@ def prompt_summary(body: AIProcessRequest, *, store_prompts: bool) -> dict[str, 
 
 async def process_prompt(
     request: Request, body: AIProcessRequest, *, ai: AIRouter, ledger: Ledger, store_prompts: bool
-) -> Generation:
+) -> AIProcessResponse:
     """One run (kind `ai.process`) with one action named after the provider that answered."""
     # Generating text acts on no one's account, so the start need not be committed before the call:
     # the finish commits the whole run, and the hot path skips one database round trip.
@@ -129,10 +142,14 @@ async def process_prompt(
         durable_start=False,
     ) as run:
         async with run.action("ai", "generate") as action:
-            generation = await cancel_on_disconnect(
-                request,
-                ai.generate(text=body.text, system=body.system, max_tokens=body.max_tokens, provider=body.provider),
-            )
+            try:
+                generation = await cancel_on_disconnect(
+                    request,
+                    ai.generate(text=body.text, system=body.system, max_tokens=body.max_tokens, provider=body.provider),
+                )
+            except ProblemError as exc:
+                exc.extras.setdefault("run_id", run.id)  # the problem points at its record
+                raise
             action.skill = generation.provider
             action.external_id = generation.model_used
         run.result = {
@@ -143,13 +160,13 @@ async def process_prompt(
             "latency_ms": generation.latency_ms,
             "routing": generation.routing.model_dump(),
         }
-    return generation
+    return AIProcessResponse(run_id=run.id, **dict(generation))
 
 
 @router.post(
     "/ai-process",
     summary="Generate text with Gemini or Claude (routed by prompt length)",
-    response_model=Generation,
+    response_model=AIProcessResponse,
     responses=problem_responses(401, 413, 422, 429, 502, 503, 504),
 )
 async def ai_process(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from core.errors import ProblemError
 from core.ledger import Ledger
 from core.outcome import ActionOutcome
 
@@ -24,14 +25,22 @@ async def perform_action(
     """Record a run with one action around `call`; return the run id and the outcome.
 
     A failure is recorded (run and action `failed`, with the reason) and re-raised
-    for the error mapping to answer.
+    for the error mapping to answer, with the run's id in the problem (`run_id`),
+    so the caller can find the record: GET /runs/{run_id}.
     """
-    async with ledger.run(kind, trigger=trigger, input_summary=input_summary) as run:
-        async with run.action(skill, operation) as action:
-            outcome = await call()
-            action.external_id = outcome.ledger_external_id()
-            action.request = outcome.payload
-            action.status = "dry_run" if outcome.dry_run else "ok"
-        run.status = "dry_run" if outcome.dry_run else "ok"
-        run.result = outcome.model_dump(mode="json")
+    run_id: str | None = None
+    try:
+        async with ledger.run(kind, trigger=trigger, input_summary=input_summary) as run:
+            run_id = run.id
+            async with run.action(skill, operation) as action:
+                outcome = await call()
+                action.external_id = outcome.ledger_external_id()
+                action.request = outcome.payload
+                action.status = "dry_run" if outcome.dry_run else "ok"
+            run.status = "dry_run" if outcome.dry_run else "ok"
+            run.result = outcome.model_dump(mode="json")
+    except ProblemError as exc:
+        if run_id is not None:
+            exc.extras.setdefault("run_id", run_id)
+        raise
     return run.id, outcome

@@ -347,6 +347,9 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
         report = BriefingReport(status=status, run_id=run.id, steps=steps, plan=plan_text)
         run.status = "dry_run" if request.dry_run and status == "ok" else status
         run.result = report.model_dump(mode="json", exclude={"run_id"})
+        if status != "ok":
+            # The list view shows `error`, not the steps: say there which ones did not succeed and why.
+            run.error = "; ".join(f"{step.name} {step.status}: {step.detail}" for step in steps if step.status != "ok")
     return report
 
 

@@ -53,10 +53,13 @@ async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
         response = await client.post(
             "/ai-process", json={"text": "Plan my morning", "system": "Be brief.", "max_tokens": 120}
         )
+        body = response.json()
+        run = (await client.get(f"/runs/{body['run_id']}")).json()
 
     assert response.status_code == 200
-    body = response.json()
-    assert set(body) == {"response", "model_used", "provider", "routing", "usage", "latency_ms"}
+    assert set(body) == {"response", "model_used", "provider", "routing", "usage", "latency_ms", "run_id"}
+    # The answer names its ledger record.
+    assert (run["kind"], run["result"]["provider"]) == ("ai.process", "gemini")
     assert body["response"] == "gemini: 3 words received"
     assert body["model_used"] == "gemini-3.8-flash"
     assert body["provider"] == "gemini"
@@ -315,6 +318,7 @@ async def test_every_provider_rate_limited_is_429_with_the_smallest_retry_after(
                 "detail": "claude is rate limiting us (Rate limit exceeded).",
             },
         ],
+        "run_id": run["id"],  # the problem names its ledger record
     }
     assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
     assert run["status"] == "failed" and "upstream-rate-limited" in run["error"]

@@ -138,6 +138,14 @@ async def test_nothing_configured_is_a_503_not_configured_listing_every_variable
         ("slack", "not_configured", ["SLACK_BOT_TOKEN"]),
     ]
     assert run["status"] == "failed"
+    # The list view shows `error`: it says what did not succeed (it was null).
+    reasons = run["error"].split("; ")
+    assert reasons[0].startswith("plan not_configured: No LLM provider is configured")
+    assert [reason.split(":")[0] for reason in reasons] == [
+        "plan not_configured",
+        "timer not_configured",
+        "slack not_configured",
+    ]
 
 
 async def test_idempotency_key_replays_instead_of_starting_a_second_timer(w, make_client):

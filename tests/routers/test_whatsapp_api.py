@@ -104,6 +104,8 @@ async def test_unconfigured_is_503_naming_the_variables(make_client):
     assert response.status_code == 503
     assert response.json()["missing_settings"] == ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
     assert run["status"] == "failed"
+    # Every failed action's problem names its ledger record (found by a black-box review: only request_id).
+    assert response.json()["run_id"] == run["id"]
 
 
 async def test_sandbox_not_joined_is_409_with_the_join_hint_and_recorded(wa_client, twilio):
