@@ -21,11 +21,12 @@ input summary, result, error, and each action's request, external id and error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -52,17 +53,31 @@ _MAX_STRING = 20_000
 _MAX_ERROR = 500
 
 
-def redact(value: Any) -> Any:
-    """A copy safe to store: secret-looking keys masked, long strings truncated."""
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    # Keys repeat (the same summaries and results run after run): one regex search per distinct key.
+    return _SECRET_KEY.search(key) is not None
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def redact(value: Any, scrub: Callable[[str], str] = _unchanged) -> Any:
+    """A copy safe to store: secret-looking keys masked, every string (keys too) scrubbed of configured secrets
+    by `scrub`, long strings truncated. One walk; each string is scrubbed before it is cut, so a cut never
+    leaves half a secret."""
+    if isinstance(value, str):
+        value = scrub(value)
+        return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + f"… ({len(value)} chars)"
     if isinstance(value, Mapping):
-        return {
-            str(key): (REDACTED if _SECRET_KEY.search(str(key)) and val not in (None, "") else redact(val))
-            for key, val in value.items()
-        }
+        stored = {}
+        for key, val in value.items():
+            name = scrub(str(key))
+            stored[name] = REDACTED if _is_secret_key(name) and val not in (None, "") else redact(val, scrub)
+        return stored
     if isinstance(value, (list, tuple)):
-        return [redact(item) for item in value]
-    if isinstance(value, str) and len(value) > _MAX_STRING:
-        return value[:_MAX_STRING] + f"… ({len(value)} chars)"
+        return [redact(item, scrub) for item in value]
     return value
 
 
@@ -301,8 +316,7 @@ class Ledger:
         self._writes = _GroupCommit(sessions)
 
     def _stored(self, value: Any) -> Any:
-        # Scrubbed before redact() cuts long strings, so a cut never leaves half a secret.
-        return redact(self.scrubber.scrub_value(value))
+        return redact(value, self.scrubber.scrub)
 
     def _stored_text(self, text: str | None) -> str | None:
         return self.scrubber.scrub(text) if text else text

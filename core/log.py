@@ -40,10 +40,8 @@ class SecretScrubbingFilter(logging.Filter):
         if not self.scrubber:
             return True
         scrub = self.scrubber.scrub
-        message = record.getMessage()
-        scrubbed = scrub(message)
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, None
+        # Formatted once here, scrubbed, and kept formatted: the formatter does not format it again.
+        record.msg, record.args = scrub(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -29,6 +29,7 @@ request by `RequestContextMiddleware`, like the request id).
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,11 @@ class SecretScrubber:
         # Longest first: a form that contains another is replaced whole.
         self.forms = sorted(forms, key=len, reverse=True)
         self.base64_forms = sorted(encoded, key=len, reverse=True)
+        # The ledger scrubs every string of every run: one C-level scan for any form, and none at all for a
+        # string shorter than every form, keep that to about a microsecond per string (bench in the commit).
+        every = [*self.forms, *self.base64_forms]
+        self._shortest = min(map(len, every), default=0)
+        self._any = re.compile("|".join(map(re.escape, every))) if every else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecretScrubber:
@@ -113,6 +119,8 @@ class SecretScrubber:
         return bool(self.forms)
 
     def scrub(self, text: str) -> str:
+        if self._any is None or len(text) < self._shortest or self._any.search(text) is None:
+            return text
         for form in self.forms:
             if form in text:
                 text = text.replace(form, REDACTED)
@@ -127,6 +135,8 @@ class SecretScrubber:
             return value
         if isinstance(value, str):
             return self.scrub(value)
+        if isinstance(value, (int, float, bool)) or value is None:
+            return value
         if isinstance(value, Mapping):
             scrub_key = self.scrub
             return {(scrub_key(k) if isinstance(k, str) else k): self.scrub_value(v) for k, v in value.items()}
