@@ -135,6 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(whatsapp_webhook.router)
     app.include_router(whatsapp_status.router)
     app.include_router(slack_events.router)
+    # What needs no API key; everything else does. Read when a body cannot be parsed, which FastAPI reports
+    # before the key dependency runs (core.auth.refusal_before_body).
+    public = (health.router, whatsapp_webhook.router, whatsapp_status.router, slack_events.router)
+    app.state.public_paths = frozenset(route.path for router in public for route in router.routes)
     return app
 
 

@@ -294,6 +294,24 @@ def _validation_error(error: dict[str, Any], content_type: str) -> dict[str, Any
     return {"field": ".".join(str(part) for part in loc), "message": message, "type": kind}
 
 
+def _refused_before_body(request: Request) -> JSONResponse | None:
+    """A 401 for a body that could not be parsed on a route that needs the key, when the key is missing or wrong.
+
+    FastAPI parses the body before any dependency runs, so the key check would otherwise come second.
+    """
+    from core.auth import refusal_before_body  # core.auth imports this module
+
+    refusal = refusal_before_body(request)
+    if refusal is None:
+        return None
+    return JSONResponse(
+        problem_body(refusal, request.url.path),
+        status_code=refusal.status,
+        headers=refusal.headers,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     """Install the mapping. Unexpected exceptions are handled by RequestContextMiddleware."""
 
@@ -311,6 +329,10 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(error.get("type") == "json_invalid" for error in exc.errors()) and (
+            refused := _refused_before_body(request)
+        ):
+            return refused
         errors = _validation_errors(exc.errors(), content_type=request.headers.get("content-type", "").lower())
         fields = ", ".join(error["field"] for error in errors) or "request"
         return problem_response(
@@ -328,6 +350,8 @@ def add_exception_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
         if exc.status_code == 400 and detail == "There was an error parsing the body":
             # Starlette's words for a body it cannot decode (invalid UTF-8, a broken multipart form).
+            if refused := _refused_before_body(request):
+                return refused
             return problem_response(
                 status=400,
                 title="Malformed request",

@@ -56,3 +56,32 @@ async def test_every_other_route_requires_the_key(secured):
 
 async def test_no_key_configured_means_open(client):
     assert (await client.get("/runs")).status_code == 200
+
+
+# --- The key is checked before a body that cannot be parsed is reported (found by a black-box review) -----------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"garbage", "application/json"), (b'{"message":"\xff\xfe"}', "application/json")],
+    ids=["malformed-json", "not-utf8"],
+)
+async def test_an_unparseable_body_without_the_key_is_a_401_not_a_422(make_client, body, content_type):
+    async with make_client(app_api_key="k" * 32) as client:
+        anonymous = await client.post("/slack-notify", content=body, headers={"Content-Type": content_type})
+        wrong = await client.post(
+            "/slack-notify", content=body, headers={"Content-Type": content_type, "X-API-Key": "nope"}
+        )
+        right = await client.post(
+            "/slack-notify", content=body, headers={"Content-Type": content_type, "Authorization": "Bearer " + "k" * 32}
+        )
+    assert (anonymous.status_code, wrong.status_code) == (401, 401)
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert "needs the API key" in anonymous.json()["detail"] and "wrong" in wrong.json()["detail"]
+    assert right.status_code in (400, 422)  # with the key, the body's own problem
+
+
+async def test_public_routes_still_report_their_body_problem_without_a_key(make_client):
+    async with make_client(app_api_key="k" * 32, slack_signing_secret="s" * 32) as client:
+        response = await client.post("/slack/events", content=b"garbage", headers={"Content-Type": "application/json"})
+    assert response.status_code != 401
