@@ -24,7 +24,16 @@ from core.settings import Settings, load_settings
 from routers import ai as ai_api
 from routers import briefing as briefing_api
 from routers import email as email_api
-from routers import health, runs, slack_events, slack_notify, whatsapp_send, whatsapp_status, whatsapp_webhook
+from routers import (
+    health,
+    problems,
+    runs,
+    slack_events,
+    slack_notify,
+    whatsapp_send,
+    whatsapp_status,
+    whatsapp_webhook,
+)
 from routers import schedule as schedule_api
 from routers import skills as skills_api
 from routers import timers as timers_api
@@ -58,6 +67,7 @@ TAGS = [
     {"name": "briefing", "description": "The morning briefing: AI plan and deep-work timer, then a Slack summary."},
     {"name": "schedule", "description": "BRIEFING_CRON and the planned timer stops."},
     {"name": "inbound", "description": "Signed webhooks: WhatsApp (Twilio) and Slack Events. No API key."},
+    {"name": "problems", "description": "What each error `type` means and how to fix it. No API key."},
 ]
 
 
@@ -114,6 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
+    # The documentation of every error, including the 401: readable without the key.
+    app.include_router(problems.router)
     app.include_router(runs.router, dependencies=protected)
     app.include_router(skills_api.router, dependencies=protected)
     app.include_router(slack_notify.router, dependencies=protected)
@@ -137,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(slack_events.router)
     # What needs no API key; everything else does. Read when a body cannot be parsed, which FastAPI reports
     # before the key dependency runs (core.auth.refusal_before_body).
-    public = (health.router, whatsapp_webhook.router, whatsapp_status.router, slack_events.router)
+    public = (health.router, problems.router, whatsapp_webhook.router, whatsapp_status.router, slack_events.router)
     app.state.public_paths = frozenset(route.path for router in public for route in router.routes)
     return app
 
