@@ -92,7 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if not item.configured(settings):
                     logger.info("%s not configured (set %s)", item.name, ", ".join(item.missing(settings)))
             # Inbound work that outlives its webhook request, and the scheduler (closed first, LIFO).
-            app.state.background_tasks = await open_background_tasks(resources.ledger, stack)
+            app.state.background_tasks = await open_background_tasks(
+                resources.ledger, stack, grace_seconds=settings.shutdown_grace_seconds
+            )
             app.state.scheduler = await open_scheduler(
                 settings=settings,
                 sessions=resources.sessions,

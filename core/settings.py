@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     rate_limit_per_minute: int = Field(60, ge=1)
     rate_limit_storage: Literal["auto", "memory", "database"] = "auto"
+    shutdown_grace_seconds: float = Field(15.0, ge=0, le=600)
 
     # --- LLM --------------------------------------------------------------
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))

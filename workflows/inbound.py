@@ -27,8 +27,6 @@ from core.store import InboundMessage, utcnow
 
 logger = logging.getLogger("orchestrator.inbound")
 
-SHUTDOWN_GRACE_SECONDS = 5.0
-
 
 async def claim_message(sessions: async_sessionmaker, *, source: str, message_id: str) -> bool:
     """True for the first delivery of (source, message_id); False for any replay.
@@ -215,7 +213,7 @@ class BackgroundTasks:
         except Exception:  # the database itself may be what failed; the log line above stands
             logger.exception("could not record the background %s outcome in the ledger", kind)
 
-    async def aclose(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    async def aclose(self, grace_seconds: float) -> None:
         """Let running work finish for `grace_seconds`, then cancel what is left and wait for it."""
         self._closing = True
         if not self._tasks:
@@ -228,7 +226,12 @@ class BackgroundTasks:
             await asyncio.wait(still_running)
 
 
-async def open_background_tasks(ledger: Ledger, stack: AsyncExitStack) -> BackgroundTasks:
+async def open_background_tasks(ledger: Ledger, stack: AsyncExitStack, *, grace_seconds: float) -> BackgroundTasks:
+    """The app's background work; at shutdown it gets `grace_seconds` (SHUTDOWN_GRACE_SECONDS) to finish.
+
+    An LLM answer can take most of LLM_TIMEOUT_SECONDS: with too short a grace, a WhatsApp sender told "working
+    on it" would never get the answer (the run is recorded `cancelled` either way).
+    """
     tasks = BackgroundTasks(ledger)
-    stack.push_async_callback(tasks.aclose)
+    stack.push_async_callback(tasks.aclose, grace_seconds)
     return tasks

@@ -156,3 +156,25 @@ async def test_batched_claims_and_finishes_on_postgresql(postgres_url):
             assert (run.status, run.result, run.finished_at is not None) == ("ok", {"n": n}, True)
     finally:
         await engine.dispose()
+
+
+async def test_the_apps_shutdown_waits_shutdown_grace_seconds_for_a_late_answer(make_settings):
+    """A late WhatsApp answer still running at shutdown: it finishes within SHUTDOWN_GRACE_SECONDS, not cut at 5 s."""
+    from tests.conftest import running_app
+
+    finished: list[str] = []
+
+    async def slow_answer() -> None:
+        await asyncio.sleep(0.3)
+        finished.append("answered")
+
+    async with running_app(make_settings(shutdown_grace_seconds=2)) as (app, _):
+        app.state.background_tasks.spawn(slow_answer(), kind="whatsapp.reply", trigger="whatsapp")
+    assert finished == ["answered"]
+
+    async with running_app(make_settings(shutdown_grace_seconds=0)) as (app, _):
+        app.state.background_tasks.spawn(slow_answer(), kind="whatsapp.reply", trigger="whatsapp")
+        ledger = app.state.resources.ledger
+    runs, _ = await ledger.list_runs(kind="whatsapp.reply")
+    assert finished == ["answered"]  # the second one was cut off
+    assert [run.status for run in runs] == ["cancelled"]

@@ -61,7 +61,7 @@ async def test_cron_fires_the_briefing_in_timezone_under_a_controlled_clock(make
             clock.move_to(datetime(2026, 11, 25, 8, 0, 1, tzinfo=BERLIN))
             scheduler.aps.wakeup()
             await wait_for(lambda: len(slack.posts) == 1)
-            await scheduler.tasks.aclose()
+            await scheduler.tasks.aclose(grace_seconds=5)
             assert job.next_run_time == datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
         finally:
             await scheduler.shutdown()
@@ -87,8 +87,8 @@ async def test_two_schedulers_on_one_database_fire_the_briefing_once(make_settin
             first.aps.wakeup()
             second.aps.wakeup()
             await asyncio.sleep(0.05)
-            await first.tasks.aclose()
-            await second.tasks.aclose()
+            await first.tasks.aclose(grace_seconds=5)
+            await second.tasks.aclose(grace_seconds=5)
         finally:
             await first.shutdown()
             await second.shutdown()
