@@ -40,7 +40,7 @@ async def test_open_paths_need_no_key(secured, path):
 
 async def test_every_other_route_requires_the_key(secured):
     """Walk the real OpenAPI schema, so a router included without auth is caught."""
-    open_paths = {"/health", "/docs", "/redoc", "/openapi.json"}
+    open_paths = {"/health", "/docs", "/redoc", "/openapi.json", "/problems", "/problems/{slug}"}
     webhook_paths = {"/whatsapp-webhook", "/whatsapp-status", "/slack/events"}
     checked = 0
     for path, operations in secured.app.openapi()["paths"].items():
