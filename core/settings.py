@@ -168,12 +168,14 @@ class Settings(BaseSettings):
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from apscheduler.triggers.cron import CronTrigger
+        from core.cron import crontab_trigger
 
         try:
-            CronTrigger.from_crontab(value)
+            crontab_trigger(value, timezone="UTC")
         except ValueError as exc:
-            raise ValueError("must be a five-field crontab expression such as '0 8 * * 1-5'") from exc
+            raise ValueError(
+                f"must be a five-field crontab expression such as '0 8 * * 1-5' (Monday to Friday): {exc}"
+            ) from exc
         return value
 
     @model_validator(mode="after")

@@ -33,13 +33,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from core.cron import crontab_trigger
 from core.errors import ProblemError
 from core.ledger import Ledger, describe_error
 from core.settings import Settings
@@ -109,7 +109,7 @@ class JobScheduler:
         if self.settings.briefing_cron:
             self.aps.add_job(
                 self._briefing_due,
-                CronTrigger.from_crontab(self.settings.briefing_cron, timezone=self.settings.zone),
+                crontab_trigger(self.settings.briefing_cron, timezone=self.settings.zone),  # crontab's weekdays
                 id=BRIEFING_JOB_ID,
                 name="Morning briefing (BRIEFING_CRON)",
                 misfire_grace_time=BRIEFING_GRACE_SECONDS,
