@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -73,6 +74,23 @@ class JsonFormatter(logging.Formatter):
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
+#: Line breaks and other control characters (tab excepted), including Unicode's line separators.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: control characters in the message are escaped (`\\n`, `\\x00`).
+
+    Messages carry what clients chose (a request path): unescaped, `GET /x%0a<fake line>` wrote a forged
+    line of any level into the log (found by a black-box review). A traceback, added after the message,
+    keeps its own lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if _CONTROL.search(record.message):
+            record.message = _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), record.message)
+        return super().formatMessage(record)
+
 
 def configure_logging(*, level: str, fmt: str, secrets: SecretScrubber | Iterable[str]) -> None:
     """Configure the root logger once per app start; idempotent across test apps.
@@ -89,7 +107,7 @@ def configure_logging(*, level: str, fmt: str, secrets: SecretScrubber | Iterabl
     handler.addFilter(RequestIdFilter())
     scrubber = secrets if isinstance(secrets, SecretScrubber) else SecretScrubber(secrets)
     handler.addFilter(SecretScrubbingFilter(scrubber))
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
     # uvicorn's own access log would duplicate our request line.

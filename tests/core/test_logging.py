@@ -81,3 +81,16 @@ async def test_base64_credentials_never_appear_in_logs_or_error_bodies(make_clie
     assert "upstream echoed Authorization: Basic ***" in logged and "Basic ***=" not in logged
     for form in (basic, basic.rstrip("="), token):
         assert form not in logged and form not in body, form
+
+
+async def test_a_path_cannot_forge_log_lines_in_text_format(make_client, capsys):
+    """Found by a black-box review: `GET /x%0a<timestamp> CRITICAL ...` wrote a forged line into the log."""
+    forged = "2026-11-25 23:59:59,000 CRITICAL orchestrator [-] forged by anonymous"
+    async with make_client(log_format="text") as client:
+        capsys.readouterr()
+        response = await client.get("/x%0a" + forged.replace(" ", "%20") + "%00%e2%80%a8end")
+    assert response.status_code == 404
+    lines = capsys.readouterr().err.splitlines()
+    [access] = [line for line in lines if "orchestrator.access" in line]
+    assert "GET /x\\n2026-11-25 23:59:59,000 CRITICAL" in access and "\\x00\\u2028end 404" in access
+    assert not [line for line in lines if line.startswith("2026-11-25 23:59:59,000 CRITICAL")]
