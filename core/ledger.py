@@ -319,7 +319,12 @@ class Ledger:
         return redact(value, self.scrubber.scrub)
 
     def _stored_text(self, text: str | None) -> str | None:
-        return self.scrubber.scrub(text) if text else text
+        if not text:
+            return text
+        text = self.scrubber.scrub(text)
+        # PostgreSQL text cannot hold NUL ("invalid byte sequence for encoding UTF8: 0x00"): an error quoting
+        # a client's value with one would make the ledger write, and so the request, fail.
+        return text.replace("\x00", "\\x00") if "\x00" in text else text
 
     @asynccontextmanager
     async def run(

@@ -17,6 +17,8 @@ router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422))
 # rather than an empty page that looks like "no such runs".
 RunStatus = Literal["running", "ok", "partial", "failed", "dry_run", "cancelled"]
 RunTrigger = Literal["api", "whatsapp", "slack", "schedule"]
+# Ids and kinds are printable ASCII: a NUL reached PostgreSQL and came back as a 500.
+_PRINTABLE = r"^[\x21-\x7e]+$"
 
 
 class ActionOut(BaseModel):
@@ -89,7 +91,7 @@ class RunPage(BaseModel):
 @router.get("/runs", summary="List runs, newest first", response_model=RunPage)
 async def list_runs(
     ledger: LedgerDep,
-    kind: Annotated[str | None, Query(max_length=64, description="e.g. slack.notify")] = None,
+    kind: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE, description="e.g. slack.notify")] = None,
     status: Annotated[RunStatus | None, Query(description="Only runs with this status.")] = None,
     trigger: Annotated[RunTrigger | None, Query(description="Only runs started this way.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -112,7 +114,7 @@ async def list_runs(
     response_model=RunDetail,
     responses=problem_responses(404),
 )
-async def get_run(ledger: LedgerDep, run_id: Annotated[str, Path(max_length=64)]) -> RunDetail:
+async def get_run(ledger: LedgerDep, run_id: Annotated[str, Path(max_length=64, pattern=_PRINTABLE)]) -> RunDetail:
     run = await ledger.get_run(run_id)
     if run is None:
         raise NotFound(f"No run with id {run_id}. List runs with GET /runs.")

@@ -108,3 +108,22 @@ async def test_upgrade_keeps_existing_rows(postgres_url):
         assert await current_revision(engine) not in (None, "0001")
     finally:
         await engine.dispose()
+
+
+async def test_a_nul_byte_is_a_422_or_escaped_never_a_500(postgres_url, make_settings):
+    """Found by a black-box review: `GET /runs?kind=%00` and `/runs/ab%00cd` were 500s on PostgreSQL."""
+    from core.errors import UpstreamError
+
+    async with running_app(make_settings(database_url=postgres_url)) as (app, client):
+        by_kind = await client.get("/runs", params={"kind": "\x00"})
+        by_id = await client.get("/runs/ab%00cd")
+        ledger = app.state.resources.ledger
+        with pytest.raises(UpstreamError):
+            async with ledger.run("slack.notify", trigger="api") as run:
+                async with run.action("slack", "post_message") as action:
+                    action.external_id = "ts\x00"
+                    raise UpstreamError("Slack said 'bad\x00channel'", upstream="slack")
+        stored = (await client.get(f"/runs/{run.id}")).json()
+    assert (by_kind.status_code, by_id.status_code) == (422, 422)
+    assert stored["error"] == "502 upstream-error: Slack said 'bad\\x00channel'"
+    assert stored["actions"][0]["external_id"] == "ts\\x00"
