@@ -6,6 +6,8 @@
 - Concurrent duplicates: the first INSERT of (scope, key) wins, in the
   database, so it holds across workers. The others wait for its outcome and
   replay it, or get a 409 if it is still running after `WAIT_SECONDS`.
+- A claim still in progress after `ABANDONED_AFTER` was left by a worker that
+  died: a 409 at once says its outcome is unknown (never a second run).
 
 What is stored: a success, and any failure whose outcome upstream is unknown
 (502, 504, 500: the action may have happened). A refusal that certainly did
@@ -37,6 +39,9 @@ from core.store import IdempotencyKey, utcnow
 
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 30.0
+#: A claim still `in_progress` after this long was left by a worker that died mid-request (no request runs this
+#: long: the slowest, an LLM call through every provider, is bounded well below it). Its outcome is unknown.
+ABANDONED_AFTER = timedelta(minutes=10)
 POLL_SECONDS = 0.05
 REPLAY_HEADER = "Idempotent-Replayed"
 _STORED_HEADERS = ("retry-after", "location")
@@ -124,7 +129,17 @@ class Idempotency:
     async def _replay_when_done(self, row: IdempotencyKey, fingerprint: str) -> JSONResponse:
         if row.request_hash != fingerprint:
             raise InvalidInput(
-                "This Idempotency-Key was already used with a different request body. Use a new key for a new request.",
+                "This Idempotency-Key was already used with a different request (its body, or a query parameter "
+                "such as dry_run). Use a new key for a new request.",
+                idempotency_key=self.key,
+            )
+        if row.state != "done" and utcnow() - row.created_at > ABANDONED_AFTER:
+            # Waiting would only end in "still in progress" (found by a black-box review: 30 s, then that 409,
+            # for 24 hours). Nothing can tell whether the first request acted, so it is not run again either.
+            raise Conflict(
+                f"The first request with this Idempotency-Key started at {row.created_at.isoformat()} and never "
+                "finished (the service stopped while it ran), so its outcome is unknown. Check GET /runs for what "
+                "it did, then send the request with a new Idempotency-Key if it is still wanted.",
                 idempotency_key=self.key,
             )
         deadline = time.monotonic() + WAIT_SECONDS

@@ -47,7 +47,7 @@ async def test_same_key_different_body_is_422(client):
     await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k2"})
     response = await client.post("/act", json={"text": "b"}, headers={"Idempotency-Key": "k2"})
     assert response.status_code == 422
-    assert "different request body" in response.json()["detail"]
+    assert "different request (its body, or a query parameter such as dry_run)" in response.json()["detail"]
     assert calls == ["a"]
 
 
@@ -91,3 +91,33 @@ async def test_key_is_validated(client):
     _install(client)
     response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "x" * 300})
     assert response.status_code == 422
+
+
+async def test_a_claim_left_by_a_dead_worker_is_answered_at_once_and_never_rerun(client):
+    """Found by a black-box review: after a kill -9 mid-request, every retry hung 30 s, then a 409 "still in
+    progress; retry shortly", for 24 hours. Its outcome is unknown, so it is refused at once and not rerun."""
+    import time
+    from datetime import timedelta
+
+    from core.idempotency import ABANDONED_AFTER, request_fingerprint
+    from core.store import IdempotencyKey, utcnow
+
+    calls = _install(client)
+    started = utcnow() - ABANDONED_AFTER - timedelta(minutes=1)
+    async with client.app.state.resources.sessions.begin() as session:
+        session.add(
+            IdempotencyKey(
+                scope="POST /act",
+                key="crashed-1",
+                request_hash=request_fingerprint("POST", "/act", Body(text="a")),
+                state="in_progress",
+                created_at=started,
+            )
+        )
+    began = time.monotonic()
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "crashed-1"})
+    assert time.monotonic() - began < 5
+    assert response.status_code == 409
+    assert "never finished" in response.json()["detail"] and "GET /runs" in response.json()["detail"]
+    assert "retry-after" not in response.headers
+    assert calls == []
