@@ -33,6 +33,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from core.context import current_request_id
 from core.deps import ResourcesDep
 from core.errors import PROBLEM_CONTENT_TYPE, Conflict, InvalidInput, ProblemError, problem_body
 from core.store import IdempotencyKey, utcnow
@@ -160,7 +161,12 @@ class Idempotency:
         headers = {**(row.response_headers or {}), REPLAY_HEADER: "true"}
         status = row.response_status or 200
         media_type = PROBLEM_CONTENT_TYPE if status >= 400 else "application/json"
-        return JSONResponse(row.response_body, status_code=status, headers=headers, media_type=media_type)
+        body = row.response_body
+        if isinstance(body, dict) and "request_id" in body:
+            # A replayed problem keeps matching this response's X-Request-ID and log line, as every problem does;
+            # the first request's id stays findable too.
+            body = {**body, "request_id": current_request_id(), "original_request_id": body["request_id"]}
+        return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
 
     async def _settle(self, status: int, body: Any, headers: dict[str, str]) -> None:
         if not _stores_outcome(status):

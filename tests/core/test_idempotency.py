@@ -76,6 +76,9 @@ async def test_ambiguous_upstream_failure_is_stored_and_replayed(client):
     assert second.headers["idempotent-replayed"] == "true"
     assert second.headers["content-type"] == "application/problem+json"
     assert calls == ["d"]
+    # The replay's request_id is this response's (as the README promises); the first one's is kept beside it.
+    assert second.json()["request_id"] == second.headers["x-request-id"] != first.headers["x-request-id"]
+    assert second.json()["original_request_id"] == first.headers["x-request-id"]
 
 
 async def test_refusal_without_effect_releases_the_key(client):
