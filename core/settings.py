@@ -8,6 +8,7 @@ never echoes the value, because the value may be a secret.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -171,11 +172,13 @@ class Settings(BaseSettings):
         from core.cron import crontab_trigger
 
         try:
-            crontab_trigger(value, timezone="UTC")
+            trigger = crontab_trigger(value, timezone="UTC")
         except ValueError as exc:
             raise ValueError(
                 f"must be a five-field crontab expression such as '0 8 * * 1-5' (Monday to Friday): {exc}"
             ) from exc
+        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+            raise ValueError(f"{value!r} never fires (a date such as 30 February does not exist)")
         return value
 
     @model_validator(mode="after")

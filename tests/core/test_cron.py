@@ -59,3 +59,11 @@ async def test_the_scheduled_briefing_job_uses_crontab_weekdays(make_client):
     async with make_client(briefing_cron="0 8 * * 0", timezone="UTC") as client:
         [job] = (await client.get("/schedule")).json()["jobs"]
     assert datetime.fromisoformat(job["next_run_time"].replace("Z", "+00:00")).strftime("%a") == "Sun"
+
+
+def test_a_schedule_that_never_fires_is_refused_at_start_up():
+    from core.errors import ConfigurationError
+    from core.settings import load_settings
+
+    with pytest.raises(ConfigurationError, match="BRIEFING_CRON: '0 7 30 2 \\*' never fires"):
+        load_settings(_env_file=None, briefing_cron="0 7 30 2 *")
