@@ -65,6 +65,20 @@ def _json_body(result: Any) -> Any:
     return jsonable_encoder(result)
 
 
+async def key_already_claimed(sessions: async_sessionmaker, *, method: str, path: str, key: str) -> bool:
+    """Whether (method path, key) holds a live claim: the request will replay, wait or be refused, acting on
+    nothing, so the rate limiter does not count it (a client retrying for its stored answer was refused 429)."""
+    async with sessions() as session:
+        claimed = await session.scalar(
+            select(IdempotencyKey.key).where(
+                IdempotencyKey.scope == f"{method} {path}",
+                IdempotencyKey.key == key,
+                IdempotencyKey.created_at > utcnow() - TTL,
+            )
+        )
+    return claimed is not None
+
+
 class Idempotency:
     """Bound to one request; `execute` runs the action at most once per key."""
 

@@ -124,6 +124,13 @@ async def enforce_rate_limit(
     route = request.scope.get("route")
     # The route template, not the raw path: /runs/1 and /runs/2 share one budget.
     endpoint = getattr(route, "path", None) or request.url.path
+    key = request.headers.get("idempotency-key")
+    resources = getattr(request.app.state, "resources", None)
+    if key and resources is not None:
+        from core.idempotency import key_already_claimed  # core.idempotency needs the app's resources
+
+        if await key_already_claimed(resources.sessions, method=request.method, path=request.url.path, key=key):
+            return  # a replay spends nothing
     await limiter.hit(client_identity(request), endpoint)
 
 

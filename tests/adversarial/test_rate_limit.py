@@ -141,3 +141,21 @@ async def test_costly_routes_limited(make_client, path, body):
     # The key check runs first: no key, no budget spent, and a 401 rather than a 429.
     assert unauthenticated.status_code == 401
     assert "429" in schema["paths"][path]["post"]["responses"], f"{path} does not document its 429"
+
+
+async def test_replays_of_an_idempotency_key_are_not_counted(make_client):
+    """Found by a black-box review: a client retrying for its stored answer was refused 429 by its own replays."""
+    settings = {"app_api_key": "k", "rate_limit_per_minute": 2, "smtp_host": "127.0.0.1", "smtp_from": "me@example.com"}
+    body = {"to_address": "ann@example.com", "subject": "Hi", "body": "Hello"}
+    async with make_client(**settings) as client:
+        replayed = [
+            await client.post(
+                "/send-email?dry_run=true", json=body, headers={"X-API-Key": "k", "Idempotency-Key": "same-1"}
+            )
+            for _ in range(5)
+        ]
+        fresh = [await client.post("/send-email?dry_run=true", json=body, headers={"X-API-Key": "k"}) for _ in range(2)]
+    assert [r.status_code for r in replayed] == [200] * 5
+    assert [r.headers.get("idempotent-replayed") for r in replayed] == [None] + ["true"] * 4
+    # The first call of the key counted: one more fresh call fits in the budget of 2, the next does not.
+    assert [r.status_code for r in fresh] == [200, 429]
