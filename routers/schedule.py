@@ -24,10 +24,17 @@ class PlannedStopOut(BaseModel):
     id: str
     entry_id: int | str | None
     description: str | None
-    run_at: datetime
+    run_at: datetime = Field(
+        description="When it fires next: the planned stop, or the next attempt after a retryable failure."
+    )
+    planned_stop: datetime = Field(description="When the stop was planned for.")
+    attempts: int = Field(
+        description="Attempts made so far. A stop that failed with a retryable error (Toggl 5xx, timeout, rate "
+        "limit) stays pending and is tried again with backoff for up to 12 hours after the planned stop."
+    )
     status: str = Field(description="pending, done, failed or cancelled.")
-    run_id: str | None = Field(description="The ledger run of the stop, once fired.")
-    error: str | None
+    run_id: str | None = Field(description="The ledger run of the latest attempt, once fired.")
+    error: str | None = Field(description="Why the latest attempt failed (also while a retry is pending).")
 
 
 class ScheduleOut(BaseModel):
@@ -49,10 +56,12 @@ class ScheduleOut(BaseModel):
                         "id": "stop:3456789012",
                         "entry_id": 3456789012,
                         "description": "Deep Work",
-                        "run_at": "2026-11-25T09:30:00Z",
+                        "run_at": "2026-11-25T09:31:02Z",
+                        "planned_stop": "2026-11-25T09:30:00Z",
+                        "attempts": 1,
                         "status": "pending",
-                        "run_id": None,
-                        "error": None,
+                        "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                        "error": "502 upstream-error: Toggl answered 500.",
                     }
                 ],
             }

@@ -18,12 +18,20 @@ durable and single-firing lives in the database:
   one conditional UPDATE and stops the timer. Stopping an already-stopped
   Toggl entry is harmless, so a takeover after a stop that did happen costs
   nothing but a second ledger run.
+- Toggl has no auto-stop, so a stop that fails for a reason that may pass (a
+  5xx, a timeout, a rate limit: `ProblemError.retryable`) stays `pending` and
+  is tried again later (`STOP_RETRY_DELAYS`, then every `STOP_RETRY_EVERY`)
+  until `STOP_RETRY_WINDOW` after the planned time. Each attempt moves `run_at`
+  to the next one, so it has a claim key of its own and is armed by start-up
+  and the sync like any pending stop; `payload` keeps the attempt count and
+  the planned time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import os
 import socket
@@ -62,6 +70,11 @@ BRIEFING_GRACE_SECONDS = 300
 # A stop claim older than this, on a stop still pending, belongs to a worker that died: far longer than a
 # live stop can take (HTTP_TIMEOUT_SECONDS x a few bounded attempts), so a live worker is never overtaken.
 STOP_CLAIM_LEASE = timedelta(minutes=10)
+# After a retryable failure, the next attempt of a stop comes this long after the failed one...
+STOP_RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 20))
+# ...then this often, while it is no later than STOP_RETRY_WINDOW after the planned stop.
+STOP_RETRY_EVERY = timedelta(minutes=30)
+STOP_RETRY_WINDOW = timedelta(hours=12)
 
 
 def stop_job_id(entry_id: int | str) -> str:
@@ -76,6 +89,38 @@ def briefing_fire_time(now: datetime) -> datetime:
     its own clock; runs more than BRIEFING_GRACE_SECONDS late are not started.
     """
     return now.replace(second=0, microsecond=0)
+
+
+def planned_stop_time(row: ScheduledJob) -> datetime:
+    """When the stop was planned for: `run_at` until a retry moves it, then the time kept in the payload."""
+    planned = row.payload.get("planned_stop")
+    return datetime.fromisoformat(planned) if planned else row.run_at
+
+
+def next_stop_attempt(
+    *, planned: datetime, attempts: int, failed_at: datetime, retry_after: float | None = None
+) -> datetime | None:
+    """When to try a stop again after its `attempts`-th attempt failed at `failed_at`; None past the window.
+
+    A Retry-After from Toggl longer than the backoff is waited out.
+    """
+    delay = STOP_RETRY_DELAYS[attempts - 1] if attempts <= len(STOP_RETRY_DELAYS) else STOP_RETRY_EVERY
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=retry_after))
+    at = failed_at + delay
+    return at if at <= planned + STOP_RETRY_WINDOW else None
+
+
+def gave_up_error(error: str, *, attempts: int, planned: datetime, payload: dict[str, Any]) -> str:
+    """The `error` of a stop abandoned after its last attempt: the timer may still run, and how to stop it."""
+    body = {"entry_id": payload.get("entry_id")}
+    if payload.get("workspace_id") is not None:
+        body["workspace_id"] = payload["workspace_id"]
+    return (
+        f"{error} Gave up after {attempts} attempts in the {STOP_RETRY_WINDOW.total_seconds() / 3600:g} hours "
+        f"after the planned stop at {planned.isoformat()}: the Toggl timer may still be running. "
+        f"Stop it with POST /stop-timer {json.dumps(body)} (or the WhatsApp command `stop`)."
+    )
 
 
 class JobScheduler:
@@ -197,20 +242,37 @@ class JobScheduler:
         self.tasks.spawn(self.fire_stop(job_id), kind="schedule.stop_timer", trigger="schedule")
 
     async def fire_stop(self, job_id: str) -> bool:
-        """Stop the timer of pending job `job_id` if this worker wins the claim; True when it ran."""
+        """Try to stop the timer of pending job `job_id` if this worker wins the claim; True when it ran.
+
+        Success (a 409 "already stopped" included) marks the stop `done`. A retryable failure keeps it
+        `pending` with `run_at` moved to the next attempt (`next_stop_attempt`) and armed here; any other
+        failure, or a retryable one past `STOP_RETRY_WINDOW`, marks it `failed`.
+        """
         async with self.sessions() as session:
             row = await session.get(ScheduledJob, job_id)
         if row is None or row.status != "pending":
             return False
+        if row.payload.get("attempts") and row.run_at > utcnow():
+            # A retry is not due yet: this firing was armed for an earlier attempt (a sync that read the row just
+            # before the retry moved `run_at`). Arm the retry's own time again, which that sync replaced.
+            self._arm_stop(job_id, row.run_at)
+            return False
         if not await self.claim(job_id, row.run_at) and not await self._take_over_stale_claim(job_id, row.run_at):
             return False
         payload = row.payload
-        status, error, run_id = "failed", None, None
+        planned = planned_stop_time(row)
+        attempt = int(payload.get("attempts", 0)) + 1
+        status, error, run_id, retry_at = "failed", None, None, None
         try:
             async with self.ledger.run(
                 "schedule.stop_timer",
                 trigger="schedule",
-                input_summary={"job_id": job_id, "planned_stop": row.run_at.isoformat(), **payload},
+                input_summary={
+                    "job_id": job_id,
+                    **{key: value for key, value in payload.items() if key != "attempts"},
+                    "planned_stop": planned.isoformat(),
+                    "attempt": attempt,
+                },
             ) as run:
                 run_id = run.id
                 async with run.action("toggl", "stop_timer") as action:
@@ -226,7 +288,16 @@ class JobScheduler:
             status = "done"
         except ProblemError as exc:
             error = describe_error(exc, scrubber=self.ledger.scrubber)
-            logger.warning("planned stop %s failed: %s", job_id, error)
+            if exc.retryable:
+                retry_at = next_stop_attempt(
+                    planned=planned, attempts=attempt, failed_at=utcnow(), retry_after=exc.retry_after
+                )
+                if retry_at is None:
+                    error = gave_up_error(error, attempts=attempt, planned=planned, payload=payload)
+            if retry_at is not None:
+                logger.warning("planned stop %s failed (attempt %d), next at %s: %s", job_id, attempt, retry_at, error)
+            else:
+                logger.warning("planned stop %s failed: %s", job_id, error)
         except Exception as exc:
             # Marked failed too (the ledger run says why): left pending, the stale-claim takeover
             # would run it again every STOP_CLAIM_LEASE, indefinitely.
@@ -237,13 +308,45 @@ class JobScheduler:
             # (stopping an already-stopped entry is harmless).
             await asyncio.shield(self._release(job_id, row.run_at))
             raise
+        recorded = {**payload, "attempts": attempt, "planned_stop": planned.isoformat()}
+        if retry_at is not None:
+            await self._retry_later(job_id, row.run_at, at=retry_at, payload=recorded, run_id=run_id, error=error)
+            return True
         async with self.sessions.begin() as session:
             await session.execute(
                 update(ScheduledJob)
                 .where(ScheduledJob.id == job_id)
-                .values(status=status, finished_at=utcnow(), run_id=run_id, error=error)
+                .values(status=status, finished_at=utcnow(), run_id=run_id, error=error, payload=recorded)
             )
         return True
+
+    async def _retry_later(
+        self,
+        job_id: str,
+        fired_run_at: datetime,
+        *,
+        at: datetime,
+        payload: dict[str, Any],
+        run_id: str | None,
+        error: str,
+    ) -> None:
+        """Keep the stop pending with `run_at` moved to `at` (a new claim key), and arm it in this worker.
+
+        Only the firing it belongs to is moved: a stop cancelled by hand or planned anew meanwhile is left alone.
+        Other workers pick the new time up at their next sync; a restart arms it at start-up.
+        """
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(ScheduledJob)
+                .where(
+                    ScheduledJob.id == job_id,
+                    ScheduledJob.status == "pending",
+                    ScheduledJob.run_at == fired_run_at,
+                )
+                .values(run_at=at, payload=payload, run_id=run_id, error=error)
+            )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            self._arm_stop(job_id, at)
 
     # --- The briefing ----------------------------------------------------------------
 
@@ -338,6 +441,8 @@ class JobScheduler:
                 "entry_id": row.payload.get("entry_id"),
                 "description": row.payload.get("description"),
                 "run_at": row.run_at,
+                "planned_stop": planned_stop_time(row),
+                "attempts": int(row.payload.get("attempts", 0)),
                 "status": row.status,
                 "run_id": row.run_id,
                 "error": row.error,

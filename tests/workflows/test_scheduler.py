@@ -4,10 +4,14 @@ APScheduler too), a stop missed while down fired at start-up, and two instances 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
+import httpx
 import time_machine
 from sqlalchemy import select
 
@@ -16,10 +20,26 @@ from core.store import JobFire, ScheduledJob
 from services import PROVIDERS
 from skills import SKILLS
 from tests.workflows.test_briefing import RecordingSlack, SlowRouter, SlowToggl
-from tests.workflows.world import finished_runs, post_whatsapp, runs_of, wait_for, whatsapp_form, world
+from tests.workflows.world import (
+    TOGGL_BASE,
+    WORKSPACE,
+    World,
+    finished_runs,
+    post_whatsapp,
+    runs_of,
+    wait_for,
+    whatsapp_form,
+    world,
+)
 from workflows.briefing import WorkflowDeps
 from workflows.inbound import BackgroundTasks
-from workflows.scheduler import BRIEFING_JOB_ID, JobScheduler, briefing_fire_time
+from workflows.scheduler import (
+    BRIEFING_JOB_ID,
+    STOP_RETRY_WINDOW,
+    JobScheduler,
+    briefing_fire_time,
+    next_stop_attempt,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -311,3 +331,172 @@ async def test_a_stop_armed_from_a_request_does_not_fire_under_that_requests_id(
     # Every firing (the stop's own, and the 30-second sync's, which the claim turns into a no-op) ran with no
     # request id of its own.
     assert seen and set(seen) == {None}
+
+
+# --- Retrying a stop Toggl could not do ---------------------------------------------------
+
+
+class TogglStopOutage:
+    """While `status` is set, the fake Toggl answers every stop PATCH with it; `refused` lists each refused entry.
+
+    It takes over the fake's own stop route (same pattern), so with `status = None` stops reach the fake again.
+    """
+
+    def __init__(self, w: World, status: int | None) -> None:
+        self.status = status
+        self.refused: list[str] = []
+        route = w.toggl.mock.patch(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries/\d+/stop$")
+        healthy = w.toggl._stop
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            if self.status is None:
+                return healthy(request)
+            self.refused.append(request.url.path.split("/")[-2])
+            return httpx.Response(self.status, json="Toggl is having a bad day")
+
+        route.side_effect = answer
+
+
+async def stop_row(client, *, until: Callable[[ScheduledJob], bool] = lambda row: True) -> ScheduledJob:
+    """The stop:9001 row, once `until(row)` holds (the firing runs in the background)."""
+    deadline = time.monotonic() + 5
+    while True:
+        async with client.app.state.resources.sessions() as session:
+            row = await session.get(ScheduledJob, "stop:9001")
+        if until(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"stop row still {row.status} with {row.payload}")
+        await asyncio.sleep(0.02)
+
+
+def attempts_are(count: int) -> Callable[[ScheduledJob], bool]:
+    return lambda row: row.payload.get("attempts") == count
+
+
+async def test_a_stop_toggl_answered_500_is_tried_again_later_and_then_happens(make_client):
+    """Found by a black-box review: a minute of Toggl 500s at the planned time left the timer running for good."""
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            scheduler = client.app.state.scheduler
+            planned = (await stop_row(client)).run_at
+            outage = TogglStopOutage(w, 500)
+            with time_machine.travel(planned + timedelta(seconds=5), tick=True) as clock:
+                scheduler.aps.wakeup()
+                first = await stop_row(client, until=attempts_are(1))
+                [listed] = (await client.get("/schedule")).json()["stops"]
+                assert outage.refused == ["9001"] * 3  # the skill's own bounded attempts, all refused
+                assert w.toggl.stops == [] and w.toggl.running is not None
+                assert first.status == "pending"
+                assert planned + timedelta(minutes=1) < first.run_at < planned + timedelta(minutes=1, seconds=30)
+                assert scheduler.aps.get_job("stop:9001").trigger.run_date == first.run_at
+                assert "Toggl answered 500" in first.error
+
+                outage.status = None
+                clock.move_to(first.run_at + timedelta(seconds=1))
+                scheduler.aps.wakeup()
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+                done = await stop_row(client, until=lambda row: row.status != "pending")
+                runs = await finished_runs(client, "schedule.stop_timer", count=2)
+        assert w.toggl.running is None
+        assert outage.refused == ["9001"] * 3
+        assert (listed["attempts"], listed["status"]) == (1, "pending")
+        assert datetime.fromisoformat(listed["planned_stop"]) == planned
+        assert datetime.fromisoformat(listed["run_at"]) == first.run_at
+        assert (done.status, done.payload["attempts"], done.error) == ("done", 2, None)
+        by_attempt = sorted((run["input_summary"]["attempt"], run["status"], run["id"]) for run in runs)
+        assert [(attempt, status) for attempt, status, _ in by_attempt] == [(1, "failed"), (2, "ok")]
+        assert done.run_id == by_attempt[-1][2]
+
+
+async def test_a_stop_toggl_refuses_for_good_fails_at_once(make_client):
+    """403 (credentials) will not pass by waiting: failed on the first attempt, never armed again."""
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            scheduler = client.app.state.scheduler
+            planned = (await stop_row(client)).run_at
+            outage = TogglStopOutage(w, 403)
+            with time_machine.travel(planned + timedelta(seconds=5), tick=True) as clock:
+                scheduler.aps.wakeup()
+                failed = await stop_row(client, until=lambda row: row.status != "pending")
+                [listed] = (await client.get("/schedule")).json()["stops"]
+                clock.move_to(planned + timedelta(hours=1))
+                assert await scheduler.sync_stops() == 0
+                scheduler.aps.wakeup()
+                await asyncio.sleep(0.2)
+        assert outage.refused == ["9001"]  # not retried by the skill either
+        assert scheduler.aps.get_job("stop:9001") is None
+        assert (failed.status, failed.run_at, failed.payload["attempts"]) == ("failed", planned, 1)
+        assert "refused the credentials" in failed.error
+        assert (listed["status"], listed["attempts"]) == ("failed", 1)
+
+
+async def test_a_stop_toggl_keeps_failing_is_given_up_after_the_window_naming_the_way_out(make_client, monkeypatch):
+    monkeypatch.setattr("core.upstream.BASE_DELAY_SECONDS", 0)  # the skill's in-call backoff: not under test here
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            scheduler = client.app.state.scheduler
+            row = await stop_row(client)
+            planned = row.run_at
+            outage = TogglStopOutage(w, 502)
+            fired_at: list[datetime] = []
+            with time_machine.travel(planned, tick=False) as clock:
+                while row.status == "pending":
+                    fired_at.append(row.run_at)
+                    clock.move_to(row.run_at)
+                    scheduler.aps.wakeup()
+                    row = await stop_row(client, until=attempts_are(len(fired_at)))
+                    assert len(fired_at) < 50, "never gave up"
+            runs = await finished_runs(client, "schedule.stop_timer", count=len(fired_at))
+    gaps = [int((later - earlier).total_seconds() // 60) for earlier, later in pairwise(fired_at)]
+    assert gaps == [1, 2, 5, 10, 20] + [30] * 22
+    assert fired_at[-1] <= planned + STOP_RETRY_WINDOW < fired_at[-1] + timedelta(minutes=30)
+    assert outage.refused == ["9001"] * 3 * 28
+    assert w.toggl.running is not None and w.toggl.stops == []
+    assert (row.status, row.payload["attempts"]) == ("failed", 28)
+    assert row.error.startswith("502 upstream-error: Toggl answered 502.")
+    assert "the Toggl timer may still be running" in row.error
+    assert f'POST /stop-timer {{"entry_id": 9001, "workspace_id": {WORKSPACE}}}' in row.error
+    assert scheduler.aps.get_job("stop:9001") is None
+    assert len(runs) == 28 and {run["status"] for run in runs} == {"failed"}
+
+
+async def test_a_retry_is_armed_by_the_other_workers_and_after_a_restart(make_client):
+    async with world() as w:
+        settings = w.settings()
+        outage = TogglStopOutage(w, 503)
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 1 min"))
+            planned = (await stop_row(one)).run_at
+            with time_machine.travel(planned + timedelta(seconds=5), tick=True):
+                one.app.state.scheduler.aps.wakeup()
+                retry = await stop_row(one, until=attempts_are(1))
+                # The second worker learns the retry's time from the database, as its 30-second sync would.
+                assert await two.app.state.scheduler.sync_stops() == 1
+                assert two.app.state.scheduler.aps.get_job("stop:9001").trigger.run_date == retry.run_at
+        assert (retry.status, retry.run_at > planned + timedelta(minutes=1)) == ("pending", True)
+        assert w.toggl.stops == []
+
+        # Both workers are down at the retry's time; Toggl recovers; one comes back later and stops the timer.
+        outage.status = None
+        with time_machine.travel(retry.run_at + timedelta(minutes=3), tick=True):
+            async with make_client(**settings) as client:
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+                done = await stop_row(client, until=lambda row: row.status != "pending")
+        assert outage.refused == ["9001"] * 3
+        assert w.toggl.running is None
+        assert (done.status, done.payload["attempts"]) == ("done", 2)
+
+
+def test_a_retry_waits_out_a_longer_retry_after_and_never_passes_the_window():
+    planned = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
+    failed_at = planned + timedelta(seconds=2)
+    assert next_stop_attempt(planned=planned, attempts=1, failed_at=failed_at) == failed_at + timedelta(minutes=1)
+    assert next_stop_attempt(
+        planned=planned, attempts=1, failed_at=failed_at, retry_after=600
+    ) == failed_at + timedelta(minutes=10)
+    late = planned + STOP_RETRY_WINDOW - timedelta(minutes=10)
+    assert next_stop_attempt(planned=planned, attempts=9, failed_at=late) is None
