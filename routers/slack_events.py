@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from slack_sdk.signature import SignatureVerifier
 
 from core.deps import ResourcesDep, SettingsDep
@@ -34,17 +34,85 @@ class SlackEventsAck(BaseModel):
     challenge: str | None = Field(None, description="Echoed for `url_verification` only.")
 
 
-def should_act(payload: dict[str, Any]) -> bool:
+# Slack's ids and timestamps (`Ev0PV52K25`, `U012AB3CD`, `1764057600.000100`): printable ASCII. Anything else
+# in one of them is not Slack's shape, and it would become a database key (a lone surrogate cannot be encoded).
+SlackId = Annotated[str, StringConstraints(max_length=255, pattern=r"^[!-~]*$")]
+
+
+class SlackUrlVerification(BaseModel):
+    """The handshake Slack sends when the Request URL is saved: echo `challenge`."""
+
+    model_config = ConfigDict(strict=True)
+
+    type: Literal["url_verification"]
+    challenge: SlackId = Field(min_length=1)
+
+
+class SlackAuthorization(BaseModel):
+    """One entry of `authorizations`: who the app is installed as (the bot's own user id)."""
+
+    model_config = ConfigDict(strict=True)
+
+    user_id: SlackId | None = None
+    is_bot: bool = False
+
+
+class SlackEventCallback(BaseModel):
+    """The `event_callback` envelope: only the members read here, each of its documented type.
+
+    Slack adds members without notice, so unknown ones are ignored. The inner event stays a mapping
+    here: its shape depends on its type, and only the types acted on are read (`SlackMessageEvent`).
+    """
+
+    model_config = ConfigDict(strict=True)
+
+    type: Literal["event_callback"]
+    event_id: SlackId = Field(min_length=1)
+    event: dict[str, Any]
+    authorizations: list[SlackAuthorization] | None = None
+
+
+class SlackMessageEvent(BaseModel):
+    """An `app_mention` or `message` event: the members read here, each a string when present.
+
+    `channel` and `ts` are in every such event Slack documents, and are required: without a channel the
+    reply would go to SLACK_DEFAULT_CHANNEL, telling a public channel the answer to a direct message.
+    """
+
+    model_config = ConfigDict(strict=True)
+
+    type: Literal["app_mention", "message"]
+    user: SlackId | None = None
+    bot_id: SlackId | None = None
+    subtype: SlackId | None = None
+    channel_type: SlackId | None = None
+    channel: SlackId = Field(min_length=1)
+    ts: SlackId = Field(min_length=1)
+    thread_ts: SlackId | None = None
+    text: str | None = None
+
+
+ACTED_ON = ("app_mention", "message")
+
+
+def should_act(callback: SlackEventCallback, event: SlackMessageEvent) -> bool:
     """An app_mention or a direct message from a person; never bots (ourselves included) or edits."""
-    event = payload.get("event") or {}
-    if event.get("bot_id") or event.get("subtype") or not event.get("user"):
+    if event.bot_id or event.subtype or not event.user:
         return False  # bot_message, message_changed, message_deleted, channel_join, ...
-    own_ids = {auth.get("user_id") for auth in payload.get("authorizations") or [] if auth.get("is_bot")}
-    if event.get("user") in own_ids:
+    own_ids = {auth.user_id for auth in callback.authorizations or [] if auth.is_bot}
+    if event.user in own_ids:
         return False
-    if event.get("type") == "app_mention":
+    if event.type == "app_mention":
         return True
-    return event.get("type") == "message" and event.get("channel_type") == "im"
+    return event.type == "message" and event.channel_type == "im"
+
+
+def parse_event(payload: dict[str, Any]) -> tuple[SlackEventCallback, SlackMessageEvent | None]:
+    """The envelope, and the inner event when it is of a type acted on; ValidationError for any other shape."""
+    callback = SlackEventCallback.model_validate(payload)
+    if callback.event.get("type") not in ACTED_ON:
+        return callback, None  # reaction_added, user_change, ...: never read, so never validated
+    return callback, SlackMessageEvent.model_validate(callback.event)
 
 
 @router.post(
@@ -78,25 +146,40 @@ async def slack_events(
         raise Forbidden("X-Slack-Signature is missing, older than 5 minutes, or does not match SLACK_SIGNING_SECRET.")
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise BadRequest("The body is not JSON.") from None
     if not isinstance(payload, dict):
         raise BadRequest("The body is not a JSON object.")
 
     if payload.get("type") == "url_verification":
-        return SlackEventsAck(challenge=str(payload.get("challenge", "")))
+        try:
+            handshake = SlackUrlVerification.model_validate(payload)
+        except ValidationError:
+            # A 400 here, unlike an odd event below: the handshake is answered while someone watches the
+            # app's settings page, and Slack shows the failure there.
+            raise BadRequest("url_verification without a `challenge` token to echo.") from None
+        return SlackEventsAck(challenge=handshake.challenge)
     if payload.get("type") != "event_callback":
         return SlackEventsAck()
-    event_id = payload.get("event_id")
-    if not isinstance(event_id, str) or not event_id:
-        raise BadRequest("event_callback without event_id.")
+    try:
+        callback, event = parse_event(payload)
+    except ValidationError as exc:
+        # Signed, so Slack sent it, but not in a shape it documents. A 200 and a warning, not a 400: Slack
+        # retries any non-2xx (three times, and counts failures towards disabling the subscription), and
+        # the retry carries the same body. Checked before the claim, so nothing is held for it either.
+        logger.warning(
+            "Slack event %s ignored: not shaped like a documented event (%s)",
+            repr(payload.get("event_id"))[:80],  # repr: any value, on one line
+            "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())[:500],
+        )
+        return SlackEventsAck()
+    event_id = callback.event_id
     if not await claim_message(resources.sessions, source="slack", message_id=event_id):
         logger.info(
             "Slack event %s is a redelivery (retry %s): ignored", event_id, request.headers.get("x-slack-retry-num")
         )
         return SlackEventsAck()
-    if should_act(payload):
-        event = payload["event"]
+    if event is not None and should_act(callback, event):
         try:
             first = await _first_event_for_message(resources, event)
         except Exception:
@@ -105,18 +188,18 @@ async def slack_events(
             await release_message(resources.sessions, source="slack", message_id=event_id)
             raise
         if not first:
-            logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.get("ts"))
+            logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.ts)
             return SlackEventsAck()
         tasks.spawn(
             _answer(deps, event),
             kind="slack.event",
             trigger="slack",
-            input_summary={"event_id": event_id, "user": event.get("user"), "channel": event.get("channel")},
+            input_summary={"event_id": event_id, "user": event.user, "channel": event.channel},
         )
     return SlackEventsAck()
 
 
-async def _first_event_for_message(resources: Resources, event: dict[str, Any]) -> bool:
+async def _first_event_for_message(resources: Resources, event: SlackMessageEvent) -> bool:
     """Claim the message itself, not only the event.
 
     One message can arrive as two events with two event_ids: a direct message
@@ -125,25 +208,20 @@ async def _first_event_for_message(resources: Resources, event: dict[str, Any]) 
     workers too. The claim is taken only for events we act on, so an ignored
     event never hides the one we want.
     """
-    channel, ts = event.get("channel"), event.get("ts")
-    if not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
-        return True  # nothing to key on; the event_id claim already ran
-    return await claim_message(resources.sessions, source="slack-message", message_id=f"{channel}:{ts}")
+    return await claim_message(resources.sessions, source="slack-message", message_id=f"{event.channel}:{event.ts}")
 
 
-async def _answer(deps: WorkflowDeps, event: dict[str, Any]) -> None:
-    text = strip_mentions(str(event.get("text") or ""))
-    reply = await respond(deps, text, trigger="slack", sender=event.get("user"))
-    thread_ts = event.get("thread_ts") or event.get("ts")
+async def _answer(deps: WorkflowDeps, event: SlackMessageEvent) -> None:
+    text = strip_mentions(event.text or "")
+    reply = await respond(deps, text, trigger="slack", sender=event.user)
+    thread_ts = event.thread_ts or event.ts
     try:
         async with deps.ledger.run(
-            "slack.reply", trigger="slack", input_summary={"channel": event.get("channel"), "thread_ts": thread_ts}
+            "slack.reply", trigger="slack", input_summary={"channel": event.channel, "thread_ts": thread_ts}
         ) as run:
             async with run.action("slack", "post_message") as action:
-                posted = await deps.skills.slack.post_message(
-                    text=reply, channel=event.get("channel"), thread_ts=thread_ts
-                )
+                posted = await deps.skills.slack.post_message(text=reply, channel=event.channel, thread_ts=thread_ts)
                 action.external_id = posted.ledger_external_id()
                 action.request = posted.payload
     except ProblemError as exc:
-        logger.warning("Slack reply in %s not posted: %s", event.get("channel"), exc.detail)
+        logger.warning("Slack reply in %s not posted: %s", event.channel, exc.detail)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
@@ -91,6 +92,23 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     return form
 
 
+# Everything XML 1.0 forbids (its `Char` production): C0 controls but tab, LF and CR, lone surrogates,
+# U+FFFE and U+FFFF. Escaping does not help (`&#1;` is not well-formed either): Twilio cannot parse the
+# TwiML and the sender gets nothing, so these characters are dropped.
+_NOT_XML_CHAR = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML 1.0 does not allow; a message body never needs them."""
+    return _NOT_XML_CHAR.sub("", text)
+
+
+def whatsapp_text(reply: str | None) -> str:
+    """What a reply becomes on WhatsApp, in TwiML or sent late: XML-safe, FAILED if none, bounded in length."""
+    # A reply of nothing but forbidden characters would become an empty <Message>: FAILED instead.
+    return bounded(xml_safe(reply or "") or FAILED)
+
+
 def twiml(*messages: str) -> Response:
     return Response(content=_twiml_text(messages), media_type=TWIML_MEDIA_TYPE)
 
@@ -102,7 +120,8 @@ def twiml(*messages: str) -> Response:
 def _twiml_text(messages: tuple[str, ...]) -> str:
     reply = MessagingResponse()
     for text in messages:
-        reply.message(text)
+        # Here, where TwiML is built, so no message (a command echoing its task, an LLM answer) escapes it.
+        reply.message(xml_safe(text))
     return str(reply)
 
 
@@ -157,8 +176,7 @@ async def whatsapp_webhook(
     )
     done, _ = await asyncio.wait({work}, timeout=REPLY_BUDGET_SECONDS)
     if work in done:
-        reply = work.result()
-        return twiml(*split_message(bounded(reply or FAILED)))
+        return twiml(*split_message(whatsapp_text(work.result())))
     # Too slow for the webhook: the answer goes out as a separate message when ready.
     tasks.spawn(
         _send_when_ready(deps, work, to=sender),
@@ -170,7 +188,8 @@ async def whatsapp_webhook(
 
 
 async def _send_when_ready(deps: WorkflowDeps, work: asyncio.Task[str | None], *, to: str) -> None:
-    reply = bounded(await work or FAILED)
+    # Twilio's API takes the same text as the TwiML would have: without characters WhatsApp cannot show.
+    reply = whatsapp_text(await work)
     try:
         async with deps.ledger.run("whatsapp.reply", trigger="whatsapp", input_summary={"to": bare_number(to)}) as run:
             async with run.action("whatsapp", "send_message") as action:

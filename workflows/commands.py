@@ -109,7 +109,18 @@ async def respond(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | 
 
     Never raises for an upstream failure: the failure becomes the reply (and
     is recorded in the ledger), because the sender is waiting for an answer.
+
+    Every chat reply (WhatsApp TwiML, the late WhatsApp message, the Slack
+    thread reply) is this function's result, so it is scrubbed here, once,
+    with the app's SecretScrubber: an upstream error quoted in a reply can
+    echo a credential (Gemini's 400 "API key not valid: AIza..."), and a chat
+    message is as public as a problem body or a log line.
     """
+    reply = await _reply(deps, text, trigger=trigger, sender=sender)
+    return deps.settings.secret_scrubber.scrub(reply)
+
+
+async def _reply(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | None) -> str:
     if not text.strip():
         # A photo or a voice note without text: nothing to act on, and no reason to spend LLM tokens.
         return "Send me a text message. " + help_text(deps)

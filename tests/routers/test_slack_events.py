@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
 
+from tests.fakes.llm import FakeGemini, gemini_error
 from tests.fakes.slack import CHAT_POST_MESSAGE
 from tests.workflows.world import SLACK_SECRET, finished_runs, runs_of, slack_headers, wait_for, world
 
@@ -234,3 +236,109 @@ async def test_a_failed_message_claim_gives_the_event_back_so_slacks_retry_is_an
         await finished_runs(client, "slack.reply")
     assert (first.status_code, retry.status_code) == (500, 200)
     assert len(w.toggl.starts) == 1
+
+
+# --- Shapes Slack does not document ----------------------------------------------------------
+
+
+def envelope(event_id: object = "EvBad1", **members) -> dict:
+    return {
+        "type": "event_callback",
+        "event_id": event_id,
+        "authorizations": [{"user_id": "UBOT", "is_bot": True}],
+        **members,
+    }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        envelope(event="x"),
+        envelope(event=mention("<@UBOT> start"), authorizations=["x"]),
+        envelope(event=mention("<@UBOT> start", user=["U1"])),
+        envelope(event={**mention("<@UBOT> start"), "text": {"not": "text"}}),
+        envelope(event=mention("<@UBOT> start", channel=None)),  # the reply would go to the default channel
+        envelope(event={k: v for k, v in mention("<@UBOT> start").items() if k != "ts"}),
+        envelope(event=mention("<@UBOT> start", thread_ts=1764057600.0001)),
+        envelope(event=mention("<@UBOT> start", user="U\ud800")),  # a lone surrogate: no database key
+        envelope(event=[mention("<@UBOT> start")]),
+        envelope(event=mention("<@UBOT> start"), authorizations=[{"user_id": "UBOT", "is_bot": "yes"}]),
+        {"type": "event_callback", "event": mention("<@UBOT> start")},  # no event_id
+        envelope(event_id=12345, event=mention("<@UBOT> start")),
+    ],
+    ids=[
+        "event_not_object",
+        "authorization_not_object",
+        "user_list",
+        "text_object",
+        "no_channel",
+        "no_ts",
+        "thread_ts_number",
+        "user_surrogate",
+        "event_list",
+        "is_bot_string",
+        "no_event_id",
+        "event_id_number",
+    ],
+)
+async def test_an_unexpected_shape_is_acknowledged_ignored_and_logged(w, make_client, caplog, payload):
+    caplog.set_level(logging.WARNING, logger="orchestrator.slack_events")
+    body = json.dumps(payload).encode()
+    async with make_client(**w.settings()) as client:
+        response = await post(client, body)
+        await asyncio.sleep(0.2)
+        assert await runs_of(client, "slack.event") == []
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
+    [warning] = [record.getMessage() for record in caplog.records if "not shaped like" in record.getMessage()]
+    assert repr(payload.get("event_id")) in warning
+
+
+async def test_an_unexpected_shape_does_not_claim_its_event_id(w, make_client):
+    """Nothing is held for a body that was ignored: a well-formed event with that event_id is still answered."""
+    bad = json.dumps(envelope(event=mention("<@UBOT> start planning for 20 min", user=["UHUMAN"]))).encode()
+    good = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvBad1")
+    async with make_client(**w.settings()) as client:
+        assert (await post(client, bad)).status_code == 200
+        assert (await post(client, good)).status_code == 200
+        await finished_runs(client, "slack.reply")
+    assert [start["description"] for start in w.toggl.starts] == ["planning"]
+
+
+async def test_an_event_of_another_type_is_not_validated(w, make_client, caplog):
+    # user_change carries `user` as an object: a shape Slack documents, never read here, so no warning.
+    caplog.set_level(logging.WARNING, logger="orchestrator.slack_events")
+    event = {"type": "user_change", "user": {"id": "UHUMAN", "name": "someone"}}
+    async with make_client(**w.settings()) as client:
+        response = await post(client, callback(event))
+    assert response.status_code == 200
+    assert not [record for record in caplog.records if "not shaped like" in record.getMessage()]
+
+
+@pytest.mark.parametrize("challenge", [None, 42, "", ["a"], "two words"])
+async def test_url_verification_without_a_challenge_token_is_400(w, make_client, challenge):
+    payload = {"type": "url_verification", "token": "t"} | ({} if challenge is None else {"challenge": challenge})
+    async with make_client(**w.settings()) as client:
+        response = await post(client, json.dumps(payload).encode())
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "challenge" in response.json()["detail"]
+
+
+# --- Secrets never reach a chat reply ---------------------------------------------------------
+
+GEMINI_KEY = "AIzaSyD-test-gemini-key-000000000000000"
+
+
+async def test_a_key_echoed_by_the_llm_is_scrubbed_from_the_thread_reply(w, make_client):
+    message = f"API key not valid: {GEMINI_KEY}. Please pass a valid API key."
+    async with FakeGemini() as gemini:
+        gemini.route("POST", gemini.path, lambda _: gemini_error(400, "INVALID_ARGUMENT", message))
+        settings = w.settings(anthropic_api_key=None, gemini_api_key=GEMINI_KEY, gemini_base_url=gemini.url)
+        async with make_client(**settings) as client:
+            await post(client, callback(mention("<@UBOT> what should I do first?")))
+            await finished_runs(client, "slack.reply")
+        assert len(gemini.calls()) == 1
+    [reply] = w.slack.posts  # the body chat.postMessage received
+    assert reply["text"].startswith("The assistant could not answer:")
+    assert "***" in reply["text"] and GEMINI_KEY not in reply["text"]

@@ -10,7 +10,11 @@ import time
 from xml.etree import ElementTree
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from routers.whatsapp_webhook import WORKING, twiml
+from tests.fakes.llm import FakeGemini, gemini_error
 from tests.fakes.slack import CHAT_POST_MESSAGE
 from tests.workflows.world import (
     CLAUDE_PATH,
@@ -326,3 +330,55 @@ def test_a_repeated_reply_is_built_once_and_still_escaped():
     assert first.body == second.body == expected
     assert first.media_type == "text/xml"
     assert (_twiml_text.cache_info().misses, _twiml_text.cache_info().hits) == (1, 1)
+
+
+# --- Replies are well-formed XML -------------------------------------------------------------
+
+XML_FORBIDDEN = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+async def test_control_characters_in_a_task_do_not_break_the_twiml(w, make_client):
+    async with make_client(**w.settings()) as client:
+        response = await post_whatsapp(client, whatsapp_form("start a\x0bb\x01c for 5 min"))
+    [reply] = messages(response)  # parses with ElementTree
+    assert w.toggl.starts[0]["description"] == "a b\x01c"  # \x0b splits words like a space; \x01 is kept
+    assert reply.startswith("Started 'a bc' at ")
+    assert "\x01" not in response.text and "&#1;" not in response.text
+
+
+async def test_a_late_reply_is_sent_without_forbidden_characters(w, make_client):
+    w.claude.delay = 1.8
+    w.claude.answer = "Done\x01 \ufffeand\x1b dusted."
+    async with make_client(**w.settings()) as client:
+        assert messages(await post_whatsapp(client, whatsapp_form("think hard"))) == [WORKING]
+        await finished_runs(client, "whatsapp.reply")
+    assert [sent["Body"] for sent in w.twilio.sent] == ["Done and dusted."]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(exclude_categories=())), min_size=1, max_size=3))
+def test_any_text_builds_twiml_that_parses(texts):
+    response = twiml(*texts)
+    root = ElementTree.fromstring(response.body)
+    parsed = [element.text or "" for element in root.findall("Message")]
+    # What survives is the text minus the characters XML 1.0 forbids (a parser reads CR as LF).
+    expected = [XML_FORBIDDEN.sub("", text).replace("\r\n", "\n").replace("\r", "\n") for text in texts]
+    assert parsed == expected
+
+
+# --- Secrets never reach a chat reply ---------------------------------------------------------
+
+GEMINI_KEY = "AIzaSyD-test-gemini-key-000000000000000"
+
+
+async def test_a_key_echoed_by_the_llm_is_scrubbed_from_the_twiml_reply(w, make_client):
+    message = f"API key not valid: {GEMINI_KEY}. Please pass a valid API key."
+    async with FakeGemini() as gemini:
+        gemini.route("POST", gemini.path, lambda _: gemini_error(400, "INVALID_ARGUMENT", message))
+        settings_ = w.settings(anthropic_api_key=None, gemini_api_key=GEMINI_KEY, gemini_base_url=gemini.url)
+        async with make_client(**settings_) as client:
+            response = await post_whatsapp(client, whatsapp_form("what should I do first?"))
+        assert len(gemini.calls()) == 1
+    [reply] = messages(response)
+    assert reply.startswith("The assistant could not answer:")
+    assert "***" in reply and GEMINI_KEY not in response.text
