@@ -240,11 +240,10 @@ async def _run_step(
             action.request = getattr(value, "payload", None)
             action.status = "dry_run" if getattr(value, "dry_run", False) else "ok"
     except ProblemError as exc:
-        return _StepResult(
-            BriefingStep(
-                name=name, status="failed", detail=f"{exc.status} {exc.slug}: {exc.detail}", duration_ms=elapsed()
-            )
-        )
+        # The detail goes into the 200 report and the Slack summary, neither of them a problem body: scrubbed here
+        # (an LLM error can quote the API key it was sent).
+        detail = run.ledger.scrubber.scrub(f"{exc.status} {exc.slug}: {exc.detail}")
+        return _StepResult(BriefingStep(name=name, status="failed", detail=detail, duration_ms=elapsed()))
     except Exception as exc:  # a bug in one step must not take the briefing down
         logger.exception("briefing step %s failed unexpectedly", name)
         return _StepResult(

@@ -206,3 +206,20 @@ async def test_whatsapp_brief_command_replies_with_the_plan(w, make_client):
     assert "Timer: &apos;Deep Work&apos; started" in response.text or "Timer: 'Deep Work' started" in response.text
     assert run["trigger"] == "whatsapp"
     assert len(w.slack.posts) == 1
+
+
+async def test_a_step_error_quoting_the_api_key_is_scrubbed_in_the_report_and_the_slack_summary(w, make_client):
+    """Found by review: the plan step's error went verbatim into the 200 report and the summary posted to Slack."""
+    from tests.workflows.world import ANTHROPIC_KEY
+
+    w.claude.fail = Reply(
+        400, json={"type": "error", "error": {"type": "invalid_request_error", "message": f"bad key {ANTHROPIC_KEY}"}}
+    )
+    async with make_client(**w.settings()) as client:
+        response = await client.post("/morning-briefing", json={})
+    assert response.status_code == 200, response.text
+    plan = steps_by_name(response.json())["plan"]
+    assert plan["status"] == "failed" and "bad key ***" in plan["detail"]
+    assert ANTHROPIC_KEY not in response.text
+    [summary] = w.slack.posts
+    assert "bad key ***" in summary["text"] and ANTHROPIC_KEY not in summary["text"]
