@@ -65,18 +65,21 @@ def _json_body(result: Any) -> Any:
     return jsonable_encoder(result)
 
 
-async def key_already_claimed(sessions: async_sessionmaker, *, method: str, path: str, key: str) -> bool:
-    """Whether (method path, key) holds a live claim: the request will replay, wait or be refused, acting on
-    nothing, so the rate limiter does not count it (a client retrying for its stored answer was refused 429)."""
+async def key_already_answered(sessions: async_sessionmaker, *, method: str, path: str, key: str) -> bool:
+    """Whether (method path, key) has a stored answer: the request will replay it (or be refused for another
+    body), acting on nothing, so the rate limiter does not count it (a client retrying for its stored answer
+    was refused 429). Only `done` counts: an in-progress claim can still be released (a refusal), and the
+    request waiting on it would then run, uncounted."""
     async with sessions() as session:
-        claimed = await session.scalar(
+        answered = await session.scalar(
             select(IdempotencyKey.key).where(
                 IdempotencyKey.scope == f"{method} {path}",
                 IdempotencyKey.key == key,
+                IdempotencyKey.state == "done",
                 IdempotencyKey.created_at > utcnow() - TTL,
             )
         )
-    return claimed is not None
+    return answered is not None
 
 
 class Idempotency:
@@ -110,7 +113,11 @@ class Idempotency:
         except BaseException:
             # Unknown outcome (a crash or a cancelled request): keep the key
             # claimed as a 500 so a retry cannot repeat what may have happened.
-            await asyncio.shield(self._settle(500, {"detail": "the original request failed unexpectedly"}, {}))
+            crashed = problem_body(
+                ProblemError("The original request failed unexpectedly; its outcome is unknown. Check GET /runs."),
+                self.path,
+            )
+            await asyncio.shield(self._settle(500, crashed, {}))
             raise
         body = _json_body(result)
         await self._settle(status_code, body, {})

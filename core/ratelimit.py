@@ -127,9 +127,19 @@ async def enforce_rate_limit(
     key = request.headers.get("idempotency-key")
     resources = getattr(request.app.state, "resources", None)
     if key and resources is not None:
-        from core.idempotency import key_already_claimed  # core.idempotency needs the app's resources
+        from core.idempotency import key_already_answered  # core.idempotency needs the app's resources
 
-        if await key_already_claimed(resources.sessions, method=request.method, path=request.url.path, key=key):
+        try:
+            answered = await key_already_answered(
+                resources.sessions, method=request.method, path=request.url.path, key=key
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(
+                f"The database did not answer ({type(exc).__name__}), so this costly request was not attempted. "
+                "Check DATABASE_URL and retry.",
+                retry_after=5,
+            ) from exc
+        if answered:
             return  # a replay spends nothing
     await limiter.hit(client_identity(request), endpoint)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 
 from core.errors import PROBLEM_CONTENT_TYPE, add_exception_handlers
+from core.idempotency import IdempotencyDep
 from core.ratelimit import RateLimitDep, client_identity
 from core.settings import Settings
 
@@ -159,3 +161,35 @@ async def test_replays_of_an_idempotency_key_are_not_counted(make_client):
     assert [r.headers.get("idempotent-replayed") for r in replayed] == [None] + ["true"] * 4
     # The first call of the key counted: one more fresh call fits in the budget of 2, the next does not.
     assert [r.status_code for r in fresh] == [200, 429]
+
+
+class _Spend(BaseModel):
+    text: str
+
+
+async def test_a_request_waiting_on_an_in_progress_key_is_still_counted(make_client):
+    """Only a stored answer is free: an in-progress claim may yet be released (a refusal), and the request
+    waiting on it would then run. Found by a code review of the replay exemption."""
+    import asyncio
+
+    calls: list[str] = []
+
+    async def act(body: _Spend, idem: IdempotencyDep):
+        async def side_effect():
+            calls.append(body.text)
+            await asyncio.sleep(0.5)
+            return {"echo": body.text}
+
+        return await idem.execute(body, side_effect)
+
+    async with make_client(rate_limit_per_minute=1) as client:
+        client.app.add_api_route("/spend", act, methods=["POST"], dependencies=[RateLimitDep])
+        headers = {"Idempotency-Key": "in-flight-1"}
+        first = asyncio.create_task(client.post("/spend", json={"text": "a"}, headers=headers))
+        await asyncio.sleep(0.2)  # the first holds the claim, in progress
+        second = await client.post("/spend", json={"text": "a"}, headers=headers)
+        assert (await first).status_code == 200
+        replay = await client.post("/spend", json={"text": "a"}, headers=headers)
+    assert second.status_code == 429  # counted: the budget of 1 was the first request's
+    assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"  # a stored answer is free
+    assert calls == ["a"]
