@@ -40,8 +40,8 @@ from core.store import IdempotencyKey, utcnow
 
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 30.0
-#: A claim still `in_progress` after this long was left by a worker that died mid-request (no request runs this
-#: long: the slowest, an LLM call through every provider, is bounded well below it). Its outcome is unknown.
+#: A claim still `in_progress` after this long was left by a worker that died mid-request. The app uses
+#: `Settings.abandoned_after`, derived from the timeouts so that no live request is ever taken for dead.
 ABANDONED_AFTER = timedelta(minutes=10)
 POLL_SECONDS = 0.05
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -85,8 +85,17 @@ async def key_already_answered(sessions: async_sessionmaker, *, method: str, pat
 class Idempotency:
     """Bound to one request; `execute` runs the action at most once per key."""
 
-    def __init__(self, sessions: async_sessionmaker, *, key: str | None, method: str, path: str) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        *,
+        key: str | None,
+        method: str,
+        path: str,
+        abandoned_after: timedelta = ABANDONED_AFTER,
+    ) -> None:
         self.sessions = sessions
+        self.abandoned_after = abandoned_after
         self.key = key
         self.scope = f"{method} {path}"
         self.method = method
@@ -155,7 +164,7 @@ class Idempotency:
                 "such as dry_run). Use a new key for a new request.",
                 idempotency_key=self.key,
             )
-        if row.state != "done" and utcnow() - row.created_at > ABANDONED_AFTER:
+        if row.state != "done" and utcnow() - row.created_at > self.abandoned_after:
             # Waiting would only end in "still in progress" (found by a black-box review: 30 s, then that 409,
             # for 24 hours). Nothing can tell whether the first request acted, so it is not run again either.
             raise Conflict(
@@ -231,7 +240,13 @@ async def get_idempotency(
         ),
     ] = None,
 ) -> Idempotency:
-    return Idempotency(resources.sessions, key=idempotency_key, method=request.method, path=request.url.path)
+    return Idempotency(
+        resources.sessions,
+        key=idempotency_key,
+        method=request.method,
+        path=request.url.path,
+        abandoned_after=resources.settings.abandoned_after,
+    )
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -8,7 +8,7 @@ never echoes the value, because the value may be a secret.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -198,6 +198,24 @@ class Settings(BaseSettings):
     @cached_property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def longest_call_seconds(self) -> float:
+        """An upper bound on one skill call: its bounded attempts (3), each up to the HTTP timeout plus a wait."""
+        return 3 * (max(self.http_timeout_seconds, self.smtp_timeout_seconds) + 10)
+
+    @property
+    def longest_request_seconds(self) -> float:
+        """An upper bound on one request (the briefing is the longest: an LLM call through every provider, then
+        the timer and the Slack post). Claims older than twice this were left by a worker that died."""
+        llm = 3 * self.llm_max_attempts * (self.llm_timeout_seconds + 10)  # up to three providers
+        return llm + 2 * self.longest_call_seconds
+
+    @property
+    def abandoned_after(self) -> timedelta:
+        """When an Idempotency-Key claim still in progress is taken as abandoned: never under 10 minutes, and
+        always past twice the longest a request can run with these timeouts (a live request is never cut off)."""
+        return max(timedelta(minutes=10), timedelta(seconds=2 * self.longest_request_seconds))
 
     @property
     def shared_rate_limit(self) -> bool:

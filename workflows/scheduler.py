@@ -137,6 +137,9 @@ class JobScheduler:
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
+        # A stop is one Toggl call; with long HTTP timeouts its bound can pass the 10 minutes, and a live stop must
+        # never be taken for a dead worker's.
+        self.claim_lease = max(STOP_CLAIM_LEASE, timedelta(seconds=2 * settings.longest_call_seconds))
         self.sessions = sessions
         self.ledger = ledger
         self.tasks = tasks
@@ -391,13 +394,13 @@ class JobScheduler:
                 .where(
                     fires.c.job_id == job_id,
                     fires.c.fire_time == fire_time,
-                    fires.c.claimed_at < now - STOP_CLAIM_LEASE,
+                    fires.c.claimed_at < now - self.claim_lease,
                 )
                 .values(worker=self.worker_id, claimed_at=now)
             )
             taken = result.rowcount == 1  # type: ignore[attr-defined]
         if taken:
-            logger.warning("planned stop %s: its claim was older than %s; taking it over", job_id, STOP_CLAIM_LEASE)
+            logger.warning("planned stop %s: its claim was older than %s; taking it over", job_id, self.claim_lease)
         return taken
 
     async def prune(self) -> None:

@@ -102,11 +102,11 @@ async def test_a_claim_left_by_a_dead_worker_is_answered_at_once_and_never_rerun
     import time
     from datetime import timedelta
 
-    from core.idempotency import ABANDONED_AFTER, request_fingerprint
+    from core.idempotency import request_fingerprint
     from core.store import IdempotencyKey, utcnow
 
     calls = _install(client)
-    started = utcnow() - ABANDONED_AFTER - timedelta(minutes=1)
+    started = utcnow() - client.app.state.settings.abandoned_after - timedelta(minutes=1)
     async with client.app.state.resources.sessions.begin() as session:
         session.add(
             IdempotencyKey(
@@ -124,3 +124,17 @@ async def test_a_claim_left_by_a_dead_worker_is_answered_at_once_and_never_rerun
     assert "never finished" in response.json()["detail"] and "GET /runs" in response.json()["detail"]
     assert "retry-after" not in response.headers
     assert calls == []
+
+
+def test_the_abandoned_cutoff_outlasts_the_longest_request_the_timeouts_allow(make_settings):
+    """A live request must never be taken for a dead one (its retry would then act twice): found by a code review
+    of a fixed 10-minute cutoff against LLM_TIMEOUT_SECONDS=120 with three attempts."""
+    from datetime import timedelta
+
+    default = make_settings()
+    assert default.abandoned_after >= timedelta(minutes=10)
+    assert default.abandoned_after.total_seconds() >= 2 * default.longest_request_seconds
+    slow = make_settings(llm_timeout_seconds=120, llm_max_attempts=3, http_timeout_seconds=60)
+    # Three providers x three attempts x 130 s, then two skill calls: over 20 minutes.
+    assert slow.longest_request_seconds > 20 * 60
+    assert slow.abandoned_after.total_seconds() >= 2 * slow.longest_request_seconds
