@@ -14,6 +14,7 @@ retry all of these.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,22 +34,29 @@ DEFAULT_MAX_WAIT_SECONDS = 30.0
 BASE_DELAY_SECONDS = 0.25
 
 
+#: The longest Retry-After taken at its word. An upstream's `inf` or year-9999 date overflowed the datetime
+#: arithmetic downstream (found by a code review); a day is already "not now".
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date, capped at a day; None if unusable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 # Failures that prove the request never reached the upstream: always safe to try again.

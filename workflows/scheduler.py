@@ -105,8 +105,8 @@ def next_stop_attempt(
     A Retry-After from Toggl longer than the backoff is waited out.
     """
     delay = STOP_RETRY_DELAYS[attempts - 1] if attempts <= len(STOP_RETRY_DELAYS) else STOP_RETRY_EVERY
-    if retry_after is not None:
-        delay = max(delay, timedelta(seconds=retry_after))
+    if retry_after is not None:  # capped: past the window it only means "give up", and huge values overflow
+        delay = max(delay, timedelta(seconds=min(retry_after, STOP_RETRY_WINDOW.total_seconds() + 1)))
     at = failed_at + delay
     return at if at <= planned + STOP_RETRY_WINDOW else None
 

@@ -11,6 +11,24 @@ from core.upstream import parse_retry_after, server_error, transport_error, with
 REQUEST = httpx.Request("POST", "https://api.example.test/create")
 
 
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("inf", None), ("nan", None), ("1e12", 86_400.0), ("Fri, 31 Dec 9999 23:59:59 GMT", 86_400.0), ("-5", 0.0)],
+)
+def test_an_absurd_retry_after_is_capped_or_ignored(header, seconds):
+    """`inf` or a year-9999 date overflowed the scheduler's datetime arithmetic (a code review found it)."""
+    assert parse_retry_after(header) == seconds
+
+
+def test_a_huge_retry_after_cannot_overflow_the_next_stop_attempt():
+    from datetime import UTC, datetime
+
+    from workflows.scheduler import next_stop_attempt
+
+    now = datetime(2026, 11, 25, 8, tzinfo=UTC)
+    assert next_stop_attempt(planned=now, attempts=1, failed_at=now, retry_after=1e12) is None  # past the window
+
+
 def test_parse_retry_after_seconds_and_dates():
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
