@@ -63,17 +63,29 @@ def _unchanged(text: str) -> str:
     return text
 
 
+def encodable(text: str) -> str:
+    """`text` with any lone surrogate (JSON's "\\ud800") replaced by "?": it cannot be stored or sent as UTF-8,
+    and a stored one made GET /runs fail to serialise."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def redact(value: Any, scrub: Callable[[str], str] = _unchanged) -> Any:
     """A copy safe to store: secret-looking keys masked, every string (keys too) scrubbed of configured secrets
     by `scrub`, long strings truncated. One walk; each string is scrubbed before it is cut, so a cut never
     leaves half a secret."""
     if isinstance(value, str):
-        value = scrub(value)
+        value = encodable(scrub(value))
         return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + f"… ({len(value)} chars)"
     if isinstance(value, Mapping):
         stored = {}
         for key, val in value.items():
-            name = scrub(str(key))
+            name = encodable(scrub(str(key)))
             stored[name] = REDACTED if _is_secret_key(name) and val not in (None, "") else redact(val, scrub)
         return stored
     if isinstance(value, (list, tuple)):
@@ -321,7 +333,7 @@ class Ledger:
     def _stored_text(self, text: str | None) -> str | None:
         if not text:
             return text
-        text = self.scrubber.scrub(text)
+        text = encodable(self.scrubber.scrub(text))
         # PostgreSQL text cannot hold NUL ("invalid byte sequence for encoding UTF8: 0x00"): an error quoting
         # a client's value with one would make the ledger write, and so the request, fail.
         return text.replace("\x00", "\\x00") if "\x00" in text else text

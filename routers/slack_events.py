@@ -11,11 +11,12 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from slack_sdk.signature import SignatureVerifier
 
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, problem_responses
+from core.ledger import encodable
 from core.resources import Resources
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from workflows.briefing import WorkflowDeps
@@ -37,6 +38,8 @@ class SlackEventsAck(BaseModel):
 # Slack's ids and timestamps (`Ev0PV52K25`, `U012AB3CD`, `1764057600.000100`): printable ASCII. Anything else
 # in one of them is not Slack's shape, and it would become a database key (a lone surrogate cannot be encoded).
 SlackId = Annotated[str, StringConstraints(max_length=255, pattern=r"^[!-~]*$")]
+# Bounded so that the message claim "channel:ts" fits its 255-character column (PostgreSQL enforces it).
+SlackMessageKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[!-~]*$")]
 
 
 class SlackUrlVerification(BaseModel):
@@ -86,10 +89,17 @@ class SlackMessageEvent(BaseModel):
     bot_id: SlackId | None = None
     subtype: SlackId | None = None
     channel_type: SlackId | None = None
-    channel: SlackId = Field(min_length=1)
-    ts: SlackId = Field(min_length=1)
+    channel: SlackMessageKey
+    ts: SlackMessageKey
     thread_ts: SlackId | None = None
     text: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        # JSON may carry a lone surrogate ("\\ud800"): it cannot be encoded for Toggl or the ledger, and the
+        # command failed in the background with no reply (found by a code review). Replaced, like bad UTF-8.
+        return encodable(value) if value is not None else None
 
 
 ACTED_ON = ("app_mention", "message")

@@ -199,3 +199,16 @@ async def test_a_cancelled_run_is_recorded_cancelled_not_failed(client):
     assert detail["error"].startswith("cancelled before it finished")
     assert "may or may not have taken effect" in detail["actions"][0]["error"]
     assert (await client.get("/runs", params={"status": "cancelled"})).json()["total"] == 1
+
+
+async def test_a_lone_surrogate_is_stored_replaced_and_the_ledger_stays_readable(client):
+    """A JSON body can carry "\\ud800" anywhere; stored as is, it made GET /runs fail to serialise (a 500)."""
+    ledger = client.app.state.resources.ledger
+    async with ledger.run("slack.notify", trigger="api", input_summary={"message": "a\ud800b"}) as run:
+        async with run.action("slack", "post_message", request={"text": "x\udfffy"}) as action:
+            action.external_id = "ts\ud800"
+    listing = await client.get("/runs")
+    detail = (await client.get(f"/runs/{run.id}")).json()
+    assert listing.status_code == 200
+    assert detail["input_summary"] == {"message": "a?b"}
+    assert (detail["actions"][0]["request"], detail["actions"][0]["external_id"]) == ({"text": "x?y"}, "ts?")

@@ -232,3 +232,14 @@ async def test_postgres_workers_share_the_budget_under_concurrency(postgres_url,
             stored = (await session.execute(select(func.sum(RateLimitCounter.count)))).scalar_one()
     assert Counter(response.status_code for response in responses) == {503: 7, 429: 33}
     assert stored == 7  # refusals were rolled back, not counted
+
+
+async def test_a_failed_purge_does_not_refuse_an_allowed_hit(engine, monkeypatch, caplog):
+    """The purge runs after the hit is committed: its failure used to turn an allowed, counted hit into a 503."""
+    from sqlalchemy import text
+
+    monkeypatch.setattr(ratelimit_store, "_PURGE", text("DELETE FROM no_such_table"))
+    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
+    assert await limiter.hit(RateLimitItemPerMinute(5), "/x", "c")
+    assert "rate-limit counters not purged" in caplog.text
+    assert list((await _rows(engine)).values()) == [1]

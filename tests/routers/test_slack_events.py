@@ -342,3 +342,30 @@ async def test_a_key_echoed_by_the_llm_is_scrubbed_from_the_thread_reply(w, make
     [reply] = w.slack.posts  # the body chat.postMessage received
     assert reply["text"].startswith("The assistant could not answer:")
     assert "***" in reply["text"] and GEMINI_KEY not in reply["text"]
+
+
+async def test_a_lone_surrogate_in_a_mention_is_replaced_and_the_command_still_answers(w, make_client):
+    """JSON can carry "\\ud800": it broke the Toggl request in the background (no reply) and, stored in the
+    ledger, made GET /runs a 500. Found by a code review."""
+    body = callback(mention("<@UBOT> start a\ud800b for 5 min"))
+    assert b"\\ud800" in body  # json.dumps escaped it: what Slack would send
+    async with make_client(**w.settings()) as client:
+        response = await post(client, body)
+        [reply_run] = await finished_runs(client, "slack.reply")
+        listing = await client.get("/runs")
+    assert response.status_code == 200
+    assert w.toggl.starts[0]["description"] == "a?b"
+    assert reply_run["status"] == "ok"
+    assert listing.status_code == 200
+
+
+async def test_an_overlong_channel_or_ts_is_ignored_not_a_database_error(w, make_client, caplog):
+    """The message claim "channel:ts" goes into a 255-character column, which PostgreSQL enforces."""
+    caplog.set_level(logging.WARNING)
+    body = callback(mention("<@UBOT> help", channel="C" * 200, ts="1" * 150), event_id="EvLong")
+    async with make_client(**w.settings()) as client:
+        response = await post(client, body)
+        await asyncio.sleep(0.2)
+    assert response.status_code == 200
+    assert w.slack.posts == []
+    assert "EvLong" in caplog.text
