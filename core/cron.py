@@ -22,6 +22,13 @@ def crontab_trigger(expression: str, timezone: tzinfo | str) -> CronTrigger:
     if len(fields) != 5:
         raise ValueError(f"a crontab expression has five fields, not {len(fields)}")
     minute, hour, day, month, day_of_week = fields
+    if day != "*" and day_of_week != "*":
+        # crontab fires when either matches ("the 13th, and every Friday"); APScheduler only when both do
+        # ("Friday the 13th"). Refused rather than read one way while it means the other.
+        raise ValueError(
+            "give a day of the month or a day of the week, not both (crontab would fire on either, "
+            "this scheduler only on both)"
+        )
     return CronTrigger(
         minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_days(day_of_week), timezone=timezone
     )

@@ -49,7 +49,9 @@ def test_sunday_is_sunday():
     assert _next_days("30 9 * * 0", 2) == ["Sun", "Sun"]
 
 
-@pytest.mark.parametrize("expression", ["0 8 * *", "0 8 * * 8", "0 8 * * 5-1", "0 8 * * */0", "0 8 * * funday"])
+@pytest.mark.parametrize(
+    "expression", ["0 8 * *", "0 8 * * 8", "0 8 * * 5-1", "0 8 * * */0", "0 8 * * funday", "0 8 13 * 5"]
+)
 def test_invalid_expressions_are_refused(expression):
     with pytest.raises(ValueError):
         crontab_trigger(expression, timezone="UTC")
