@@ -61,12 +61,7 @@ class ClientRateLimiter:
                 return
             stats = await self._limiter.get_window_stats(self.item, endpoint, client)
         except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg's refused connection is not wrapped
-            # Fail closed: these endpoints spend money, and an uncounted request is an unlimited one.
-            raise StoreUnavailable(
-                "The database that holds the shared rate-limit counts (RATE_LIMIT_STORAGE) did not answer "
-                f"({type(exc).__name__}), so this costly request was not attempted. Check DATABASE_URL and retry.",
-                retry_after=5,
-            ) from exc
+            raise store_unavailable(exc) from exc
         # reset_time is when the oldest hit in the window expires: the earliest a retry can succeed.
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimited(
@@ -75,6 +70,15 @@ class ClientRateLimiter:
             retry_after=retry_after,
             limit_per_minute=self.item.amount,
         )
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailable:
+    """Fail closed: these endpoints spend money, and a request that cannot be counted is not attempted."""
+    return StoreUnavailable(
+        "The database that holds the shared rate-limit counts (RATE_LIMIT_STORAGE) did not answer "
+        f"({type(exc).__name__}), so this costly request was not attempted. Check DATABASE_URL and retry.",
+        retry_after=5,
+    )
 
 
 def client_identity(request: Request) -> str:
@@ -134,11 +138,7 @@ async def enforce_rate_limit(
                 resources.sessions, method=request.method, path=request.url.path, key=key
             )
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreUnavailable(
-                f"The database did not answer ({type(exc).__name__}), so this costly request was not attempted. "
-                "Check DATABASE_URL and retry.",
-                retry_after=5,
-            ) from exc
+            raise store_unavailable(exc) from exc
         if answered:
             return  # a replay spends nothing
     await limiter.hit(client_identity(request), endpoint)
