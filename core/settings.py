@@ -211,8 +211,8 @@ class Settings(BaseSettings):
         llm = 3 * self.llm_max_attempts * (self.llm_timeout_seconds + 10)  # up to three providers
         return llm + 2 * self.longest_call_seconds
 
-    @property
-    def abandoned_after(self) -> timedelta:
+    @cached_property
+    def abandoned_after(self) -> timedelta:  # read on every request with an Idempotency-Key dependency
         """When an Idempotency-Key claim still in progress is taken as abandoned: never under 10 minutes, and
         always past twice the longest a request can run with these timeouts (a live request is never cut off)."""
         return max(timedelta(minutes=10), timedelta(seconds=2 * self.longest_request_seconds))
