@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import RateLimited, StoreUnavailable
+from core.idempotency import key_already_answered
 from core.settings import Settings
 
 _STATE_ATTRIBUTE = "client_rate_limiter"
@@ -131,8 +132,6 @@ async def enforce_rate_limit(
     key = request.headers.get("idempotency-key")
     resources = getattr(request.app.state, "resources", None)
     if key and resources is not None:
-        from core.idempotency import key_already_answered  # core.idempotency needs the app's resources
-
         try:
             answered = await key_already_answered(
                 resources.sessions, method=request.method, path=request.url.path, key=key
