@@ -43,13 +43,17 @@ INTEGRATION = Integration(
 UPSTREAM = "toggl"
 CREATED_WITH = "ai-productivity-orchestrator"
 #: Attempts per request, counting the first. The start POST is retried only when Toggl cannot have acted
-#: (429, or 402 with a wait, and connections never made); GET and the stop PATCH also on 5xx and lost answers.
+#: (429, or 402 with a wait, and connections never made); GET, the stop PATCH and the update PUT also on 5xx
+#: and lost answers.
 ATTEMPTS = 3
 # An HTTP caller is waiting on us: wait out a short Retry-After, pass a long one on as our own 429.
 MAX_WAIT_SECONDS = 10.0
 _MAX_DETAIL = 300
 # The quota header name is not in Toggl's public docs; read it only when Retry-After is absent.
 _QUOTA_RESET_HEADER = "X-Toggl-Quota-Resets-In"
+#: A stop asked for a time (`stop_at`, a planned stop) that lands later than this is set back to that time:
+#: a 25-minute timer whose stop was retried for hours after an outage must not record hours.
+LATE_STOP_TOLERANCE = timedelta(minutes=1)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -105,6 +109,16 @@ class TimerStopped(ActionOutcome):
     stop: datetime | None = None
     elapsed_seconds: int | None = Field(None, description="Null when Toggl did not return the entry.")
     already_stopped: bool = False
+    stopped_late_at: datetime | None = Field(
+        None,
+        description="When a planned stop ran late: the time Toggl first stopped the entry, before its stop "
+        "was set back to the planned time (`stop`).",
+    )
+    backdate_error: str | None = Field(
+        None,
+        description="When a late planned stop could not be set back to the planned time: why. The entry is "
+        "stopped; its stop is the late time, to be corrected in Toggl by hand.",
+    )
 
     def ledger_external_id(self) -> str | None:
         return str(self.entry_id)
@@ -285,12 +299,21 @@ class TogglSkill:
         )
 
     async def stop_timer(
-        self, *, workspace_id: int | None = None, entry_id: int | None = None, dry_run: bool = False
+        self,
+        *,
+        workspace_id: int | None = None,
+        entry_id: int | None = None,
+        stop_at: datetime | None = None,
+        dry_run: bool = False,
     ) -> TimerStopped | None:
         """Stop `entry_id`, or the running timer when no id is given; None when nothing runs.
 
         Without an id the running timer is read first (a read, also in a dry run). A 409 from Toggl
         means the entry is already stopped: that is the state the caller wanted, so it is success.
+
+        `stop_at` is when the stop was meant to happen (a planned stop). Toggl's stop endpoint always stops
+        at "now", so a stop that lands more than LATE_STOP_TOLERANCE later is then set back to `stop_at`
+        with an update of the entry: stopping first means the timer is stopped even if the update fails.
         """
         INTEGRATION.require(self.settings)
         running: RunningTimer | None = None
@@ -331,6 +354,14 @@ class TogglSkill:
                 already_stopped=True,
             )
         entry = _entry(_json(response))
+        stopped_late_at, backdate_error = None, None
+        if stop_at is not None and _stopped_late(entry, stop_at):
+            stopped_late_at = entry.stop
+            try:
+                entry = await self._set_stop(wid, entry, stop_at)
+            except ProblemError as exc:
+                # The timer is stopped, which is what mattered; only its recorded length is off. Say so.
+                backdate_error = exc.detail
         return TimerStopped(
             payload=request,
             entry_id=entry.id,
@@ -339,7 +370,20 @@ class TogglSkill:
             start=entry.start,
             stop=entry.stop,
             elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
+            stopped_late_at=stopped_late_at,
+            backdate_error=backdate_error,
         )
+
+    async def _set_stop(self, wid: int, entry: TogglEntry, stop_at: datetime) -> TogglEntry:
+        """Set a stopped entry's stop (and, consistently, its duration) to `stop_at`.
+
+        Toggl's update takes the fields to change; when both are sent, start + duration must equal stop.
+        Repeating it sets the same values again, so it is safe to retry.
+        """
+        stop_at = stop_at.astimezone(UTC).replace(microsecond=0)
+        body = {"stop": rfc3339(stop_at), "duration": int((stop_at - entry.start).total_seconds())}
+        response = await self._send("PUT", f"/workspaces/{wid}/time_entries/{entry.id}", json=body)
+        return _entry(_json(response))
 
     async def current_timer(self) -> RunningTimer | None:
         """The running timer, or None: Toggl answers 200 with the body `null` when nothing runs."""
@@ -376,14 +420,15 @@ class TogglSkill:
         """One request with bounded retries; non-2xx answers (other than `accept`) become domain errors.
 
         Refused connections, connect timeouts and 429 answers are retried for every method. A read timeout,
-        a dropped answer or a 5xx answer is retried only for GET and PATCH: Toggl may have created the entry
+        a dropped answer or a 5xx answer is retried only for GET, PATCH and PUT: Toggl may have created the entry
         before failing, and a replayed POST could start a second one, so that failure is reported with
         "outcome unknown" instead.
         """
         token = self.settings.toggl_api_token
         assert token is not None  # INTEGRATION.require ran
         url = self.settings.toggl_base_url.rstrip("/") + path
-        # GET reads; the stop PATCH answers 409 when repeated. Only the create POST must not be replayed.
+        # GET reads; the stop PATCH answers 409 when repeated; the PUT sets the same stop again.
+        # Only the create POST must not be replayed.
         replay_safe = method != "POST"
 
         async def attempt() -> httpx.Response:
@@ -406,6 +451,16 @@ class TogglSkill:
             raise error_for(response, replay_safe=replay_safe, scrub=self.settings.secret_scrubber.scrub)
 
         return await with_retries(attempt, attempts=ATTEMPTS, max_wait_seconds=MAX_WAIT_SECONDS)
+
+
+def _stopped_late(entry: TogglEntry, stop_at: datetime) -> bool:
+    """Whether Toggl stopped `entry` well after `stop_at`, and `stop_at` is still after its start.
+
+    An entry whose start was moved past the planned stop (edited by hand in Toggl) is left as it is.
+    """
+    if entry.stop is None:
+        return False
+    return entry.stop - stop_at > LATE_STOP_TOLERANCE and stop_at > entry.start
 
 
 def _planned_stop(start: datetime, duration_minutes: int | None) -> datetime | None:

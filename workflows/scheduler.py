@@ -52,6 +52,7 @@ from core.errors import ProblemError
 from core.ledger import Ledger, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
+from skills.toggl import TimerStopped
 from workflows.briefing import BriefingRequest, WorkflowDeps, run_briefing
 from workflows.inbound import BackgroundTasks
 
@@ -109,6 +110,20 @@ def next_stop_attempt(
         delay = max(delay, timedelta(seconds=min(retry_after, STOP_RETRY_WINDOW.total_seconds() + 1)))
     at = failed_at + delay
     return at if at <= planned + STOP_RETRY_WINDOW else None
+
+
+def _late_stop_fields(stopped: TimerStopped | None) -> dict[str, Any]:
+    """What a run's result says of a stop that landed late: when Toggl first stopped the entry, the stop it
+    was set back to, and why setting it back failed, if it did."""
+    if stopped is None or stopped.stopped_late_at is None:
+        return {}
+    fields: dict[str, Any] = {
+        "stopped_late_at": stopped.stopped_late_at.isoformat(),
+        "stop": stopped.stop.isoformat() if stopped.stop else None,
+    }
+    if stopped.backdate_error:
+        fields["backdate_error"] = stopped.backdate_error
+    return fields
 
 
 def gave_up_error(error: str, *, attempts: int, planned: datetime, payload: dict[str, Any]) -> str:
@@ -279,14 +294,17 @@ class JobScheduler:
             ) as run:
                 run_id = run.id
                 async with run.action("toggl", "stop_timer") as action:
+                    # `stop_at`: a stop retried after an outage is set back to the planned time, so the
+                    # entry records the planned length, not the outage.
                     stopped = await self.deps().skills.toggl.stop_timer(
-                        workspace_id=payload.get("workspace_id"), entry_id=payload["entry_id"]
+                        workspace_id=payload.get("workspace_id"), entry_id=payload["entry_id"], stop_at=planned
                     )
                     action.external_id = str(payload["entry_id"])
                 run.result = {
                     "entry_id": payload["entry_id"],
-                    "already_stopped": getattr(stopped, "already_stopped", None),
-                    "elapsed_seconds": getattr(stopped, "elapsed_seconds", None),
+                    "already_stopped": stopped.already_stopped if stopped else None,
+                    "elapsed_seconds": stopped.elapsed_seconds if stopped else None,
+                    **_late_stop_fields(stopped),
                 }
             status = "done"
         except ProblemError as exc:

@@ -235,6 +235,97 @@ async def test_stop_dry_run_reads_but_never_patches(make_skill, toggl):
     assert stopped.payload == {"method": "PATCH", "path": f"/workspaces/{WID}/time_entries/987654321/stop"}
 
 
+# --- A late planned stop is set back to the planned time --------------------------------------
+
+PLANNED_START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+PLANNED_STOP = PLANNED_START + timedelta(minutes=25)
+
+
+def stopped_at(stop: datetime) -> dict[str, object]:
+    """The entry Toggl's stop PATCH answers with: stopped at `stop`, its duration the real elapsed time."""
+    return entry(
+        id=77,
+        start="2026-11-25T09:00:00+00:00",
+        stop=stop.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        duration=int((stop - PLANNED_START).total_seconds()),
+    )
+
+
+async def test_a_stop_landing_hours_after_stop_at_is_set_back_to_it(make_skill, toggl):
+    """Found in review: a 25-minute timer whose planned stop was retried for six hours recorded 6.4 hours."""
+    late = PLANNED_STOP + timedelta(hours=6)
+    patch = toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(
+        return_value=httpx.Response(200, json=stopped_at(late))
+    )
+    put = toggl.put(f"/workspaces/{WID}/time_entries/77").mock(
+        return_value=httpx.Response(200, json=stopped_at(PLANNED_STOP))
+    )
+    stopped = await make_skill().stop_timer(entry_id=77, stop_at=PLANNED_STOP)
+
+    assert [call.request.method for call in toggl.calls] == ["PATCH", "PUT"]  # stopped first, then corrected
+    assert patch.call_count == 1
+    request = put.calls.last.request
+    assert request.headers["authorization"] == EXPECTED_AUTH
+    assert json.loads(request.content) == {"stop": "2026-11-25T09:25:00Z", "duration": 25 * 60}
+    assert stopped is not None
+    assert (stopped.stop, stopped.elapsed_seconds) == (PLANNED_STOP, 25 * 60)
+    assert stopped.stopped_late_at == late
+    assert stopped.backdate_error is None
+
+
+async def test_a_stop_within_the_tolerance_of_stop_at_is_left_as_toggl_made_it(make_skill, toggl):
+    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(
+        return_value=httpx.Response(200, json=stopped_at(PLANNED_STOP + timedelta(seconds=40)))
+    )
+    put = toggl.put(f"/workspaces/{WID}/time_entries/77")
+    stopped = await make_skill().stop_timer(entry_id=77, stop_at=PLANNED_STOP)
+    assert not put.called
+    assert stopped is not None and stopped.stopped_late_at is None
+    assert stopped.stop == PLANNED_STOP + timedelta(seconds=40)
+
+
+async def test_an_entry_whose_start_was_moved_past_stop_at_is_not_touched(make_skill, toggl):
+    """Someone edited the start in Toggl to after the planned stop: setting the stop back would be nonsense."""
+    late = PLANNED_STOP + timedelta(hours=1)
+    moved = entry(
+        id=77, start="2026-11-25T09:40:00+00:00", stop=late.strftime("%Y-%m-%dT%H:%M:%S+00:00"), duration=2700
+    )
+    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(return_value=httpx.Response(200, json=moved))
+    put = toggl.put(f"/workspaces/{WID}/time_entries/77")
+    stopped = await make_skill().stop_timer(entry_id=77, stop_at=PLANNED_STOP)
+    assert not put.called
+    assert stopped is not None and stopped.stop == late and stopped.stopped_late_at is None
+
+
+async def test_a_failed_correction_still_reports_the_stop_and_says_why(make_skill, toggl):
+    late = PLANNED_STOP + timedelta(hours=2)
+    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(
+        return_value=httpx.Response(200, json=stopped_at(late))
+    )
+    put = toggl.put(f"/workspaces/{WID}/time_entries/77").mock(
+        return_value=httpx.Response(400, json="Stop time must be after start time")
+    )
+    stopped = await make_skill().stop_timer(entry_id=77, stop_at=PLANNED_STOP)
+    assert put.call_count == 1  # a 400 is not retried
+    assert stopped is not None
+    assert stopped.stop == late and stopped.stopped_late_at == late
+    assert stopped.backdate_error is not None and "Stop time must be after start time" in stopped.backdate_error
+
+
+async def test_a_correction_answered_500_is_retried_like_the_stop(make_skill, toggl):
+    """The update sets the same values again when repeated, so a lost answer may be retried."""
+    late = PLANNED_STOP + timedelta(hours=2)
+    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(
+        return_value=httpx.Response(200, json=stopped_at(late))
+    )
+    put = toggl.put(f"/workspaces/{WID}/time_entries/77").mock(
+        side_effect=[httpx.Response(500), httpx.Response(200, json=stopped_at(PLANNED_STOP))]
+    )
+    stopped = await make_skill().stop_timer(entry_id=77, stop_at=PLANNED_STOP)
+    assert put.call_count == 2
+    assert stopped is not None and stopped.stop == PLANNED_STOP and stopped.backdate_error is None
+
+
 # --- Error mapping ------------------------------------------------------------------------
 
 

@@ -58,12 +58,16 @@ class FakeToggl:
     running: dict[str, Any] | None = None
     starts: list[dict[str, Any]] = field(default_factory=list)
     stops: list[str] = field(default_factory=list)
+    #: (entry id, body) of each update PUT: a late planned stop setting the stop back to the planned time.
+    updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stopped: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(9001))
 
     def install(self) -> FakeToggl:
         self.mock.post(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries$").mock(side_effect=self._start)
         self.mock.patch(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries/\d+/stop$").mock(side_effect=self._stop)
         self.mock.get(f"{TOGGL_BASE}/me/time_entries/current").mock(side_effect=self._current)
+        self.mock.put(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries/\d+$").mock(side_effect=self._update)
         return self
 
     async def _start(self, request: httpx.Request) -> httpx.Response:
@@ -93,7 +97,18 @@ class FakeToggl:
         entry, self.running = self.running, None
         now = datetime.now(UTC)
         start = datetime.fromisoformat(entry["start"].replace("Z", "+00:00"))
-        return httpx.Response(200, json={**entry, "stop": iso(now), "duration": int((now - start).total_seconds())})
+        stopped = {**entry, "stop": iso(now), "duration": int((now - start).total_seconds())}
+        self.stopped[entry_id] = stopped
+        return httpx.Response(200, json=stopped)
+
+    def _update(self, request: httpx.Request) -> httpx.Response:
+        entry_id = request.url.path.split("/")[-1]
+        body = json.loads(request.content)
+        self.updates.append((entry_id, body))
+        if entry_id not in self.stopped:
+            return httpx.Response(404, json="Time entry not found")
+        self.stopped[entry_id] = {**self.stopped[entry_id], **body}
+        return httpx.Response(200, json=self.stopped[entry_id])
 
     def _current(self, request: httpx.Request) -> httpx.Response:
         # Toggl answers the literal body `null` when nothing runs.
