@@ -299,9 +299,7 @@ async def test_an_entry_whose_start_was_moved_past_stop_at_is_not_touched(make_s
 
 async def test_a_failed_correction_still_reports_the_stop_and_says_why(make_skill, toggl):
     late = PLANNED_STOP + timedelta(hours=2)
-    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(
-        return_value=httpx.Response(200, json=stopped_at(late))
-    )
+    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(return_value=httpx.Response(200, json=stopped_at(late)))
     put = toggl.put(f"/workspaces/{WID}/time_entries/77").mock(
         return_value=httpx.Response(400, json="Stop time must be after start time")
     )
@@ -315,9 +313,7 @@ async def test_a_failed_correction_still_reports_the_stop_and_says_why(make_skil
 async def test_a_correction_answered_500_is_retried_like_the_stop(make_skill, toggl):
     """The update sets the same values again when repeated, so a lost answer may be retried."""
     late = PLANNED_STOP + timedelta(hours=2)
-    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(
-        return_value=httpx.Response(200, json=stopped_at(late))
-    )
+    toggl.patch(f"/workspaces/{WID}/time_entries/77/stop").mock(return_value=httpx.Response(200, json=stopped_at(late)))
     put = toggl.put(f"/workspaces/{WID}/time_entries/77").mock(
         side_effect=[httpx.Response(500), httpx.Response(200, json=stopped_at(PLANNED_STOP))]
     )
