@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
@@ -21,6 +20,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import Forbidden, NotConfigured, ProblemError, problem_responses
 from core.settings import Settings
+from core.text import xml_safe
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message
 from workflows.briefing import WorkflowDeps
@@ -90,17 +90,6 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
             "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called."
         )
     return form
-
-
-# Everything XML 1.0 forbids (its `Char` production): C0 controls but tab, LF and CR, lone surrogates,
-# U+FFFE and U+FFFF. Escaping does not help (`&#1;` is not well-formed either): Twilio cannot parse the
-# TwiML and the sender gets nothing, so these characters are dropped.
-_NOT_XML_CHAR = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def xml_safe(text: str) -> str:
-    """`text` without the characters XML 1.0 does not allow; a message body never needs them."""
-    return _NOT_XML_CHAR.sub("", text)
 
 
 def whatsapp_text(reply: str | None) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import NotConfigured, ProblemError
+from core.text import xml_safe
 from workflows.briefing import (
     BriefingRequest,
     WorkflowDeps,
@@ -115,9 +116,13 @@ async def respond(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | 
     with the app's SecretScrubber: an upstream error quoted in a reply can
     echo a credential (Gemini's 400 "API key not valid: AIza..."), and a chat
     message is as public as a problem body or a log line.
+
+    The characters no chat message can carry (`xml_safe`: TwiML drops them) go
+    first: dropped after the scrub, a control character splitting a secret
+    would hide it from the scrubber and then rejoin it.
     """
     reply = await _reply(deps, text, trigger=trigger, sender=sender)
-    return deps.settings.secret_scrubber.scrub(reply)
+    return deps.settings.secret_scrubber.scrub(xml_safe(reply))
 
 
 async def _reply(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | None) -> str:

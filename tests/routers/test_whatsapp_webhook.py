@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routers.whatsapp_webhook import WORKING, twiml
-from tests.fakes.llm import FakeGemini, gemini_error
+from tests.fakes.llm import FakeGemini, gemini_content, gemini_error
+from tests.fakes.server import Reply
 from tests.fakes.slack import CHAT_POST_MESSAGE
 from tests.workflows.world import (
     CLAUDE_PATH,
@@ -382,3 +383,17 @@ async def test_a_key_echoed_by_the_llm_is_scrubbed_from_the_twiml_reply(w, make_
     [reply] = messages(response)
     assert reply.startswith("The assistant could not answer:")
     assert "***" in reply and GEMINI_KEY not in response.text
+
+
+async def test_a_key_split_by_a_control_character_is_scrubbed_before_the_twiml_drops_it(w, make_client):
+    """TwiML drops the control character; dropped after the scrub, it would rejoin a key the scrubber missed."""
+    split = GEMINI_KEY[:12] + "\x01" + GEMINI_KEY[12:]
+    async with FakeGemini() as gemini:
+        gemini.route("POST", gemini.path, lambda _: Reply(200, json=gemini_content(f"Your key is {split}.")))
+        settings_ = w.settings(anthropic_api_key=None, gemini_api_key=GEMINI_KEY, gemini_base_url=gemini.url)
+        async with make_client(**settings_) as client:
+            response = await post_whatsapp(client, whatsapp_form("what is my key?"))
+        assert len(gemini.calls()) == 1
+    [reply] = messages(response)
+    assert reply == "Your key is ***."
+    assert GEMINI_KEY not in response.text
