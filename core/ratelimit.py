@@ -27,10 +27,11 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,6 +72,55 @@ class ClientRateLimiter:
             retry_after=retry_after,
             limit_per_minute=self.item.amount,
         )
+
+    async def first_in(self, item: RateLimitItem, endpoint: str, client: str) -> bool:
+        """Whether this is the first hit of `client` on `endpoint` within `item`'s window (for notices).
+
+        A store that does not answer means no: a notice is a courtesy, never worth failing over.
+        """
+        try:
+            return await self._limiter.hit(item, "notice:" + endpoint, client)
+        except (SQLAlchemyError, OSError):
+            return False
+
+
+# --- Chat senders ---------------------------------------------------------------------------------------
+# WhatsApp messages and Slack mentions spend LLM tokens and Toggl quota like the HTTP endpoints, but their
+# client is a person (a phone number, a Slack user), not an API key. Each sender draws on the same
+# RATE_LIMIT_PER_MINUTE. Every notice we send back is itself a message (a billed one on WhatsApp), so a
+# flooding sender is told at most once per window and otherwise ignored.
+CHAT_NOTICE = RateLimitItemPerMinute(1)
+#: A sender outside WHATSAPP_ALLOWED_SENDERS is told so at most once an hour.
+STRANGER_NOTICE = RateLimitItemPerHour(1)
+
+
+@dataclass(frozen=True)
+class ChatAdmission:
+    """Whether a chat message may be acted on; if not, the notice to send back (None: say nothing)."""
+
+    allowed: bool
+    notice: str | None = None
+
+
+async def admit_chat_message(limiter: ClientRateLimiter, *, source: str, sender: str) -> ChatAdmission:
+    """Count one message from `sender` on `source` ("whatsapp", "slack") against RATE_LIMIT_PER_MINUTE."""
+    client, endpoint = f"{source}:{sender}", f"chat:{source}"
+    try:
+        await limiter.hit(client, endpoint)
+        return ChatAdmission(allowed=True)
+    except RateLimited as exc:
+        notice = (
+            f"You have sent more than {limiter.item.amount} messages in a minute, so this one was not acted on. "
+            f"Wait {exc.retry_after} s and send it again."
+        )
+    except StoreUnavailable:
+        # Fail closed, as the HTTP endpoints do; the notice cannot be counted either, so it is always sent.
+        return ChatAdmission(
+            allowed=False, notice="Sorry, this message could not be handled right now. Try again in a minute."
+        )
+    return ChatAdmission(
+        allowed=False, notice=notice if await limiter.first_in(CHAT_NOTICE, endpoint, client) else None
+    )
 
 
 def store_unavailable(exc: BaseException) -> StoreUnavailable:
@@ -144,3 +194,5 @@ async def enforce_rate_limit(
 
 
 RateLimitDep = Depends(enforce_rate_limit)
+#: The limiter itself, for routes that count their own clients (the chat webhooks).
+RateLimiterDep = Annotated[ClientRateLimiter, Depends(get_rate_limiter)]

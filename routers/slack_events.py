@@ -17,6 +17,7 @@ from slack_sdk.signature import SignatureVerifier
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, problem_responses
 from core.ledger import encodable
+from core.ratelimit import RateLimiterDep, admit_chat_message
 from core.resources import Resources
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from workflows.briefing import WorkflowDeps
@@ -138,6 +139,7 @@ async def slack_events(
     resources: ResourcesDep,
     deps: WorkflowDepsDep,
     tasks: BackgroundTasksDep,
+    limiter: RateLimiterDep,
 ) -> SlackEventsAck:
     """Set the app's Event Subscriptions Request URL to `PUBLIC_BASE_URL/slack/events` and subscribe to
     `app_mention` and `message.im`. Mention the bot with a command (`@bot start writing for 30 min`) or a
@@ -200,12 +202,20 @@ async def slack_events(
         if not first:
             logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.ts)
             return SlackEventsAck()
-        tasks.spawn(
-            _answer(deps, event),
-            kind="slack.event",
-            trigger="slack",
-            input_summary={"event_id": event_id, "user": event.user, "channel": event.channel},
-        )
+        summary = {"event_id": event_id, "user": event.user, "channel": event.channel}
+        assert event.user is not None  # should_act: only people's messages are acted on
+        admission = await admit_chat_message(limiter, source="slack", sender=event.user)
+        if not admission.allowed:
+            logger.warning("Slack event %s not acted on: its sender is over RATE_LIMIT_PER_MINUTE", event_id)
+            if admission.notice:
+                tasks.spawn(
+                    _post_reply(deps, event, admission.notice),
+                    kind="slack.notice",
+                    trigger="slack",
+                    input_summary=summary,
+                )
+            return SlackEventsAck()
+        tasks.spawn(_answer(deps, event), kind="slack.event", trigger="slack", input_summary=summary)
     return SlackEventsAck()
 
 
@@ -223,7 +233,11 @@ async def _first_event_for_message(resources: Resources, event: SlackMessageEven
 
 async def _answer(deps: WorkflowDeps, event: SlackMessageEvent) -> None:
     text = strip_mentions(event.text or "")
-    reply = await respond(deps, text, trigger="slack", sender=event.user)
+    await _post_reply(deps, event, await respond(deps, text, trigger="slack", sender=event.user))
+
+
+async def _post_reply(deps: WorkflowDeps, event: SlackMessageEvent, reply: str) -> None:
+    """Post `reply` in the thread of `event` (recorded as a `slack.reply` run)."""
     thread_ts = event.thread_ts or event.ts
     try:
         async with deps.ledger.run(

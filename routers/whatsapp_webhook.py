@@ -19,6 +19,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import Forbidden, NotConfigured, ProblemError, problem_responses
+from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.settings import Settings
 from core.text import xml_safe
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
@@ -136,6 +137,7 @@ async def whatsapp_webhook(
     resources: ResourcesDep,
     deps: WorkflowDepsDep,
     tasks: BackgroundTasksDep,
+    limiter: RateLimiterDep,
 ) -> Response:
     """Twilio posts each inbound message here (form-encoded, signed with `X-Twilio-Signature`).
 
@@ -153,7 +155,13 @@ async def whatsapp_webhook(
     sender = str(form.get("From") or "")
     if not sender_allowed(settings, sender):
         logger.warning("WhatsApp message %s from a sender not in WHATSAPP_ALLOWED_SENDERS: refused", message_sid)
-        return twiml(REFUSAL)
+        # The refusal is a billed message: once an hour per stranger, not once per message.
+        told = await limiter.first_in(STRANGER_NOTICE, "chat:whatsapp", f"whatsapp:{bare_number(sender)}")
+        return twiml(REFUSAL) if told else twiml()
+    admission = await admit_chat_message(limiter, source="whatsapp", sender=bare_number(sender))
+    if not admission.allowed:
+        logger.warning("WhatsApp message %s not acted on: its sender is over RATE_LIMIT_PER_MINUTE", message_sid)
+        return twiml(admission.notice) if admission.notice else twiml()
 
     text = str(form.get("Body") or "")
     summary = {"message_sid": message_sid, "sender": bare_number(sender)}

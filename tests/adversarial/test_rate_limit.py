@@ -5,11 +5,13 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from limits.aio.storage import MemoryStorage
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 
 from core.errors import PROBLEM_CONTENT_TYPE, add_exception_handlers
 from core.idempotency import IdempotencyDep
-from core.ratelimit import RateLimitDep, client_identity
+from core.ratelimit import STRANGER_NOTICE, ClientRateLimiter, RateLimitDep, admit_chat_message, client_identity
 from core.settings import Settings
 
 
@@ -193,3 +195,39 @@ async def test_a_request_waiting_on_an_in_progress_key_is_still_counted(make_cli
     assert second.status_code == 429  # counted: the budget of 1 was the first request's
     assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"  # a stored answer is free
     assert calls == ["a"]
+
+
+# --- Chat senders (WhatsApp numbers, Slack users) -------------------------------------------------
+
+
+class _DownStorage(MemoryStorage):
+    """A shared store whose database does not answer."""
+
+    async def incr(self, *args: object, **kwargs: object) -> int:
+        raise OperationalError("UPDATE rate_limit_counters", {}, ConnectionRefusedError("refused"))
+
+    async def get_sliding_window(self, *args: object, **kwargs: object):  # type: ignore[override]
+        raise OperationalError("SELECT rate_limit_counters", {}, ConnectionRefusedError("refused"))
+
+    async def acquire_sliding_window_entry(self, *args: object, **kwargs: object) -> bool:
+        raise OperationalError("UPDATE rate_limit_counters", {}, ConnectionRefusedError("refused"))
+
+
+async def test_a_chat_sender_over_the_limit_is_refused_and_told_once_a_minute():
+    limiter = ClientRateLimiter(2)
+    admitted = [await admit_chat_message(limiter, source="whatsapp", sender="+15550001") for _ in range(4)]
+    other = await admit_chat_message(limiter, source="whatsapp", sender="+15550002")
+    same_number_on_slack = await admit_chat_message(limiter, source="slack", sender="+15550001")
+    assert [admission.allowed for admission in admitted] == [True, True, False, False]
+    assert admitted[2].notice is not None and admitted[2].notice.startswith("You have sent more than 2 messages")
+    assert admitted[3].notice is None
+    assert other.allowed and same_number_on_slack.allowed
+
+
+async def test_a_chat_message_that_cannot_be_counted_is_refused_with_an_apology():
+    """Fail closed like the HTTP endpoints: the store holding the shared counts is down."""
+    limiter = ClientRateLimiter(2, _DownStorage())
+    admission = await admit_chat_message(limiter, source="slack", sender="U1")
+    assert not admission.allowed
+    assert admission.notice == "Sorry, this message could not be handled right now. Try again in a minute."
+    assert await limiter.first_in(STRANGER_NOTICE, "chat:whatsapp", "whatsapp:+1555") is False

@@ -369,3 +369,23 @@ async def test_an_overlong_channel_or_ts_is_ignored_not_a_database_error(w, make
     assert response.status_code == 200
     assert w.slack.posts == []
     assert "EvLong" in caplog.text
+
+
+async def test_a_user_over_the_rate_limit_is_told_once_in_the_thread_and_nothing_runs(w, make_client):
+    """Found in review: mentions had no rate limit, so any workspace member could spend LLM tokens without end."""
+    w.claude.answer = "Do the hardest thing first."
+
+    def nth(i: int, user: str = "UHUMAN") -> bytes:
+        return callback(mention("<@UBOT> what first?", ts=f"1764057600.{i:06d}", user=user), event_id=f"Ev{i:04d}")
+
+    async with make_client(**w.settings(rate_limit_per_minute=2)) as client:
+        for i in range(1, 5):
+            assert (await post(client, nth(i))).status_code == 200
+        assert (await post(client, nth(5, user="UOTHER"))).status_code == 200
+        await finished_runs(client, "slack.reply", count=4)
+        await asyncio.sleep(0.2)  # anything more would have been posted by now
+    assert len(w.claude.prompts) == 3  # two from UHUMAN, one from UOTHER
+    by_ts = {post["thread_ts"]: post["text"] for post in w.slack.posts}
+    assert set(by_ts) == {"1764057600.000001", "1764057600.000002", "1764057600.000003", "1764057600.000005"}
+    assert by_ts["1764057600.000003"].startswith("You have sent more than 2 messages in a minute")
+    assert by_ts["1764057600.000005"] == "Do the hardest thing first."  # each user has a budget of their own

@@ -7,9 +7,11 @@ import asyncio
 import logging
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree
 
 import pytest
+import time_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +37,10 @@ from tests.workflows.world import (
 async def w():
     async with world() as fakes:
         yield fakes
+
+
+SECOND_SENDER = "+15551230002"
+REFUSAL = "Sorry, this number is not allowed to use this service."
 
 
 def messages(response) -> list[str]:
@@ -170,8 +176,51 @@ async def test_stranger_is_refused_without_action_or_llm_call(w, make_client):
         chat = messages(
             await post_whatsapp(client, whatsapp_form("what should I do today?", sid="SM" + "c" * 32, sender=STRANGER))
         )
-    assert command == chat == ["Sorry, this number is not allowed to use this service."]
+    # Told once; the refusal is a billed message, so the second one within the hour is an empty <Response/>.
+    assert command == ["Sorry, this number is not allowed to use this service."]
+    assert chat == []
     assert w.toggl.starts == [] and w.claude.requests == [] and w.slack.requests == []
+
+
+async def test_a_stranger_is_told_once_an_hour_and_each_stranger_on_their_own(w, make_client):
+    other = "+15550009999"
+    async with make_client(**w.settings()) as client:
+        first = [
+            messages(await post_whatsapp(client, whatsapp_form("hi", sid=f"SM{i:032d}", sender=STRANGER)))
+            for i in range(3)
+        ]
+        second_stranger = messages(await post_whatsapp(client, whatsapp_form("hi", sid="SM" + "e" * 32, sender=other)))
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=61), tick=True):
+            an_hour_later = messages(
+                await post_whatsapp(client, whatsapp_form("hi", sid="SM" + "f" * 32, sender=STRANGER))
+            )
+    assert first == [[REFUSAL], [], []]
+    assert second_stranger == [REFUSAL]
+    assert an_hour_later == [REFUSAL]
+    assert w.claude.requests == [] and w.twilio.sent == []
+
+
+async def test_a_sender_over_the_rate_limit_is_told_once_and_nothing_runs(w, make_client):
+    """Found in review: inbound messages had no rate limit, so one number could spend LLM tokens without end."""
+    settings_ = w.settings(rate_limit_per_minute=2, whatsapp_allowed_senders=f"{OWNER},{SECOND_SENDER}")
+    async with make_client(**settings_) as client:
+        replies = [messages(await post_whatsapp(client, whatsapp_form("help", sid=f"SM{i:032d}"))) for i in range(2)]
+        over = messages(await post_whatsapp(client, whatsapp_form("start writing for 5 min", sid="SM" + "a" * 32)))
+        again = messages(await post_whatsapp(client, whatsapp_form("what now?", sid="SM" + "b" * 32)))
+        other_sender = messages(
+            await post_whatsapp(client, whatsapp_form("help", sid="SM" + "c" * 32, sender=SECOND_SENDER))
+        )
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=3), tick=True):
+            later = messages(await post_whatsapp(client, whatsapp_form("start writing for 5 min", sid="SM" + "d" * 32)))
+    assert all("Commands:" in reply[0] for reply in replies)
+    [notice] = over
+    assert notice.startswith("You have sent more than 2 messages in a minute, so this one was not acted on. Wait ")
+    assert again == []  # told once a minute, not once per message
+    assert "Commands:" in other_sender[0]  # each sender has a budget of their own
+    assert w.claude.requests == []
+    [start] = w.toggl.starts  # only the one sent after the window
+    assert start["description"] == "writing"
+    assert later[0].startswith("Started 'writing'")
 
 
 async def test_empty_allowlist_in_development_allows_everyone_with_a_warning(w, make_client, caplog):
