@@ -19,6 +19,7 @@ from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, prob
 from core.ledger import encodable
 from core.ratelimit import RateLimiterDep, admit_chat_message
 from core.resources import Resources
+from routers import webhook_docs
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond, strip_mentions
@@ -132,6 +133,7 @@ def parse_event(payload: dict[str, Any]) -> tuple[SlackEventCallback, SlackMessa
     response_model=SlackEventsAck,
     response_model_exclude_none=True,
     responses=problem_responses(400, 403, 413, 503),
+    openapi_extra=webhook_docs.SLACK_EVENT,
 )
 async def slack_events(
     request: Request,
@@ -152,8 +154,18 @@ async def slack_events(
     timestamp = request.headers.get("x-slack-request-timestamp")
     signature = request.headers.get("x-slack-signature")
     verifier = SignatureVerifier(secret.get_secret_value())
-    # is_valid also rejects a timestamp more than 5 minutes from now (replayed captures).
-    if not timestamp or not signature or not verifier.is_valid(raw, timestamp, signature):
+    # is_valid also rejects a timestamp more than 5 minutes from now (replayed captures). It calls int() on
+    # the timestamp and raises on anything else ("abc", "1e3"): found by schemathesis once the header was
+    # documented, an unauthenticated 500. Slack's timestamps are whole Unix seconds. hmac.compare_digest
+    # raises on a non-ASCII signature, so that is checked too.
+    if (
+        not timestamp
+        or not timestamp.isascii()
+        or not timestamp.isdigit()
+        or not signature
+        or not signature.isascii()
+        or not verifier.is_valid(raw, timestamp, signature)
+    ):
         logger.warning("rejected a Slack event with a missing, stale or bad signature")
         raise Forbidden("X-Slack-Signature is missing, older than 5 minutes, or does not match SLACK_SIGNING_SECRET.")
     try:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from core.deps import LedgerDep, SettingsDep
 from core.errors import problem_responses
+from routers import webhook_docs
 from routers.whatsapp_webhook import verified_twilio_form
 from workflows.deliveries import record_whatsapp_status
 
@@ -17,6 +18,7 @@ router = APIRouter(tags=["inbound"])
     summary="Receive a WhatsApp delivery status (Twilio status callback)",
     status_code=204,
     response_class=Response,
+    openapi_extra=webhook_docs.TWILIO_STATUS,
     responses={204: {"description": "Received (a failed delivery is now a failed run in the ledger)"}}
     | problem_responses(403, 413, 503),
 )

@@ -22,6 +22,7 @@ from core.errors import Forbidden, NotConfigured, ProblemError, problem_response
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.settings import Settings
 from core.text import xml_safe
+from routers import webhook_docs
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message
 from workflows.briefing import WorkflowDeps
@@ -123,6 +124,7 @@ def bounded(reply: str) -> str:
     "/whatsapp-webhook",
     summary="Receive a WhatsApp message (Twilio webhook)",
     response_class=Response,
+    openapi_extra=webhook_docs.TWILIO_MESSAGE,
     responses={
         200: {
             "description": "TwiML reply (`<Response/>` means no reply)",
