@@ -40,11 +40,14 @@ MAX_MINUTES = 24 * 60
 # Trailing punctuation is tolerated ("stop!"), nothing else may follow a command word.
 _END = r"[.!]*"
 _SIMPLE = re.compile(rf"(?P<word>start|stop|status|brief|briefing|help){_END}", re.IGNORECASE)
+# One line, and a task only before "for": "Start the oven and wait 10 min" and "Start\nI will be done in
+# 20 min" are sentences, not commands (both started timers before a review found them). Without a task,
+# "start 2h" and "start for 30 min" mean BRIEFING_TASK.
+_BLANK = r"[ \t]+"
 _TIMED_START = re.compile(
-    # The task is optional ("start for 30 min" = BRIEFING_TASK); it may not begin with the duration itself.
-    rf"start(?:\s+(?!for\s+\d)(?P<task>\S.*?))?\s+(?:for\s+)?(?P<amount>\d{{1,4}})\s*"
+    rf"start(?:{_BLANK}(?P<task>[^\r\n]*?\S){_BLANK}for|(?:{_BLANK}for)?){_BLANK}(?P<amount>\d{{1,4}})[ \t]*"
     rf"(?P<unit>m|min|mins|minutes?|h|hrs?|hours?){_END}",
-    re.IGNORECASE | re.DOTALL,
+    re.IGNORECASE,
 )
 _ALIASES: dict[str, CommandName] = {"briefing": "brief"}
 
