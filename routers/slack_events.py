@@ -21,6 +21,7 @@ from core.ratelimit import RateLimiterDep, admit_chat_message
 from core.resources import Resources
 from routers import webhook_docs
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
+from skills.slack import escape_text, unescape_text
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond, strip_mentions
 from workflows.inbound import claim_message, release_message
@@ -244,19 +245,25 @@ async def _first_event_for_message(resources: Resources, event: SlackMessageEven
 
 
 async def _answer(deps: WorkflowDeps, event: SlackMessageEvent) -> None:
-    text = strip_mentions(event.text or "")
+    # Slack escapes &, < and > in what people type ("R&D" arrives as "R&amp;D"); mentions first, as they are markup.
+    text = unescape_text(strip_mentions(event.text or ""))
     await _post_reply(deps, event, await respond(deps, text, trigger="slack", sender=event.user))
 
 
 async def _post_reply(deps: WorkflowDeps, event: SlackMessageEvent, reply: str) -> None:
-    """Post `reply` in the thread of `event` (recorded as a `slack.reply` run)."""
+    """Post `reply` in the thread of `event` (recorded as a `slack.reply` run).
+
+    Escaped: a reply echoes the sender's words and the LLM's, and neither may become `<!channel>`.
+    """
     thread_ts = event.thread_ts or event.ts
     try:
         async with deps.ledger.run(
             "slack.reply", trigger="slack", input_summary={"channel": event.channel, "thread_ts": thread_ts}
         ) as run:
             async with run.action("slack", "post_message") as action:
-                posted = await deps.skills.slack.post_message(text=reply, channel=event.channel, thread_ts=thread_ts)
+                posted = await deps.skills.slack.post_message(
+                    text=escape_text(reply), channel=event.channel, thread_ts=thread_ts
+                )
                 action.external_id = posted.ledger_external_id()
                 action.request = posted.payload
     except ProblemError as exc:

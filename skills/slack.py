@@ -53,6 +53,23 @@ MAX_RETRY_WAIT_SECONDS = 10.0
 #: Slack rejects more than 50 blocks in one message.
 MAX_BLOCKS = 50
 
+
+def escape_text(text: str) -> str:
+    """`text` with Slack's three control characters escaped, so it shows as written and is never markup.
+
+    Slack reads `<!channel>`, `<!here>`, `<@U123>` and `<url|label>` in a message's text as a broadcast, a
+    mention or a link. Text that came from someone else (an inbound message, a task name, an LLM answer)
+    must not be able to ping a channel in the bot's name: Slack's formatting docs ask for exactly these
+    three characters to be escaped, and nothing more.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unescape_text(text: str) -> str:
+    """Slack's escaping undone: an inbound "R&D" arrives as `R&amp;D`. `&amp;` last, so `&amp;lt;` stays `&lt;`."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 _CREDENTIAL_HINT = "Check SLACK_BOT_TOKEN: it must be a valid bot token (xoxb-...) of an installed, active app."
 _AUTH_ERRORS = {
     "invalid_auth",

@@ -24,6 +24,7 @@ from core.ledger import Ledger, RunHandle
 from core.registry import Registry
 from core.settings import Settings
 from skills import SkillSet
+from skills.slack import escape_text
 
 logger = logging.getLogger("orchestrator.briefing")
 
@@ -265,18 +266,21 @@ def _plan_prompt(settings: Settings, task: str, minutes: int) -> str:
 
 
 def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> str:
+    # Only the literal `*` markup is ours: the plan (an LLM's words), the task and upstream errors are
+    # escaped, so none of them can turn into `<!channel>` or a link in the bot's name.
+    plan_detail, timer_detail = escape_text(plan.step.detail or ""), escape_text(timer.step.detail or "")
     lines = ["*Morning briefing*", ""]
     if plan.step.status == "ok":
-        lines += ["*Plan*", str(plan.value.response).strip()]
+        lines += ["*Plan*", escape_text(str(plan.value.response).strip())]
     elif plan.step.status == "skipped":
-        lines += [f"*Plan*: not generated ({plan.step.detail})"]
+        lines += [f"*Plan*: not generated ({plan_detail})"]
     else:
-        lines += [f"*Plan*: could not be generated ({plan.step.detail})"]
+        lines += [f"*Plan*: could not be generated ({plan_detail})"]
     lines.append("")
     if timer.step.status == "ok":
-        lines.append(f"*Timer*: {timer.step.detail}")
+        lines.append(f"*Timer*: {timer_detail}")
     else:
-        lines.append(f"*Timer*: not started ({timer.step.detail})")
+        lines.append(f"*Timer*: not started ({timer_detail})")
     return "\n".join(lines)
 
 

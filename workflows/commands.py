@@ -21,6 +21,7 @@ from typing import Literal
 
 from core.errors import NotConfigured, ProblemError
 from core.text import xml_safe
+from skills.slack import escape_text
 from workflows.briefing import (
     BriefingRequest,
     WorkflowDeps,
@@ -89,8 +90,9 @@ def parse_command(text: str) -> Command | None:
 
 
 def strip_mentions(text: str) -> str:
-    """Remove Slack user mentions (`<@U123ABC>`) so "@bot start" parses like "start"."""
-    return re.sub(r"<@[A-Z0-9]+(?:\|[^>]*)?>", " ", text).strip()
+    """Remove Slack user mentions (`<@U123ABC>`, and the `:` or `,` Slack's autocomplete may add after one)
+    so "@bot start" and "@bot: status" parse like "start" and "status"."""
+    return re.sub(r"<@[A-Z0-9]+(?:\|[^>]*)?>[:,]?", " ", text).strip()
 
 
 # --- Executing --------------------------------------------------------------------
@@ -170,7 +172,9 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
         start_at, stop_at = local_time(started.start, settings), local_time(started.planned_stop, settings)
         confirmation = f"Started '{task}' at {start_at}; it stops at {stop_at}."
         announcement = (
-            f":stopwatch: '{task}' started at {start_at}, planned stop {stop_at} ({human_duration(minutes * 60)})."
+            # The task is the sender's text: escaped, or "start <!channel> for 5 min" would ping the channel.
+            f":stopwatch: '{escape_text(task)}' started at {start_at}, planned stop {stop_at} "
+            f"({human_duration(minutes * 60)})."
         )
         try:
             async with run.action("slack", "post_message") as action:

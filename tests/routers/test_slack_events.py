@@ -405,3 +405,29 @@ async def test_a_user_over_the_rate_limit_is_told_once_in_the_thread_and_nothing
     assert set(by_ts) == {"1764057600.000001", "1764057600.000002", "1764057600.000003", "1764057600.000005"}
     assert by_ts["1764057600.000003"].startswith("You have sent more than 2 messages in a minute")
     assert by_ts["1764057600.000005"] == "Do the hardest thing first."  # each user has a budget of their own
+
+
+async def test_slack_escaped_text_is_read_as_typed_and_every_post_is_escaped(w, make_client):
+    """Found by a black-box review: "R&D" reached Toggl as "R&amp;D", and "<!channel>" in a task was posted raw,
+    pinging the whole default channel in the bot's name."""
+    body = callback(mention("<@UBOT> start &lt;!channel&gt; R&amp;D sync for 30 min"))
+    async with make_client(**w.settings()) as client:
+        await post(client, body)
+        await finished_runs(client, "slack.reply")
+    assert w.toggl.starts[0]["description"] == "<!channel> R&D sync"
+    announcement, reply = w.slack.posts
+    assert announcement["channel"] == "#general"
+    assert "'&lt;!channel&gt; R&amp;D sync' started at " in announcement["text"]
+    assert reply["text"].startswith("Started '&lt;!channel&gt; R&amp;D sync' at ")
+    assert all("<!" not in posted["text"] for posted in w.slack.posts)
+
+
+async def test_a_colon_after_the_mention_is_not_part_of_the_command(w, make_client):
+    """Slack's autocomplete may write "@bot: status"; it was sent to the LLM as ": status"."""
+    async with make_client(**w.settings()) as client:
+        await post(client, callback(mention("<@UBOT>: status")))
+        [reply_run] = await finished_runs(client, "slack.reply")
+    assert w.claude.prompts == []
+    [reply] = w.slack.posts
+    assert reply["text"] == "No timer is running."
+    assert reply_run["status"] == "ok"

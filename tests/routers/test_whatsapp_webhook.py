@@ -446,3 +446,13 @@ async def test_a_key_split_by_a_control_character_is_scrubbed_before_the_twiml_d
     [reply] = messages(response)
     assert reply == "Your key is ***."
     assert GEMINI_KEY not in response.text
+
+
+async def test_a_task_from_whatsapp_is_escaped_in_the_slack_announcement(w, make_client):
+    """Found by a black-box review: "start <!here|here> ping <@U0ADMIN> for 5 min" pinged #general."""
+    async with make_client(**w.settings()) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form("start <!here|here> ping <@U0ADMIN> for 5 min")))
+    assert w.toggl.starts[0]["description"] == "<!here|here> ping <@U0ADMIN>"
+    [announcement] = w.slack.posts
+    assert "'&lt;!here|here&gt; ping &lt;@U0ADMIN&gt;' started at " in announcement["text"]
+    assert "Started '<!here|here> ping <@U0ADMIN>'" in reply  # WhatsApp shows it as typed

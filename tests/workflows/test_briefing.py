@@ -122,6 +122,25 @@ async def test_summary_has_plan_and_timer_in_timezone_and_stop_is_scheduled(make
     assert sorted((a.skill, a.status) for a in run.actions) == [("ai_router", "ok"), ("slack", "ok"), ("toggl", "ok")]
 
 
+async def test_the_summary_escapes_the_plan_and_the_task_so_neither_pings_the_channel(make_settings, ledger):
+    """Found by a black-box review: text from an inbound message or an LLM could broadcast <!channel>."""
+
+    class InjectedRouter(SlowRouter):
+        async def generate(self, **kwargs: Any) -> Any:
+            answer = await super().generate(**kwargs)
+            answer.response = "- <!here> standup & <https://evil.example|click>"
+            return answer
+
+    slack = RecordingSlack()
+    deps = make_deps(make_settings, ledger, router=InjectedRouter(), slack=slack)
+    await run_briefing(deps, BriefingRequest(task="<!channel> R&D", duration_minutes=30), trigger="api")
+    [post] = slack.posts
+    assert "- &lt;!here&gt; standup &amp; &lt;https://evil.example|click&gt;" in post["text"]
+    assert "'&lt;!channel&gt; R&amp;D' started" in post["text"]
+    assert "<!" not in post["text"] and "<http" not in post["text"]
+    assert post["text"].startswith("*Morning briefing*")  # our own markup is kept
+
+
 async def test_failure_in_one_concurrent_step_does_not_cancel_the_other(make_settings, ledger):
     toggl = SlowToggl(fail=UpstreamError("Toggl answered 500", upstream="toggl"))
     slack = RecordingSlack()
