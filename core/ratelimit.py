@@ -10,8 +10,8 @@ default on SQLite, a single worker), or in the database, where every worker
 sharing PostgreSQL draws on one budget (the default on PostgreSQL; see
 core/ratelimit_store.py). In memory, N workers would allow N times the limit.
 
-A client is identified by its API key when it sends one (hashed: the key itself
-is never kept), otherwise by its IP address. Each costly endpoint has its own
+A client is identified by its API key when APP_API_KEY is set (hashed: the key
+itself is never kept), otherwise by its IP address. Each costly endpoint has its own
 budget, so a burst of LLM calls does not block an urgent email.
 
 Attach it where a router is included:
@@ -133,15 +133,19 @@ def store_unavailable(exc: BaseException) -> StoreUnavailable:
 
 
 def client_identity(request: Request) -> str:
-    """The API key (hashed) if one was sent, else the client address."""
-    supplied = request.headers.get("x-api-key")
-    if not supplied:
+    """The API key (hashed) when APP_API_KEY is set (the auth check has verified it), else the client address.
+
+    Without APP_API_KEY nothing checks a sent key, so keying on it would let a client mint a fresh budget
+    per request with `X-API-Key: r1`, `r2`, ... (found by a black-box review).
+    """
+    settings = request.app.state.settings
+    supplied = request.headers.get("x-api-key") if settings.app_api_key is not None else None
+    if settings.app_api_key is not None and not supplied:
         authorization = request.headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         supplied = credentials.strip() if scheme.lower() == "bearer" else ""
     if supplied:
         return "key:" + hashlib.sha256(supplied.encode()).hexdigest()[:32]
-    settings = request.app.state.settings
     if settings.trust_proxy_headers:
         forwarded = request.headers.get("x-forwarded-for", "")
         # The right-most entry is the one our own trusted proxy appended; the

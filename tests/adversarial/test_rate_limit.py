@@ -65,13 +65,22 @@ async def test_each_client_ip_has_its_own_budget():
 
 
 async def test_api_key_identifies_the_client_across_addresses():
-    app = _app(1)
+    app = _app(1, app_api_key="k-1")
     async with _client(app, "203.0.113.7") as first, _client(app, "198.51.100.2") as second:
         assert (await first.post("/spend/a", headers={"X-API-Key": "k-1"})).status_code == 200
         # Same key from another address: same budget.
         assert (await second.post("/spend/a", headers={"Authorization": "Bearer k-1"})).status_code == 429
-        # Another key from the first address: its own budget.
-        assert (await first.post("/spend/a", headers={"X-API-Key": "k-2"})).status_code == 200
+
+
+async def test_without_app_api_key_a_sent_key_does_not_buy_a_fresh_budget():
+    """Found by a black-box review: with no APP_API_KEY (the development default) nothing checks a sent key,
+    and `X-API-Key: r1`, `r2`, ... each had a budget of its own."""
+    app = _app(1)
+    async with _client(app, "203.0.113.7") as client, _client(app, "198.51.100.2") as elsewhere:
+        assert (await client.post("/spend/a", headers={"X-API-Key": "r1"})).status_code == 200
+        assert (await client.post("/spend/a", headers={"X-API-Key": "r2"})).status_code == 429
+        assert (await client.post("/spend/a", headers={"Authorization": "Bearer r3"})).status_code == 429
+        assert (await elsewhere.post("/spend/a", headers={"X-API-Key": "r4"})).status_code == 200  # by address
 
 
 async def test_each_endpoint_has_its_own_budget():
@@ -106,7 +115,7 @@ async def test_forwarded_for_only_when_trusted(trust: bool, forwarded: str, expe
 
 
 async def test_key_is_hashed_not_kept():
-    app = _app(5)
+    app = _app(5, app_api_key="super-secret-key")
     seen: list[str] = []
 
     @app.get("/who")
