@@ -48,8 +48,18 @@ REPLAY_HEADER = "Idempotent-Replayed"
 _STORED_HEADERS = ("retry-after", "location")
 
 
-def _stores_outcome(status: int) -> bool:
-    return status < 400 or status in (500, 502, 504)
+def _stores_outcome(status: int, body: Any) -> bool:
+    """Whether an answer is kept for the key's replays, or the key released for a fresh try.
+
+    Kept: successes, 500/502/504, and any problem saying `outcome_unknown` (a create that may have happened:
+    a Toggl or Slack 503 after the request went out, a connection dropped mid-answer). Released: refusals
+    that acted on nothing (4xx, a 503 such as not-configured or a refused connection), so a fixed retry runs.
+    Before `outcome_unknown` was read, a 503 "may have been created" released the key, and a retry with the
+    same key started a second timer (found by a black-box review).
+    """
+    if status < 400 or status in (500, 502, 504):
+        return True
+    return isinstance(body, dict) and body.get("outcome_unknown") is True
 
 
 def request_fingerprint(method: str, path: str, payload: Any) -> str:
@@ -199,7 +209,7 @@ class Idempotency:
         return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
 
     async def _settle(self, status: int, body: Any, headers: dict[str, str]) -> None:
-        if not _stores_outcome(status):
+        if not _stores_outcome(status, body):
             await self._delete()
             return
         kept = {name: value for name, value in headers.items() if name.lower() in _STORED_HEADERS}

@@ -91,16 +91,21 @@ def transport_error(
     never_sent = isinstance(exc, _NOT_SENT)
     retryable = never_sent or replay_safe
     unknown = "" if retryable else outcome_unknown(upstream, check)
+    # `outcome_unknown` (a problem member): an Idempotency-Key keeps this answer whatever its status, so a
+    # retry with the key replays it instead of acting a second time.
+    flag = None if retryable else True
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(
             f"{upstream} did not answer in time ({type(exc).__name__}).{unknown}{suffix}",
             upstream=upstream,
             retryable=retryable,
+            outcome_unknown=flag,
         )
     return UpstreamUnavailable(
         f"{upstream} could not be reached ({type(exc).__name__}).{unknown}{suffix}",
         upstream=upstream,
         retryable=retryable,
+        outcome_unknown=flag,
     )
 
 
@@ -133,7 +138,14 @@ def server_error(
         kind = UpstreamUnavailable
     elif status == 504:
         kind = UpstreamTimeout
-    return kind(detail, upstream=upstream, upstream_status=status, retryable=replay_safe, **extras)
+    return kind(
+        detail,
+        upstream=upstream,
+        upstream_status=status,
+        retryable=replay_safe,
+        outcome_unknown=None if replay_safe else True,
+        **extras,
+    )
 
 
 def _is_retryable(exc: BaseException) -> bool:

@@ -317,6 +317,7 @@ def sending_error(exc: Exception) -> ProblemError:
             "The SMTP server stopped answering while the message was sent; it may or may not have been delivered.",
             upstream=UPSTREAM,
             retryable=False,
+            outcome_unknown=True,
         )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return UpstreamError(f"The SMTP server refused the message ({exc.code}).", upstream=UPSTREAM)
@@ -324,6 +325,7 @@ def sending_error(exc: Exception) -> ProblemError:
         return UpstreamError(
             "The SMTP connection dropped while the message was sent; it may or may not have been delivered.",
             upstream=UPSTREAM,
+            outcome_unknown=True,
         )
     if isinstance(exc, ValueError):
         return InvalidInput(f"The message could not be encoded for SMTP: {exc}")

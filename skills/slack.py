@@ -155,6 +155,7 @@ class SlackSkill:
                 + outcome_unknown(UPSTREAM, _may_have_posted(payload["channel"])),
                 upstream=UPSTREAM,
                 retryable=False,
+                outcome_unknown=True,
             ) from None
         except aiohttp.ClientConnectorError as exc:
             # Connection refused or DNS failure: the request never left.
@@ -168,6 +169,7 @@ class SlackSkill:
                 + outcome_unknown(UPSTREAM, _may_have_posted(payload["channel"])),
                 upstream=UPSTREAM,
                 retryable=False,
+                outcome_unknown=True,
             ) from None
         except AttributeError:
             # slack_sdk reads a 200 text/plain answer as a str and then calls `.get` on it.
@@ -281,6 +283,7 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
             upstream=UPSTREAM,
             slack_error=error,
             retryable=False,
+            outcome_unknown=True,
         )
     if error in ("fatal_error", "internal_error"):
         # "It's possible some aspect of the operation succeeded before the error was raised."
@@ -288,6 +291,7 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
             f"Slack failed ({error})." + outcome_unknown(UPSTREAM, _may_have_posted(channel)),
             upstream=UPSTREAM,
             slack_error=error,
+            outcome_unknown=True,
         )
     return UpstreamError(f"Slack refused the message: {error}.", upstream=UPSTREAM, slack_error=error)
 

@@ -290,10 +290,45 @@ async def test_5xx_on_start_is_one_post_and_a_failed_action_saying_how_to_check(
         detail,
         upstream_status,
     )
+    assert problem["outcome_unknown"] is True
     assert run["status"] == "failed"
     [action] = run["actions"]
     assert (action["status"], action["attempts"]) == ("failed", 1)
     assert action["error"] == f"{status} {slug}: {detail}"
+
+
+@pytest.mark.parametrize("fault", [Reply(503, text="down"), Reply(drop=True)], ids=["503", "dropped"])
+async def test_an_unknown_outcome_is_kept_for_the_idempotency_key_so_a_retry_never_starts_twice(
+    make_client, fake_toggl, fault
+):
+    """Found by a black-box review: a 503 after the POST went out released the key, and the client's retry
+    with the same key started a second timer."""
+    path = f"/api/v9/workspaces/{WID}/time_entries"
+    fake_toggl.queue("POST", path, fault)
+    fake_toggl.route("POST", path, slow_create)
+    headers = {"Idempotency-Key": "unknown-1"}
+    async with make_client(**fake_config(fake_toggl)) as client:
+        first = await client.post("/start-timer", json={"task_name": "x"}, headers=headers)
+        retry = await client.post("/start-timer", json={"task_name": "x"}, headers=headers)
+    assert len(fake_toggl.calls("POST", path)) == 1
+    assert first.status_code == retry.status_code == 503
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["detail"] == first.json()["detail"]
+    assert "The outcome is unknown" in retry.json()["detail"]
+
+
+async def test_a_refused_connection_releases_the_key_so_the_retry_runs(make_client, fake_toggl):
+    """Nothing left the machine, so nothing can have started: the same key may try again."""
+    headers = {"Idempotency-Key": "refused-1"}
+    async with make_client(**{**CONFIG, "toggl_base_url": "http://127.0.0.1:9/api/v9"}) as client:
+        refused = await client.post("/start-timer", json={"task_name": "x"}, headers=headers)
+    path = f"/api/v9/workspaces/{WID}/time_entries"
+    fake_toggl.route("POST", path, slow_create)
+    async with make_client(**fake_config(fake_toggl)) as client:
+        retry = await client.post("/start-timer", json={"task_name": "x"}, headers=headers)
+    assert refused.status_code == 503 and "outcome_unknown" not in refused.json()
+    assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
+    assert len(fake_toggl.calls("POST", path)) == 1
 
 
 async def test_503_on_the_read_before_a_stop_is_retried_then_503_recorded_with_attempts(make_client, toggl):
