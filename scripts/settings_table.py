@@ -17,11 +17,15 @@ def render(example: str) -> str:
     rows: list[str] = []
     comment = ""
     for line in example.splitlines():
-        if line.startswith("# ---"):
+        if not line.strip():
+            comment = ""  # a comment block is the one right above its setting
+        elif line.startswith("# ---"):
             group = line.strip("# -").strip()
             rows.append(f"| **{group}** | | |")
+            comment = ""
         elif line.startswith("# "):
-            comment = line[2:].strip()
+            # A description may run over several lines: all of them (the last one alone was a fragment).
+            comment = f"{comment} {line[2:].strip()}".strip()
         elif "=" in line and not line.startswith("#"):
             name, default = line.split("=", 1)
             shown = f"`{default}`" if default else ""

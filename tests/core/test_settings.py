@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -171,3 +172,17 @@ def test_an_unreachable_database_stops_startup_naming_database_url_without_the_p
     assert "pw-never-shown" not in output
     # The driver's own traceback is not chained in: the output ends with our sentence, not asyncpg internals.
     assert "asyncpg/connect_utils.py" not in output
+
+
+def test_a_setting_described_over_several_comment_lines_gets_all_of_them():
+    """Found by two reviews: the README's rows kept only the last line ("through DATABASE_URL), or auto ...")."""
+    spec = importlib.util.spec_from_file_location("settings_table", REPO / "scripts" / "settings_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    example = "# --- Core ---\n# Intro that belongs to nothing\n\n# First half,\n# second half\nNAME=1\nOTHER=\n"
+    assert module.render(example).splitlines()[2:] == [
+        "| **Core** | | |",
+        "| `NAME` | `1` | First half, second half |",
+        "| `OTHER` |  |  |",
+    ]
