@@ -150,8 +150,16 @@ class EmailSkill:
             message["Date"] = format_datetime(datetime.now(UTC))
             message["Message-ID"] = make_msgid(domain=envelope_from.rpartition("@")[2] or None)
         except ValueError as exc:
-            # The default policy refuses CR/LF in any header: a last line of defence after the checks above.
+            # The default policy refuses a raw CR/LF in any header: a last line of defence after the checks above.
             raise InvalidInput(f"A header value is not allowed: {exc}") from None
+        # ...but not one hidden in an RFC 2047 encoded word: the policy decodes `=?utf-8?b?...?=` when the header
+        # is set and writes the decoded CR/LF raw when the message is serialised, so a subject could add headers
+        # and replace the body (found by a black-box review). What counts is the header as it will be written.
+        if _has_line_break_or_control(str(message["Subject"])):
+            raise InvalidInput(
+                "The subject decodes (an RFC 2047 encoded word, =?charset?b?...?=) to a line break or control "
+                "character; it must be one line. Send the subject as plain text."
+            )
         message.set_content(body)
         if html is not None:
             message.add_alternative(html, subtype="html")

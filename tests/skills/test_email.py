@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from email.header import Header
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,14 @@ async def test_unconfigured_names_the_variables(cert):
         (["a@example.com", "b@example.com\nBcc: v@example.org"], "Hello"),
         ("a@example.com", "Hello\u2028there"),
         ("a@example.com", "nul\x00byte"),
+        # RFC 2047 encoded words that decode to a line break (found by a black-box review: the policy decodes
+        # them and wrote the CR/LF raw, so the subject could add headers and replace the body).
+        (
+            "a@example.com",
+            "=?utf-8?b?" + base64.b64encode(b"Invoice\r\nReply-To: attacker@evil.example").decode() + "?=",
+        ),
+        ("a@example.com", "Hi =?utf-8?q?there=0D=0ABcc:_victim@example.org?="),
+        ("a@example.com", "=?iso-8859-1?q?a=0Ab?="),
         ("not-an-address", "Hello"),
         ([], "Hello"),
     ],
@@ -419,6 +429,45 @@ async def test_line_breaks_in_any_header_field_never_reach_the_server(field, inj
             await skill.send_email(to=to, subject=subject, body="body")
         assert server.connections == 0
         assert server.messages == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(injected=_injected(), encoding=st.sampled_from(["b", "q"]))
+async def test_line_breaks_hidden_in_an_encoded_word_never_reach_the_server(injected, encoding, cert):
+    word = (
+        Header(injected, "utf-8").encode()
+        if encoding == "q"
+        else ("=?utf-8?b?" + base64.b64encode(injected.encode()).decode() + "?=")
+    )
+    with SmtpServer(mode="none") as server:
+        skill = EmailSkill(
+            email_settings(
+                server.port,
+                None,
+                smtp_security="none",
+                smtp_user=None,
+                smtp_password=None,
+                smtp_from="noreply@example.com",
+            )
+        )
+        try:
+            await skill.send_email(to="a@example.com", subject=word, body="body")
+        except InvalidInput:
+            assert server.connections == 0
+            return
+        [received] = server.messages
+    # Sent only if it decoded without a line break; then it is one Subject header and nothing more.
+    assert set(received.message.keys()) == {
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "MIME-Version",
+    }
+    assert received.message.get_content().strip() == "body"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
