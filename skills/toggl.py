@@ -180,7 +180,8 @@ def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Call
     """
     status = response.status_code
     said = _toggl_message(response, scrub)
-    suffix = f" Toggl said: {said}" if said else ""
+    # Toggl's words rarely end a sentence ("Start time year must be between 2006 and 2030"); ours may follow.
+    suffix = f" Toggl said: {said}{'' if said.endswith(('.', '!', '?')) else '.'}" if said else ""
     if status in (401, 403):
         return UpstreamError(
             f"Toggl refused the credentials ({status}): check TOGGL_API_TOKEN and that it can use this workspace."

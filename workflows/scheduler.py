@@ -38,7 +38,7 @@ import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.cron import crontab_trigger
-from core.errors import ProblemError
+from core.errors import ProblemError, UpstreamRateLimited
 from core.ledger import Ledger, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
@@ -126,15 +126,32 @@ def _late_stop_fields(stopped: TimerStopped | None) -> dict[str, Any]:
     return fields
 
 
-def gave_up_error(error: str, *, attempts: int, planned: datetime, payload: dict[str, Any]) -> str:
-    """The `error` of a stop abandoned after its last attempt: the timer may still run, and how to stop it."""
+def gave_up_error(
+    error: str,
+    *,
+    attempts: int,
+    planned: datetime,
+    payload: dict[str, Any],
+    why: Literal["window", "retry-after", "final"] = "window",
+    retry_after: float | None = None,
+) -> str:
+    """The `error` of a stop that will not be tried again: why, that the timer may still run, and how to stop it.
+
+    `why`: the retry window is used up, Toggl's Retry-After points past it, or the answer is final (a 403).
+    """
     body = {"entry_id": payload.get("entry_id")}
     if payload.get("workspace_id") is not None:
         body["workspace_id"] = payload["workspace_id"]
+    window = f"{STOP_RETRY_WINDOW.total_seconds() / 3600:g} hours after the planned stop at {planned.isoformat()}"
+    if why == "final":
+        reason = "Not tried again: waiting would not change this answer."
+    elif why == "retry-after":
+        reason = f"Not tried again: Toggl asked to wait {retry_after:g} s, past the {window}."
+    else:
+        reason = f"Gave up after {attempts} attempt{'s' if attempts != 1 else ''} in the {window}."
     return (
-        f"{error} Gave up after {attempts} attempts in the {STOP_RETRY_WINDOW.total_seconds() / 3600:g} hours "
-        f"after the planned stop at {planned.isoformat()}: the Toggl timer may still be running. "
-        f"Stop it with POST /stop-timer {json.dumps(body)} (or the WhatsApp command `stop`)."
+        f"{error} {reason} The Toggl timer may still be running: stop it with POST /stop-timer {json.dumps(body)} "
+        "(or the WhatsApp command `stop`)."
     )
 
 
@@ -309,12 +326,26 @@ class JobScheduler:
             status = "done"
         except ProblemError as exc:
             error = describe_error(exc, scrubber=self.ledger.scrubber)
-            if exc.retryable:
+            # A rate limit or quota passes with time even when Toggl does not say when: its 402 (hourly quota)
+            # without Retry-After is not retried for an HTTP caller who is waiting, but a stop has hours. One such
+            # 402 used to fail the stop for good and leave the timer running (found by a black-box review).
+            waits = exc.retryable or isinstance(exc, UpstreamRateLimited)
+            failed_at = utcnow()
+            if waits:
                 retry_at = next_stop_attempt(
-                    planned=planned, attempts=attempt, failed_at=utcnow(), retry_after=exc.retry_after
+                    planned=planned, attempts=attempt, failed_at=failed_at, retry_after=exc.retry_after
                 )
-                if retry_at is None:
-                    error = gave_up_error(error, attempts=attempt, planned=planned, payload=payload)
+            if retry_at is None:
+                # Toggl's Retry-After alone put the next attempt past the window (our backoff would have tried).
+                too_long = waits and next_stop_attempt(planned=planned, attempts=attempt, failed_at=failed_at)
+                error = gave_up_error(
+                    error,
+                    attempts=attempt,
+                    planned=planned,
+                    payload=payload,
+                    why="retry-after" if too_long else "window" if waits else "final",
+                    retry_after=exc.retry_after,
+                )
             if retry_at is not None:
                 logger.warning("planned stop %s failed (attempt %d), next at %s: %s", job_id, attempt, retry_at, error)
             else:

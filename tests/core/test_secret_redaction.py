@@ -135,7 +135,7 @@ async def test_toggl_echoing_the_basic_credentials(make_client, toggl, database_
 
     assert route.calls.last.request.headers["authorization"] == f"Basic {TOGGL_BASIC}"
     assert response.status_code == 422, response.text
-    assert response.json()["detail"].endswith(f"Toggl said: bad request; you sent Authorization: Basic {REDACTED}")
+    assert response.json()["detail"].endswith(f"Toggl said: bad request; you sent Authorization: Basic {REDACTED}.")
     assert run["status"] == "failed"
     assert f"Authorization: Basic {REDACTED}" in run["error"]
     assert f"Authorization: Basic {REDACTED}" in run["actions"][0]["error"]
@@ -161,7 +161,7 @@ async def test_toggl_words_are_scrubbed_before_they_are_cut_to_length(make_clien
     assert route.called
     assert response.status_code == 422
     said = f"{padding}{REDACTED} was not accepted"[:300]  # scrubbed, then cut
-    assert response.json()["detail"].endswith(f"Toggl said: {said}")
+    assert response.json()["detail"].endswith(f"Toggl said: {said}.")
     first_half = TOGGL_TOKEN[:10]
     assert_nowhere([first_half], response=response.text, run=json.dumps(run), database=dump_database(database_url))
 

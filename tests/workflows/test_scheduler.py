@@ -38,6 +38,7 @@ from workflows.scheduler import (
     STOP_RETRY_WINDOW,
     JobScheduler,
     briefing_fire_time,
+    gave_up_error,
     next_stop_attempt,
 )
 
@@ -441,7 +442,50 @@ async def test_a_stop_toggl_refuses_for_good_fails_at_once(make_client):
         assert scheduler.aps.get_job("stop:9001") is None
         assert (failed.status, failed.run_at, failed.payload["attempts"]) == ("failed", planned, 1)
         assert "refused the credentials" in failed.error
+        assert "Not tried again: waiting would not change this answer." in failed.error
+        assert 'The Toggl timer may still be running: stop it with POST /stop-timer {"entry_id": 9001' in failed.error
         assert (listed["status"], listed["attempts"]) == ("failed", 1)
+
+
+async def test_a_stop_refused_by_the_hourly_quota_without_a_wait_is_tried_again(make_client):
+    """Found by a black-box review: Toggl's 402 (hourly quota) without Retry-After failed the stop for good, and
+    the timer ran on. An HTTP caller is not kept waiting on it; a stop has hours, and a quota passes."""
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            scheduler = client.app.state.scheduler
+            planned = (await stop_row(client)).run_at
+            quota = TogglStopOutage(w, 402)
+            with time_machine.travel(planned + timedelta(seconds=5), tick=True) as clock:
+                scheduler.aps.wakeup()
+                first = await stop_row(client, until=attempts_are(1))
+                assert first.status == "pending"
+                assert "429 upstream-rate-limited" in first.error
+                quota.status = None
+                clock.move_to(first.run_at + timedelta(seconds=1))
+                scheduler.aps.wakeup()
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+                done = await stop_row(client, until=lambda row: row.status != "pending")
+        assert quota.refused == ["9001"]  # the skill itself does not retry a 402 it was not told to wait for
+        assert (done.status, done.payload["attempts"]) == ("done", 2)
+        assert w.toggl.running is None
+
+
+def test_a_retry_after_past_the_window_says_so_and_how_to_stop_the_timer():
+    planned = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    error = gave_up_error(
+        "429 upstream-rate-limited: slow down.",
+        attempts=1,
+        planned=planned,
+        payload={"entry_id": 5, "workspace_id": 7},
+        why="retry-after",
+        retry_after=50000,
+    )
+    assert error == (
+        "429 upstream-rate-limited: slow down. Not tried again: Toggl asked to wait 50000 s, past the 12 hours after "
+        "the planned stop at 2026-11-25T09:00:00+00:00. The Toggl timer may still be running: stop it with "
+        'POST /stop-timer {"entry_id": 5, "workspace_id": 7} (or the WhatsApp command `stop`).'
+    )
 
 
 async def test_a_stop_toggl_keeps_failing_is_given_up_after_the_window_naming_the_way_out(make_client, monkeypatch):
@@ -469,7 +513,7 @@ async def test_a_stop_toggl_keeps_failing_is_given_up_after_the_window_naming_th
     assert w.toggl.running is not None and w.toggl.stops == []
     assert (row.status, row.payload["attempts"]) == ("failed", 28)
     assert row.error.startswith("502 upstream-error: Toggl answered 502.")
-    assert "the Toggl timer may still be running" in row.error
+    assert "The Toggl timer may still be running" in row.error
     assert f'POST /stop-timer {{"entry_id": 9001, "workspace_id": {WORKSPACE}}}' in row.error
     assert scheduler.aps.get_job("stop:9001") is None
     assert len(runs) == 28 and {run["status"] for run in runs} == {"failed"}
