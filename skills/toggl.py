@@ -2,8 +2,9 @@
 
 Facts this module relies on (Toggl Track API v9):
 - HTTP Basic auth with the API token as user and the literal `api_token` as password.
-- `duration: -1` creates a *running* entry; Toggl then reports `duration = -(start as epoch seconds)`,
-  so the elapsed time of a running entry is `now + duration`. A positive duration would create a finished entry.
+- `duration: -1` creates a *running* entry; Toggl then reports a negative duration (`-(start as epoch seconds)`
+  or `-1`, by which docs you read), so a running entry's elapsed time is `now - start`. A positive duration
+  would create a finished entry.
 - Errors are bare JSON strings (`"Start time year must be between 2006 and 2030"`), not objects.
 - Since September 2025 an hourly per-user quota answers 402 when exhausted; older docs describe 429.
 """
@@ -76,9 +77,14 @@ class TogglEntry(BaseModel):
     tags: list[str] | None = None
 
     def elapsed_seconds(self, now: datetime) -> int:
-        """Running entries carry `duration = -start_epoch`; finished ones the real duration."""
+        """A running entry (negative duration) has run since `start`; a finished one for its duration.
+
+        Running entries were documented as `duration = -start_epoch` (so `now + duration`), but Toggl's current
+        v9 docs show `-1` for a running entry, which made that sum about 57 years (found by a review). `start`
+        is right either way.
+        """
         if self.duration < 0:
-            return max(0, int(now.timestamp()) + self.duration)
+            return max(0, int((now - self.start).total_seconds()))
         return self.duration
 
 

@@ -175,12 +175,13 @@ async def test_current_timer_null_means_nothing_running(make_skill, toggl):
     assert await make_skill().current_timer() is None
 
 
-async def test_current_timer_elapsed_from_negative_duration(make_skill, toggl):
+@pytest.mark.parametrize("shape", ["minus start", "minus one"])
+async def test_current_timer_elapsed_from_negative_duration(make_skill, toggl, shape):
+    """Running entries: `-start_epoch` in older docs, `-1` in Toggl's current v9 docs; both run since `start`."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=600)
+    duration = -int(start.timestamp()) if shape == "minus start" else -1
     route = toggl.get("/me/time_entries/current").mock(
-        return_value=httpx.Response(
-            200, json=entry(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), duration=-int(start.timestamp()))
-        )
+        return_value=httpx.Response(200, json=entry(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), duration=duration))
     )
     running = await make_skill().current_timer()
     assert route.calls.last.request.headers["authorization"] == EXPECTED_AUTH
