@@ -50,7 +50,7 @@ Turns natural-language tasks into actions on your own productivity tools:
 Slack, Toggl Track, email and WhatsApp, with text generation routed between
 Gemini and Claude.
 
-Every endpoint except `/health`, the docs and the signed webhooks needs the
+Every endpoint except `/health`, the docs, `/problems` and the three signed webhooks needs the
 API key (`X-API-Key` or `Authorization: Bearer`) when `APP_API_KEY` is set.
 Errors are RFC 9457 problem details (`application/problem+json`).
 """

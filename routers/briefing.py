@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
 from core.deps import DryRunDep
@@ -52,7 +52,22 @@ class BriefingNotConfigured(ProblemError):
     responses=problem_responses(401, 409, 422, 502, 503),
 )
 async def morning_briefing(
-    body: BriefingRequest, deps: WorkflowDepsDep, idem: IdempotencyDep, dry_run: DryRunDep
+    deps: WorkflowDepsDep,
+    idem: IdempotencyDep,
+    dry_run: DryRunDep,
+    # Every field has a default, so no body (a bare `curl -X POST`) means the defaults, as `{}` does.
+    body: Annotated[
+        BriefingRequest | None,
+        Body(
+            openapi_examples={
+                "defaults": {"summary": "Everything from the BRIEFING_* settings (or send no body)", "value": {}},
+                "custom": {
+                    "summary": "Another task, length and channel",
+                    "value": {"channel": "#daily", "task": "Deep Work", "duration_minutes": 90, "dry_run": False},
+                },
+            }
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Generate the day's plan (AIRouter) and start the deep-work timer at the same time, then post one
     Slack summary with both. A failing or unconfigured step never stops the others.
@@ -62,6 +77,7 @@ async def morning_briefing(
     run because nothing it needs is configured (`missing_settings` lists the variables). Send an
     `Idempotency-Key` to make a retry replay the first answer instead of starting a second timer.
     """
+    body = body or BriefingRequest()
     request = body.model_copy(update={"dry_run": body.dry_run or dry_run})
 
     async def run() -> BriefingReport:

@@ -44,6 +44,9 @@ class HealthResponse(BaseModel):
     }
 
 
+# HEAD too: uptime monitors often probe with HEAD, and got a 405 (found by a black-box review). Kept out of
+# the schema: the same operation twice would need two operation ids, and HEAD is GET without the body.
+@router.head("/health", include_in_schema=False)
 @router.get(
     "/health",
     summary="Service health",

@@ -25,6 +25,18 @@ async def test_health_lists_integrations_without_secret_values(make_client):
         assert secret not in response.text
 
 
+async def test_head_health_answers_like_get_without_a_body_and_without_the_key(make_client):
+    """Uptime monitors probe with HEAD; it was a 405 (found by a black-box review)."""
+    async with make_client(app_api_key="k-health") as client:
+        head = await client.head("/health")
+        get = await client.get("/health")
+        schema = (await client.get("/openapi.json", headers={"X-API-Key": "k-health"})).json()
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert list(schema["paths"]["/health"]) == ["get"]
+
+
 async def test_health_is_503_degraded_when_the_database_is_unreachable(client):
     resources = client.app.state.resources
     healthy_engine = resources.engine

@@ -180,6 +180,18 @@ async def test_dry_run_sends_nothing(w, make_client):
     assert "Plan*: not generated (dry run" in slack_action["request"]["text"]
 
 
+async def test_no_body_means_the_defaults_like_an_empty_object(w, make_client):
+    """Found by a black-box review: `curl -X POST .../morning-briefing?dry_run=true` was a 422 "body: Field
+    required", though every field is optional (and /stop-timer takes no body)."""
+    async with make_client(**w.settings(briefing_task="Inbox zero")) as client:
+        bare = await client.post("/morning-briefing?dry_run=true")
+        empty = await client.post("/morning-briefing?dry_run=true", json={})
+    assert bare.status_code == empty.status_code == 200
+    assert [step["status"] for step in bare.json()["steps"]] == ["skipped", "ok", "ok"]
+    assert steps_by_name(bare.json())["timer"]["detail"].startswith("dry run: 'Inbox zero' started")
+    assert w.toggl.starts == [] and w.slack.requests == []
+
+
 async def test_requires_the_api_key(w, make_client):
     async with make_client(**w.settings(app_api_key="k" * 32)) as client:
         refused = await client.post("/morning-briefing", json={})
