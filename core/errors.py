@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.context import current_request_id
+from core.problem_types import PROBLEM_TYPES
 from core.secrets import current_scrubber
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -231,9 +232,21 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # --- The one mapping from errors to responses ---------------------------------
 
 
+def problem_title(type_: str, title: str) -> str:
+    """The one title of a problem type (RFC 9457 3.1.3: the same for every occurrence of the type), from the
+    catalogue that `GET /problems/{slug}` serves; `title` for a type not in it (about:blank)."""
+    entry = PROBLEM_TYPES.get(type_.removeprefix(PROBLEM_BASE)) if type_.startswith(PROBLEM_BASE) else None
+    return entry.title if entry is not None else title
+
+
 def problem_body(exc: ProblemError, instance: str | None = None) -> dict[str, Any]:
     """The JSON body for a domain error, as the handler sends it and the idempotency store keeps it: scrubbed."""
-    body: dict[str, Any] = {"type": exc.type, "title": exc.title, "status": exc.status, "detail": exc.detail}
+    body: dict[str, Any] = {
+        "type": exc.type,
+        "title": problem_title(exc.type, exc.title),
+        "status": exc.status,
+        "detail": exc.detail,
+    }
     if instance is not None:
         body["instance"] = instance
     request_id = current_request_id()
@@ -254,7 +267,7 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extras: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    body: dict[str, Any] = {"type": type_, "title": problem_title(type_, title), "status": status, "detail": detail}
     if instance is not None:
         body["instance"] = instance
     request_id = current_request_id()

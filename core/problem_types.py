@@ -67,7 +67,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "Request too large",
             (413,),
             "The body is over MAX_BODY_BYTES, or a prompt over MAX_INPUT_CHARS.",
-            "Send less, or raise the limit (`limit_bytes` gives it).",
+            "Send less, or raise the limit (`limit_bytes` gives the body's, `limit_chars` the prompt's).",
         ),
         ProblemType(
             "llm-prompt-too-large",

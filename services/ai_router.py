@@ -224,12 +224,12 @@ class AIRouter:
         if len(text) > self.settings.max_input_chars:
             raise PayloadTooLarge(
                 f"text has {len(text)} characters; the limit is MAX_INPUT_CHARS={self.settings.max_input_chars}.",
-                limit=self.settings.max_input_chars,
+                limit_chars=self.settings.max_input_chars,
             )
         if system is not None and len(system) > self.settings.max_input_chars:
             raise PayloadTooLarge(
                 f"system has {len(system)} characters; the limit is MAX_INPUT_CHARS={self.settings.max_input_chars}.",
-                limit=self.settings.max_input_chars,
+                limit_chars=self.settings.max_input_chars,
             )
         if max_tokens is not None and max_tokens < 1:
             raise InvalidInput("max_tokens must be at least 1.", errors=[{"field": "max_tokens"}])

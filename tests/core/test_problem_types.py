@@ -53,3 +53,32 @@ async def test_a_problems_type_uri_resolves_without_the_key(make_client):
     }
     assert {entry["type"] for entry in listed.json()} == {PROBLEM_BASE + slug for slug in PROBLEM_TYPES}
     assert unknown.status_code == 404 and unknown.json()["type"] == "/problems/not-found"
+
+
+async def test_every_occurrence_of_a_type_has_the_catalogues_title(make_client):
+    """RFC 9457 3.1.3: a type's title does not change between occurrences. Found by a black-box review: five
+    types had two titles ("Authentication required" and "Unauthorized", "Payload too large" and "Request too
+    large", ...), from the handlers, the middleware and the classes each naming them."""
+    async with make_client(app_api_key="k" * 32, max_body_bytes=1024) as client:
+        key = {"X-API-Key": "k" * 32}
+        answers = [
+            await client.post("/ai-process", json={"text": "hi"}),  # unauthorized
+            await client.post("/ai-process", content=b"\xff\xfe", headers={**key, "Content-Type": "application/json"}),
+            await client.post("/ai-process", content=b"x" * 2048, headers={**key, "Content-Type": "application/json"}),
+            await client.post("/ai-process", json={"text": 5}, headers=key),  # invalid-input
+            await client.get("/runs/nope", headers=key),  # not-found
+            await client.post("/start-timer", json={"task_name": "x"}, headers=key),  # not-configured
+        ]
+    seen = {}
+    for response in answers:
+        problem = response.json()
+        slug = problem["type"].removeprefix(PROBLEM_BASE)
+        assert problem["title"] == PROBLEM_TYPES[slug].title, (slug, problem["title"])
+        seen[slug] = response.status_code
+    assert set(seen) == {
+        "unauthorized",
+        "payload-too-large",
+        "invalid-input",
+        "not-found",
+        "not-configured",
+    }

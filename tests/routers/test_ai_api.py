@@ -157,6 +157,7 @@ async def test_text_over_max_input_chars_is_413(make_client, fakes):
 
     assert response.status_code == 413
     assert "MAX_INPUT_CHARS=50" in response.json()["detail"]
+    assert response.json()["limit_chars"] == 50  # characters, not the body's limit_bytes (docs/errors.md)
     assert fakes.gemini.calls() == []
 
 
