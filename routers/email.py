@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.validation import skill_check
 from routers.deps import SkillsDep
-from routers.validation import skill_check
 from skills.email import MAX_RECIPIENTS, normalise_recipients, normalise_subject
 from workflows.actions import perform_action
 

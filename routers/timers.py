@@ -13,9 +13,10 @@ from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
 from core.outcome import ActionOutcome
+from core.validation import skill_check
 from routers.briefing import WorkflowDepsDep
 from routers.deps import SkillsDep
-from skills.toggl import RunningTimer, TimerStopped
+from skills.toggl import RunningTimer, TimerStopped, check_text
 from workflows.actions import perform_action
 from workflows.briefing import cancel_planned_stop, schedule_planned_stop
 
@@ -66,7 +67,14 @@ class StartTimerRequest(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("must not be blank")
-        return value
+        return skill_check(check_text, value)
+
+    @field_validator("tags")
+    @classmethod
+    def _one_line_tags(cls, tags: list[str] | None) -> list[str] | None:
+        for tag in tags or ():
+            skill_check(lambda value: check_text(value, "A tag"), tag)
+        return tags
 
 
 class StartTimerResponse(BaseModel):

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.validation import skill_check
 from routers.deps import SkillsDep
-from routers.validation import skill_check
 from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message, whatsapp_address
 from workflows.actions import perform_action
 

@@ -12,6 +12,7 @@ Facts this module relies on (Toggl Track API v9):
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +56,14 @@ _QUOTA_RESET_HEADER = "X-Toggl-Quota-Resets-In"
 #: A stop asked for a time (`stop_at`, a planned stop) that lands later than this is set back to that time:
 #: a 25-minute timer whose stop was retried for hours after an outage must not record hours.
 LATE_STOP_TOLERANCE = timedelta(minutes=1)
+
+
+def check_text(value: str, what: str = "The timer's description") -> str:
+    """Refuse control characters (NUL, ESC, line breaks, ...) in text Toggl shows: a description or a tag is one
+    line of visible text, and a NUL cannot even be stored by PostgreSQL (found by a black-box review)."""
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidInput(f"{what} contains a control character (a line break, tab, NUL, ESC, ...); send one line.")
+    return value
 
 
 def rfc3339(moment: datetime) -> str:
@@ -261,6 +270,9 @@ class TogglSkill:
         dry_run: bool = False,
     ) -> TimerStarted:
         """Start a running timer. `duration_minutes` only sets `planned_stop`: Toggl has no auto-stop."""
+        check_text(description)
+        for tag in tags or ():
+            check_text(tag, "A tag")
         INTEGRATION.require(self.settings)
         wid = self._workspace(workspace_id)
         start = datetime.now(UTC).replace(microsecond=0)

@@ -23,8 +23,10 @@ from core.errors import NotConfigured, ProblemError
 from core.ledger import Ledger, RunHandle
 from core.registry import Registry
 from core.settings import Settings
+from core.validation import skill_check
 from skills import SkillSet
 from skills.slack import escape_text
+from skills.toggl import check_text
 
 logger = logging.getLogger("orchestrator.briefing")
 
@@ -128,6 +130,11 @@ class BriefingRequest(BaseModel):
         None, ge=1, le=24 * 60, description="Planned timer length; default BRIEFING_TIMER_MINUTES."
     )
     dry_run: StrictBool = Field(False, description="Build every request without sending any (no LLM call either).")
+
+    @field_validator("task")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return skill_check(check_text, value) if value is not None else None
 
     @field_validator("channel", "task")
     @classmethod

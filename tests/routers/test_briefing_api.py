@@ -192,6 +192,16 @@ async def test_no_body_means_the_defaults_like_an_empty_object(w, make_client):
     assert w.toggl.starts == [] and w.slack.requests == []
 
 
+async def test_a_task_with_a_control_character_is_422_and_nothing_runs(w, make_client):
+    async with make_client(**w.settings()) as client:
+        response = await client.post("/morning-briefing", json={"task": "plan\u0000day"})
+        runs = (await client.get("/runs", params={"kind": "briefing"})).json()
+    assert response.status_code == 422
+    assert "control character" in response.json()["errors"][0]["message"]
+    assert runs["total"] == 0
+    assert w.toggl.starts == [] and w.claude.requests == [] and w.slack.requests == []
+
+
 async def test_requires_the_api_key(w, make_client):
     async with make_client(**w.settings(app_api_key="k" * 32)) as client:
         refused = await client.post("/morning-briefing", json={})

@@ -150,7 +150,20 @@ async def test_unconfigured_is_503_naming_the_token(make_client, toggl):
     assert not toggl.calls
 
 
-@pytest.mark.parametrize("body", [{"task_name": ""}, {"task_name": "   "}, {}, {"task_name": "x", "workspace_id": 0}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"task_name": ""},
+        {"task_name": "   "},
+        {},
+        {"task_name": "x", "workspace_id": 0},
+        # Control characters (found by a black-box review: NUL and ESC were sent to Toggl).
+        {"task_name": "a\u0000b"},
+        {"task_name": "a\u001bc"},
+        {"task_name": "two\nlines"},
+        {"task_name": "x", "tags": ["ok", "bad\u0007"]},
+    ],
+)
 async def test_invalid_body_is_422_without_upstream(make_client, toggl, body):
     async with make_client(**CONFIG) as client:
         response = await client.post("/start-timer", json=body)
