@@ -129,6 +129,15 @@ class ActionRecord:
 _current_action: ContextVar[ActionRecord | None] = ContextVar("current_action", default=None)
 
 
+def note_request(request: dict[str, Any]) -> None:
+    """Called by a skill with the request it is about to send: the current action records it even when the
+    send fails. A failed start or post is the one whose exact request someone needs, to find out whether it
+    happened (the reviews found failed actions with `request: null`)."""
+    record = _current_action.get()
+    if record is not None:
+        record.request = request
+
+
 def note_attempt() -> None:
     """Called by retry loops once per attempt; counts toward the current action."""
     record = _current_action.get()

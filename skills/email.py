@@ -23,6 +23,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import Field
 
 from core.errors import InvalidInput, ProblemError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.ledger import note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
@@ -133,6 +134,7 @@ class EmailSkill:
         if dry_run:
             return EmailSent(dry_run=True, payload=payload, message_id=message["Message-ID"], recipients=recipients)
 
+        note_request(payload)
         refused = await self._deliver(message, envelope_from, recipients)
         accepted = [address for address in recipients if address not in refused]
         return EmailSent(payload=payload, message_id=message["Message-ID"], recipients=accepted, refused=refused)

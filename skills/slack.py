@@ -27,6 +27,7 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from core.ledger import note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
@@ -134,6 +135,7 @@ class SlackSkill:
         if dry_run:
             return SlackPosted(dry_run=True, channel=target, ts=None, payload=payload)
 
+        note_request(payload)
         data = await with_retries(
             lambda: self._post(payload), attempts=ATTEMPTS, max_wait_seconds=MAX_RETRY_WAIT_SECONDS
         )

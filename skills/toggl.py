@@ -27,6 +27,7 @@ from core.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
+from core.ledger import note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
@@ -304,6 +305,7 @@ class TogglSkill:
                 tags=tags,
             )
 
+        note_request(request)
         response = await self._send("POST", path, json=body)
         entry = _entry(_json(response))
         return TimerStarted(
@@ -359,6 +361,7 @@ class TogglSkill:
                 elapsed_seconds=running.elapsed_seconds if running else None,
             )
 
+        note_request(request)
         response = await self._send("PATCH", path, accept=(409,))
         if response.status_code == 409:
             # Stopped by someone else between our read and our PATCH. Toggl sends no entry with a 409;

@@ -21,6 +21,7 @@ from core.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
+from core.ledger import note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
@@ -165,6 +166,7 @@ class WhatsAppSkill:
         if dry_run:
             return WhatsAppSent(dry_run=True, to=recipient, sids=[], parts=len(parts), payload=payload)
 
+        note_request(payload)
         sids: list[str] = []
         for index, form in enumerate(forms):
             try:

@@ -308,6 +308,9 @@ async def test_5xx_on_start_is_one_post_and_a_failed_action_saying_how_to_check(
     [action] = run["actions"]
     assert (action["status"], action["attempts"]) == ("failed", 1)
     assert action["error"] == f"{status} {slug}: {detail}"
+    # The exact request that may have started a timer (it was null for failures; found by review).
+    [sent] = fake_toggl.calls("POST", path)
+    assert action["request"] == {"method": "POST", "path": f"/workspaces/{WID}/time_entries", "json": sent.json}
 
 
 @pytest.mark.parametrize("fault", [Reply(503, text="down"), Reply(drop=True)], ids=["503", "dropped"])
