@@ -15,6 +15,7 @@ import httpx
 import time_machine
 from sqlalchemy import select
 
+from core.cron import crontab_trigger
 from core.registry import Registry
 from core.store import JobFire, ScheduledJob
 from services import PROVIDERS
@@ -39,6 +40,7 @@ from workflows.scheduler import (
     JobScheduler,
     briefing_fire_time,
     gave_up_error,
+    missed_briefing,
     next_stop_attempt,
 )
 
@@ -116,6 +118,40 @@ async def test_two_schedulers_on_one_database_fire_the_briefing_once(make_settin
     assert len(slack.posts) == 1
     _, total = await ledger.list_runs(kind="briefing")
     assert total == 1
+
+
+async def test_a_briefing_due_while_down_runs_at_start_up_within_the_grace_and_only_once(
+    make_settings, sessions, ledger
+):
+    """Found by a black-box review: a restart across the cron time skipped that day's briefing silently."""
+    settings = make_settings(briefing_cron="0 8 * * *", timezone="Europe/Berlin")
+    slack = RecordingSlack()
+    for worker in ("w1", "w2"):  # the second start-up (a restart, or another worker) finds the claim
+        scheduler = scheduler_for(settings, sessions, ledger, slack=slack, worker_id=worker)
+        with time_machine.travel(datetime(2026, 11, 25, 8, 3, 0, tzinfo=BERLIN), tick=True):
+            await scheduler.start()
+            try:
+                await asyncio.sleep(0.05)
+                await scheduler.tasks.aclose(grace_seconds=5)
+            finally:
+                await scheduler.shutdown()
+    assert len(slack.posts) == 1
+    runs, _ = await ledger.list_runs(kind="briefing")
+    assert [(run.trigger, run.status) for run in runs] == [("schedule", "ok")]
+    async with sessions() as session:
+        fires = (await session.scalars(select(JobFire))).all()
+    assert [(f.job_id, f.fire_time, f.worker) for f in fires] == [
+        (BRIEFING_JOB_ID, datetime(2026, 11, 25, 7, 0, tzinfo=UTC), "w1")
+    ]
+
+
+def test_only_a_firing_within_the_grace_is_caught_up():
+    trigger = crontab_trigger("0 8 * * *", timezone=BERLIN)
+    at = lambda hour, minute: datetime(2026, 11, 25, hour, minute, tzinfo=BERLIN)  # noqa: E731
+    assert missed_briefing(trigger, at(8, 0)) == at(8, 0)
+    assert missed_briefing(trigger, at(8, 4)) == at(8, 0)
+    assert missed_briefing(trigger, at(8, 6)) is None  # more than 5 minutes late: skipped, as documented
+    assert missed_briefing(trigger, at(7, 59)) is None
 
 
 async def test_stop_missed_while_down_fires_at_start_up(make_client):
