@@ -103,6 +103,11 @@ class StartTimerResponse(BaseModel):
     planned_stop: datetime | None
     project_id: int | None
     tags: list[str] | None
+    confirmed_after_error: str | None = Field(
+        None,
+        description="Only when Toggl's answer to the start was lost or unreadable: the entry was then confirmed "
+        "by reading the running timer back, and this says what went wrong.",
+    )
 
 
 @router.post(

@@ -110,6 +110,11 @@ class TimerStarted(ActionOutcome):
     )
     project_id: int | None = None
     tags: list[str] | None = None
+    confirmed_after_error: str | None = Field(
+        None,
+        description="Set when Toggl's answer to the start was lost or unreadable and the entry was confirmed by "
+        "reading the running timer back: it says what went wrong.",
+    )
 
     def ledger_external_id(self) -> str | None:
         return str(self.entry_id) if self.entry_id is not None else None
@@ -306,10 +311,24 @@ class TogglSkill:
             )
 
         note_request(request)
-        response = await self._send("POST", path, json=body)
-        entry = _entry(_json(response))
+        # The start may have happened even when it failed: a 5xx or a lost answer after the POST went out
+        # (`outcome_unknown`), or a 2xx we could not read. Then the running timer is read back (a review found
+        # such timers running on for good, with no planned stop, and a retry would start a second one).
+        confirmed = None
+        try:
+            response = await self._send("POST", path, json=body)
+        except UpstreamError as exc:
+            if not exc.extras.get("outcome_unknown"):
+                raise
+            entry, confirmed = await self._confirm_start(body, exc)
+        else:
+            try:
+                entry = _entry(_json(response))
+            except UpstreamError as exc:
+                entry, confirmed = await self._confirm_start(body, exc)
         return TimerStarted(
             payload=request,
+            confirmed_after_error=confirmed,
             entry_id=entry.id,
             workspace_id=entry.workspace_id,
             description=entry.description if entry.description is not None else description,
@@ -406,6 +425,42 @@ class TogglSkill:
         body = {"stop": rfc3339(stop_at), "duration": int((stop_at - entry.start).total_seconds())}
         response = await self._send("PUT", f"/workspaces/{wid}/time_entries/{entry.id}", json=body)
         return _entry(_json(response))
+
+    async def _confirm_start(self, body: dict[str, Any], error: UpstreamError) -> tuple[TogglEntry, str]:
+        """The entry `body` created, read back from the running timer, and a note saying why; else `error`.
+
+        Only an exact match counts (same workspace, description and start to the second): anything less
+        leaves the caller with the "outcome unknown" error and where to check.
+        """
+        entry = await self._running_entry_like(body)
+        if entry is None:
+            raise error
+        note = f"Toggl's answer to the start was lost or unreadable ({error.detail[:200]}); the running timer was "
+        return entry, note + "read back and is this entry."
+
+    async def _running_entry_like(self, body: dict[str, Any]) -> TogglEntry | None:
+        """The running entry, if it is the one `body` would have created (same workspace, description and start
+        to the second); None when it is not, nothing runs, or Toggl cannot be read either."""
+        # One plain read, not through _send: no retries or backoff on top of the failed start, and not counted
+        # as another attempt of the start's ledger action.
+        token = self.settings.toggl_api_token
+        assert token is not None  # INTEGRATION.require ran
+        url = self.settings.toggl_base_url.rstrip("/") + "/me/time_entries/current"
+        try:
+            response = await self.http.get(url, auth=httpx.BasicAuth(token.get_secret_value(), "api_token"))
+            data = response.json() if response.is_success else None
+            entry = TogglEntry.model_validate(data) if data is not None else None
+        except (httpx.HTTPError, ValueError):  # ValidationError is a ValueError
+            return None
+        if entry is None:
+            return None
+        sent_start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
+        same = (entry.workspace_id, entry.description, entry.start) == (
+            body["workspace_id"],
+            body["description"],
+            sent_start,
+        )
+        return entry if same else None
 
     async def current_timer(self) -> RunningTimer | None:
         """The running timer, or None: Toggl answers 200 with the body `null` when nothing runs."""

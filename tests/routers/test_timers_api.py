@@ -63,6 +63,10 @@ def echo_entry(request: httpx.Request) -> httpx.Response:
 def toggl() -> respx.MockRouter:
     # Only Toggl's host is mocked; the test client talks to the app over ASGITransport, not through respx.
     with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        # Nothing runs unless a test says otherwise: a failed start reads the running timer back.
+        router.get("/me/time_entries/current").mock(
+            return_value=httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+        )
         yield router
 
 
@@ -331,6 +335,59 @@ async def test_an_unknown_outcome_is_kept_for_the_idempotency_key_so_a_retry_nev
     assert retry.headers["idempotent-replayed"] == "true"
     assert retry.json()["detail"] == first.json()["detail"]
     assert "The outcome is unknown" in retry.json()["detail"]
+
+
+class CreatedButLost:
+    """Toggl creates the entry, then the answer is lost (`status`), and the entry runs (GET current shows it)."""
+
+    def __init__(self, toggl: respx.MockRouter, status: int, *, created: bool = True) -> None:
+        self.running: httpx.Response | None = None
+        self.status, self.created = status, created
+        toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=self.create)
+        toggl.get("/me/time_entries/current").mock(side_effect=self.current)
+
+    def create(self, request: httpx.Request) -> httpx.Response:
+        if self.created:
+            self.running = echo_entry(request)
+        return httpx.Response(self.status, text="<html>upstream hiccup</html>", headers={"content-type": "text/html"})
+
+    def current(self, request: httpx.Request) -> httpx.Response:
+        if self.running is None:
+            return httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+        return self.running
+
+
+async def test_a_start_whose_answer_was_lost_is_confirmed_from_the_running_timer_and_its_stop_planned(
+    make_client, toggl
+):
+    """Found by a black-box review: a start that timed out or got a 5xx after Toggl created the entry left a
+    timer running with no planned stop, forever, and a retry would have started a second one."""
+    lost = CreatedButLost(toggl, 503)
+    async with make_client(**CONFIG) as client:
+        response = await client.post(
+            "/start-timer", json={"task_name": "Deep Work", "duration_minutes": 25}, headers={"Idempotency-Key": "l1"}
+        )
+        stops = (await client.get("/schedule")).json()["stops"]
+        run = await latest_run(client, "toggl.start_timer")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["entry_id"] == 111222333 and body["description"] == "Deep Work"
+    assert body["confirmed_after_error"].startswith(
+        "Toggl's answer to the start was lost or unreadable (Toggl answered 503"
+    )
+    assert [(stop["entry_id"], stop["status"]) for stop in stops] == [(111222333, "pending")]
+    assert lost.running is not None
+    assert run["status"] == "ok" and run["actions"][0]["external_id"] == "111222333"
+
+
+async def test_a_lost_start_that_did_not_happen_stays_outcome_unknown(make_client, toggl):
+    CreatedButLost(toggl, 503, created=False)
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "Deep Work", "duration_minutes": 25})
+        stops = (await client.get("/schedule")).json()["stops"]
+    assert response.status_code == 503
+    assert response.json()["outcome_unknown"] is True
+    assert stops == []
 
 
 async def test_a_refused_connection_releases_the_key_so_the_retry_runs(make_client, fake_toggl):

@@ -29,6 +29,7 @@ from tests.fakes.server import FakeUpstream, Reply
 BASE = "https://toggl.test/api/v9"
 TOKEN = "tok-1234567890"
 WID = 4242
+NOTHING_RUNS = httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
 EXPECTED_AUTH = "Basic " + base64.b64encode(f"{TOKEN}:api_token".encode()).decode()
 
 
@@ -81,6 +82,8 @@ def make_skill(make_settings: Callable[..., Settings], http: httpx.AsyncClient) 
 @pytest.fixture
 def toggl() -> respx.MockRouter:
     with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        # Nothing runs unless a test says otherwise: a failed start reads the running timer back.
+        router.get("/me/time_entries/current").mock(return_value=NOTHING_RUNS)
         yield router
 
 
@@ -234,6 +237,77 @@ async def test_stop_dry_run_reads_but_never_patches(make_skill, toggl):
     assert not patch.called
     assert stopped is not None and stopped.dry_run
     assert stopped.payload == {"method": "PATCH", "path": f"/workspaces/{WID}/time_entries/987654321/stop"}
+
+
+# --- A start whose answer was lost is confirmed from the running timer ----------------------------
+
+
+def lost_start(toggl: respx.MockRouter, answer: httpx.Response, running: Callable[[dict], dict | None]) -> list[dict]:
+    """POST answers `answer` (after "creating"); GET current answers running(sent body). Returns the bodies sent."""
+    sent: list[dict] = []
+
+    def create(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return answer
+
+    def current(request: httpx.Request) -> httpx.Response:
+        data = running(sent[-1]) if sent else None
+        return httpx.Response(200, content=json.dumps(data).encode(), headers={"content-type": "application/json"})
+
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=create)
+    toggl.get("/me/time_entries/current").mock(side_effect=current)
+    return sent
+
+
+def as_created(body: dict, **changes: object) -> dict:
+    fields = {
+        "id": 555,
+        "start": body["start"],
+        "description": body["description"],
+        "workspace_id": body["workspace_id"],
+    }
+    return entry(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [httpx.Response(500), httpx.Response(504, text="gateway"), httpx.Response(200, text="<html>ok</html>")],
+    ids=["500", "504", "unreadable 2xx"],
+)
+async def test_a_start_whose_answer_was_lost_is_the_running_entry_when_it_matches(make_skill, toggl, answer):
+    sent = lost_start(toggl, answer, as_created)
+    started = await make_skill().start_timer(description="Deep Work", duration_minutes=30)
+    assert len(sent) == 1  # never sent twice
+    assert started.entry_id == 555 and started.description == "Deep Work"
+    assert started.planned_stop == started.start + timedelta(minutes=30)
+    assert started.confirmed_after_error is not None and "read back" in started.confirmed_after_error
+    assert [call.request.method for call in toggl.calls] == ["POST", "GET"]
+
+
+@pytest.mark.parametrize(
+    "running",
+    [
+        lambda body: None,  # nothing runs
+        lambda body: as_created(body, description="Something else"),
+        lambda body: as_created(body, start="2020-01-01T00:00:00+00:00"),
+        lambda body: as_created(body, workspace_id=WID + 1),
+    ],
+    ids=["nothing runs", "other description", "other start", "other workspace"],
+)
+async def test_a_lost_start_stays_outcome_unknown_unless_the_running_entry_is_exactly_ours(make_skill, toggl, running):
+    lost_start(toggl, httpx.Response(502), running)
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().start_timer(description="Deep Work")
+    assert caught.value.extras["outcome_unknown"] is True
+    assert "The outcome is unknown" in caught.value.detail
+
+
+async def test_a_refused_start_is_not_read_back(make_skill, toggl):
+    """A 4xx acted on nothing: no extra read (Toggl's hourly quota is small)."""
+    lost_start(toggl, httpx.Response(400, json="Start time year must be between 2006 and 2030"), as_created)
+    with pytest.raises(InvalidInput):
+        await make_skill().start_timer(description="Deep Work")
+    assert [call.request.method for call in toggl.calls] == ["POST"]
 
 
 # --- A late planned stop is set back to the planned time --------------------------------------
