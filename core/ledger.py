@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -96,6 +97,13 @@ def redact(value: Any, scrub: Callable[[str], str] = _unchanged) -> Any:
 CANCELLED = (
     "cancelled before it finished (the service shut down, or the caller went away); "
     "a call already sent upstream may or may not have taken effect"
+)
+
+
+INTERRUPTED = (
+    "interrupted: the worker running this stopped without finishing it (killed or crashed), so it was closed "
+    "as failed after {minutes:g} minutes; a call already sent upstream may or may not have taken effect "
+    "(see each action's request)"
 )
 
 
@@ -418,6 +426,20 @@ class Ledger:
             "b_error": self._stored_text(error),
         }
         await self._writes.submit(_FinishRun(params))
+
+    async def close_abandoned_runs(self, older_than: timedelta) -> int:
+        """Mark `failed` the runs still `running` after `older_than`: their worker died (SIGKILL, power loss)
+        and no one else will finish them, so `GET /runs?status=running` would list them for ever (found by a
+        review). `older_than` is longer than any live run can take, so a live one is never closed."""
+        error = INTERRUPTED.format(minutes=older_than.total_seconds() / 60)
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Run)
+                .where(Run.status == "running", Run.created_at < utcnow() - older_than)
+                .values(status="failed", finished_at=utcnow(), error=error)
+                .execution_options(synchronize_session=False)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def record_action(self, run_id: str, record: ActionRecord, *, duration_ms: int) -> None:
         row = {

@@ -215,9 +215,11 @@ class JobScheduler:
         self.aps.add_job(
             self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
         )
-        self.aps.add_job(self.prune, IntervalTrigger(hours=6), id=PRUNE_JOB_ID, name="Prune old delivery records")
+        # Every 10 minutes: also closes runs a killed worker left `running` (at most ~2x abandoned_after late).
+        self.aps.add_job(self.prune, IntervalTrigger(minutes=10), id=PRUNE_JOB_ID, name="Prune old delivery records")
         self.aps.start()
         await self.sync_stops()
+        self.tasks.spawn(self.prune(), kind="schedule.prune", trigger="schedule")
 
     async def shutdown(self) -> None:
         if self.aps.running:
@@ -471,11 +473,15 @@ class JobScheduler:
         return taken
 
     async def prune(self) -> None:
-        """Delete replay records old enough that no redelivery or second firing can still arrive."""
+        """Delete replay records old enough that no redelivery or second firing can still arrive, and close
+        the ledger runs a dead worker left `running`."""
         now = utcnow()
         async with self.sessions.begin() as session:
             await session.execute(delete(InboundMessage).where(InboundMessage.received_at < now - KEEP_INBOUND))
             await session.execute(delete(JobFire).where(JobFire.claimed_at < now - KEEP_FIRES))
+        closed = await self.ledger.close_abandoned_runs(self.settings.abandoned_after)
+        if closed:
+            logger.warning("closed %d ledger run(s) left running by a worker that stopped without finishing", closed)
 
     async def _release(self, job_id: str, fire_time: datetime) -> None:
         async with self.sessions.begin() as session:

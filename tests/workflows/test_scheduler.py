@@ -314,6 +314,24 @@ async def test_prune_drops_only_old_delivery_records(make_settings, sessions, le
     assert len(fires) == 1
 
 
+async def test_prune_closes_runs_a_dead_worker_left_running_and_only_those(make_settings, sessions, ledger):
+    """Found by a black-box review: after a SIGKILL mid-request, the run stayed `running` for ever."""
+    from core.store import Run
+
+    settings = make_settings()
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    dead = await ledger.start_run("toggl.start_timer", trigger="api", input_summary={"task": "x"})
+    live = await ledger.start_run("toggl.start_timer", trigger="api", input_summary={"task": "y"})
+    async with sessions.begin() as session:
+        (await session.get(Run, dead)).created_at = datetime.now(UTC) - settings.abandoned_after - timedelta(minutes=1)
+    await scheduler.prune()
+    closed, still = await ledger.get_run(dead), await ledger.get_run(live)
+    assert closed is not None and still is not None
+    assert (closed.status, still.status) == ("failed", "running")
+    assert closed.finished_at is not None
+    assert closed.error is not None and closed.error.startswith("interrupted: the worker running this stopped")
+
+
 async def test_an_unexpected_error_marks_the_stop_failed_instead_of_leaving_it_pending(make_client):
     """Left pending, the stale-claim takeover would retry it every lease, forever."""
     async with world() as w:
