@@ -490,13 +490,22 @@ class JobScheduler:
     # --- Listing -----------------------------------------------------------------------
 
     async def describe(self, *, recent: timedelta = timedelta(days=1)) -> dict[str, Any]:
-        """What GET /schedule shows: armed jobs with their next run, pending and recent stops."""
+        """What GET /schedule shows: armed jobs with their next run, pending and recent stops.
+
+        Every time is shown in TIMEZONE, as the docs promise (the stops' were UTC while the cron job's were
+        local; found by a review): the same instants, with the offset the reader lives in.
+        """
+        zone = self.settings.zone
+
+        def local(moment: datetime | None) -> datetime | None:
+            return moment.astimezone(zone) if moment is not None else None
+
         jobs = [
             {
                 "id": job.id,
                 "name": job.name,
                 "trigger": str(job.trigger),
-                "next_run_time": job.next_run_time,
+                "next_run_time": local(job.next_run_time),
             }
             for job in self.aps.get_jobs()
             if job.id not in (SYNC_JOB_ID, PRUNE_JOB_ID)
@@ -516,8 +525,8 @@ class JobScheduler:
                 "id": row.id,
                 "entry_id": row.payload.get("entry_id"),
                 "description": row.payload.get("description"),
-                "run_at": row.run_at,
-                "planned_stop": planned_stop_time(row),
+                "run_at": local(row.run_at),
+                "planned_stop": local(planned_stop_time(row)),
                 "attempts": int(row.payload.get("attempts", 0)),
                 "status": row.status,
                 "run_id": row.run_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
@@ -31,6 +32,20 @@ async def test_lists_the_briefing_job_with_its_next_run_in_timezone(w, make_clie
     assert next_run.utcoffset() == timedelta(hours=1)  # Berlin in winter
     assert (next_run.hour, next_run.minute) == (8, 0) and next_run.isoweekday() <= 5
     assert body["stops"] == []
+
+
+async def test_the_stops_times_are_listed_in_timezone_too(w, make_client):
+    """Found by a black-box review: the stops' times were UTC while the docs (and the cron job) say TIMEZONE."""
+    async with make_client(**w.settings()) as client:
+        started = (await client.post("/start-timer", json={"task_name": "Admin", "duration_minutes": 15})).json()
+        body = (await client.get("/schedule")).json()
+    [stop] = body["stops"]
+    [job] = [job for job in body["jobs"] if job["id"] == stop["id"]]
+    planned = datetime.fromisoformat(started["planned_stop"].replace("Z", "+00:00"))
+    for listed in (stop["run_at"], stop["planned_stop"], job["next_run_time"]):
+        moment = datetime.fromisoformat(listed)
+        assert moment.utcoffset() == planned.astimezone(ZoneInfo("Europe/Berlin")).utcoffset(), listed
+        assert moment == planned
 
 
 async def test_without_a_cron_no_briefing_job(w, make_client):

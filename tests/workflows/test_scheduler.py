@@ -181,13 +181,13 @@ async def test_stop_missed_while_down_fires_at_start_up(make_client):
             ("toggl", "stop_timer", "9001")
         ]
         # Stopped about five minutes late, then set back: the entry records the planned 5 minutes, not 10.
-        planned = datetime.fromisoformat(stop["planned_stop"])
+        planned = datetime.fromisoformat(stop["planned_stop"]).astimezone(UTC)  # listed in TIMEZONE
         [(entry_id, update)] = w.toggl.updates
         start = datetime.fromisoformat(w.toggl.starts[0]["start"].replace("Z", "+00:00"))
         assert entry_id == "9001"
         assert update == {"stop": planned.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration": 5 * 60}
         assert planned - start == timedelta(minutes=5)
-        assert run["result"]["stop"] == planned.isoformat()
+        assert datetime.fromisoformat(run["result"]["stop"]) == planned
         late = datetime.fromisoformat(run["result"]["stopped_late_at"])
         assert timedelta(minutes=4) < late - planned < timedelta(minutes=6)
         assert "backdate_error" not in run["result"]
