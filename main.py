@@ -71,9 +71,13 @@ TAGS = [
 ]
 
 
+#: The inbound webhooks, reported in /health like the skills and providers: each needs settings of its own.
+INBOUND = (slack_events.INTEGRATION, whatsapp_webhook.INTEGRATION)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    registry = Registry([*PROVIDERS, *SKILLS])
+    registry = Registry([*PROVIDERS, *SKILLS, *INBOUND])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ def _missing_fields(settings: Settings, names: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Integration:
-    """A skill (acts on an account) or a provider (generates text).
+    """A skill (acts on an account), a provider (generates text), or an inbound webhook (receives messages).
 
     `required` lists environment variable names whose settings must be set.
     `extra_check` returns further missing names for rules that are not a
@@ -29,7 +29,7 @@ class Integration:
     """
 
     name: str
-    kind: Literal["skill", "llm"]
+    kind: Literal["skill", "llm", "inbound"]
     description: str
     required: tuple[str, ...]
     operations: tuple[str, ...] = ()

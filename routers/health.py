@@ -17,7 +17,7 @@ router = APIRouter(tags=["health"])
 
 class IntegrationHealth(BaseModel):
     configured: bool
-    kind: Literal["skill", "llm"]
+    kind: Literal["skill", "llm", "inbound"]
     missing_settings: list[str] = Field(default_factory=list, description="Variable names only, never values.")
 
 

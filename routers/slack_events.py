@@ -18,6 +18,7 @@ from core.deps import ResourcesDep, SettingsDep
 from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, problem_responses
 from core.ledger import encodable
 from core.ratelimit import RateLimiterDep, admit_chat_message
+from core.registry import Integration
 from core.resources import Resources
 from routers import webhook_docs
 from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
@@ -29,6 +30,16 @@ from workflows.inbound import claim_message, release_message
 logger = logging.getLogger("orchestrator.slack_events")
 
 router = APIRouter(tags=["inbound"])
+
+
+INTEGRATION = Integration(
+    name="slack_events",
+    kind="inbound",
+    description="Answer @mentions and direct messages in Slack (POST /slack/events).",
+    # The signing secret verifies the events; the bot token posts the answers (the slack skill).
+    required=("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"),
+    optional=("PUBLIC_BASE_URL",),
+)
 
 
 class SlackEventsAck(BaseModel):

@@ -20,6 +20,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import Forbidden, NotConfigured, ProblemError, problem_responses
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
+from core.registry import Integration
 from core.settings import Settings
 from core.text import xml_safe
 from routers import webhook_docs
@@ -30,6 +31,21 @@ from workflows.commands import respond
 from workflows.inbound import bare_number, claim_message, sender_allowed
 
 logger = logging.getLogger("orchestrator.whatsapp_webhook")
+
+
+def _signed_url_missing(settings: Settings) -> list[str]:
+    # The signature covers the public URL Twilio called: PUBLIC_BASE_URL, or the proxy's forwarded headers.
+    return [] if settings.public_base_url or settings.trust_proxy_headers else ["PUBLIC_BASE_URL"]
+
+
+INTEGRATION = Integration(
+    name="whatsapp_webhook",
+    kind="inbound",
+    description="Take commands and questions by WhatsApp (POST /whatsapp-webhook, Twilio).",
+    required=("TWILIO_AUTH_TOKEN",),
+    optional=("WHATSAPP_ALLOWED_SENDERS", "TRUST_PROXY_HEADERS"),
+    extra_check=_signed_url_missing,
+)
 
 router = APIRouter(tags=["inbound"])
 

@@ -219,7 +219,6 @@ class JobScheduler:
         self.aps.add_job(self.prune, IntervalTrigger(minutes=10), id=PRUNE_JOB_ID, name="Prune old delivery records")
         self.aps.start()
         await self.sync_stops()
-        self.tasks.spawn(self.prune(), kind="schedule.prune", trigger="schedule")
 
     async def shutdown(self) -> None:
         if self.aps.running:

@@ -4,8 +4,38 @@ async def test_health_with_no_configuration(client):
     body = response.json()
     assert body["status"] == "ok"
     assert body["database"] == "ok"
-    assert set(body["integrations"]) == {"gemini", "claude", "local", "slack", "toggl", "email", "whatsapp"}
+    assert set(body["integrations"]) == {
+        "gemini",
+        "claude",
+        "local",
+        "slack",
+        "toggl",
+        "email",
+        "whatsapp",
+        "slack_events",
+        "whatsapp_webhook",
+    }
     assert not any(item["configured"] for item in body["integrations"].values())
+    # The webhooks say what they need, like the skills (found by a review: a bot token alone looked enough).
+    assert body["integrations"]["slack_events"] == {
+        "configured": False,
+        "kind": "inbound",
+        "missing_settings": ["SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"],
+    }
+    assert body["integrations"]["whatsapp_webhook"]["missing_settings"] == ["TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL"]
+
+
+async def test_a_webhook_is_configured_only_with_everything_it_needs(make_client):
+    async with make_client(slack_bot_token="xoxb-1", twilio_auth_token="t" * 32) as client:
+        partly = (await client.get("/health")).json()["integrations"]
+    async with make_client(
+        slack_bot_token="xoxb-1", slack_signing_secret="s" * 32, twilio_auth_token="t" * 32, trust_proxy_headers=True
+    ) as client:
+        fully = (await client.get("/health")).json()["integrations"]
+    assert partly["slack"]["configured"] and not partly["slack_events"]["configured"]
+    assert partly["slack_events"]["missing_settings"] == ["SLACK_SIGNING_SECRET"]
+    assert partly["whatsapp_webhook"]["missing_settings"] == ["PUBLIC_BASE_URL"]
+    assert fully["slack_events"]["configured"] and fully["whatsapp_webhook"]["configured"]
 
 
 async def test_fake_upstream_records_requests():
