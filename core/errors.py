@@ -302,8 +302,9 @@ def _validation_error(error: dict[str, Any], content_type: str) -> dict[str, Any
         }
     if loc == ("body",) and kind in ("model_attributes_type", "dict_type") and "json" not in content_type:
         # A form or text body reaches a JSON endpoint as a string; "a valid dictionary" does not say why.
-        shown = content_type.split(";")[0].strip() or "no Content-Type"
-        return {"field": "body", "message": f"The body was sent as {shown}. {SEND_JSON}", "type": kind}
+        shown = content_type.split(";")[0].strip()
+        sent = f"The body was sent as {shown}." if shown else "The body was sent without a Content-Type."
+        return {"field": "body", "message": f"{sent} {SEND_JSON}", "type": kind}
     return {"field": ".".join(str(part) for part in loc), "message": message, "type": kind}
 
 

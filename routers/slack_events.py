@@ -193,7 +193,9 @@ async def slack_events(
         except ValidationError:
             # A 400 here, unlike an odd event below: the handshake is answered while someone watches the
             # app's settings page, and Slack shows the failure there.
-            raise BadRequest("url_verification without a `challenge` token to echo.") from None
+            raise BadRequest(
+                "url_verification needs a `challenge` to echo: a token of 1-255 printable ASCII characters, no spaces."
+            ) from None
         return SlackEventsAck(challenge=handshake.challenge)
     if payload.get("type") != "event_callback":
         return SlackEventsAck()

@@ -174,11 +174,22 @@ class SlackSkill:
                 outcome_unknown=True,
             ) from None
         except AttributeError:
-            # slack_sdk reads a 200 text/plain answer as a str and then calls `.get` on it.
-            raise UpstreamError("Slack answered with plain text instead of JSON.", upstream=UPSTREAM) from None
+            # slack_sdk reads a 200 text/plain answer as a str (a JSON array as a list) and calls `.get` on it.
+            # It answered 200, so it may have posted: not retried, and said so.
+            raise UpstreamError(
+                "Slack answered with something other than a JSON object (plain text, or JSON of another shape)."
+                + outcome_unknown(UPSTREAM, _may_have_posted(payload["channel"])),
+                upstream=UPSTREAM,
+                outcome_unknown=True,
+            ) from None
         data = response.data
         if not isinstance(data, dict) or not data.get("ts"):
-            raise UpstreamError("Slack accepted the message but its answer has no `ts`.", upstream=UPSTREAM)
+            raise UpstreamError(
+                "Slack accepted the message but its answer has no `ts`."
+                + outcome_unknown(UPSTREAM, _may_have_posted(payload["channel"])),
+                upstream=UPSTREAM,
+                outcome_unknown=True,
+            )
         return data
 
 
@@ -228,6 +239,15 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
         )
     if error is None:
         # A 200 whose body is not JSON (an HTML error page from a proxy), or a 4xx without Slack's error shape.
+        if 200 <= status < 300:
+            # A 2xx: Slack (or whatever answered for it) may have posted. Not retried, and said so.
+            return UpstreamError(
+                f"Slack answered HTTP {status} without a usable JSON body."
+                + outcome_unknown(UPSTREAM, _may_have_posted(channel)),
+                upstream=UPSTREAM,
+                upstream_status=status,
+                outcome_unknown=True,
+            )
         return UpstreamError(
             f"Slack answered HTTP {status} without a usable JSON body.", upstream=UPSTREAM, upstream_status=status
         )

@@ -196,6 +196,16 @@ async def test_a_non_json_body_is_told_to_send_json(hostile_client, content_type
     }
 
 
+async def test_a_body_without_a_content_type_says_so(hostile_client):
+    """It read "The body was sent as no Content-Type." (found by review)."""
+    response = await hostile_client.post("/slack-notify", content=b"hello")  # httpx adds no Content-Type here
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["message"] == (
+        "The body was sent without a Content-Type. Send a JSON object with Content-Type: application/json."
+    )
+
+
 async def test_an_undecodable_body_is_a_bad_request_problem_not_about_blank(hostile_client):
     response = await hostile_client.post(
         "/slack-notify", content=b'{"message":"\xff\xfe"}', headers={"Content-Type": "application/json"}

@@ -331,14 +331,16 @@ async def test_an_event_of_another_type_is_not_validated(w, make_client, caplog)
     assert not [record for record in caplog.records if "not shaped like" in record.getMessage()]
 
 
-@pytest.mark.parametrize("challenge", [None, 42, "", ["a"], "two words"])
+@pytest.mark.parametrize("challenge", [None, 42, "", ["a"], "two words", "x" * 256])
 async def test_url_verification_without_a_challenge_token_is_400(w, make_client, challenge):
     payload = {"type": "url_verification", "token": "t"} | ({} if challenge is None else {"challenge": challenge})
     async with make_client(**w.settings()) as client:
         response = await post(client, json.dumps(payload).encode())
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
-    assert "challenge" in response.json()["detail"]
+    assert response.json()["detail"] == (
+        "url_verification needs a `challenge` to echo: a token of 1-255 printable ASCII characters, no spaces."
+    )
 
 
 # --- Secrets never reach a chat reply ---------------------------------------------------------

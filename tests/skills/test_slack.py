@@ -302,9 +302,10 @@ async def test_request_timeout_is_retried_because_slack_never_had_the_message(fa
         Reply(200, text="<html>captive portal</html>", content_type="text/html"),
         Reply(200, text="{not json", content_type="application/json"),
         Reply(200, text="ok", content_type="text/plain"),
+        Reply(200, json=[1, 2, "x"]),  # JSON, not an object (was reported as "plain text"; found by review)
         Reply(200, json={"ok": True}),  # no ts
     ],
-    ids=["html", "invalid-json", "plain-text", "no-ts"],
+    ids=["html", "invalid-json", "plain-text", "json-array", "no-ts"],
 )
 async def test_unusable_200_is_502_and_not_retried(fake, slack_settings, reply):
     # The message may have been posted: retrying could post it twice.
@@ -315,6 +316,10 @@ async def test_unusable_200_is_502_and_not_retried(fake, slack_settings, reply):
     assert caught.value.status == 502
     assert type(caught.value) is UpstreamError
     assert len(fake.posts) == 1
+    # Slack answered 200: it may have posted, and an Idempotency-Key keeps this answer (core/idempotency.py).
+    assert caught.value.extras["outcome_unknown"] is True
+    assert caught.value.detail.endswith(_UNKNOWN)
+    assert "plain text instead of JSON" not in caught.value.detail
 
 
 async def test_slow_answer_past_the_timeout_is_504_and_never_reposted(fake, slack_settings):
