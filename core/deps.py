@@ -11,6 +11,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Query, Request
 
+from core.errors import InvalidInput
 from core.ledger import Ledger
 from core.registry import Registry
 from core.resources import Resources
@@ -49,13 +50,24 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 async def get_dry_run(
+    request: Request,
     settings: SettingsDep,
     dry_run: Annotated[
         bool,
         Query(description="Validate and record the exact payload that would be sent, without calling upstream."),
     ] = False,
 ) -> bool:
-    """DRY_RUN=true applies to every request; `?dry_run=true` to one."""
+    """DRY_RUN=true applies to every request; `?dry_run=true` to one.
+
+    Given twice with different values (`?dry_run=true&dry_run=false`) it is refused: the last one would
+    win, and a request meant as a rehearsal must never act for real (found by a review).
+    """
+    given = request.query_params.getlist("dry_run")
+    if len(given) > 1 and len({value.strip().lower() for value in given}) > 1:
+        raise InvalidInput(
+            f"dry_run is given {len(given)} times with different values ({', '.join(given)}); give it once.",
+            errors=[{"field": "query.dry_run", "message": "given more than once with different values"}],
+        )
     return settings.dry_run or dry_run
 
 

@@ -217,6 +217,18 @@ async def test_dry_run_records_the_exact_payload_and_calls_nothing(make_client, 
     }
 
 
+async def test_dry_run_given_twice_with_different_values_is_422_and_nothing_is_sent(make_client, toggl):
+    """Found by a black-box review: `?dry_run=true&dry_run=false` started a real timer (the last value won)."""
+    route = toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
+    async with make_client(**CONFIG) as client:
+        mixed = await client.post("/start-timer?dry_run=true&dry_run=false", json={"task_name": "A"})
+        same = await client.post("/start-timer?dry_run=true&dry_run=true", json={"task_name": "A"})
+    assert mixed.status_code == 422
+    assert "dry_run is given 2 times with different values" in mixed.json()["detail"]
+    assert same.status_code == 200 and same.json()["dry_run"] is True
+    assert not route.called
+
+
 # --- Idempotency --------------------------------------------------------------------------
 
 
