@@ -117,11 +117,15 @@ class SlackMessageEvent(BaseModel):
 
 
 ACTED_ON = ("app_mention", "message")
+# Subtypes that are still a person's message: one with a file attached, and a thread reply also sent to the
+# channel. Every other subtype is an edit, a deletion, a join or a bot's post (a file-sharing DM was ignored;
+# found by a review).
+PEOPLES_SUBTYPES = frozenset({"file_share", "thread_broadcast"})
 
 
 def should_act(callback: SlackEventCallback, event: SlackMessageEvent) -> bool:
     """An app_mention or a direct message from a person; never bots (ourselves included) or edits."""
-    if event.bot_id or event.subtype or not event.user:
+    if event.bot_id or (event.subtype and event.subtype not in PEOPLES_SUBTYPES) or not event.user:
         return False  # bot_message, message_changed, message_deleted, channel_join, ...
     own_ids = {auth.user_id for auth in callback.authorizations or [] if auth.is_bot}
     if event.user in own_ids:

@@ -433,3 +433,23 @@ async def test_a_colon_after_the_mention_is_not_part_of_the_command(w, make_clie
     [reply] = w.slack.posts
     assert reply["text"] == "No timer is running."
     assert reply_run["status"] == "ok"
+
+
+async def test_a_direct_message_with_a_file_attached_is_answered(w, make_client):
+    """Found by a black-box review: a DM sharing a file (subtype file_share) with the text "status" was ignored."""
+    event = {
+        "type": "message",
+        "subtype": "file_share",
+        "channel_type": "im",
+        "user": "UHUMAN",
+        "text": "status",
+        "ts": "1764057600.000300",
+        "channel": "D0000000001",
+        "files": [{"id": "F1", "name": "notes.txt"}],
+    }
+    w.slack.channels["dm"] = "D0000000001"
+    async with make_client(**w.settings()) as client:
+        await post(client, callback(event))
+        await finished_runs(client, "slack.reply")
+    [reply] = w.slack.posts
+    assert reply["text"] == "No timer is running." and reply["channel"] == "D0000000001"
