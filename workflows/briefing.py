@@ -154,6 +154,9 @@ class BriefingStep(BaseModel):
     missing_settings: list[str] = Field(
         default_factory=list, description="For a not_configured step: the variables to set (names only)."
     )
+    outcome_unknown: bool = Field(
+        False, description="For a failed step: the call may still have taken effect (the detail says where to check)."
+    )
 
 
 class BriefingReport(BaseModel):
@@ -251,7 +254,10 @@ async def _run_step(
         # The detail goes into the 200 report and the Slack summary, neither of them a problem body: scrubbed here
         # (an LLM error can quote the API key it was sent).
         detail = run.ledger.scrubber.scrub(f"{exc.status} {exc.slug}: {exc.detail}")
-        return _StepResult(BriefingStep(name=name, status="failed", detail=detail, duration_ms=elapsed()))
+        unknown = exc.extras.get("outcome_unknown") is True
+        return _StepResult(
+            BriefingStep(name=name, status="failed", detail=detail, duration_ms=elapsed(), outcome_unknown=unknown)
+        )
     except Exception as exc:  # a bug in one step must not take the briefing down
         logger.exception("briefing step %s failed unexpectedly", name)
         return _StepResult(
@@ -286,6 +292,9 @@ def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> 
     lines.append("")
     if timer.step.status == "ok":
         lines.append(f"*Timer*: {timer_detail}")
+    elif timer.step.outcome_unknown:
+        # "not started" would be wrong: Toggl may have started it (a review found the summary saying both).
+        lines.append(f"*Timer*: may or may not have started ({timer_detail})")
     else:
         lines.append(f"*Timer*: not started ({timer_detail})")
     return "\n".join(lines)

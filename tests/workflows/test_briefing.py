@@ -153,6 +153,19 @@ async def test_failure_in_one_concurrent_step_does_not_cancel_the_other(make_set
     assert "*Timer*: not started (502 upstream-error: Toggl answered 500)" in slack.posts[0]["text"]
 
 
+async def test_a_timer_whose_outcome_is_unknown_is_not_summarised_as_not_started(make_settings, ledger):
+    """Found by review: the summary said "not started (... the time entry may have been created ...)"."""
+    lost = UpstreamError("Toggl answered 503. The outcome is unknown.", upstream="toggl", outcome_unknown=True)
+    slack = RecordingSlack()
+    report = await run_briefing(
+        make_deps(make_settings, ledger, toggl=SlowToggl(fail=lost), slack=slack), BriefingRequest(), trigger="api"
+    )
+    timer = {step.name: step for step in report.steps}["timer"]
+    assert (timer.status, timer.outcome_unknown) == ("failed", True)
+    assert "*Timer*: may or may not have started (502 upstream-error: Toggl answered 503." in slack.posts[0]["text"]
+    assert "not started" not in slack.posts[0]["text"].replace("may or may not have started", "")
+
+
 async def test_not_configured_router_error_is_a_not_configured_step(make_settings, ledger):
     router = SlowRouter(fail=NotConfigured("ai", ["GEMINI_API_KEY"]))
     deps = make_deps(make_settings, ledger, router=router)
