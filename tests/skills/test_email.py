@@ -112,18 +112,18 @@ async def test_implicit_tls(cert):
     assert received.message["Message-ID"] == sent.message_id
 
 
+def plain_skill(port: int) -> EmailSkill:
+    """The skill against a local server with no TLS and no login."""
+    return EmailSkill(
+        email_settings(
+            port, None, smtp_security="none", smtp_user=None, smtp_password=None, smtp_from="noreply@example.com"
+        )
+    )
+
+
 async def test_no_security_and_no_auth(cert):
     with SmtpServer(mode="none") as server:
-        skill = EmailSkill(
-            email_settings(
-                server.port,
-                None,
-                smtp_security="none",
-                smtp_user=None,
-                smtp_password=None,
-                smtp_from="noreply@example.com",
-            )
-        )
+        skill = plain_skill(server.port)
         await skill.send_email(to="a@example.com", subject="Plain", body="x")
     [received] = server.messages
     assert received.tls is False
@@ -407,16 +407,7 @@ def _injected(draw: st.DrawFn) -> str:
 )
 async def test_line_breaks_in_any_header_field_never_reach_the_server(field, injected, cert, tmp_path: Path):
     with SmtpServer(mode="none") as server:
-        skill = EmailSkill(
-            email_settings(
-                server.port,
-                None,
-                smtp_security="none",
-                smtp_user=None,
-                smtp_password=None,
-                smtp_from="noreply@example.com",
-            )
-        )
+        skill = plain_skill(server.port)
         to: str | list[str] = "a@example.com"
         subject = "ok"
         if field == "subject":
@@ -440,16 +431,7 @@ async def test_line_breaks_hidden_in_an_encoded_word_never_reach_the_server(inje
         else ("=?utf-8?b?" + base64.b64encode(injected.encode()).decode() + "?=")
     )
     with SmtpServer(mode="none") as server:
-        skill = EmailSkill(
-            email_settings(
-                server.port,
-                None,
-                smtp_security="none",
-                smtp_user=None,
-                smtp_password=None,
-                smtp_from="noreply@example.com",
-            )
-        )
+        skill = plain_skill(server.port)
         try:
             await skill.send_email(to="a@example.com", subject=word, body="body")
         except InvalidInput:
@@ -474,16 +456,7 @@ async def test_line_breaks_hidden_in_an_encoded_word_never_reach_the_server(inje
 @given(subject=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120))
 async def test_any_one_line_subject_arrives_intact_as_one_header(subject, cert):
     with SmtpServer(mode="none") as server:
-        skill = EmailSkill(
-            email_settings(
-                server.port,
-                None,
-                smtp_security="none",
-                smtp_user=None,
-                smtp_password=None,
-                smtp_from="noreply@example.com",
-            )
-        )
+        skill = plain_skill(server.port)
         await skill.send_email(to="a@example.com", subject=subject, body="body")
         [received] = server.messages
     message = received.message
