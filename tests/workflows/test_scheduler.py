@@ -68,6 +68,15 @@ def test_fire_time_is_the_minute():
     assert briefing_fire_time(moment) == datetime(2026, 11, 25, 8, 0, tzinfo=BERLIN)
 
 
+async def assert_one_briefing_run_claimed_by_w1_for(fire_time: datetime, sessions, ledger) -> None:
+    """One scheduled briefing run in the ledger, and one claim on its fire time, by worker w1."""
+    runs, _ = await ledger.list_runs(kind="briefing")
+    assert [(run.trigger, run.status) for run in runs] == [("schedule", "ok")]
+    async with sessions() as session:
+        fires = (await session.scalars(select(JobFire))).all()
+    assert [(f.job_id, f.fire_time, f.worker) for f in fires] == [(BRIEFING_JOB_ID, fire_time, "w1")]
+
+
 async def test_cron_fires_the_briefing_in_timezone_under_a_controlled_clock(make_settings, sessions, ledger):
     settings = make_settings(briefing_cron="0 8 * * *", timezone="Europe/Berlin")
     slack = RecordingSlack()
@@ -89,13 +98,7 @@ async def test_cron_fires_the_briefing_in_timezone_under_a_controlled_clock(make
             assert job.next_run_time == datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
         finally:
             await scheduler.shutdown()
-    runs, _ = await ledger.list_runs(kind="briefing")
-    assert [(run.trigger, run.status) for run in runs] == [("schedule", "ok")]
-    async with sessions() as session:
-        fires = (await session.scalars(select(JobFire))).all()
-    assert [(f.job_id, f.fire_time, f.worker) for f in fires] == [
-        (BRIEFING_JOB_ID, datetime(2026, 11, 25, 7, 0, tzinfo=UTC), "w1")
-    ]
+    await assert_one_briefing_run_claimed_by_w1_for(datetime(2026, 11, 25, 7, 0, tzinfo=UTC), sessions, ledger)
 
 
 async def test_two_schedulers_on_one_database_fire_the_briefing_once(make_settings, sessions, ledger):
@@ -137,13 +140,7 @@ async def test_a_briefing_due_while_down_runs_at_start_up_within_the_grace_and_o
             finally:
                 await scheduler.shutdown()
     assert len(slack.posts) == 1
-    runs, _ = await ledger.list_runs(kind="briefing")
-    assert [(run.trigger, run.status) for run in runs] == [("schedule", "ok")]
-    async with sessions() as session:
-        fires = (await session.scalars(select(JobFire))).all()
-    assert [(f.job_id, f.fire_time, f.worker) for f in fires] == [
-        (BRIEFING_JOB_ID, datetime(2026, 11, 25, 7, 0, tzinfo=UTC), "w1")
-    ]
+    await assert_one_briefing_run_claimed_by_w1_for(datetime(2026, 11, 25, 7, 0, tzinfo=UTC), sessions, ledger)
 
 
 def test_only_a_firing_within_the_grace_is_caught_up():
