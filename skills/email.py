@@ -87,6 +87,11 @@ def normalise_recipients(to: str | list[str]) -> list[str]:
     for address in addresses:
         if _has_line_break_or_control(address):
             raise InvalidInput("A recipient address contains a line break or control character.")
+        if "=?" in address:
+            # RFC 2047 (section 5) forbids encoded words in an address, but the email policy decodes them when the
+            # To header is built: "=?utf-8?b?...?=@example.com" passed the syntax check and wrote a raw control
+            # character, or a second address, into To (found by a black-box review).
+            raise InvalidInput(f"{address!r} contains an RFC 2047 encoded word (=?...?=), which no address may hold.")
         try:
             valid = validate_email(address, check_deliverability=False)
         except EmailNotValidError as exc:
@@ -157,6 +162,8 @@ class EmailSkill:
         # ...but not one hidden in an RFC 2047 encoded word: the policy decodes `=?utf-8?b?...?=` when the header
         # is set and writes the decoded CR/LF raw when the message is serialised, so a subject could add headers
         # and replace the body (found by a black-box review). What counts is the header as it will be written.
+        if _has_line_break_or_control(str(message["To"])):  # the same rule, in case an address still decodes
+            raise InvalidInput("A recipient address decodes to a line break or control character.")
         if _has_line_break_or_control(str(message["Subject"])):
             raise InvalidInput(
                 "The subject decodes (an RFC 2047 encoded word, =?charset?b?...?=) to a line break or control "

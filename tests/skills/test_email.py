@@ -186,6 +186,10 @@ async def test_unconfigured_names_the_variables(cert):
         ),
         ("a@example.com", "Hi =?utf-8?q?there=0D=0ABcc:_victim@example.org?="),
         ("a@example.com", "=?iso-8859-1?q?a=0Ab?="),
+        # ...and in an address (email-validator accepts `=` and `?` in a local part; the To header decoded it).
+        ("=?utf-8?b?" + base64.b64encode(b"x\x0bBcc: evil@evil.com").decode() + "?=@example.com", "Hello"),
+        ("=?utf-8?b?" + base64.b64encode(b"victim@other.org, y").decode() + "?=@example.com", "Hello"),
+        (["a@example.com", "=?utf-8?q?x=00y?=@example.com"], "Hello"),
         ("not-an-address", "Hello"),
         ([], "Hello"),
     ],
