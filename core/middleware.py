@@ -21,7 +21,7 @@ access_log = logging.getLogger("orchestrator.access")
 error_log = logging.getLogger("orchestrator.errors")
 
 # A caller-supplied id is echoed into logs and headers: keep it short and inert.
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: `$` also matches before a final newline
 
 
 class _BodyTooLarge(Exception):
@@ -40,7 +40,7 @@ class RequestContextMiddleware:
 
         headers = dict(scope.get("headers") or [])
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _SAFE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if _SAFE_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         token = set_request_id(request_id)
         # Like the request id, the app's scrubber travels with the request: every problem body uses it.
         scrubber_token = use_scrubber(scrubber_of(scope.get("app")))

@@ -50,7 +50,7 @@ MAX_RETRY_WAIT_SECONDS = 10.0
 #: Where Twilio reports what happened to each message after accepting it (routers/whatsapp_status.py).
 STATUS_CALLBACK_PATH = "/whatsapp-status"
 
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # used with fullmatch: `$` would also match before a final newline
 _CREDENTIALS = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
 
 
@@ -112,7 +112,7 @@ def split_message(body: str, limit: int = MAX_BODY_CHARS) -> list[str]:
 def whatsapp_address(number: str) -> str:
     """`+15551234567` or `whatsapp:+15551234567` -> `whatsapp:+15551234567`; 422 for anything else."""
     bare = number.removeprefix(PREFIX)
-    if not _E164.match(bare):
+    if not _E164.fullmatch(bare):
         raise InvalidInput(
             "`to` must be an E.164 number such as +15551234567, optionally prefixed with whatsapp:.",
             field="to",

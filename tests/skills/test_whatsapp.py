@@ -108,7 +108,18 @@ async def test_prefixed_recipient_and_configured_sender(skill, twilio):
 
 
 @pytest.mark.parametrize(
-    "to", ["15551234567", "+0551234567", "+1 555 123 4567", "whatsapp:15551234567", "+1", "sms:+15551234567"]
+    "to",
+    [
+        "15551234567",
+        "+0551234567",
+        "+1 555 123 4567",
+        "whatsapp:15551234567",
+        "+1",
+        "sms:+15551234567",
+        # A trailing newline passed (`$` matches before it) and reached Twilio (found by a black-box review).
+        "+15551234567\n",
+        "whatsapp:+15551234567\n",
+    ],
 )
 async def test_invalid_recipient_is_422_and_nothing_is_sent(skill, twilio, to):
     route = twilio.post(URL).mock(return_value=_created())
