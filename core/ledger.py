@@ -146,6 +146,15 @@ def note_request(request: dict[str, Any]) -> None:
         record.request = request
 
 
+def note_external_id(external_id: str) -> None:
+    """Called by a skill as soon as an upstream object exists (a WhatsApp part's SID): the current action keeps
+    it even if a later step fails. Parts 1-7 of a message whose part 8 failed were sent, and their delivery
+    callbacks must find this run (found by a review: external_id stayed null)."""
+    record = _current_action.get()
+    if record is not None:
+        record.external_id = external_id
+
+
 def note_attempt() -> None:
     """Called by retry loops once per attempt; counts toward the current action."""
     record = _current_action.get()

@@ -21,7 +21,7 @@ from core.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from core.ledger import note_request
+from core.ledger import note_external_id, note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
@@ -180,6 +180,7 @@ class WhatsAppSkill:
                     exc.extras["sent_sids"] = list(sids)
                 raise
             sids.append(sid)
+            note_external_id(",".join(sids))  # the WhatsAppSent.ledger_external_id form, kept if a later part fails
         return WhatsAppSent(to=recipient, sids=sids, parts=len(parts), payload=payload)
 
     async def _create(self, form: dict[str, str]) -> str:

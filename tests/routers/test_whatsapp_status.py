@@ -93,6 +93,24 @@ async def test_an_undelivered_message_becomes_a_failed_run_with_the_hint_linked_
     )
 
 
+async def test_a_part_sent_before_a_later_part_failed_is_recorded_and_its_callback_finds_the_send(w, make_client):
+    """Found by a black-box review: when part 2 of a long message failed, the action kept no SID, so part 1's
+    delivery failure could not be linked to the run that sent it."""
+    w.twilio.fail_after = 1
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        response = await client.post("/whatsapp-send", json={"to": OWNER, "body": "word " * 400})
+        problem = response.json()
+        [sent_sid] = problem["sent_sids"]
+        send = (await client.get(f"/runs/{problem['run_id']}")).json()
+        await post_status(client, status_form(sent_sid, "undelivered", code="63016"))
+        [delivery] = await finished_runs(client, "whatsapp.delivery")
+    assert response.status_code == 422
+    assert "Parts 1-1 of 2 were sent" in problem["detail"]
+    [action] = send["actions"]
+    assert (action["status"], action["external_id"]) == ("failed", sent_sid)
+    assert delivery["input_summary"]["send_run_id"] == problem["run_id"]
+
+
 async def test_an_unknown_failure_code_is_still_recorded(w, make_client):
     async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
         sid, _ = await send_one(client)

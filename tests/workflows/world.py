@@ -121,6 +121,8 @@ class FakeTwilio:
 
     mock: respx.MockRouter
     sent: list[dict[str, str]] = field(default_factory=list)
+    #: Refuse every create after this many have succeeded (a Twilio 400 with code 21211), when set.
+    fail_after: int | None = None
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def install(self) -> FakeTwilio:
@@ -129,6 +131,8 @@ class FakeTwilio:
 
     def _create(self, request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            return httpx.Response(400, json={"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400})
         self.sent.append(form)
         return httpx.Response(201, json={"sid": f"SM{next(self._ids):032d}", "status": "queued"})
 
