@@ -51,7 +51,7 @@ from core.resources import Resources
 from core.settings import Settings
 from core.upstream import with_retries
 from services import claude, gemini, local_llm
-from services.base import Completion, LLMProvider, is_caller_fault
+from services.base import Completion, ContextExceeded, LLMProvider, is_caller_fault
 
 logger = logging.getLogger("orchestrator.ai_router")
 
@@ -120,6 +120,13 @@ class AllProvidersFailed(UpstreamError):
     slug, title = "llm-providers-failed", "Every LLM provider failed"
 
 
+class AllProvidersTooSmall(AllProvidersFailed):
+    """Every provider tried said the prompt does not fit its model's context: a 413, the caller must send less."""
+
+    status, slug, title = 413, "llm-prompt-too-large", "Prompt too large for the model"
+    retryable = False
+
+
 class AllProvidersRateLimited(AllProvidersFailed, UpstreamRateLimited):
     """Every provider tried answered 429: a 429 `upstream-rate-limited` with the smallest Retry-After any gave.
 
@@ -133,7 +140,14 @@ class AllProvidersRateLimited(AllProvidersFailed, UpstreamRateLimited):
 
 
 def estimate_tokens(*parts: str | None) -> int:
-    return sum(len(part) for part in parts if part) // CHARS_PER_TOKEN
+    """About 4 characters a token for ASCII text; every other character counted as a token of its own (CJK runs
+    at about one token a character or more, and 4 to 1 let a 60,000-word Chinese prompt past the guard)."""
+    total = 0
+    for part in parts:
+        if part:
+            ascii_chars = len(part) if part.isascii() else len(part.encode("ascii", "ignore"))
+            total += ascii_chars // CHARS_PER_TOKEN + (len(part) - ascii_chars)
+    return total
 
 
 class AIRouter:
@@ -309,6 +323,12 @@ def _all_failed(failures: list[tuple[str, ProblemError]]) -> AllProvidersFailed:
     providers: list[dict[str, Any]] = [
         {"provider": name, "status": exc.status, "error": exc.slug, "detail": exc.detail} for name, exc in failures
     ]
+    if all(isinstance(exc, ContextExceeded) for _, exc in failures):
+        return AllProvidersTooSmall(
+            f"The prompt fits no configured model's context window: send less. {listed}",
+            upstream="llm",
+            providers=providers,
+        )
     if all(isinstance(exc, UpstreamRateLimited) for _, exc in failures):
         # Anthropic's 529 overloaded and a 503 are UpstreamErrors, not rate limits: the vendor is down, not
         # limiting us, so a mix with them stays a 502. The raw smallest wait is passed on, not reduced by

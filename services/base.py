@@ -32,6 +32,15 @@ _SPEND_EXHAUSTED = re.compile(
     re.IGNORECASE,
 )
 
+#: Phrases vendors use in a 400 when the prompt does not fit the model's context window (Anthropic: "prompt is
+#: too long: 212345 tokens > 200000 maximum"; Gemini: "The input token count (X) exceeds the maximum number of
+#: tokens allowed (Y)"). Not the caller's fault: a model with a larger window may take it.
+_CONTEXT_EXCEEDED = re.compile(
+    r"(prompt is too long|input token count|too many (input )?tokens|exceeds? the maximum (number of )?tokens"
+    r"|context (length|window) (exceeded|is exceeded)|maximum context length)",
+    re.IGNORECASE,
+)
+
 #: Upstream statuses that mean the request itself is wrong (ours to fix, not the provider's).
 CALLER_FAULT_STATUSES = frozenset({400, 413, 422})
 
@@ -60,6 +69,13 @@ class CallerFault(InvalidInput):
     """The provider refused the request as malformed (its 400/422): not retried, not sent elsewhere."""
 
     slug, title = "llm-request-rejected", "The LLM provider rejected the request"
+
+
+class ContextExceeded(UpstreamError):
+    """The model said the prompt does not fit its context window (a 400): the router tries the next provider,
+    whose window may be larger; when none can take it, the answer is a 413 `llm-prompt-too-large`."""
+
+    status, slug = 413, "llm-prompt-too-large"
 
 
 class CallerPayloadTooLarge(PayloadTooLarge):
@@ -97,6 +113,12 @@ def status_error(
         return CallerPayloadTooLarge(
             f"{upstream} refused the prompt as too large ({said}).", upstream=upstream, upstream_status=status
         )
+    if status == 400 and _CONTEXT_EXCEEDED.search(said):
+        # Our token estimate let it through (CJK text has far more tokens per character), and the vendor
+        # refused it: a 422 "check your text" was wrong and Gemini's 1M window was never tried (found by review).
+        return ContextExceeded(
+            f"{upstream}'s model cannot take a prompt this long ({said}).", upstream=upstream, upstream_status=status
+        )
     if status == 400 and spend_exhausted(said):
         # Anthropic answers "Your credit balance is too low" as a 400: the account's fault, not the
         # caller's, so another provider may well answer it.
@@ -117,6 +139,8 @@ def status_error(
                 f"{upstream} quota or spend limit is exhausted ({said}); waiting will not help.{suffix}",
                 upstream=upstream,
                 upstream_status=status,
+                # Not waited for here (it is not retried), but passed on: when the vendor says when, so do we.
+                retry_after=retry_after,
             )
             exhausted.retryable = False
             return exhausted

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from core.errors import InvalidInput, NotConfigured, PayloadTooLarge
-from services.ai_router import AllProvidersFailed
+from core.errors import InvalidInput, NotConfigured, PayloadTooLarge, UpstreamRateLimited
+from services.ai_router import AllProvidersFailed, estimate_tokens
 from services.base import CallerFault
 from tests.fakes.llm import (
     ANTHROPIC_PATH,
@@ -259,6 +259,25 @@ async def test_exhausted_spend_limit_429_is_not_retried(make_router, fakes):
     assert len(fakes.claude.calls()) == 1
     assert result.provider == "gemini"
     assert result.routing.fallback_from == "claude"
+
+
+async def test_an_exhausted_quota_passes_on_the_vendors_retry_after(make_router, fakes):
+    """Found by a black-box review: the vendor's Retry-After was dropped on the exhausted branch."""
+    fakes.claude.queue(
+        "POST",
+        ANTHROPIC_PATH,
+        anthropic_error(
+            429, "rate_limit_error", "You have reached your specified API usage limits.", headers={"retry-after": "60"}
+        ),
+    )
+    router = await make_router()
+
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await router.generate(text=words(10), provider="claude")
+
+    assert len(fakes.claude.calls()) == 1  # not waited for, not retried
+    assert caught.value.retry_after == 60
+    assert caught.value.headers["Retry-After"] == "60"
 
 
 async def test_gemini_daily_quota_429_is_not_retried(make_router, fakes):
@@ -550,6 +569,50 @@ async def test_prompt_that_fits_no_window_is_413(make_router, fakes):
     assert caught.value.status == 413
     assert "local (512 tokens)" in caught.value.detail
     assert fakes.local.calls() == []
+
+
+async def test_a_prompt_claude_says_is_too_long_goes_to_gemini(make_router, fakes):
+    """Found by a black-box review: CJK text passed the 4-characters-a-token guard, Claude refused it as too
+    long, and the answer was a 422 "check your text" without trying Gemini's larger window."""
+    fakes.claude.queue(
+        "POST",
+        ANTHROPIC_PATH,
+        anthropic_error(400, "invalid_request_error", "prompt is too long: 212345 tokens > 200000 maximum"),
+    )
+    router = await make_router()
+
+    result = await router.generate(text=words(700))
+
+    assert len(fakes.claude.calls()) == 1  # not retried: the same model would refuse it again
+    assert result.provider == "gemini"
+    assert result.routing.fallback_from == "claude"
+    assert "claude failed (400 llm-prompt-too-large)" in result.routing.reason  # the vendor status, our type
+
+
+async def test_a_prompt_every_model_says_is_too_long_is_413(make_router, fakes):
+    fakes.claude.queue(
+        "POST", ANTHROPIC_PATH, anthropic_error(400, "invalid_request_error", "prompt is too long: 9 > 8 maximum")
+    )
+    fakes.gemini.queue(
+        "POST",
+        fakes.gemini.path,
+        gemini_error(
+            400, "INVALID_ARGUMENT", "The input token count (1048580) exceeds the maximum number of tokens allowed"
+        ),
+    )
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text=words(700))
+
+    assert (caught.value.status, caught.value.slug) == (413, "llm-prompt-too-large")
+    assert [entry["provider"] for entry in caught.value.extras["providers"]] == ["claude", "gemini"]
+
+
+def test_non_ascii_text_counts_about_a_token_a_character():
+    assert estimate_tokens("word " * 100) == 125  # 500 ASCII characters, 4 a token
+    assert estimate_tokens("漢字" * 100) == 200
+    assert estimate_tokens("ab漢字", None, "cdef") == 0 + 2 + 1
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
