@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-from core.deps import LedgerDep, SettingsDep
+from core.deps import DryRunDep, LedgerDep, SettingsDep
 from core.errors import ProblemError, problem_responses
 from core.idempotency import IdempotencyDep
 from core.ledger import Ledger
@@ -68,6 +68,9 @@ class AIProcessResponse(Generation):
     )
 
     run_id: str = Field(description="The ledger run: GET /runs/{run_id}.")
+    dry_run: bool = Field(
+        False, description="A dry run: the provider and model chosen, nothing sent, `response` empty."
+    )
 
 
 class ClientClosedRequest(ProblemError):
@@ -130,7 +133,13 @@ def prompt_summary(body: AIProcessRequest, *, store_prompts: bool) -> dict[str, 
 
 
 async def process_prompt(
-    request: Request, body: AIProcessRequest, *, ai: AIRouter, ledger: Ledger, store_prompts: bool
+    request: Request,
+    body: AIProcessRequest,
+    *,
+    ai: AIRouter,
+    ledger: Ledger,
+    store_prompts: bool,
+    dry_run: bool = False,
 ) -> AIProcessResponse:
     """One run (kind `ai.process`) with one action named after the provider that answered."""
     # Generating text acts on no one's account, so the start need not be committed before the call:
@@ -145,13 +154,21 @@ async def process_prompt(
             try:
                 generation = await cancel_on_disconnect(
                     request,
-                    ai.generate(text=body.text, system=body.system, max_tokens=body.max_tokens, provider=body.provider),
+                    ai.generate(
+                        text=body.text,
+                        system=body.system,
+                        max_tokens=body.max_tokens,
+                        provider=body.provider,
+                        dry_run=dry_run,
+                    ),
                 )
             except ProblemError as exc:
                 exc.extras.setdefault("run_id", run.id)  # the problem points at its record
                 raise
             action.skill = generation.provider
             action.external_id = generation.model_used
+            if dry_run:
+                action.status = run.status = "dry_run"
         run.result = {
             "provider": generation.provider,
             "model": generation.model_used,
@@ -160,7 +177,7 @@ async def process_prompt(
             "latency_ms": generation.latency_ms,
             "routing": generation.routing.model_dump(),
         }
-    return AIProcessResponse(run_id=run.id, **dict(generation))
+    return AIProcessResponse(run_id=run.id, dry_run=dry_run, **dict(generation))
 
 
 @router.post(
@@ -176,12 +193,19 @@ async def ai_process(
     ledger: LedgerDep,
     settings: SettingsDep,
     idem: IdempotencyDep,
+    dry_run: DryRunDep,
 ) -> JSONResponse:
     """Route the prompt: at or below ROUTER_WORD_THRESHOLD words to Gemini, above it to Claude, with fallback
     to the other (then the local model) on outage, rate limit or timeout. `routing.reason` says what happened.
 
     Send `Idempotency-Key` to make a retry replay the first answer instead of paying for a second generation.
+    `?dry_run=true` (or DRY_RUN=true) routes the prompt and sends nothing: a rehearsal costs no tokens.
     """
-    return await idem.execute(
-        body, lambda: process_prompt(request, body, ai=ai, ledger=ledger, store_prompts=settings.store_prompts)
-    )
+
+    def work() -> Awaitable[AIProcessResponse]:
+        return process_prompt(
+            request, body, ai=ai, ledger=ledger, store_prompts=settings.store_prompts, dry_run=dry_run
+        )
+
+    # A dry run and a real call are different requests for an Idempotency-Key (as on every action endpoint).
+    return await idem.execute({"body": body.model_dump(mode="json"), "dry_run": True} if dry_run else body, work)

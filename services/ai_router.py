@@ -175,7 +175,10 @@ class AIRouter:
         system: str | None = None,
         max_tokens: int | None = None,
         provider: ProviderChoice = "auto",
+        dry_run: bool = False,
     ) -> Generation:
+        """Generate with the routed provider, falling back on failure. `dry_run`: decide the provider and model
+        as a real call would (validation, routing, context guard), and send nothing: `response` is empty."""
         settings = self.settings
         self._validate(text, system, max_tokens, provider)
         # A blank system text is no system text: Gemini rejects an empty systemInstruction part.
@@ -201,6 +204,24 @@ class AIRouter:
         candidates, notes, too_small = self._candidates(order, needed)
         if not candidates:
             raise self._nothing_to_call(order, needed, too_small, forced=rule == "forced")
+
+        if dry_run:
+            first = candidates[0]
+            skipped = f"; {'; '.join(notes)}" if notes else ""
+            return Generation(
+                response="",
+                model_used=first.model,
+                provider=first.name,
+                routing=Routing(
+                    word_count=word_count,
+                    threshold=threshold,
+                    rule=rule,
+                    fallback_from=order[0] if first.name != order[0] else None,
+                    reason=f"{reason}{skipped}; dry run: would send to {first.name}, sent nothing",
+                ),
+                usage=Usage(),
+                latency_ms=int((time.perf_counter() - started) * 1000),
+            )
 
         failures: list[tuple[str, ProblemError]] = []
         for candidate in candidates:

@@ -57,7 +57,8 @@ async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
         run = (await client.get(f"/runs/{body['run_id']}")).json()
 
     assert response.status_code == 200
-    assert set(body) == {"response", "model_used", "provider", "routing", "usage", "latency_ms", "run_id"}
+    assert set(body) == {"response", "model_used", "provider", "routing", "usage", "latency_ms", "run_id", "dry_run"}
+    assert body["dry_run"] is False
     # The answer names its ledger record.
     assert (run["kind"], run["result"]["provider"]) == ("ai.process", "gemini")
     assert body["response"] == "gemini: 3 words received"
@@ -149,6 +150,32 @@ async def test_blank_text_is_422(make_client, fakes, text):
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["errors"][0]["field"].endswith("text")
     assert fakes.gemini.calls() == [] and fakes.claude.calls() == []
+
+
+@pytest.mark.parametrize("how", ["query", "setting"])
+async def test_a_dry_run_routes_the_prompt_and_sends_nothing(make_client, fakes, how):
+    """Found by a black-box review: `?dry_run=true` and DRY_RUN=true were ignored here, and billed a real call."""
+    settings = fakes.settings(dry_run=True) if how == "setting" else fakes.settings()
+    path = "/ai-process" if how == "setting" else "/ai-process?dry_run=true"
+    async with make_client(**settings) as client:
+        response = await client.post(path, json={"text": "word " * 600})
+        body = response.json()
+        run = (await client.get(f"/runs/{body['run_id']}")).json()
+    assert response.status_code == 200, body
+    assert (body["dry_run"], body["provider"], body["response"]) == (True, "claude", "")
+    assert body["routing"]["reason"] == "600 words > 500: claude; dry run: would send to claude, sent nothing"
+    assert fakes.claude.calls() == [] and fakes.gemini.calls() == []
+    assert run["status"] == "dry_run" and run["actions"][0]["status"] == "dry_run"
+
+
+async def test_a_dry_run_and_a_real_call_are_different_requests_for_a_key(make_client, fakes):
+    headers = {"Idempotency-Key": "ai-dry-1"}
+    async with make_client(**fakes.settings()) as client:
+        dry = await client.post("/ai-process?dry_run=true", json={"text": "hello"}, headers=headers)
+        real = await client.post("/ai-process", json={"text": "hello"}, headers=headers)
+    assert dry.status_code == 200 and dry.json()["dry_run"] is True
+    assert real.status_code == 422  # a rehearsal's answer is never replayed as a real one
+    assert fakes.gemini.calls() == []
 
 
 async def test_text_over_max_input_chars_is_413(make_client, fakes):
@@ -408,7 +435,7 @@ async def test_router_is_a_dependency_tests_can_override(make_client):
 
     assert response.status_code == 200
     assert response.json()["response"] == "from the override"
-    assert stub.calls == [{"text": "hi", "system": "s", "max_tokens": 9, "provider": "local"}]
+    assert stub.calls == [{"text": "hi", "system": "s", "max_tokens": 9, "provider": "local", "dry_run": False}]
 
 
 async def test_client_disconnect_cancels_the_upstream_call(make_client, fakes):
