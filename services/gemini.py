@@ -145,7 +145,9 @@ class GeminiProvider:
             raise _api_error(exc) from None
         except (aiohttp.ServerTimeoutError, httpx.TimeoutException, TimeoutError) as exc:
             raise UpstreamTimeout(f"gemini did not answer in time ({type(exc).__name__}).", upstream=UPSTREAM) from None
-        except (aiohttp.ClientConnectionError, httpx.TransportError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError) as exc:
+            # ClientPayloadError: the connection dropped mid-answer. Transient like a reset, and retried as Claude's
+            # httpx ReadError is (it was taken for an unusable answer and not retried; found by a review).
             raise UpstreamUnavailable(
                 f"gemini could not be reached ({type(exc).__name__}). Check GEMINI_BASE_URL.", upstream=UPSTREAM
             ) from None

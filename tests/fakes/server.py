@@ -43,7 +43,8 @@ class Recorded:
 
 @dataclass
 class Reply:
-    """A scripted answer. `delay` seconds before answering; `drop=True` closes the connection."""
+    """A scripted answer. `delay` seconds before answering; `drop=True` closes the connection; `truncate=True`
+    sends the status, headers and the start of a body, then closes the connection mid-answer."""
 
     status: int = 200
     json: Any = None
@@ -51,6 +52,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    truncate: bool = False
     content_type: str | None = None
 
 
@@ -108,6 +110,15 @@ class FakeUpstream:
         delay = self.latency + reply.delay
         if delay:
             await asyncio.sleep(delay)
+        if reply.truncate:
+            started = web.StreamResponse(
+                status=reply.status, headers={"Content-Type": "application/json", "Content-Length": "500"}
+            )
+            await started.prepare(request)
+            await started.write(b'{"candidates": [')
+            assert request.transport is not None
+            request.transport.close()
+            return started
         if reply.drop:
             assert request.transport is not None
             request.transport.close()

@@ -450,6 +450,18 @@ async def test_connection_reset_falls_back(make_router, fakes):
     assert "claude failed (upstream-unavailable)" in result.routing.reason
 
 
+async def test_a_gemini_answer_cut_off_mid_body_is_retried_like_a_reset(make_router, fakes):
+    """Found by a black-box review: aiohttp's ClientPayloadError was taken for an unusable answer, not retried,
+    while the same cut on Claude (httpx ReadError) was."""
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(truncate=True))
+    router = await make_router()
+
+    result = await router.generate(text="short prompt")
+
+    assert len(fakes.gemini.calls()) == 2  # the cut, then the retry that answered
+    assert result.provider == "gemini" and result.routing.fallback_from is None
+
+
 async def test_html_error_page_is_mapped_and_retried(make_router, fakes):
     page = Reply(502, text=HTML_ERROR_PAGE, content_type="text/html")
     fakes.gemini.queue("POST", fakes.gemini.path, page, page)
