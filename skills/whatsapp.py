@@ -263,7 +263,7 @@ def twilio_error(response: httpx.Response, *, recipient: str | None = None) -> P
     if status == 429 or code == 20429:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return UpstreamRateLimited(
-            f"Twilio's rate limit was reached.{said}", upstream=UPSTREAM, retry_after=retry_after
+            f"Twilio's rate limit was reached.{said}", upstream=UPSTREAM, retry_after=retry_after, **context
         )
     if status >= 500:
         # Not retried: "sending an SMS [...] is not idempotent. If you get a 500 Server Error on these requests, and

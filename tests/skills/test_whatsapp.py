@@ -298,6 +298,8 @@ async def test_429_without_retry_after_backs_off_then_gives_up(skill, twilio):
         await skill().send_message(to="+15551234567", body="hi")
     assert route.call_count == ATTEMPTS
     assert "Retry-After" not in caught.value.headers
+    # Twilio's context, as on every other Twilio problem (it was missing here; found by review).
+    assert (caught.value.extras["twilio_code"], caught.value.extras["upstream_status"]) == (20429, 429)
 
 
 async def test_429_with_long_retry_after_is_passed_on_at_once(skill, twilio):
