@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import httpx
+import regex
 from pydantic import Field
 
 from core.errors import (
@@ -50,6 +51,7 @@ MAX_RETRY_WAIT_SECONDS = 10.0
 #: Where Twilio reports what happened to each message after accepting it (routers/whatsapp_status.py).
 STATUS_CALLBACK_PATH = "/whatsapp-status"
 
+_GRAPHEME = regex.compile(r"\X")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # used with fullmatch: `$` would also match before a final newline
 _CREDENTIALS = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
 
@@ -80,12 +82,27 @@ def _fitting_prefix(text: str, limit: int) -> int:
     return len(text)
 
 
+def _grapheme_cut(text: str, fit: int) -> int:
+    """The last grapheme-cluster boundary at or before code point `fit` (0 if the first cluster is longer).
+
+    A flag is two regional indicators, a family emoji several code points joined by U+200D, a skin tone a
+    modifier after its emoji: cut between them, each half shows as something else (found by a review).
+    """
+    cut = 0
+    for cluster in _GRAPHEME.finditer(text):
+        if cluster.end() > fit:
+            break
+        cut = cluster.end()
+    return cut
+
+
 def split_message(body: str, limit: int = MAX_BODY_CHARS) -> list[str]:
     """Split `body` into parts of at most `limit` characters, on word boundaries where possible.
 
     Length is counted in UTF-16 code units, as Twilio counts message length, so
     an emoji counts as two; this errs on the short side and never splits one.
-    A word longer than `limit` is cut hard. Whitespace at a cut is dropped.
+    A word longer than `limit` is cut hard, between grapheme clusters, so a flag or a
+    joined emoji sequence is never split either. Whitespace at a cut is dropped.
     """
     if limit < 1:
         raise ValueError("limit must be positive")
@@ -97,7 +114,10 @@ def split_message(body: str, limit: int = MAX_BODY_CHARS) -> list[str]:
         window = rest[: fit + 1]
         cut = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
         if cut <= 0:
-            part, rest = rest[:fit], rest[fit:]
+            # No space to cut at: cut hard, but between grapheme clusters (a cluster longer than a whole
+            # part, which no real text has, is cut where it must be).
+            hard = _grapheme_cut(rest, fit) or fit
+            part, rest = rest[:hard], rest[hard:]
         else:
             part, rest = rest[:cut], rest[cut + 1 :]
         part = part.rstrip()

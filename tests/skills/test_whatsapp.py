@@ -9,7 +9,10 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+import regex
 import respx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import (
     Conflict,
@@ -216,6 +219,34 @@ def test_split_counts_emoji_as_two_units_and_never_cuts_one():
     parts = split_message(body)
     assert parts == ["😀" * 800, "😀"]
     assert all(len(part.encode("utf-16-le")) // 2 <= 1600 for part in parts)
+
+
+FLAG = "\U0001f1fa\U0001f1f8"  # 🇺🇸: two regional indicators
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # 👨‍👩‍👧: three emoji joined by U+200D
+THUMB = "\U0001f44d\U0001f3fd"  # 👍🏽: an emoji and a skin-tone modifier
+
+
+@pytest.mark.parametrize(
+    "body", ["a" + FLAG * 500, "a" + FAMILY * 300, "ab" + THUMB * 500], ids=["flags", "zwj", "tone"]
+)
+def test_a_hard_cut_never_splits_a_flag_or_an_emoji_sequence(body):
+    """Found by a black-box review: "a" + 🇺🇸 x 500 ended part 1 on a lone 🇺, and every flag after it paired wrong."""
+    parts = split_message(body)
+    assert len(parts) > 1
+    assert "".join(parts) == body
+    clusters = regex.findall(r"\X", body)
+    assert [cluster for part in parts for cluster in regex.findall(r"\X", part)] == clusters
+    assert all(len(part.encode("utf-16-le")) // 2 <= MAX_BODY_CHARS for part in parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["a", "é", "😀", FLAG, FAMILY, THUMB, "e\u0301"]), min_size=1, max_size=400))
+def test_any_word_free_text_is_cut_only_between_grapheme_clusters(pieces):
+    body = "".join(pieces)
+    parts = split_message(body, limit=37)
+    assert "".join(parts) == body
+    assert [c for part in parts for c in regex.findall(r"\X", part)] == regex.findall(r"\X", body)
+    assert all(len(part.encode("utf-16-le")) // 2 <= 37 for part in parts)
 
 
 def test_split_accented_text_counts_characters_not_bytes():
