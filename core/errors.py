@@ -109,6 +109,7 @@ class RateLimited(ProblemError):
     def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
+        self.retry_after = retry_after  # read by code that words its own notice ("Wait None s" before; a review)
 
 
 class StoreUnavailable(ProblemError):
@@ -119,6 +120,7 @@ class StoreUnavailable(ProblemError):
     def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
+        self.retry_after = retry_after  # read by code that words its own notice ("Wait None s" before; a review)
 
 
 class NotConfigured(ProblemError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 import pytest
@@ -405,7 +406,11 @@ async def test_a_user_over_the_rate_limit_is_told_once_in_the_thread_and_nothing
     assert len(w.claude.prompts) == 3  # two from UHUMAN, one from UOTHER
     by_ts = {post["thread_ts"]: post["text"] for post in w.slack.posts}
     assert set(by_ts) == {"1764057600.000001", "1764057600.000002", "1764057600.000003", "1764057600.000005"}
-    assert by_ts["1764057600.000003"].startswith("You have sent more than 2 messages in a minute")
+    assert re.fullmatch(
+        r"You have sent more than 2 messages in a minute, so this one was not acted on\. "
+        r"Wait \d+ s and send it again\.",
+        by_ts["1764057600.000003"],
+    )
     assert by_ts["1764057600.000005"] == "Do the hardest thing first."  # each user has a budget of their own
 
 
