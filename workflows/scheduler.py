@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import json
 import logging
 import os
@@ -94,10 +95,18 @@ def briefing_fire_time(now: datetime) -> datetime:
 
 
 def missed_briefing(trigger: BaseTrigger, now: datetime) -> datetime | None:
-    """The cron time in the last BRIEFING_GRACE_SECONDS, up to `now`, if there is one: at start-up, a firing
-    that may have been due while the service was down. Later ones APScheduler fires itself."""
+    """The latest cron time in the last BRIEFING_GRACE_SECONDS, up to `now`, if there is one: at start-up, a
+    firing that may have been due while the service was down. Later ones APScheduler fires itself.
+
+    The latest, not the first: with `* * * * *` the first in the window is five minutes old and long done,
+    and catching it up ran a stale briefing next to the current one (found by a review).
+    """
+    latest = None
     due = trigger.get_next_fire_time(None, now - timedelta(seconds=BRIEFING_GRACE_SECONDS))
-    return due if due is not None and due <= now else None
+    while due is not None and due <= now:
+        latest = due
+        due = trigger.get_next_fire_time(due, due + timedelta(seconds=1))
+    return latest
 
 
 def planned_stop_time(row: ScheduledJob) -> datetime:
@@ -428,12 +437,21 @@ class JobScheduler:
             trigger="schedule",
         )
 
+    def _workflow_deps(self) -> WorkflowDeps:
+        """The app's workflow dependencies, with this scheduler as the stop planner.
+
+        The start-up catch-up briefing runs while the app is still storing this scheduler: read from the app,
+        `scheduler` was None there, and the briefing's timer silently got no planned stop (found by a review).
+        """
+        deps = self.deps()
+        return deps if deps.scheduler is not None else dataclasses.replace(deps, scheduler=self)
+
     async def fire_briefing(self, fire_time: datetime) -> str | None:
         """Run the briefing for cron time `fire_time` if this worker wins the claim; the run id, or None."""
         if not await self.claim(BRIEFING_JOB_ID, fire_time):
             logger.info("briefing for %s already claimed by another worker", fire_time.isoformat())
             return None
-        report = await run_briefing(self.deps(), BriefingRequest(), trigger="schedule")
+        report = await run_briefing(self._workflow_deps(), BriefingRequest(), trigger="schedule")
         logger.info("scheduled briefing %s: %s", report.run_id, report.status)
         return report.run_id
 

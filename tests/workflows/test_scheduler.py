@@ -141,6 +141,11 @@ async def test_a_briefing_due_while_down_runs_at_start_up_within_the_grace_and_o
                 await scheduler.shutdown()
     assert len(slack.posts) == 1
     await assert_one_briefing_run_claimed_by_w1_for(datetime(2026, 11, 25, 7, 0, tzinfo=UTC), sessions, ledger)
+    # The catch-up runs while the app is still storing the scheduler: its timer's stop is planned all the same
+    # (found by a review: the stop was silently skipped, and the timer ran on).
+    async with sessions() as session:
+        stops = (await session.scalars(select(ScheduledJob))).all()
+    assert [(stop.id, stop.status) for stop in stops] == [("stop:77", "pending")]
 
 
 def test_only_a_firing_within_the_grace_is_caught_up():
@@ -150,6 +155,11 @@ def test_only_a_firing_within_the_grace_is_caught_up():
     assert missed_briefing(trigger, at(8, 4)) == at(8, 0)
     assert missed_briefing(trigger, at(8, 6)) is None  # more than 5 minutes late: skipped, as documented
     assert missed_briefing(trigger, at(7, 59)) is None
+    # The latest time in the window, not the first (the first is long done for a frequent cron).
+    every_minute = crontab_trigger("* * * * *", timezone=BERLIN)
+    assert missed_briefing(every_minute, at(8, 3) + timedelta(seconds=30)) == at(8, 3)
+    twice = crontab_trigger("0,3 8 * * *", timezone=BERLIN)
+    assert missed_briefing(twice, at(8, 4)) == at(8, 3)
 
 
 async def test_stop_missed_while_down_fires_at_start_up(make_client):
