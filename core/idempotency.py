@@ -51,7 +51,8 @@ _STORED_HEADERS = ("retry-after", "location")
 def _stores_outcome(status: int, body: Any) -> bool:
     """Whether an answer is kept for the key's replays, or the key released for a fresh try.
 
-    Kept: successes, 500/502/504, and any problem saying `outcome_unknown` (a create that may have happened:
+    Kept: successes, 500/502/504, a problem naming parts already sent (`sent_sids`), and any problem saying
+    `outcome_unknown` (a create that may have happened:
     a Toggl or Slack 503 after the request went out, a connection dropped mid-answer). Released: refusals
     that acted on nothing (4xx, a 503 such as not-configured or a refused connection), so a fixed retry runs.
     Before `outcome_unknown` was read, a 503 "may have been created" released the key, and a retry with the
@@ -59,7 +60,9 @@ def _stores_outcome(status: int, body: Any) -> bool:
     """
     if status < 400 or status in (500, 502, 504):
         return True
-    return isinstance(body, dict) and body.get("outcome_unknown") is True
+    # `sent_sids`: a long WhatsApp message whose later part failed; the parts it names were sent. Released, the
+    # key let a retry send them again (found by a review).
+    return isinstance(body, dict) and (body.get("outcome_unknown") is True or bool(body.get("sent_sids")))
 
 
 def request_fingerprint(method: str, path: str, payload: Any) -> str:

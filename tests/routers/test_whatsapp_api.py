@@ -87,6 +87,20 @@ async def test_long_body_is_split_and_every_sid_returned(wa_client, twilio):
     assert " ".join(bodies) == text.strip()
 
 
+async def test_a_retry_after_a_part_failed_never_sends_the_sent_parts_again(wa_client, twilio):
+    """Found by a review: part 2 refused (429, three times), the key was released, and the retry with the same key
+    sent part 1 a second time."""
+    refused = httpx.Response(429, json={"code": 20429, "message": "Too Many Requests"})
+    route = twilio.post(PATH).mock(side_effect=[_created("SM1"), refused, refused, refused, _created("SM2")])
+    headers = {"Idempotency-Key": "parts-1"}
+    async with wa_client() as client:
+        first = await client.post("/whatsapp-send", json={"to": "+15551234567", "body": "word " * 400}, headers=headers)
+        retry = await client.post("/whatsapp-send", json={"to": "+15551234567", "body": "word " * 400}, headers=headers)
+    assert first.status_code == 429 and first.json()["sent_sids"] == ["SM1"]
+    assert retry.status_code == 429 and retry.headers["idempotent-replayed"] == "true"
+    assert route.call_count == 4  # part 1 once, part 2 three times; nothing more
+
+
 async def test_invalid_number_is_422_and_twilio_is_not_called(wa_client, twilio):
     route = twilio.post(PATH).mock(return_value=_created())
     async with wa_client() as client:
