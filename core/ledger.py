@@ -103,7 +103,7 @@ CANCELLED = (
 INTERRUPTED = (
     "interrupted: the worker running this stopped without finishing it (killed or crashed), so it was closed "
     "as failed after {minutes:g} minutes; a call already sent upstream may or may not have taken effect "
-    "(see each action's request)"
+    "(an action cut off with it was never written: input_summary says what was asked)"
 )
 
 

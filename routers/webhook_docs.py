@@ -98,7 +98,11 @@ SLACK_EVENT = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "type": {"type": "string", "enum": ["url_verification", "event_callback"]},
+                        "type": {
+                            "type": "string",
+                            "description": "`url_verification` or `event_callback` are acted on; any other type "
+                            "(app_rate_limited, ...) is acknowledged with 200 and ignored.",
+                        },
                         "challenge": _string("url_verification only: echoed back."),
                         "event_id": _string("event_callback only: a retry repeats it and runs nothing again."),
                         "event": {"type": "object", "description": "event_callback only: the event."},

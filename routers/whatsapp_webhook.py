@@ -42,7 +42,8 @@ INTEGRATION = Integration(
     name="whatsapp_webhook",
     kind="inbound",
     description="Take commands and questions by WhatsApp (POST /whatsapp-webhook, Twilio).",
-    required=("TWILIO_AUTH_TOKEN",),
+    # The token verifies the webhook; the account SID (with it) sends answers slower than the 2 s TwiML budget.
+    required=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
     optional=("WHATSAPP_ALLOWED_SENDERS", "TRUST_PROXY_HEADERS"),
     extra_check=_signed_url_missing,
 )

@@ -59,11 +59,18 @@ _QUOTA_RESET_HEADER = "X-Toggl-Quota-Resets-In"
 LATE_STOP_TOLERANCE = timedelta(minutes=1)
 
 
+# Bidirectional overrides and isolates: they make a description display as something else (U+202E).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_text(value: str, what: str = "The timer's description") -> str:
     """Refuse control characters (NUL, ESC, line breaks, ...) in text Toggl shows: a description or a tag is one
     line of visible text, and a NUL cannot even be stored by PostgreSQL (found by a black-box review)."""
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise InvalidInput(f"{what} contains a control character (a line break, tab, NUL, ESC, ...); send one line.")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS for ch in value):
+        raise InvalidInput(
+            f"{what} contains a control character (a line break, tab, NUL, ESC, a direction override, ...); "
+            "send one line."
+        )
     return value
 
 

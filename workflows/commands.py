@@ -7,7 +7,7 @@ goes to the AIRouter. An inbound message is untrusted text: the model never
 decides to act, only this grammar does.
 
     start                                   BRIEFING_TASK for BRIEFING_TIMER_MINUTES
-    start <task> [for] <N> (m|min|minutes|h|hours)
+    start <task> for <N> (m|min|minutes|h|hours)     (one line; a task needs "for")
     start [for] <N> (m|min|...)             BRIEFING_TASK for N
     stop | status | brief | briefing | help
 """
@@ -45,8 +45,11 @@ _SIMPLE = re.compile(rf"(?P<word>start|stop|status|brief|briefing|help){_END}", 
 # 20 min" are sentences, not commands (both started timers before a review found them). Without a task,
 # "start 2h" and "start for 30 min" mean BRIEFING_TASK.
 _BLANK = r"[ \t]+"
+# Every character that starts a new line somewhere: CR, LF, VT, FF, the C1 NEL and Unicode's separators
+# (U+2028 let "Start the oven\u2028I will wait for 20 min" through; found by a review).
+_LINE_BREAKS = r"\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
 _TIMED_START = re.compile(
-    rf"start(?:{_BLANK}(?P<task>[^\r\n]*?\S){_BLANK}for|(?:{_BLANK}for)?){_BLANK}(?P<amount>\d{{1,4}})[ \t]*"
+    rf"start(?:{_BLANK}(?P<task>[^{_LINE_BREAKS}]*?\S){_BLANK}for|(?:{_BLANK}for)?){_BLANK}(?P<amount>\d{{1,4}})[ \t]*"
     rf"(?P<unit>m|min|mins|minutes?|h|hrs?|hours?){_END}",
     re.IGNORECASE,
 )

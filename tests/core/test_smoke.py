@@ -22,14 +22,24 @@ async def test_health_with_no_configuration(client):
         "kind": "inbound",
         "missing_settings": ["SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"],
     }
-    assert body["integrations"]["whatsapp_webhook"]["missing_settings"] == ["TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL"]
+    assert body["integrations"]["whatsapp_webhook"]["missing_settings"] == [
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "PUBLIC_BASE_URL",
+    ]
 
 
 async def test_a_webhook_is_configured_only_with_everything_it_needs(make_client):
-    async with make_client(slack_bot_token="xoxb-1", twilio_auth_token="t" * 32) as client:
+    async with make_client(
+        slack_bot_token="xoxb-1", twilio_auth_token="t" * 32, twilio_account_sid="AC" + "0" * 32
+    ) as client:
         partly = (await client.get("/health")).json()["integrations"]
     async with make_client(
-        slack_bot_token="xoxb-1", slack_signing_secret="s" * 32, twilio_auth_token="t" * 32, trust_proxy_headers=True
+        slack_bot_token="xoxb-1",
+        slack_signing_secret="s" * 32,
+        twilio_auth_token="t" * 32,
+        twilio_account_sid="AC" + "0" * 32,
+        trust_proxy_headers=True,
     ) as client:
         fully = (await client.get("/health")).json()["integrations"]
     assert partly["slack"]["configured"] and not partly["slack_events"]["configured"]

@@ -166,6 +166,8 @@ async def test_unconfigured_is_503_naming_the_token(make_client, toggl):
         {"task_name": "a\u001bc"},
         {"task_name": "two\nlines"},
         {"task_name": "x", "tags": ["ok", "bad\u0007"]},
+        {"task_name": "a\u2028b"},  # a Unicode line separator
+        {"task_name": "invoice \u202egnp.exe"},  # a right-to-left override: shows as something else
     ],
 )
 async def test_invalid_body_is_422_without_upstream(make_client, toggl, body):

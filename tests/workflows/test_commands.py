@@ -66,6 +66,9 @@ def test_commands(text, expected):
         "Start\nI will be done in 20 min",
         "start writing\nfor 20 min",
         "start\nfor 20 min",
+        "Start the oven\u2028I will wait for 20 min",  # Unicode's line separator (found by a review)
+        "start a\u2029b for 5 min",
+        "start a\x85b for 5 min",
         "start writing for thirty min",
         "start writing for 30 days",
         "start writing for -5 min",
@@ -153,7 +156,7 @@ def test_every_timed_start_in_the_grammar_parses_exactly(task, amount, unit, wit
 
 @given(st.text(), st.text())
 def test_a_timed_start_never_spans_lines(head, tail):
-    for newline in ("\n", "\r"):
+    for newline in ("\n", "\r", "\u2028", "\u2029", "\x85", "\x0b", "\x0c"):
         text = f"start {head}{newline}{tail} for 5 min"
         if text.strip().count(newline):
             assert parse_command(text) is None
