@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -98,6 +98,21 @@ CANCELLED = (
     "cancelled before it finished (the service shut down, or the caller went away); "
     "a call already sent upstream may or may not have taken effect"
 )
+
+
+@dataclass(frozen=True)
+class ClosedRun:
+    """A run closed as interrupted: what it was asked to do, and when."""
+
+    id: str
+    kind: str
+    input_summary: dict[str, Any]
+    created_at: datetime
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time this service stores is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 INTERRUPTED = (
@@ -436,19 +451,27 @@ class Ledger:
         }
         await self._writes.submit(_FinishRun(params))
 
-    async def close_abandoned_runs(self, older_than: timedelta) -> int:
-        """Mark `failed` the runs still `running` after `older_than`: their worker died (SIGKILL, power loss)
-        and no one else will finish them, so `GET /runs?status=running` would list them for ever (found by a
-        review). `older_than` is longer than any live run can take, so a live one is never closed."""
+    async def close_abandoned_runs(self, older_than: timedelta) -> list[ClosedRun]:
+        """Mark `failed` the runs still `running` after `older_than`, and return them: their worker died (SIGKILL,
+        power loss) and no one else will finish them, so `GET /runs?status=running` would list them for ever
+        (found by a review). `older_than` is longer than any live run can take, so a live one is never closed.
+        One UPDATE ... RETURNING: of several workers pruning at once, each run is closed (and returned) once."""
         error = INTERRUPTED.format(minutes=older_than.total_seconds() / 60)
         async with self.sessions.begin() as session:
             result = await session.execute(
                 update(Run)
                 .where(Run.status == "running", Run.created_at < utcnow() - older_than)
                 .values(status="failed", finished_at=utcnow(), error=error)
+                .returning(Run.id, Run.kind, Run.input_summary, Run.created_at)
                 .execution_options(synchronize_session=False)
             )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            rows = result.all()
+        return [
+            ClosedRun(
+                id=row.id, kind=row.kind, input_summary=row.input_summary or {}, created_at=as_utc(row.created_at)
+            )
+            for row in rows
+        ]
 
     async def record_action(self, run_id: str, record: ActionRecord, *, duration_ms: int) -> None:
         row = {

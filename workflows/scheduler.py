@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.cron import crontab_trigger
 from core.errors import ProblemError, UpstreamRateLimited
-from core.ledger import Ledger, describe_error
+from core.ledger import ClosedRun, Ledger, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
 from skills.toggl import TimerStopped
@@ -61,6 +61,8 @@ from workflows.inbound import BackgroundTasks
 logger = logging.getLogger("orchestrator.scheduler")
 
 BRIEFING_JOB_ID = "morning-briefing"
+#: Run kinds that start a Toggl timer, and the input_summary field holding its description.
+_STARTS_TIMER = {"toggl.start_timer": "task_name", "command.start": "task", "briefing": "task"}
 SYNC_JOB_ID = "sync-planned-stops"
 STOP_KIND = "timer_stop"
 SYNC_SECONDS = 30
@@ -498,7 +500,40 @@ class JobScheduler:
             await session.execute(delete(JobFire).where(JobFire.claimed_at < now - KEEP_FIRES))
         closed = await self.ledger.close_abandoned_runs(self.settings.abandoned_after)
         if closed:
-            logger.warning("closed %d ledger run(s) left running by a worker that stopped without finishing", closed)
+            logger.warning(
+                "closed %d ledger run(s) left running by a worker that stopped without finishing", len(closed)
+            )
+        for run in closed:
+            await self._plan_stop_of_interrupted_start(run)
+
+    async def _plan_stop_of_interrupted_start(self, run: ClosedRun) -> None:
+        """A start cut off by a killed worker may have started its timer and never planned its stop, and Toggl
+        has no auto-stop: that timer would run for good (found by a review). If the running timer is that
+        run's (same description, started during the run) and has no planned stop, plan it now."""
+        field = _STARTS_TIMER.get(run.kind)
+        summary = run.input_summary
+        minutes, task = summary.get("duration_minutes"), summary.get(field) if field else None
+        if not isinstance(minutes, int) or not isinstance(task, str) or summary.get("dry_run"):
+            return
+        try:
+            timer = await self.deps().skills.toggl.current_timer()
+        except ProblemError as exc:
+            logger.warning("interrupted run %s: the running timer could not be read (%s)", run.id, exc.detail)
+            return
+        if timer is None or timer.description != task:
+            return
+        if not run.created_at - timedelta(seconds=5) <= timer.start <= run.created_at + self.settings.abandoned_after:
+            return  # another timer with the same name, not this run's
+        async with self.sessions() as session:
+            if await session.get(ScheduledJob, stop_job_id(timer.entry_id)) is not None:
+                return  # its stop was planned before the worker died
+        await self.schedule_stop(
+            entry_id=timer.entry_id,
+            workspace_id=timer.workspace_id,
+            description=task,
+            at=timer.start + timedelta(minutes=minutes),
+        )
+        logger.warning("planned the stop of entry %s, started by interrupted run %s", timer.entry_id, run.id)
 
     async def _release(self, job_id: str, fire_time: datetime) -> None:
         async with self.sessions.begin() as session:

@@ -21,6 +21,7 @@ from core.registry import Registry
 from core.store import JobFire, ScheduledJob
 from services import PROVIDERS
 from skills import SKILLS
+from skills.toggl import RunningTimer
 from tests.workflows.test_briefing import RecordingSlack, SlowRouter, SlowToggl
 from tests.workflows.world import (
     TOGGL_BASE,
@@ -338,6 +339,57 @@ async def test_prune_closes_runs_a_dead_worker_left_running_and_only_those(make_
     assert (closed.status, still.status) == ("failed", "running")
     assert closed.finished_at is not None
     assert closed.error is not None and closed.error.startswith("interrupted: the worker running this stopped")
+
+
+class RunningToggl(SlowToggl):
+    """A Toggl whose running timer is `running` (read by the interrupted-start recovery)."""
+
+    def __init__(self, running: RunningTimer | None) -> None:
+        super().__init__()
+        self.running = running
+
+    async def current_timer(self) -> RunningTimer | None:
+        return self.running
+
+
+@pytest.mark.parametrize(
+    ("description", "offset", "planned"),
+    [
+        ("Deep Work", timedelta(seconds=2), True),
+        ("Other", timedelta(seconds=2), False),
+        ("Deep Work", -timedelta(hours=2), False),
+    ],
+    ids=["its timer", "another timer", "same name, started long before"],
+)
+async def test_the_stop_of_a_start_a_killed_worker_cut_off_is_planned_when_its_timer_runs(
+    make_settings, sessions, ledger, description, offset, planned
+):
+    """Found by a review: a worker killed during POST /start-timer left the timer running with no planned stop."""
+    from core.store import Run
+
+    settings = make_settings()
+    run_id = await ledger.start_run(
+        "toggl.start_timer", trigger="api", input_summary={"task_name": "Deep Work", "duration_minutes": 25}
+    )
+    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
+    async with sessions.begin() as session:
+        (await session.get(Run, run_id)).created_at = created
+    timer = RunningTimer(
+        entry_id=4242, workspace_id=7, description=description, start=created + offset, elapsed_seconds=1
+    )
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    scheduler.deps().skills.toggl = RunningToggl(timer)
+    await scheduler.prune()
+    async with sessions() as session:
+        stops = (await session.scalars(select(ScheduledJob))).all()
+    if planned:
+        [stop] = stops
+        assert (stop.id, stop.status, stop.payload["workspace_id"]) == ("stop:4242", "pending", 7)
+        assert stop.run_at.replace(tzinfo=UTC) == created + offset + timedelta(minutes=25)
+    else:
+        assert stops == []
+    closed = await ledger.get_run(run_id)
+    assert closed is not None and closed.status == "failed"
 
 
 async def test_an_unexpected_error_marks_the_stop_failed_instead_of_leaving_it_pending(make_client):
