@@ -101,26 +101,26 @@ class InvalidInput(ProblemError):
     status, slug, title = 422, "invalid-input", "Invalid input"
 
 
-class RateLimited(ProblemError):
+class _ComeBackLater(ProblemError):
+    """A refusal of ours that says when to try again: the Retry-After header, the `retry_after` member, and the
+    attribute (read by code that words its own notice: it said "Wait None s" before; found by a review)."""
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
+        self.retry_after = retry_after
+
+
+class RateLimited(_ComeBackLater):
     """Our own per-client limit was hit."""
 
     status, slug, title = 429, "rate-limited", "Too many requests"
 
-    def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
-        self.retry_after = retry_after  # read by code that words its own notice ("Wait None s" before; a review)
 
-
-class StoreUnavailable(ProblemError):
+class StoreUnavailable(_ComeBackLater):
     """The service's own database did not answer, so a request that must be counted or recorded first was refused."""
 
     status, slug, title = 503, "store-unavailable", "Database unavailable"
-
-    def __init__(self, detail: str, *, retry_after: int | None = None, **extras: Any) -> None:
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        super().__init__(detail, headers=headers, retry_after=retry_after, **extras)
-        self.retry_after = retry_after  # read by code that words its own notice ("Wait None s" before; a review)
 
 
 class NotConfigured(ProblemError):
