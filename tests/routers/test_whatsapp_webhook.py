@@ -393,12 +393,16 @@ XML_FORBIDDEN = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 
 async def test_control_characters_in_a_task_do_not_break_the_twiml(w, make_client):
     async with make_client(**w.settings()) as client:
-        response = await post_whatsapp(client, whatsapp_form("start a\x0bb\x01c for 5 min"))
+        response = await post_whatsapp(client, whatsapp_form("start a b\x01c for 5 min"))
+        vertical_tab = await post_whatsapp(client, whatsapp_form("start a\x0bb for 5 min", sid="SM" + "v" * 32))
     [reply] = messages(response)  # parses with ElementTree
-    # \x0b splits words like a space; \x01 is a control character, which a Toggl description may not hold.
-    assert w.toggl.starts == []
+    # \x01 is a control character, which a Toggl description may not hold: refused, and said so in valid TwiML.
     assert reply.startswith("Could not start the timer: The timer's description contains a control character")
     assert "\x01" not in response.text and "&#1;" not in response.text
+    # \x0b starts a new line: a command is one line, so this is chat (the LLM's answer), not a timer.
+    [chat] = messages(vertical_tab)
+    assert not chat.startswith(("Started", "Could not start"))
+    assert w.toggl.starts == []
 
 
 async def test_a_late_reply_is_sent_without_forbidden_characters(w, make_client):
