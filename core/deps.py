@@ -49,6 +49,9 @@ LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
+_QUERY_BOOLS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
 async def get_dry_run(
     request: Request,
     settings: SettingsDep,
@@ -63,9 +66,10 @@ async def get_dry_run(
     win, and a request meant as a rehearsal must never act for real (found by a review).
     """
     given = request.query_params.getlist("dry_run")
-    if len(given) > 1 and len({value.strip().lower() for value in given}) > 1:
+    # Compared as the booleans FastAPI reads them as (`true` and `1` agree); an unreadable one is its 422.
+    if len(given) > 1 and len({_QUERY_BOOLS.get(value.strip().lower(), value) for value in given}) > 1:
         raise InvalidInput(
-            f"dry_run is given {len(given)} times with different values ({', '.join(given)}); give it once.",
+            f"dry_run is given {len(given)} times with different values; give it once.",
             errors=[{"field": "query.dry_run", "message": "given more than once with different values"}],
         )
     return settings.dry_run or dry_run

@@ -101,8 +101,8 @@ CANCELLED = (
 
 
 @dataclass(frozen=True)
-class ClosedRun:
-    """A run closed as interrupted: what it was asked to do, and when."""
+class AbandonedRun:
+    """A run its worker left `running`: what it was asked to do, and when."""
 
     id: str
     kind: str
@@ -451,27 +451,37 @@ class Ledger:
         }
         await self._writes.submit(_FinishRun(params))
 
-    async def close_abandoned_runs(self, older_than: timedelta) -> list[ClosedRun]:
-        """Mark `failed` the runs still `running` after `older_than`, and return them: their worker died (SIGKILL,
-        power loss) and no one else will finish them, so `GET /runs?status=running` would list them for ever
-        (found by a review). `older_than` is longer than any live run can take, so a live one is never closed.
-        One UPDATE ... RETURNING: of several workers pruning at once, each run is closed (and returned) once."""
-        error = INTERRUPTED.format(minutes=older_than.total_seconds() / 60)
-        async with self.sessions.begin() as session:
-            result = await session.execute(
-                update(Run)
-                .where(Run.status == "running", Run.created_at < utcnow() - older_than)
-                .values(status="failed", finished_at=utcnow(), error=error)
-                .returning(Run.id, Run.kind, Run.input_summary, Run.created_at)
-                .execution_options(synchronize_session=False)
-            )
-            rows = result.all()
+    async def abandoned_runs(self, older_than: timedelta, *, limit: int = 200) -> list[AbandonedRun]:
+        """The runs still `running` after `older_than`: their worker died (SIGKILL, power loss) and no one else
+        will finish them. `older_than` is longer than any live run can take, so a live one is never listed."""
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Run.id, Run.kind, Run.input_summary, Run.created_at)
+                    .where(Run.status == "running", Run.created_at < utcnow() - older_than)
+                    .order_by(Run.created_at)
+                    .limit(limit)
+                )
+            ).all()
         return [
-            ClosedRun(
+            AbandonedRun(
                 id=row.id, kind=row.kind, input_summary=row.input_summary or {}, created_at=as_utc(row.created_at)
             )
             for row in rows
         ]
+
+    async def close_interrupted(self, run: AbandonedRun, older_than: timedelta) -> bool:
+        """Mark an abandoned run `failed` ("interrupted"), so `GET /runs?status=running` does not list it for ever
+        (found by a review). Conditional on it still running: of several workers, one closes it."""
+        error = INTERRUPTED.format(minutes=older_than.total_seconds() / 60)
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Run)
+                .where(Run.id == run.id, Run.status == "running")
+                .values(status="failed", finished_at=utcnow(), error=self._stored_text(error))
+                .execution_options(synchronize_session=False)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def record_action(self, run_id: str, record: ActionRecord, *, duration_ms: int) -> None:
         row = {

@@ -134,7 +134,8 @@ async def start_timer(
             trigger="api",
             skill="toggl",
             operation="start_timer",
-            input_summary=request.model_dump(exclude_none=True),
+            # dry_run recorded: the prune's recovery of an interrupted start must know a rehearsal from a start.
+            input_summary=request.model_dump(exclude_none=True) | ({"dry_run": True} if dry_run else {}),
             call=lambda: skills.toggl.start_timer(
                 description=request.task_name,
                 workspace_id=request.workspace_id,

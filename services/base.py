@@ -37,7 +37,8 @@ _SPEND_EXHAUSTED = re.compile(
 #: tokens allowed (Y)"). Not the caller's fault: a model with a larger window may take it.
 _CONTEXT_EXCEEDED = re.compile(
     r"(prompt is too long|input token count|too many (input )?tokens|exceeds? the maximum (number of )?tokens"
-    r"|context (length|window) (exceeded|is exceeded)|maximum context length)",
+    r"|context (length|window) (exceeded|is exceeded)|maximum context length|exceeds? (the )?context limit"
+    r"|exceeds? the available context size)",
     re.IGNORECASE,
 )
 

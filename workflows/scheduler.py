@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.cron import crontab_trigger
 from core.errors import ProblemError, UpstreamRateLimited
-from core.ledger import ClosedRun, Ledger, describe_error
+from core.ledger import AbandonedRun, Ledger, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
 from skills.toggl import TimerStopped
@@ -61,6 +61,10 @@ from workflows.inbound import BackgroundTasks
 logger = logging.getLogger("orchestrator.scheduler")
 
 BRIEFING_JOB_ID = "morning-briefing"
+#: An interrupted start's timer, if it exists, started this soon after its run (the start is set before the POST).
+START_MATCH_WINDOW = timedelta(minutes=1)
+#: How long the prune keeps trying to read Toggl for an interrupted start before closing its run regardless.
+RECOVERY_WINDOW = timedelta(hours=12)
 #: Run kinds that start a Toggl timer, and the input_summary field holding its description.
 _STARTS_TIMER = {"toggl.start_timer": "task_name", "command.start": "task", "briefing": "task"}
 SYNC_JOB_ID = "sync-planned-stops"
@@ -498,35 +502,44 @@ class JobScheduler:
         async with self.sessions.begin() as session:
             await session.execute(delete(InboundMessage).where(InboundMessage.received_at < now - KEEP_INBOUND))
             await session.execute(delete(JobFire).where(JobFire.claimed_at < now - KEEP_FIRES))
-        closed = await self.ledger.close_abandoned_runs(self.settings.abandoned_after)
+        older_than = self.settings.abandoned_after
+        closed = 0
+        for run in await self.ledger.abandoned_runs(older_than):
+            # First see to a timer the run may have started, then close it: closed first, a Toggl hiccup at this
+            # moment lost the stop for good, as no later prune looked at the run again (found by a review).
+            try:
+                settled = await self._plan_stop_of_interrupted_start(run)
+            except Exception:
+                logger.exception("interrupted run %s: its timer could not be checked; trying again later", run.id)
+                settled = False
+            if settled or utcnow() - run.created_at > older_than + RECOVERY_WINDOW:
+                closed += await self.ledger.close_interrupted(run, older_than)
         if closed:
-            logger.warning(
-                "closed %d ledger run(s) left running by a worker that stopped without finishing", len(closed)
-            )
-        for run in closed:
-            await self._plan_stop_of_interrupted_start(run)
+            logger.warning("closed %d ledger run(s) left running by a worker that stopped without finishing", closed)
 
-    async def _plan_stop_of_interrupted_start(self, run: ClosedRun) -> None:
+    async def _plan_stop_of_interrupted_start(self, run: AbandonedRun) -> bool:
         """A start cut off by a killed worker may have started its timer and never planned its stop, and Toggl
         has no auto-stop: that timer would run for good (found by a review). If the running timer is that
-        run's (same description, started during the run) and has no planned stop, plan it now."""
+        run's (same description, started within a minute of the run: the start is fixed before the POST) and
+        has no planned stop, plan it now. False when Toggl could not be read for now: the run stays open and
+        the next prune tries again (for up to RECOVERY_WINDOW)."""
         field = _STARTS_TIMER.get(run.kind)
         summary = run.input_summary
         minutes, task = summary.get("duration_minutes"), summary.get(field) if field else None
         if not isinstance(minutes, int) or not isinstance(task, str) or summary.get("dry_run"):
-            return
+            return True
         try:
             timer = await self.deps().skills.toggl.current_timer()
         except ProblemError as exc:
             logger.warning("interrupted run %s: the running timer could not be read (%s)", run.id, exc.detail)
-            return
+            return not exc.retryable and not isinstance(exc, UpstreamRateLimited)  # a 403 will not pass by waiting
         if timer is None or timer.description != task:
-            return
-        if not run.created_at - timedelta(seconds=5) <= timer.start <= run.created_at + self.settings.abandoned_after:
-            return  # another timer with the same name, not this run's
+            return True
+        if not run.created_at - timedelta(seconds=5) <= timer.start <= run.created_at + START_MATCH_WINDOW:
+            return True  # a timer of the same name started by someone else, later: not this run's
         async with self.sessions() as session:
             if await session.get(ScheduledJob, stop_job_id(timer.entry_id)) is not None:
-                return  # its stop was planned before the worker died
+                return True  # its stop was planned before the worker died
         await self.schedule_stop(
             entry_id=timer.entry_id,
             workspace_id=timer.workspace_id,
@@ -534,6 +547,7 @@ class JobScheduler:
             at=timer.start + timedelta(minutes=minutes),
         )
         logger.warning("planned the stop of entry %s, started by interrupted run %s", timer.entry_id, run.id)
+        return True
 
     async def _release(self, job_id: str, fire_time: datetime) -> None:
         async with self.sessions.begin() as session:

@@ -203,6 +203,7 @@ async def test_dry_run_records_the_exact_payload_and_calls_nothing(make_client, 
     assert body["dry_run"] is True
     assert body["entry_id"] is None
     assert run["status"] == "dry_run"
+    assert run["input_summary"]["dry_run"] is True  # so an interrupted rehearsal is never taken for a start
     [action] = run["actions"]
     assert action["status"] == "dry_run"
     assert action["request"] == {
@@ -224,7 +225,7 @@ async def test_dry_run_given_twice_with_different_values_is_422_and_nothing_is_s
     route = toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
     async with make_client(**CONFIG) as client:
         mixed = await client.post("/start-timer?dry_run=true&dry_run=false", json={"task_name": "A"})
-        same = await client.post("/start-timer?dry_run=true&dry_run=true", json={"task_name": "A"})
+        same = await client.post("/start-timer?dry_run=true&dry_run=1", json={"task_name": "A"})  # both true
     assert mixed.status_code == 422
     assert "dry_run is given 2 times with different values" in mixed.json()["detail"]
     assert same.status_code == 200 and same.json()["dry_run"] is True

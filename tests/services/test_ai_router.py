@@ -14,7 +14,7 @@ import pytest
 
 from core.errors import InvalidInput, NotConfigured, PayloadTooLarge, UpstreamRateLimited
 from services.ai_router import AllProvidersFailed, estimate_tokens
-from services.base import CallerFault
+from services.base import CallerFault, ContextExceeded, status_error
 from tests.fakes.llm import (
     ANTHROPIC_PATH,
     HTML_ERROR_PAGE,
@@ -619,6 +619,20 @@ async def test_a_prompt_every_model_says_is_too_long_is_413(make_router, fakes):
 
     assert (caught.value.status, caught.value.slug) == (413, "llm-prompt-too-large")
     assert [entry["provider"] for entry in caught.value.extras["providers"]] == ["claude", "gemini"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "prompt is too long: 212345 tokens > 200000 maximum",
+        "input length and `max_tokens` exceed context limit: 199000 + 64000 > 200000",
+        "The input token count (1048580) exceeds the maximum number of tokens allowed (1048576)",
+        "the request exceeds the available context size, try increasing it",
+    ],
+)
+def test_a_vendors_context_refusal_is_told_apart_from_a_bad_request(message):
+    assert isinstance(status_error(upstream="claude", status=400, message=message), ContextExceeded)
+    assert isinstance(status_error(upstream="claude", status=400, message="system: bad"), CallerFault)
 
 
 def test_non_ascii_text_counts_about_a_token_a_character():

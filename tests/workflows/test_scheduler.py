@@ -17,6 +17,7 @@ import time_machine
 from sqlalchemy import select
 
 from core.cron import crontab_trigger
+from core.errors import UpstreamUnavailable
 from core.registry import Registry
 from core.store import JobFire, ScheduledJob
 from services import PROVIDERS
@@ -358,8 +359,10 @@ class RunningToggl(SlowToggl):
         ("Deep Work", timedelta(seconds=2), True),
         ("Other", timedelta(seconds=2), False),
         ("Deep Work", -timedelta(hours=2), False),
+        # Someone started a timer of the same name by hand ten minutes later (found by a review: it was stopped).
+        ("Deep Work", timedelta(minutes=10), False),
     ],
-    ids=["its timer", "another timer", "same name, started long before"],
+    ids=["its timer", "another timer", "same name, started long before", "same name, started by hand later"],
 )
 async def test_the_stop_of_a_start_a_killed_worker_cut_off_is_planned_when_its_timer_runs(
     make_settings, sessions, ledger, description, offset, planned
@@ -390,6 +393,67 @@ async def test_the_stop_of_a_start_a_killed_worker_cut_off_is_planned_when_its_t
         assert stops == []
     closed = await ledger.get_run(run_id)
     assert closed is not None and closed.status == "failed"
+
+
+class FlakyToggl(RunningToggl):
+    """Answers 503 to the first read of the running timer, then the timer."""
+
+    def __init__(self, running: RunningTimer) -> None:
+        super().__init__(running)
+        self.reads = 0
+
+    async def current_timer(self) -> RunningTimer | None:
+        self.reads += 1
+        if self.reads == 1:
+            raise UpstreamUnavailable("Toggl answered 503.", upstream="toggl")
+        return self.running
+
+
+async def test_a_toggl_hiccup_at_the_prune_leaves_the_run_open_and_the_next_prune_plans_the_stop(
+    make_settings, sessions, ledger
+):
+    """Found by a review: the run was closed first, so one Toggl 503 at that moment lost the stop for good."""
+    from core.store import Run
+
+    settings = make_settings()
+    run_id = await ledger.start_run(
+        "command.start", trigger="whatsapp", input_summary={"task": "Deep Work", "duration_minutes": 25}
+    )
+    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
+    async with sessions.begin() as session:
+        (await session.get(Run, run_id)).created_at = created
+    timer = RunningTimer(entry_id=99, workspace_id=7, description="Deep Work", start=created, elapsed_seconds=1)
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    toggl = scheduler.deps().skills.toggl = FlakyToggl(timer)
+    await scheduler.prune()
+    still = await ledger.get_run(run_id)
+    assert still is not None and still.status == "running"  # kept open, to be tried again
+    await scheduler.prune()
+    async with sessions() as session:
+        [stop] = (await session.scalars(select(ScheduledJob))).all()
+    closed = await ledger.get_run(run_id)
+    assert toggl.reads == 2
+    assert stop.id == "stop:99" and stop.run_at.replace(tzinfo=UTC) == created + timedelta(minutes=25)
+    assert closed is not None and closed.status == "failed" and (closed.error or "").startswith("interrupted")
+
+
+async def test_an_interrupted_dry_run_start_is_not_taken_for_a_real_one(make_settings, sessions, ledger):
+    from core.store import Run
+
+    settings = make_settings()
+    summary = {"task_name": "Deep Work", "duration_minutes": 25, "dry_run": True}
+    run_id = await ledger.start_run("toggl.start_timer", trigger="api", input_summary=summary)
+    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
+    async with sessions.begin() as session:
+        (await session.get(Run, run_id)).created_at = created
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    toggl = scheduler.deps().skills.toggl = FlakyToggl(
+        RunningTimer(entry_id=5, workspace_id=7, description="Deep Work", start=created, elapsed_seconds=1)
+    )
+    await scheduler.prune()
+    async with sessions() as session:
+        assert (await session.scalars(select(ScheduledJob))).all() == []
+    assert toggl.reads == 0
 
 
 async def test_an_unexpected_error_marks_the_stop_failed_instead_of_leaving_it_pending(make_client):
