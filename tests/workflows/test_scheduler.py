@@ -342,6 +342,17 @@ async def test_prune_closes_runs_a_dead_worker_left_running_and_only_those(make_
     assert closed.error is not None and closed.error.startswith("interrupted: the worker running this stopped")
 
 
+async def abandoned_run(settings, sessions, ledger, kind: str, summary: dict) -> tuple[str, datetime]:
+    """A `running` run of `kind`, created just over `abandoned_after` ago: what a killed worker leaves."""
+    from core.store import Run
+
+    run_id = await ledger.start_run(kind, trigger="api", input_summary=summary)
+    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
+    async with sessions.begin() as session:
+        (await session.get(Run, run_id)).created_at = created
+    return run_id, created
+
+
 class RunningToggl(SlowToggl):
     """A Toggl whose running timer is `running` (read by the interrupted-start recovery)."""
 
@@ -368,15 +379,9 @@ async def test_the_stop_of_a_start_a_killed_worker_cut_off_is_planned_when_its_t
     make_settings, sessions, ledger, description, offset, planned
 ):
     """Found by a review: a worker killed during POST /start-timer left the timer running with no planned stop."""
-    from core.store import Run
-
     settings = make_settings()
-    run_id = await ledger.start_run(
-        "toggl.start_timer", trigger="api", input_summary={"task_name": "Deep Work", "duration_minutes": 25}
-    )
-    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
-    async with sessions.begin() as session:
-        (await session.get(Run, run_id)).created_at = created
+    summary = {"task_name": "Deep Work", "duration_minutes": 25}
+    run_id, created = await abandoned_run(settings, sessions, ledger, "toggl.start_timer", summary)
     timer = RunningTimer(
         entry_id=4242, workspace_id=7, description=description, start=created + offset, elapsed_seconds=1
     )
@@ -413,15 +418,9 @@ async def test_a_toggl_hiccup_at_the_prune_leaves_the_run_open_and_the_next_prun
     make_settings, sessions, ledger
 ):
     """Found by a review: the run was closed first, so one Toggl 503 at that moment lost the stop for good."""
-    from core.store import Run
-
     settings = make_settings()
-    run_id = await ledger.start_run(
-        "command.start", trigger="whatsapp", input_summary={"task": "Deep Work", "duration_minutes": 25}
-    )
-    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
-    async with sessions.begin() as session:
-        (await session.get(Run, run_id)).created_at = created
+    summary = {"task": "Deep Work", "duration_minutes": 25}
+    run_id, created = await abandoned_run(settings, sessions, ledger, "command.start", summary)
     timer = RunningTimer(entry_id=99, workspace_id=7, description="Deep Work", start=created, elapsed_seconds=1)
     scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
     toggl = scheduler.deps().skills.toggl = FlakyToggl(timer)
@@ -438,14 +437,9 @@ async def test_a_toggl_hiccup_at_the_prune_leaves_the_run_open_and_the_next_prun
 
 
 async def test_an_interrupted_dry_run_start_is_not_taken_for_a_real_one(make_settings, sessions, ledger):
-    from core.store import Run
-
     settings = make_settings()
     summary = {"task_name": "Deep Work", "duration_minutes": 25, "dry_run": True}
-    run_id = await ledger.start_run("toggl.start_timer", trigger="api", input_summary=summary)
-    created = datetime.now(UTC).replace(microsecond=0) - settings.abandoned_after - timedelta(minutes=1)
-    async with sessions.begin() as session:
-        (await session.get(Run, run_id)).created_at = created
+    _, created = await abandoned_run(settings, sessions, ledger, "toggl.start_timer", summary)
     scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
     toggl = scheduler.deps().skills.toggl = FlakyToggl(
         RunningTimer(entry_id=5, workspace_id=7, description="Deep Work", start=created, elapsed_seconds=1)
