@@ -176,6 +176,7 @@ async def process_prompt(
             "usage": {"input": generation.usage.input_tokens, "output": generation.usage.output_tokens},
             "latency_ms": generation.latency_ms,
             "routing": generation.routing.model_dump(),
+            "truncated": generation.truncated,
         }
     return AIProcessResponse(run_id=run.id, dry_run=dry_run, **dict(generation))
 

@@ -112,6 +112,11 @@ class Generation(BaseModel):
     routing: Routing
     usage: Usage
     latency_ms: int
+    truncated: bool = Field(
+        False,
+        description="The provider stopped at `max_tokens`, so `response` is cut short. Send a larger `max_tokens` "
+        "for the whole answer.",
+    )
 
 
 class AllProvidersFailed(UpstreamError):
@@ -136,6 +141,17 @@ class AllProvidersRateLimited(AllProvidersFailed, UpstreamRateLimited):
 
     status, slug, title = UpstreamRateLimited.status, UpstreamRateLimited.slug, UpstreamRateLimited.title
     # The router has spent its attempts on every provider; a loop on top of it would multiply them.
+    retryable = False
+
+
+class AllProvidersTimedOut(AllProvidersFailed, UpstreamTimeout):
+    """Every provider tried timed out: a 504 `upstream-timeout`, with the `providers` list.
+
+    A gateway timeout, not a 502: nothing refused the prompt, the models were too slow for
+    LLM_TIMEOUT_SECONDS, and a retry later (or a smaller `max_tokens`) may well be answered.
+    """
+
+    status, slug, title = UpstreamTimeout.status, UpstreamTimeout.slug, UpstreamTimeout.title
     retryable = False
 
 
@@ -336,6 +352,7 @@ def _generation(completion: Completion, *, provider: str, routing: Routing, late
         routing=routing,
         usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
         latency_ms=latency_ms,
+        truncated=completion.truncated,
     )
 
 
@@ -361,6 +378,13 @@ def _all_failed(failures: list[tuple[str, ProblemError]]) -> AllProvidersFailed:
             f"Every LLM provider is rate limiting us{when}. {listed}",
             upstream="llm",
             retry_after=retry_after,
+            providers=providers,
+        )
+    if all(isinstance(exc, UpstreamTimeout) for _, exc in failures):
+        return AllProvidersTimedOut(
+            f"Every LLM provider timed out (LLM_TIMEOUT_SECONDS per attempt); try again, or ask for fewer "
+            f"max_tokens. {listed}",
+            upstream="llm",
             providers=providers,
         )
     return AllProvidersFailed(f"Every LLM provider failed. {listed}", upstream="llm", providers=providers)

@@ -54,6 +54,8 @@ class Completion:
     model: str
     input_tokens: int | None
     output_tokens: int | None
+    #: The provider stopped because it reached `max_tokens`: the text is cut short.
+    truncated: bool = False
 
 
 class LLMProvider(Protocol):
@@ -83,6 +85,11 @@ class CallerPayloadTooLarge(PayloadTooLarge):
     """The provider said the prompt is too large for the model (its 413)."""
 
     slug = "llm-prompt-too-large"
+
+
+def token_count(value: Any) -> int | None:
+    """A vendor's token count, or None when it is missing or not a count (a bool, a negative number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def is_caller_fault(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
-from services.base import Completion, account_refused, first_text, status_error, unusable_answer
+from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
 
 if TYPE_CHECKING:
     import anthropic
@@ -140,13 +140,10 @@ class ClaudeProvider:
         return Completion(
             text=answer,
             model=model if isinstance(model, str) and model else self.model,
-            input_tokens=_count(usage.get("input_tokens")),
-            output_tokens=_count(usage.get("output_tokens")),
+            input_tokens=token_count(usage.get("input_tokens")),
+            output_tokens=token_count(usage.get("output_tokens")),
+            truncated=message.get("stop_reason") == "max_tokens",
         )
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _body_text(exc: anthropic.APIStatusError) -> str:

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
-from services.base import Completion, account_refused, first_text, status_error, unusable_answer
+from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
 
 if TYPE_CHECKING:
     from google.genai import errors as genai_errors
@@ -162,8 +162,9 @@ class GeminiProvider:
         return Completion(
             text=answer,
             model=response.model_version or self.model,
-            input_tokens=usage.prompt_token_count if usage else None,
+            input_tokens=token_count(usage.prompt_token_count) if usage else None,
             output_tokens=_billed_output(usage),
+            truncated=_finish_reason(response) == "MAX_TOKENS",
         )
 
 
@@ -171,7 +172,7 @@ def _billed_output(usage: types.GenerateContentResponseUsageMetadata | None) -> 
     """Answer tokens plus thinking tokens: Gemini 3 models think by default and bill thoughts as output."""
     if usage is None or (usage.candidates_token_count is None and usage.thoughts_token_count is None):
         return None
-    return (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+    return token_count((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0))
 
 
 def _text_of(response: types.GenerateContentResponse) -> str | None:

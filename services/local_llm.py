@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
-from services.base import Completion, first_text, status_error, unusable_answer
+from services.base import Completion, first_text, status_error, token_count, unusable_answer
 
 INTEGRATION = Integration(
     name="local",
@@ -92,8 +92,9 @@ class LocalLLMProvider:
         return Completion(
             text=answer,
             model=str(body.get("model") or self.model),
-            input_tokens=_int_or_none(usage.get("prompt_tokens")),
-            output_tokens=_int_or_none(usage.get("completion_tokens")),
+            input_tokens=token_count(usage.get("prompt_tokens")),
+            output_tokens=token_count(usage.get("completion_tokens")),
+            truncated=_finish_reason(body) == "length",
         )
 
 
@@ -114,5 +115,9 @@ def _error_message(body: Any) -> str | None:
     return None
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) else None
+def _finish_reason(body: dict[str, Any]) -> Any:
+    """OpenAI-compatible servers say `length` when the answer stopped at max_tokens."""
+    try:
+        return body["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None

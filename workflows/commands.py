@@ -254,6 +254,12 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("The assistant could not answer", exc)
-        run.result = {"provider": generation.provider, "model_used": generation.model_used}
+        run.result = {
+            "provider": generation.provider,
+            "model_used": generation.model_used,
+            "truncated": generation.truncated,
+        }
     reply = str(generation.response).strip()
+    if reply and generation.truncated:
+        reply += " […cut short: the answer was longer than a chat reply allows]"
     return reply or "(the assistant returned an empty answer)"

@@ -13,7 +13,15 @@ import pytest
 
 from routers.deps import get_ai_router
 from services.ai_router import Generation, Routing, Usage
-from tests.fakes.llm import ANTHROPIC_PATH, FakeAnthropic, FakeGemini, anthropic_error, gemini_error, gemini_prompt
+from tests.fakes.llm import (
+    ANTHROPIC_PATH,
+    FakeAnthropic,
+    FakeGemini,
+    anthropic_error,
+    gemini_content,
+    gemini_error,
+    gemini_prompt,
+)
 from tests.fakes.server import Reply
 
 GEMINI_KEY = "test-gemini-key-api-0001"
@@ -48,6 +56,19 @@ async def _only_run(client) -> dict[str, Any]:
     return (await client.get(f"/runs/{runs[0]['id']}")).json()
 
 
+async def test_an_answer_cut_at_max_tokens_is_flagged_in_the_answer_and_the_ledger(make_client, fakes):
+    cut = gemini_content("Step 1: coffee. Step 2:")
+    cut["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=cut))
+    async with make_client(**fakes.settings()) as client:
+        body = (await client.post("/ai-process", json={"text": "Plan my morning", "max_tokens": 8})).json()
+        run = await _only_run(client)
+
+    assert (body["response"], body["truncated"]) == ("Step 1: coffee. Step 2:", True)
+    assert run["result"]["truncated"] is True
+    assert fakes.gemini.calls()[0].json["generationConfig"]["maxOutputTokens"] == 8
+
+
 async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
     async with make_client(**fakes.settings()) as client:
         response = await client.post(
@@ -57,8 +78,19 @@ async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
         run = (await client.get(f"/runs/{body['run_id']}")).json()
 
     assert response.status_code == 200
-    assert set(body) == {"response", "model_used", "provider", "routing", "usage", "latency_ms", "run_id", "dry_run"}
+    assert set(body) == {
+        "response",
+        "model_used",
+        "provider",
+        "routing",
+        "usage",
+        "latency_ms",
+        "run_id",
+        "dry_run",
+        "truncated",
+    }
     assert body["dry_run"] is False
+    assert body["truncated"] is False
     # The answer names its ledger record.
     assert (run["kind"], run["result"]["provider"]) == ("ai.process", "gemini")
     assert body["response"] == "gemini: 3 words received"
@@ -373,13 +405,14 @@ async def test_rate_limit_and_outage_mixed_stay_502_without_retry_after(make_cli
     assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
 
 
-async def test_timeout_on_the_only_provider_is_502_with_the_timeout_named(make_client, fakes):
+async def test_timeout_on_the_only_provider_is_504_with_the_timeout_named(make_client, fakes):
     fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json={}, delay=2.0))
     settings = fakes.settings(gemini_api_key=None, llm_timeout_seconds=0.3, llm_max_attempts=1)
     async with make_client(**settings) as client:
         response = await client.post("/ai-process", json={"text": "hello"})
 
-    assert response.status_code == 502
+    assert response.status_code == 504
+    assert response.json()["type"].endswith("/problems/upstream-timeout")
     assert response.json()["providers"][0]["error"] == "upstream-timeout"
     assert "LLM_TIMEOUT_SECONDS=0.3" in response.json()["detail"]
 

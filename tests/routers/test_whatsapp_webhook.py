@@ -457,6 +457,23 @@ async def test_a_key_split_by_a_control_character_is_scrubbed_before_the_twiml_d
     assert GEMINI_KEY not in response.text
 
 
+async def test_a_chat_answer_cut_at_max_tokens_says_so(w, make_client):
+    body = gemini_content("First, answer the two urgent emails. Then")
+    body["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    async with FakeGemini() as gemini:
+        gemini.route("POST", gemini.path, lambda _: Reply(200, json=body))
+        settings_ = w.settings(anthropic_api_key=None, gemini_api_key=GEMINI_KEY, gemini_base_url=gemini.url)
+        async with make_client(**settings_) as client:
+            response = await post_whatsapp(client, whatsapp_form("what should I do first?"))
+            [listed] = (await client.get("/runs", params={"kind": "inbound.chat"})).json()["items"]
+            run = (await client.get(f"/runs/{listed['id']}")).json()
+    [reply] = messages(response)
+    assert reply == (
+        "First, answer the two urgent emails. Then […cut short: the answer was longer than a chat reply allows]"
+    )
+    assert run["result"]["truncated"] is True
+
+
 async def test_a_task_from_whatsapp_is_escaped_in_the_slack_announcement(w, make_client):
     """Found by a black-box review: "start <!here|here> ping <@U0ADMIN> for 5 min" pinged #general."""
     async with make_client(**w.settings()) as client:

@@ -20,10 +20,12 @@ from tests.fakes.llm import (
     HTML_ERROR_PAGE,
     OPENAI_PATH,
     anthropic_error,
+    anthropic_message,
     gemini_content,
     gemini_error,
     gemini_prompt,
     gemini_system,
+    openai_completion,
     openai_error,
 )
 from tests.fakes.server import Reply
@@ -419,6 +421,32 @@ async def test_timeout_is_capped_per_attempt_then_falls_back(make_router, fakes,
     assert "gemini failed (upstream-timeout)" in result.routing.reason
     await asyncio.sleep(0.1)
     assert fakes.gemini.cancelled == 1  # the timed-out call was really dropped
+
+
+async def test_every_provider_timing_out_is_a_504_listing_each(make_router, fakes):
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=3.0))
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json={}, delay=3.0))
+    router = await make_router(llm_timeout_seconds=0.3, llm_max_attempts=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="short")
+
+    problem = caught.value
+    assert (problem.status, problem.slug) == (504, "upstream-timeout")
+    assert [(p["provider"], p["status"]) for p in problem.extras["providers"]] == [("gemini", 504), ("claude", 504)]
+    assert "timed out" in problem.detail and "LLM_TIMEOUT_SECONDS" in problem.detail
+    assert (len(fakes.gemini.calls()), len(fakes.claude.calls())) == (1, 1)
+
+
+async def test_a_timeout_and_an_outage_stay_a_502(make_router, fakes):
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=3.0))
+    fakes.claude.queue("POST", ANTHROPIC_PATH, anthropic_error(500, "api_error", "Internal server error"))
+    router = await make_router(llm_timeout_seconds=0.3, llm_max_attempts=1)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="short")
+
+    assert (caught.value.status, caught.value.slug) == (502, "llm-providers-failed")
 
 
 def _closed_port() -> int:
@@ -1059,3 +1087,42 @@ async def test_exhausted_quotas_on_every_provider_are_429(make_router, fakes):
     assert caught.value.status == 429
     assert caught.value.headers == {"Retry-After": "4"}
     assert "waiting will not help" in caught.value.extras["providers"][1]["detail"]
+
+
+# --- An answer cut short at max_tokens --------------------------------------------------
+
+
+async def test_an_answer_cut_at_max_tokens_is_flagged_for_each_provider(make_router, fakes):
+    """Each vendor says so its own way (Claude `max_tokens`, Gemini `MAX_TOKENS`, OpenAI-compatible `length`);
+    the caller must not take a cut-off plan for the whole answer."""
+    claude = anthropic_message("half a pl")
+    claude["stop_reason"] = "max_tokens"
+    gemini = gemini_content("half a pl")
+    gemini["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    local = openai_completion("half a pl")
+    local["choices"][0]["finish_reason"] = "length"
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=claude))
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini))
+    fakes.local.queue("POST", OPENAI_PATH, Reply(200, json=local))
+    router = await make_router(local=True)
+
+    for provider in ("claude", "gemini", "local"):
+        result = await router.generate(text="plan my day", provider=provider, max_tokens=5)
+        assert (result.provider, result.response, result.truncated) == (provider, "half a pl", True)
+    assert [call.json["max_tokens"] for call in fakes.claude.calls() + fakes.local.calls()] == [5, 5]
+
+
+async def test_a_whole_answer_is_not_flagged(make_router, fakes):
+    router = await make_router(local=True)
+    for provider in ("claude", "gemini", "local"):
+        assert (await router.generate(text="plan my day", provider=provider)).truncated is False
+
+
+async def test_a_negative_token_count_is_reported_as_unknown(make_router, fakes):
+    body = anthropic_message("ok", input_tokens=-5, output_tokens=3)
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=body))
+    router = await make_router()
+
+    result = await router.generate(text="plan", provider="claude")
+
+    assert result.usage.model_dump() == {"input_tokens": None, "output_tokens": 3}

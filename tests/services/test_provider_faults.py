@@ -3,7 +3,7 @@
 Each provider is forced (no fallback), so the error lists exactly its own
 failure, and the fake's call count shows how many attempts were made
 (LLM_MAX_ATTEMPTS=2: retryable faults are tried twice, the others once).
-A rate limit on the only provider tried is a 429 with its Retry-After; the rest are 502s.
+A rate limit on the only provider tried is a 429 with its Retry-After, a timeout a 504; the rest are 502s.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ FAULTS: dict[str, tuple[Callable[[str], Reply], str, int, int, dict[str, str]]] 
     "429 without Retry-After": (lambda v: _rate_limited(v, {}), "upstream-rate-limited", 2, 429, {}),
     "500": (lambda v: _server_error(v, 500), "upstream-error", 2, 502, {}),
     "503": (lambda v: _server_error(v, 503), "upstream-error", 2, 502, {}),
-    "slow past the timeout": (lambda v: Reply(200, json={}, delay=1.5), "upstream-timeout", 2, 502, {}),
+    "slow past the timeout": (lambda v: Reply(200, json={}, delay=1.5), "upstream-timeout", 2, 504, {}),
     "connection reset": (lambda v: Reply(drop=True), "upstream-unavailable", 2, 502, {}),
     "HTML error page": (
         lambda v: Reply(502, text=HTML_ERROR_PAGE, content_type="text/html"),
