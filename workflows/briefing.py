@@ -285,6 +285,8 @@ def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> 
     lines = ["*Morning briefing*", ""]
     if plan.step.status == "ok":
         lines += ["*Plan*", escape_text(str(plan.value.response).strip())]
+        if plan.value.truncated:
+            lines.append("_(the plan was cut short: it was longer than the model's answer limit)_")
     elif plan.step.status == "skipped":
         lines += [f"*Plan*: not generated ({plan_detail})"]
     else:
@@ -328,7 +330,10 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                 lambda: router.generate(
                     text=_plan_prompt(settings, task, minutes), system=PLAN_SYSTEM, max_tokens=PLAN_MAX_TOKENS
                 ),
-                lambda gen: (f"{gen.provider} {gen.model_used}", str(gen.model_used)),
+                lambda gen: (
+                    f"{gen.provider} {gen.model_used}" + (" (cut short at max_tokens)" if gen.truncated else ""),
+                    str(gen.model_used),
+                ),
             )
 
         async def timer() -> _StepResult:

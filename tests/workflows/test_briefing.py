@@ -22,8 +22,9 @@ DELAY = 0.3
 
 
 class SlowRouter:
-    def __init__(self, *, fail: Exception | None = None) -> None:
+    def __init__(self, *, fail: Exception | None = None, truncated: bool = False) -> None:
         self.fail = fail
+        self.truncated = truncated
         self.calls: list[dict[str, Any]] = []
 
     async def generate(self, **kwargs: Any) -> Any:
@@ -31,7 +32,9 @@ class SlowRouter:
         await asyncio.sleep(DELAY)
         if self.fail:
             raise self.fail
-        return SimpleNamespace(response="- focus\n- lunch", model_used="claude-haiku-4-5", provider="claude")
+        return SimpleNamespace(
+            response="- focus\n- lunch", model_used="claude-haiku-4-5", provider="claude", truncated=self.truncated
+        )
 
 
 class SlowToggl:
@@ -120,6 +123,16 @@ async def test_summary_has_plan_and_timer_in_timezone_and_stop_is_scheduled(make
     run = await ledger.get_run(report.run_id)
     assert run is not None and (run.trigger, run.status) == ("schedule", "ok")
     assert sorted((a.skill, a.status) for a in run.actions) == [("ai_router", "ok"), ("slack", "ok"), ("toggl", "ok")]
+
+
+async def test_a_plan_cut_short_says_so_in_the_summary_and_the_step(make_settings, ledger):
+    slack = RecordingSlack()
+    deps = make_deps(make_settings, ledger, router=SlowRouter(truncated=True), slack=slack)
+    report = await run_briefing(deps, BriefingRequest(task="Writing", duration_minutes=30), trigger="api")
+    [post] = slack.posts
+    assert "- focus\n- lunch\n_(the plan was cut short: it was longer than the model's answer limit)_" in post["text"]
+    [plan] = [step for step in report.steps if step.name == "plan"]
+    assert (plan.status, plan.detail) == ("ok", "claude claude-haiku-4-5 (cut short at max_tokens)")
 
 
 async def test_the_summary_escapes_the_plan_and_the_task_so_neither_pings_the_channel(make_settings, ledger):
