@@ -8,6 +8,7 @@ never echoes the value, because the value may be a secret.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
@@ -192,6 +193,12 @@ class Settings(BaseSettings):
                 "WHATSAPP_ALLOWED_SENDERS must list the E.164 numbers allowed to command the service "
                 "when APP_ENV=production and WhatsApp is configured"
             )
+        if self.smtp_security == "none" and self.smtp_user and self.smtp_password and not _is_loopback(self.smtp_host):
+            raise ValueError(
+                f"SMTP_SECURITY=none would send SMTP_PASSWORD in clear text to {self.smtp_host}: set SMTP_SECURITY "
+                "to starttls (port 587) or tls (port 465), or unset SMTP_USER and SMTP_PASSWORD for a relay that "
+                "needs no login"
+            )
         return self
 
     # --- Derived values ----------------------------------------------------
@@ -276,3 +283,15 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigurationError(describe_validation_error(exc)) from None
+
+
+def _is_loopback(host: str | None) -> bool:
+    """Whether `host` names this machine: a password sent in clear text to it never crosses a network."""
+    if not host:
+        return True
+    if host.strip("[]").lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -103,6 +103,26 @@ def test_production_with_whatsapp_needs_an_allowlist(monkeypatch):
     assert load_settings(_env_file=None).whatsapp_allowed_senders == ["+15551234567", "+447700900123"]
 
 
+def test_a_smtp_password_is_never_sent_in_clear_text_over_a_network(monkeypatch):
+    monkeypatch.setenv("SMTP_HOST", "smtp.example.com")
+    monkeypatch.setenv("SMTP_USER", "me@example.com")
+    monkeypatch.setenv("SMTP_PASSWORD", "app-password-123")
+    monkeypatch.setenv("SMTP_SECURITY", "none")
+    with pytest.raises(
+        ConfigurationError, match="SMTP_SECURITY=none would send SMTP_PASSWORD in clear text"
+    ) as refused:
+        load_settings(_env_file=None)
+    assert "smtp.example.com" in str(refused.value) and "app-password-123" not in str(refused.value)
+    for fixed in ({"SMTP_SECURITY": "starttls"}, {"SMTP_HOST": "127.0.0.1"}, {"SMTP_HOST": "localhost"}):
+        for name, value in fixed.items():
+            monkeypatch.setenv(name, value)
+        assert load_settings(_env_file=None).smtp_user == "me@example.com"
+        monkeypatch.setenv("SMTP_SECURITY", "none")
+        monkeypatch.setenv("SMTP_HOST", "smtp.example.com")
+    monkeypatch.delenv("SMTP_PASSWORD")  # a relay that needs no login
+    assert load_settings(_env_file=None).smtp_security == "none"
+
+
 def test_env_example_lists_every_setting_with_a_comment():
     lines = (REPO / ".env.example").read_text().splitlines()
     documented = {}
