@@ -101,6 +101,17 @@ def normalise_recipients(to: str | list[str]) -> list[str]:
     return normalised
 
 
+def check_content(body: str, html: str | None) -> None:
+    """NUL is the one character no email body may carry (RFC 5322 text is %d1-127 and beyond): sent as is under
+    7bit, servers reject, strip or truncate at it, so what arrives is not what the ledger says was sent."""
+    for name, value in (("body", body), ("html", html)):
+        if value is not None and "\x00" in value:
+            raise InvalidInput(
+                f"The {name} contains a NUL character (U+0000), which email cannot carry; remove it.",
+                errors=[{"field": name}],
+            )
+
+
 def normalise_subject(subject: str) -> str:
     """One line, surrounding spaces and tabs removed: mail parsers drop them from plain-ASCII headers anyway,
     so stripping here makes what is recorded equal to what the recipient sees."""
@@ -130,6 +141,7 @@ class EmailSkill:
         INTEGRATION.require(self.settings)
         recipients = normalise_recipients(to)
         subject = normalise_subject(subject)
+        check_content(body, html)
         sender = self.settings.smtp_from or self.settings.smtp_user
         assert sender is not None  # INTEGRATION.require checked SMTP_FROM or SMTP_USER
         envelope_from = parseaddr(sender)[1]  # "Name <addr>" -> addr, for MAIL FROM and the Message-ID domain

@@ -202,6 +202,23 @@ async def test_bad_headers_are_422_before_connecting(make_skill, smtp, to, subje
     assert smtp.messages == []
 
 
+@pytest.mark.parametrize(("body", "html", "field"), [("a\x00b", None, "body"), ("fine", "<p>\x00</p>", "html")])
+async def test_a_nul_in_the_body_is_422_before_connecting(make_skill, smtp, body, html, field):
+    """Sent under 7bit, a NUL is refused, dropped or cut at by servers: what arrived would not be what was sent."""
+    with pytest.raises(InvalidInput) as caught:
+        await make_skill().send_email(to="a@example.com", subject="s", body=body, html=html)
+    assert caught.value.extras["errors"] == [{"field": field}]
+    assert f"The {field} contains a NUL character" in caught.value.detail
+    assert (smtp.connections, smtp.messages) == (0, [])
+
+
+async def test_other_control_characters_in_the_body_arrive_as_sent(make_skill, smtp):
+    body = "tab\tbell\x07escape\x1b[0m end\n"
+    await make_skill().send_email(to="a@example.com", subject="s", body=body)
+    [received] = smtp.messages
+    assert received.message.get_content().replace("\r\n", "\n") == body
+
+
 async def test_body_may_hold_newlines_and_smtp_commands(make_skill, smtp):
     body = "line one\r\n.\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nlast\n"
     await make_skill().send_email(to="a@example.com", subject="s", body=body)
