@@ -32,6 +32,11 @@ PROBLEM_BASE = "/problems/"
 logger = logging.getLogger("orchestrator.errors")
 
 
+#: How every "did it happen?" failure's detail says so (`core.upstream.outcome_unknown`); the ledger finds such
+#: failures by it (`Ledger.unsettled_starts`).
+OUTCOME_UNKNOWN = "The outcome is unknown"
+
+
 class ConfigurationError(Exception):
     """Settings are invalid; the service must not start. The message is safe to print."""
 

@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from core.errors import ProblemError
+from core.errors import OUTCOME_UNKNOWN, ProblemError
 from core.secrets import NO_SECRETS, REDACTED, SecretScrubber
 from core.store import Action, Run, utcnow
 
@@ -107,6 +107,19 @@ class AbandonedRun:
     id: str
     kind: str
     input_summary: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class UnsettledStart:
+    """A timer start that failed with its outcome unknown (Toggl's answer was lost, and so was the read-back):
+    the timer may be running. `request` is what was sent, start time to the second included."""
+
+    action_id: int
+    run_id: str
+    kind: str
+    input_summary: dict[str, Any]
+    request: dict[str, Any]
     created_at: datetime
 
 
@@ -469,6 +482,49 @@ class Ledger:
             )
             for row in rows
         ]
+
+    async def unsettled_starts(self, since: datetime, *, limit: int = 50) -> list[UnsettledStart]:
+        """Timer starts since `since` that failed with their outcome unknown and whose entry was not found yet."""
+        await self._writes.flush()
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Action.id, Action.run_id, Action.request, Action.created_at, Run.kind, Run.input_summary)
+                    .join(Run, Run.id == Action.run_id)
+                    .where(
+                        Action.skill == "toggl",
+                        Action.operation == "start_timer",
+                        Action.status == "failed",
+                        Action.external_id.is_(None),
+                        Action.error.contains(OUTCOME_UNKNOWN, autoescape=True),
+                        Action.created_at >= since,
+                    )
+                    .order_by(Action.created_at)
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            UnsettledStart(
+                action_id=row.id,
+                run_id=row.run_id,
+                kind=row.kind,
+                input_summary=row.input_summary or {},
+                request=row.request if isinstance(row.request, dict) else {},
+                created_at=as_utc(row.created_at),
+            )
+            for row in rows
+        ]
+
+    async def settle_start(self, start: UnsettledStart, *, entry_id: int, note: str) -> None:
+        """Record that the timer of a start whose outcome was unknown was found: its entry id, and `note` after
+        the error (the action stays `failed`: the caller was told it failed, and the record says what it did)."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Action)
+                .where(Action.id == start.action_id, Action.external_id.is_(None))
+                .values(external_id=str(entry_id), error=Action.error + self._stored_text(f" {note}"))
+                .execution_options(synchronize_session=False)
+            )
 
     async def close_interrupted(self, run: AbandonedRun, older_than: timedelta) -> bool:
         """Mark an abandoned run `failed` ("interrupted"), so `GET /runs?status=running` does not list it for ever

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from core.errors import ProblemError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.errors import OUTCOME_UNKNOWN, ProblemError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from core.ledger import note_attempt
 
 T = TypeVar("T")
@@ -68,7 +68,7 @@ def outcome_unknown(upstream: str, check: str | None = None) -> str:
 
     `check` says where to look, in the skill's words ("the message may have been posted; check #general").
     """
-    return f" The outcome is unknown: {check or f'check {upstream}'} before retrying."
+    return f" {OUTCOME_UNKNOWN}: {check or f'check {upstream}'} before retrying."
 
 
 def transport_error(

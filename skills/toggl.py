@@ -461,13 +461,7 @@ class TogglSkill:
             return None
         if entry is None:
             return None
-        sent_start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
-        same = (entry.workspace_id, entry.description, entry.start) == (
-            body["workspace_id"],
-            body["description"],
-            sent_start,
-        )
-        return entry if same else None
+        return entry if started_by(body, entry.workspace_id, entry.description, entry.start) else None
 
     async def current_timer(self) -> RunningTimer | None:
         """The running timer, or None: Toggl answers 200 with the body `null` when nothing runs."""
@@ -545,6 +539,16 @@ def _stopped_late(entry: TogglEntry, stop_at: datetime) -> bool:
     if entry.stop is None:
         return False
     return entry.stop - stop_at > LATE_STOP_TOLERANCE and stop_at > entry.start
+
+
+def started_by(body: dict[str, Any], workspace_id: int, description: str | None, start: datetime) -> bool:
+    """Whether an entry is the one the start request `body` created: the same workspace, description and
+    start to the second (the start is fixed before the POST). Anything less is someone else's timer."""
+    try:
+        sent_start = datetime.fromisoformat(str(body["start"]).replace("Z", "+00:00"))
+        return (workspace_id, description, start) == (body["workspace_id"], body["description"], sent_start)
+    except (KeyError, ValueError):
+        return False
 
 
 def _planned_stop(start: datetime, duration_minutes: int | None) -> datetime | None:

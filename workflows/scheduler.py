@@ -54,8 +54,8 @@ from core.errors import ProblemError, UpstreamRateLimited
 from core.ledger import AbandonedRun, Ledger, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
-from skills.toggl import TimerStopped
-from workflows.briefing import BriefingRequest, WorkflowDeps, run_briefing
+from skills.toggl import RunningTimer, TimerStopped, started_by
+from workflows.briefing import BriefingRequest, WorkflowDeps, local_time, run_briefing
 from workflows.inbound import BackgroundTasks
 
 logger = logging.getLogger("orchestrator.scheduler")
@@ -516,6 +516,10 @@ class JobScheduler:
                 closed += await self.ledger.close_interrupted(run, older_than)
         if closed:
             logger.warning("closed %d ledger run(s) left running by a worker that stopped without finishing", closed)
+        try:
+            await self._plan_stops_of_unknown_starts()
+        except Exception:
+            logger.exception("starts with an unknown outcome could not be checked; trying again later")
 
     async def _plan_stop_of_interrupted_start(self, run: AbandonedRun) -> bool:
         """A start cut off by a killed worker may have started its timer and never planned its stop, and Toggl
@@ -537,16 +541,57 @@ class JobScheduler:
             return True
         if not run.created_at - timedelta(seconds=5) <= timer.start <= run.created_at + START_MATCH_WINDOW:
             return True  # a timer of the same name started by someone else, later: not this run's
+        if await self._plan_stop_of_found_timer(timer, minutes):
+            logger.warning("planned the stop of entry %s, started by interrupted run %s", timer.entry_id, run.id)
+        return True
+
+    async def _plan_stops_of_unknown_starts(self) -> None:
+        """A start whose answer was lost, and whose read-back failed too (Toggl down), was answered "outcome
+        unknown": the timer may be running, with no planned stop, for good (Toggl has no auto-stop). For such
+        starts of the last RECOVERY_WINDOW, read the running timer; if it is exactly the one a start sent (same
+        workspace, description and start to the second), plan its stop and record the entry on the action. One
+        read per prune, and only when there is such a start."""
+        starts = await self.ledger.unsettled_starts(utcnow() - RECOVERY_WINDOW)
+        if not starts:
+            return
+        try:
+            timer = await self.deps().skills.toggl.current_timer()
+        except ProblemError as exc:
+            logger.warning("starts with an unknown outcome: the running timer could not be read (%s)", exc.detail)
+            return
+        if timer is None:
+            return
+        for start in starts:
+            body = start.request.get("json")
+            if not isinstance(body, dict) or not started_by(body, timer.workspace_id, timer.description, timer.start):
+                continue
+            minutes = start.input_summary.get("duration_minutes")
+            planned = isinstance(minutes, int) and await self._plan_stop_of_found_timer(timer, minutes)
+            note = f"Found running later as entry {timer.entry_id}" + (
+                f"; its stop is planned for {local_time(timer.start + timedelta(minutes=minutes), self.settings)}."
+                if isinstance(minutes, int)
+                else "."
+            )
+            await self.ledger.settle_start(start, entry_id=timer.entry_id, note=note)
+            logger.warning(
+                "the start of run %s (outcome unknown) had started entry %s%s",
+                start.run_id,
+                timer.entry_id,
+                "; its stop is now planned" if planned else "",
+            )
+            return  # one timer runs at a time: it is at most one start's
+
+    async def _plan_stop_of_found_timer(self, timer: RunningTimer, minutes: int) -> bool:
+        """Plan the stop of a running timer found after its start lost track of it, unless one is planned."""
         async with self.sessions() as session:
             if await session.get(ScheduledJob, stop_job_id(timer.entry_id)) is not None:
-                return True  # its stop was planned before the worker died
+                return False  # its stop was planned already
         await self.schedule_stop(
             entry_id=timer.entry_id,
             workspace_id=timer.workspace_id,
-            description=task,
+            description=timer.description or "",
             at=timer.start + timedelta(minutes=minutes),
         )
-        logger.warning("planned the stop of entry %s, started by interrupted run %s", timer.entry_id, run.id)
         return True
 
     async def _release(self, job_id: str, fire_time: datetime) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import UpstreamError
-from core.ledger import note_attempt, redact
+from core.errors import OUTCOME_UNKNOWN, UpstreamError
+from core.ledger import Ledger, note_attempt, note_request, redact
+from tests.conftest import running_app
 
 
 async def test_runs_and_actions_are_recorded_and_listed(client):
@@ -212,3 +214,40 @@ async def test_a_lone_surrogate_is_stored_replaced_and_the_ledger_stays_readable
     assert listing.status_code == 200
     assert detail["input_summary"] == {"message": "a?b"}
     assert (detail["actions"][0]["request"], detail["actions"][0]["external_id"]) == ({"text": "x?y"}, "ts?")
+
+
+# --- Starts whose outcome is unknown --------------------------------------------------------
+
+
+async def check_unsettled_starts(ledger: Ledger) -> None:
+    """Only a failed Toggl start whose error says the outcome is unknown is listed, until it is settled once."""
+    body = {"workspace_id": 7, "description": "50% done_", "start": "2026-11-26T07:00:00Z", "duration": -1}
+    unknown = f"502 upstream-error: Toggl answered 503. {OUTCOME_UNKNOWN}: check Toggl before retrying."
+    ids = {}
+    for name, error in (("unknown", unknown), ("known", "502 upstream-error: Toggl answered 500.")):
+        with pytest.raises(UpstreamError):
+            async with ledger.run("toggl.start_timer", trigger="api", input_summary={"duration_minutes": 25}) as run:
+                ids[name] = run.id
+                async with run.action("toggl", "start_timer"):
+                    note_request({"method": "POST", "path": "/workspaces/7/time_entries", "json": body})
+                    raise UpstreamError(error.split(": ", 1)[1], upstream="toggl")
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    [start] = await ledger.unsettled_starts(since)
+    assert (start.run_id, start.kind, start.request["json"]) == (ids["unknown"], "toggl.start_timer", body)
+    assert start.input_summary == {"duration_minutes": 25}
+    assert await ledger.unsettled_starts(datetime.now(UTC) + timedelta(minutes=1)) == []
+
+    await ledger.settle_start(start, entry_id=4242, note="Found running later as entry 4242.")
+    await ledger.settle_start(start, entry_id=5555, note="Found twice?")  # settled once only
+    assert await ledger.unsettled_starts(since) == []
+    run = await ledger.get_run(ids["unknown"])
+    assert run is not None
+    [action] = run.actions
+    assert (action.status, action.external_id) == ("failed", "4242")
+    assert action.error == unknown + " Found running later as entry 4242."
+
+
+async def test_unsettled_starts_are_listed_until_settled(make_settings):
+    async with running_app(make_settings()) as (app, _):
+        await check_unsettled_starts(app.state.resources.ledger)

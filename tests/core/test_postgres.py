@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from core.idempotency import IdempotencyDep
 from core.store import create_engine, current_revision, migrate
 from tests.conftest import running_app
+from tests.core.test_ledger import check_unsettled_starts
 
 pytestmark = pytest.mark.postgres
 
@@ -127,3 +128,9 @@ async def test_a_nul_byte_is_a_422_or_escaped_never_a_500(postgres_url, make_set
     assert (by_kind.status_code, by_id.status_code) == (422, 422)
     assert stored["error"] == "502 upstream-error: Slack said 'bad\\x00channel'"
     assert stored["actions"][0]["external_id"] == "ts\\x00"
+
+
+async def test_starts_with_an_unknown_outcome_are_found_and_settled(postgres_url, make_settings):
+    """The prune's query (a LIKE on the error) and its update (the note appended with ||) on PostgreSQL."""
+    async with running_app(make_settings(database_url=postgres_url)) as (app, _):
+        await check_unsettled_starts(app.state.resources.ledger)

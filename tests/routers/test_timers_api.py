@@ -405,6 +405,71 @@ async def test_a_lost_start_that_did_not_happen_stays_outcome_unknown(make_clien
     assert stops == []
 
 
+class CreatedButUnreadable(CreatedButLost):
+    """As CreatedButLost, and Toggl cannot be read either for the next `down_reads` reads of the running timer."""
+
+    def __init__(self, toggl: respx.MockRouter, *, down_reads: int) -> None:
+        super().__init__(toggl, 503)
+        self.down_reads = down_reads
+
+    def current(self, request: httpx.Request) -> httpx.Response:
+        if self.down_reads > 0:
+            self.down_reads -= 1
+            return httpx.Response(503, text="down")
+        return super().current(request)
+
+
+async def test_a_start_whose_outcome_stayed_unknown_gets_its_stop_planned_when_toggl_is_back(make_client, toggl):
+    """Toggl created the entry, lost the answer, and could not be read back either: the caller was told the
+    outcome is unknown, and the timer would have run with no stop for good. The next prune finds it."""
+    lost = CreatedButUnreadable(toggl, down_reads=4)  # the read-back, then the first prune's read (3 attempts)
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "Deep Work", "duration_minutes": 25})
+        scheduler = client.app.state.scheduler
+        await scheduler.prune()  # Toggl still down: nothing found, nothing lost
+        still_unknown = await latest_run(client, "toggl.start_timer")
+        await scheduler.prune()
+        await scheduler.prune()  # a second look changes nothing
+        stops = (await client.get("/schedule")).json()["stops"]
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 503 and response.json()["outcome_unknown"] is True
+    assert still_unknown["actions"][0]["external_id"] is None
+    assert lost.running is not None
+    started = datetime.fromisoformat(lost.running.json()["start"].replace("Z", "+00:00"))
+    [stop] = stops
+    assert (stop["entry_id"], stop["status"]) == (111222333, "pending")
+    assert datetime.fromisoformat(stop["run_at"]) == started + timedelta(minutes=25)
+    [action] = run["actions"]
+    assert (run["status"], action["status"], action["external_id"]) == ("failed", "failed", "111222333")
+    planned = started + timedelta(minutes=25)
+    assert action["error"].endswith(
+        f"Found running later as entry 111222333; its stop is planned for {planned:%H:%M} UTC."
+    )
+    # The start, its read-back, three reads while down, the find; once found, no prune reads Toggl for it again.
+    assert len(toggl.calls) == 1 + 1 + 3 + 1
+
+
+async def test_an_unknown_start_does_not_claim_someone_elses_timer(make_client, toggl):
+    lost = CreatedButUnreadable(toggl, down_reads=1)
+    lost.created = False  # the start never happened...
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "Deep Work", "duration_minutes": 25})
+        # ...and a timer of the same name was started by hand a little later.
+        lost.running = echo_entry(
+            httpx.Request("POST", "https://toggl", json=_same_name_started_later(response.json(), seconds=3))
+        )
+        await client.app.state.scheduler.prune()
+        stops = (await client.get("/schedule")).json()["stops"]
+        run = await latest_run(client, "toggl.start_timer")
+    assert response.status_code == 503
+    assert stops == [] and run["actions"][0]["external_id"] is None
+
+
+def _same_name_started_later(problem: dict[str, Any], *, seconds: int) -> dict[str, Any]:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)
+    return {"description": "Deep Work", "workspace_id": WID, "start": start.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
 async def test_a_refused_connection_releases_the_key_so_the_retry_runs(make_client, fake_toggl):
     """Nothing left the machine, so nothing can have started: the same key may try again."""
     headers = {"Idempotency-Key": "refused-1"}
