@@ -45,6 +45,7 @@ _SIMPLE = re.compile(rf"(?P<word>start|stop|status|brief|briefing|help){_END}", 
 # 20 min" are sentences, not commands (both started timers before a review found them). Without a task,
 # "start 2h" and "start for 30 min" mean BRIEFING_TASK.
 _BLANK = r"[ \t]+"
+_BLANK_RUN = re.compile(_BLANK)
 # Every character that starts a new line somewhere: CR, LF, VT, FF, the C1 NEL and Unicode's separators
 # (U+2028 let "Start the oven\u2028I will wait for 20 min" through; found by a review).
 _LINE_BREAKS = r"\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
@@ -83,7 +84,10 @@ def parse_command(text: str) -> Command | None:
     if simple:
         word = simple.group("word").lower()
         return Command(name=_ALIASES.get(word, word))  # type: ignore[arg-type]
-    timed = _TIMED_START.fullmatch(message)
+    # Blank runs collapsed first: against a long run of blanks the pattern's `[ \t]+` on both sides of a task
+    # backtracked in quadratic time ("start" + 40,000 spaces + "x" took 25 s of the event loop; found by a
+    # code review). The task's blanks are collapsed anyway.
+    timed = _TIMED_START.fullmatch(_BLANK_RUN.sub(" ", message))
     if timed:
         amount = int(timed.group("amount"))
         minutes = amount * 60 if timed.group("unit").lower().startswith("h") else amount

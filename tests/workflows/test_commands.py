@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workflows import commands
 from workflows.commands import Command, parse_command, strip_mentions
 
 
@@ -160,3 +161,34 @@ def test_a_timed_start_never_spans_lines(head, tail):
         text = f"start {head}{newline}{tail} for 5 min"
         if text.strip().count(newline):
             assert parse_command(text) is None
+
+
+class _Recording:
+    """Wraps the timed-start pattern and records the text it is run on."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern, self.seen = pattern, []
+
+    def fullmatch(self, text: str):
+        self.seen.append(text)
+        return self.pattern.fullmatch(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("start" + " " * 40_000 + "x", None),
+        ("start a" + " \t" * 20_000 + "b", None),
+        ("start  deep \t work   for \t 25  min", Command(name="start", task="deep work", minutes=25)),
+        ("start\t\tfor  2h", Command(name="start", task=None, minutes=120)),
+    ],
+    ids=["40k blanks", "40k blanks inside a task", "blank runs in a command", "tabs without a task"],
+)
+def test_the_timed_start_pattern_never_sees_a_run_of_blanks(monkeypatch, text, expected):
+    """Found by a code review: against a long blank run, the pattern backtracked in quadratic time ("start" +
+    40,000 spaces + "x" held the event loop 25 s). Runs are collapsed before it, which changes no command."""
+    recording = _Recording(commands._TIMED_START)
+    monkeypatch.setattr(commands, "_TIMED_START", recording)
+    assert parse_command(text) == expected
+    [seen] = recording.seen
+    assert "  " not in seen and "\t" not in seen
