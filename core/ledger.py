@@ -111,9 +111,9 @@ class AbandonedRun:
 
 
 @dataclass(frozen=True)
-class UnsettledStart:
-    """A timer start that failed with its outcome unknown (Toggl's answer was lost, and so was the read-back):
-    the timer may be running. `request` is what was sent, start time to the second included."""
+class UnsettledAction:
+    """A failed action the prune still has to see to (`Ledger.unsettled_actions`): what was asked, and what was
+    sent or meant (`request`)."""
 
     action_id: int
     run_id: str
@@ -216,9 +216,17 @@ class RunHandle:
             self.actions.append(record)
             await self.ledger.record_action(self.id, record, duration_ms=int((time.perf_counter() - started) * 1000))
 
-    async def skip(self, skill: str, operation: str, *, status: str, error: str | None = None) -> None:
-        """Record a step that did not run (`skipped` or `not_configured`)."""
-        record = ActionRecord(skill=skill, operation=operation, status=status, error=error)
+    async def skip(
+        self,
+        skill: str,
+        operation: str,
+        *,
+        status: str,
+        error: str | None = None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a step that did not run (`skipped`, `not_configured`, or `failed` before it could act)."""
+        record = ActionRecord(skill=skill, operation=operation, status=status, error=error, request=request)
         self.actions.append(record)
         await self.ledger.record_action(self.id, record, duration_ms=0)
 
@@ -483,28 +491,33 @@ class Ledger:
             for row in rows
         ]
 
-    async def unsettled_starts(self, since: datetime, *, limit: int = 50) -> list[UnsettledStart]:
-        """Timer starts since `since` that failed with their outcome unknown and whose entry was not found yet."""
+    async def unsettled_actions(
+        self, skill: str, operation: str, *, since: datetime, error_contains: str | None = None, limit: int = 50
+    ) -> list[UnsettledAction]:
+        """Failed `skill`/`operation` actions since `since` not settled yet (no external id), oldest first;
+        with `error_contains`, only those whose error says so."""
         await self._writes.flush()
+        conditions = [
+            Action.skill == skill,
+            Action.operation == operation,
+            Action.status == "failed",
+            Action.external_id.is_(None),
+            Action.created_at >= since,
+        ]
+        if error_contains is not None:
+            conditions.append(Action.error.contains(error_contains, autoescape=True))
         async with self.sessions() as session:
             rows = (
                 await session.execute(
                     select(Action.id, Action.run_id, Action.request, Action.created_at, Run.kind, Run.input_summary)
                     .join(Run, Run.id == Action.run_id)
-                    .where(
-                        Action.skill == "toggl",
-                        Action.operation == "start_timer",
-                        Action.status == "failed",
-                        Action.external_id.is_(None),
-                        Action.error.contains(OUTCOME_UNKNOWN, autoescape=True),
-                        Action.created_at >= since,
-                    )
+                    .where(*conditions)
                     .order_by(Action.created_at)
                     .limit(limit)
                 )
             ).all()
         return [
-            UnsettledStart(
+            UnsettledAction(
                 action_id=row.id,
                 run_id=row.run_id,
                 kind=row.kind,
@@ -515,14 +528,20 @@ class Ledger:
             for row in rows
         ]
 
-    async def settle_start(self, start: UnsettledStart, *, entry_id: int, note: str) -> None:
-        """Record that the timer of a start whose outcome was unknown was found: its entry id, and `note` after
-        the error (the action stays `failed`: the caller was told it failed, and the record says what it did)."""
+    async def unsettled_starts(self, since: datetime) -> list[UnsettledAction]:
+        """Timer starts that failed with their outcome unknown (Toggl's answer was lost, and so was the
+        read-back), whose entry was not found yet: the timer may be running."""
+        return await self.unsettled_actions("toggl", "start_timer", since=since, error_contains=OUTCOME_UNKNOWN)
+
+    async def settle(self, action: UnsettledAction, *, external_id: str, note: str) -> None:
+        """Record what a failed action turned out to have done or been followed by: its `external_id`, and
+        `note` after its error. The action stays `failed` (its caller was told so); the record says the rest.
+        Conditional, so of several workers one settles it."""
         async with self.sessions.begin() as session:
             await session.execute(
                 update(Action)
-                .where(Action.id == start.action_id, Action.external_id.is_(None))
-                .values(external_id=str(entry_id), error=Action.error + self._stored_text(f" {note}"))
+                .where(Action.id == action.action_id, Action.external_id.is_(None))
+                .values(external_id=self._stored_text(external_id), error=Action.error + self._stored_text(f" {note}"))
                 .execution_options(synchronize_session=False)
             )
 

@@ -18,7 +18,7 @@ from routers.briefing import WorkflowDepsDep
 from routers.deps import SkillsDep
 from skills.toggl import RunningTimer, TimerStopped, check_text
 from workflows.actions import perform_action
-from workflows.briefing import cancel_planned_stop, schedule_planned_stop
+from workflows.briefing import cancel_planned_stop, plan_stop
 
 router = APIRouter(tags=["timers"])
 
@@ -108,6 +108,11 @@ class StartTimerResponse(BaseModel):
         description="Only when Toggl's answer to the start was lost or unreadable: the entry was then confirmed "
         "by reading the running timer back, and this says what went wrong.",
     )
+    planned_stop_error: str | None = Field(
+        None,
+        description="Only when the timer started but its planned stop could not be saved yet (the database "
+        "failed): the service saves it again within 10 minutes, and this says how to stop the timer by hand.",
+    )
 
 
 @router.post(
@@ -145,9 +150,11 @@ async def start_timer(
                 billable=request.billable,
                 dry_run=dry_run,
             ),
+            # The planned stop is saved inside the run, so the scheduler stops the timer then, across restarts
+            # too. Saved after the run had finished `ok`, a worker killed in between left the timer running
+            # for good: the prune only recovers runs still `running` (found by a code review).
+            then=lambda run, started: plan_stop(workflows, run, started),
         )
-        # Persist the planned stop so the scheduler stops the timer then, across restarts too.
-        await schedule_planned_stop(workflows, outcome)
         return StartTimerResponse(run_id=run_id, **outcome.model_dump())
 
     return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)

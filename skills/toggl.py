@@ -122,6 +122,11 @@ class TimerStarted(ActionOutcome):
         description="Set when Toggl's answer to the start was lost or unreadable and the entry was confirmed by "
         "reading the running timer back: it says what went wrong.",
     )
+    planned_stop_error: str | None = Field(
+        None,
+        description="Set when the timer started but its planned stop could not be saved yet (the database "
+        "failed): the service saves it again within 10 minutes; it says how to stop the timer by hand.",
+    )
 
     def ledger_external_id(self) -> str | None:
         return str(self.entry_id) if self.entry_id is not None else None

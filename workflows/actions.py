@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from core.errors import ProblemError
-from core.ledger import Ledger
+from core.ledger import Ledger, RunHandle
 from core.outcome import ActionOutcome
 
 O = TypeVar("O", bound=ActionOutcome)  # noqa: E741
@@ -21,8 +21,12 @@ async def perform_action(
     operation: str,
     input_summary: Mapping[str, Any],
     call: Callable[[], Awaitable[O]],
+    then: Callable[[RunHandle, O], Awaitable[None]] | None = None,
 ) -> tuple[str, O]:
     """Record a run with one action around `call`; return the run id and the outcome.
+
+    `then` runs inside the run once the action succeeded, before the run can finish `ok`: what must be
+    recorded with the action (a started timer's planned stop), not after it.
 
     A failure is recorded (run and action `failed`, with the reason) and re-raised
     for the error mapping to answer, with the run's id in the problem (`run_id`),
@@ -37,6 +41,8 @@ async def perform_action(
                 action.external_id = outcome.ledger_external_id()
                 action.request = outcome.payload
                 action.status = "dry_run" if outcome.dry_run else "ok"
+            if then is not None:
+                await then(run, outcome)
             run.status = "dry_run" if outcome.dry_run else "ok"
             run.result = outcome.model_dump(mode="json")
     except ProblemError as exc:

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from core.errors import NotConfigured, ProblemError
-from core.ledger import Ledger, RunHandle
+from core.ledger import Ledger, RunHandle, describe_error
 from core.registry import Registry
 from core.settings import Settings
 from core.validation import skill_check
@@ -341,12 +341,14 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                 started = await deps.skills.toggl.start_timer(
                     description=task, duration_minutes=minutes, dry_run=request.dry_run
                 )
-                await schedule_planned_stop(deps, started)
+                await plan_stop(deps, run, started)
                 return started
 
             def describe(started: Any) -> tuple[str, str | None]:
                 start, stop = local_time(started.start, settings), local_time(started.planned_stop, settings)
                 when = f"'{task}' started {start}, stops {stop}"
+                if started.planned_stop_error:
+                    when += f". {started.planned_stop_error}"
                 return (f"dry run: {when}" if started.dry_run else when), (
                     None if started.entry_id is None else str(started.entry_id)
                 )
@@ -386,6 +388,41 @@ async def schedule_planned_stop(deps: WorkflowDeps, started: Any) -> None:
         planned = datetime.fromisoformat(planned.replace("Z", "+00:00"))
     await deps.scheduler.schedule_stop(
         entry_id=started.entry_id, workspace_id=started.workspace_id, description=started.description, at=planned
+    )
+
+
+#: The ledger action a run records when the planned stop of a timer it started could not be saved: failed,
+#: with the stop as its request, until the prune saves it (`Scheduler.prune`).
+PLAN_STOP = ("scheduler", "plan_stop")
+
+
+async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> None:
+    """Save the planned stop of a timer `run` just started, inside the run (before it can finish `ok`).
+
+    When it cannot be saved now (the database failed), the timer is running and nothing would stop it: the
+    run records a failed `scheduler`/`plan_stop` action holding the stop, which the 10-minute prune saves
+    later, and `started.planned_stop_error` says so and how to stop the timer by hand. Before, the failure was
+    taken for a failed start ("Timer: not started") while the timer ran on (found by a code review).
+    """
+    try:
+        # Shielded: a caller who hangs up now must not leave a started timer without its stop.
+        await asyncio.shield(schedule_planned_stop(deps, started))
+        return
+    except Exception as exc:
+        logger.exception("the planned stop of entry %s could not be saved", started.entry_id)
+        error = describe_error(exc, scrubber=run.ledger.scrubber)
+    at = started.planned_stop
+    stop = {
+        "entry_id": started.entry_id,
+        "workspace_id": started.workspace_id,
+        "description": started.description,
+        "at": at.isoformat(),
+    }
+    await run.skip(*PLAN_STOP, status="failed", error=error, request=stop)
+    started.planned_stop_error = (
+        f"The timer started, but its stop at {local_time(at, deps.settings)} could not be saved yet ({error[:200]}); "
+        f"the service saves it again within 10 minutes. To be sure, stop it then: POST /stop-timer "
+        f'{{"entry_id": {started.entry_id}, "workspace_id": {started.workspace_id}}}, or send "stop".'
     )
 
 

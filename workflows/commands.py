@@ -28,8 +28,8 @@ from workflows.briefing import (
     cancel_planned_stop,
     human_duration,
     local_time,
+    plan_stop,
     run_briefing,
-    schedule_planned_stop,
 )
 
 logger = logging.getLogger("orchestrator.commands")
@@ -175,9 +175,11 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("Could not start the timer", exc)
-        await schedule_planned_stop(deps, started)
+        await plan_stop(deps, run, started)
         start_at, stop_at = local_time(started.start, settings), local_time(started.planned_stop, settings)
         confirmation = f"Started '{task}' at {start_at}; it stops at {stop_at}."
+        if started.planned_stop_error:
+            confirmation += f" {started.planned_stop_error}"
         announcement = (
             # The task is the sender's text: escaped, or "start <!channel> for 5 min" would ping the channel.
             f":stopwatch: '{escape_text(task)}' started at {start_at}, planned stop {stop_at} "

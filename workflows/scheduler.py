@@ -55,7 +55,7 @@ from core.ledger import AbandonedRun, Ledger, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
 from skills.toggl import RunningTimer, TimerStopped, started_by
-from workflows.briefing import BriefingRequest, WorkflowDeps, local_time, run_briefing
+from workflows.briefing import PLAN_STOP, BriefingRequest, WorkflowDeps, local_time, run_briefing
 from workflows.inbound import BackgroundTasks
 
 logger = logging.getLogger("orchestrator.scheduler")
@@ -517,6 +517,10 @@ class JobScheduler:
         if closed:
             logger.warning("closed %d ledger run(s) left running by a worker that stopped without finishing", closed)
         try:
+            await self._save_unsaved_stops()
+        except Exception:
+            logger.exception("unsaved planned stops could not be saved; trying again later")
+        try:
             await self._plan_stops_of_unknown_starts()
         except Exception:
             logger.exception("starts with an unknown outcome could not be checked; trying again later")
@@ -572,7 +576,7 @@ class JobScheduler:
                 if isinstance(minutes, int)
                 else "."
             )
-            await self.ledger.settle_start(start, entry_id=timer.entry_id, note=note)
+            await self.ledger.settle(start, external_id=str(timer.entry_id), note=note)
             logger.warning(
                 "the start of run %s (outcome unknown) had started entry %s%s",
                 start.run_id,
@@ -583,16 +587,43 @@ class JobScheduler:
 
     async def _plan_stop_of_found_timer(self, timer: RunningTimer, minutes: int) -> bool:
         """Plan the stop of a running timer found after its start lost track of it, unless one is planned."""
-        async with self.sessions() as session:
-            if await session.get(ScheduledJob, stop_job_id(timer.entry_id)) is not None:
-                return False  # its stop was planned already
-        await self.schedule_stop(
+        return await self._plan_stop_unless_planned(
             entry_id=timer.entry_id,
             workspace_id=timer.workspace_id,
             description=timer.description or "",
             at=timer.start + timedelta(minutes=minutes),
         )
+
+    async def _plan_stop_unless_planned(
+        self, *, entry_id: int, workspace_id: int, description: str, at: datetime
+    ) -> bool:
+        async with self.sessions() as session:
+            if await session.get(ScheduledJob, stop_job_id(entry_id)) is not None:
+                return False  # its stop was planned already
+        await self.schedule_stop(entry_id=entry_id, workspace_id=workspace_id, description=description, at=at)
         return True
+
+    async def _save_unsaved_stops(self) -> None:
+        """The planned stops that runs could not save when they started their timers (the database failed then;
+        each left a failed `scheduler`/`plan_stop` action holding the stop): save them now. A stop whose time
+        has passed fires at once and is set back to its planned time, like any late stop."""
+        for action in await self.ledger.unsettled_actions(*PLAN_STOP, since=utcnow() - RECOVERY_WINDOW):
+            stop = action.request
+            try:
+                entry_id, workspace_id = int(stop["entry_id"]), int(stop["workspace_id"])
+                at = datetime.fromisoformat(str(stop["at"]))
+            except (KeyError, TypeError, ValueError):
+                logger.error(
+                    "run %s: its unsaved stop cannot be read (%r); stop the timer by hand", action.run_id, stop
+                )
+                continue
+            description = str(stop.get("description") or "")
+            await self._plan_stop_unless_planned(
+                entry_id=entry_id, workspace_id=workspace_id, description=description, at=at
+            )
+            note = f"Saved by the prune at {local_time(utcnow(), self.settings)}."
+            await self.ledger.settle(action, external_id=stop_job_id(entry_id), note=note)
+            logger.warning("saved the planned stop of entry %s (run %s could not)", entry_id, action.run_id)
 
     async def _release(self, job_id: str, fire_time: datetime) -> None:
         async with self.sessions.begin() as session:

@@ -238,8 +238,8 @@ async def check_unsettled_starts(ledger: Ledger) -> None:
     assert start.input_summary == {"duration_minutes": 25}
     assert await ledger.unsettled_starts(datetime.now(UTC) + timedelta(minutes=1)) == []
 
-    await ledger.settle_start(start, entry_id=4242, note="Found running later as entry 4242.")
-    await ledger.settle_start(start, entry_id=5555, note="Found twice?")  # settled once only
+    await ledger.settle(start, external_id="4242", note="Found running later as entry 4242.")
+    await ledger.settle(start, external_id="5555", note="Found twice?")  # settled once only
     assert await ledger.unsettled_starts(since) == []
     run = await ledger.get_run(ids["unknown"])
     assert run is not None

@@ -470,6 +470,83 @@ def _same_name_started_later(problem: dict[str, Any], *, seconds: int) -> dict[s
     return {"description": "Deep Work", "workspace_id": WID, "start": start.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
+def failing_once(scheduler: Any, monkeypatch: pytest.MonkeyPatch, seen: list[str]) -> None:
+    """The scheduler's first stop write fails like a database that went away; it records the run's status then."""
+    from sqlalchemy.exc import OperationalError
+
+    original = scheduler.schedule_stop
+
+    async def schedule_stop(**kwargs: Any) -> str:
+        seen.append("called")
+        if len(seen) == 1:
+            raise OperationalError("INSERT INTO scheduled_jobs", {}, Exception("database is locked"))
+        return await original(**kwargs)
+
+    monkeypatch.setattr(scheduler, "schedule_stop", schedule_stop)
+
+
+async def test_a_stop_that_cannot_be_saved_is_said_and_saved_by_the_next_prune(make_client, toggl, monkeypatch):
+    """Found by a code review: the stop was written after the run had finished `ok`; a failed write (or a
+    worker killed then) left the timer running for good, and the prune never looked at an `ok` run."""
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
+    seen: list[str] = []
+    async with make_client(**CONFIG) as client:
+        scheduler = client.app.state.scheduler
+        failing_once(scheduler, monkeypatch, seen)
+        response = await client.post("/start-timer", json={"task_name": "Deep Work", "duration_minutes": 25})
+        before = (await client.get("/schedule")).json()["stops"]
+        await scheduler.prune()
+        await scheduler.prune()  # saved once
+        after = (await client.get("/schedule")).json()["stops"]
+        run = await get_run(client, response.json()["run_id"])
+    body = response.json()
+    assert response.status_code == 200
+    assert body["entry_id"] == 111222333
+    assert body["planned_stop_error"].startswith("The timer started, but its stop at ")
+    assert "database is locked" in body["planned_stop_error"]
+    assert 'POST /stop-timer {"entry_id": 111222333, "workspace_id": 4242}' in body["planned_stop_error"]
+    assert before == []
+    [stop] = after
+    assert (stop["entry_id"], stop["status"]) == (111222333, "pending")
+    assert datetime.fromisoformat(stop["run_at"]) == datetime.fromisoformat(body["planned_stop"])
+    assert run["status"] == "ok" and run["result"]["planned_stop_error"] == body["planned_stop_error"]
+    start, plan = run["actions"]
+    assert (start["skill"], start["status"], start["external_id"]) == ("toggl", "ok", "111222333")
+    assert (plan["skill"], plan["operation"], plan["status"], plan["external_id"]) == (
+        "scheduler",
+        "plan_stop",
+        "failed",
+        "stop:111222333",
+    )
+    assert plan["request"] == {
+        "entry_id": 111222333,
+        "workspace_id": WID,
+        "description": "Deep Work",
+        "at": datetime.fromisoformat(body["planned_stop"]).isoformat(),
+    }
+    assert "database is locked" in plan["error"] and "Saved by the prune at " in plan["error"]
+    assert seen == ["called", "called"]
+
+
+async def test_the_stop_is_saved_before_the_run_can_finish(make_client, toggl, monkeypatch):
+    """A worker killed between the two must leave the run `running`, which the prune's recovery looks at."""
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=echo_entry)
+    statuses: list[str] = []
+    async with make_client(**CONFIG) as client:
+        scheduler, ledger = client.app.state.scheduler, client.app.state.resources.ledger
+        original = scheduler.schedule_stop
+
+        async def schedule_stop(**kwargs: Any) -> str:
+            [run], _ = await ledger.list_runs(kind="toggl.start_timer")
+            statuses.append(run.status)
+            return await original(**kwargs)
+
+        monkeypatch.setattr(scheduler, "schedule_stop", schedule_stop)
+        response = await client.post("/start-timer", json={"task_name": "Deep Work", "duration_minutes": 25})
+    assert response.status_code == 200 and response.json()["planned_stop_error"] is None
+    assert statuses == ["running"]
+
+
 async def test_a_refused_connection_releases_the_key_so_the_retry_runs(make_client, fake_toggl):
     """Nothing left the machine, so nothing can have started: the same key may try again."""
     headers = {"Idempotency-Key": "refused-1"}

@@ -125,6 +125,41 @@ async def test_summary_has_plan_and_timer_in_timezone_and_stop_is_scheduled(make
     assert sorted((a.skill, a.status) for a in run.actions) == [("ai_router", "ok"), ("slack", "ok"), ("toggl", "ok")]
 
 
+class FailingScheduler(RecordingScheduler):
+    """Its database went away: no stop can be saved."""
+
+    async def schedule_stop(self, **kwargs: Any) -> str:
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("INSERT INTO scheduled_jobs", {}, Exception("database is locked"))
+
+
+async def test_a_timer_whose_stop_cannot_be_saved_is_reported_started_and_the_stop_kept_for_the_prune(
+    make_settings, ledger
+):
+    """Found by a code review: the failed save was taken for a failed start ("Timer: not started", not
+    outcome-unknown) while the timer ran, inviting a second one; and nothing would ever stop it."""
+    slack = RecordingSlack()
+    deps = make_deps(make_settings, ledger, slack=slack, scheduler=FailingScheduler())
+    report = await run_briefing(deps, BriefingRequest(task="Writing", duration_minutes=30), trigger="schedule")
+    [timer] = [step for step in report.steps if step.name == "timer"]
+    assert (timer.status, timer.external_id) == ("ok", "77")
+    assert timer.detail.startswith("'Writing' started 08:00 Europe/Berlin, stops 08:30 Europe/Berlin. The timer ")
+    assert "its stop at 08:30 Europe/Berlin could not be saved yet" in timer.detail
+    [post] = slack.posts
+    assert "*Timer*: 'Writing' started 08:00 Europe/Berlin" in post["text"] and "not started" not in post["text"]
+    run = await ledger.get_run(report.run_id)
+    assert run is not None
+    [plan] = [action for action in run.actions if action.skill == "scheduler"]
+    assert (plan.operation, plan.status) == ("plan_stop", "failed")
+    assert plan.request == {
+        "entry_id": 77,
+        "workspace_id": 1,
+        "description": "Writing",
+        "at": "2026-11-25T07:30:00+00:00",
+    }
+
+
 async def test_a_plan_cut_short_says_so_in_the_summary_and_the_step(make_settings, ledger):
     slack = RecordingSlack()
     deps = make_deps(make_settings, ledger, router=SlowRouter(truncated=True), slack=slack)
