@@ -90,14 +90,17 @@ def stop_job_id(entry_id: int | str) -> str:
     return f"stop:{entry_id}"
 
 
-def briefing_fire_time(now: datetime) -> datetime:
-    """The cron fire time a briefing run belongs to: `now` floored to the minute.
+def briefing_fire_time(trigger: BaseTrigger, now: datetime) -> datetime:
+    """The cron occurrence a briefing run belongs to: the latest fire time of `trigger` up to `now`.
 
-    Crontab triggers fire on whole minutes and APScheduler 3 does not hand the
-    scheduled time to the job, so every worker derives the same claim key from
-    its own clock; runs more than BRIEFING_GRACE_SECONDS late are not started.
+    APScheduler 3 does not hand the scheduled time to the job, so each worker derives it from the trigger and
+    its own clock; the claim on it keeps the briefing to one run per occurrence. The minute a worker got round
+    to it was the key before, and a worker running the 06:30 briefing at 06:31:10 (within the misfire grace)
+    claimed "06:31" and ran a second one (found by a code review). A run is never more than
+    BRIEFING_GRACE_SECONDS late, so the occurrence is found in that window; `now` floored to the minute only if
+    the trigger has none there (a clock stepped back).
     """
-    return now.replace(second=0, microsecond=0)
+    return missed_briefing(trigger, now) or now.replace(second=0, microsecond=0)
 
 
 def missed_briefing(trigger: BaseTrigger, now: datetime) -> datetime | None:
@@ -224,9 +227,7 @@ class JobScheduler:
                 # that day's briefing was silently skipped (found by a black-box review). Within the grace it is
                 # run now; the claim on its fire time keeps it to once if it had run before the restart.
                 logger.info("the briefing due at %s was missed while stopped: running it now", missed.isoformat())
-                self.tasks.spawn(
-                    self.fire_briefing(briefing_fire_time(missed)), kind="schedule.briefing", trigger="schedule"
-                )
+                self.tasks.spawn(self.fire_briefing(missed), kind="schedule.briefing", trigger="schedule")
         self.aps.add_job(
             self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
         )
@@ -437,8 +438,9 @@ class JobScheduler:
     # --- The briefing ----------------------------------------------------------------
 
     async def _briefing_due(self) -> None:
+        trigger = self.aps.get_job(BRIEFING_JOB_ID).trigger
         self.tasks.spawn(
-            self.fire_briefing(briefing_fire_time(datetime.now(self.settings.zone))),
+            self.fire_briefing(briefing_fire_time(trigger, datetime.now(self.settings.zone))),
             kind="schedule.briefing",
             trigger="schedule",
         )

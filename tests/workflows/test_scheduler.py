@@ -65,9 +65,21 @@ def scheduler_for(settings, sessions, ledger, *, slack: RecordingSlack, worker_i
     )
 
 
-def test_fire_time_is_the_minute():
-    moment = datetime(2026, 11, 25, 8, 0, 7, 123456, tzinfo=BERLIN)
-    assert briefing_fire_time(moment) == datetime(2026, 11, 25, 8, 0, tzinfo=BERLIN)
+@pytest.mark.parametrize(
+    ("cron", "now", "occurrence"),
+    [
+        ("0 8 * * *", datetime(2026, 11, 25, 8, 0, 7, 123456), datetime(2026, 11, 25, 8, 0)),
+        # Run late, within the grace: still the 08:00 occurrence, not the minute it ran in.
+        ("0 8 * * *", datetime(2026, 11, 25, 8, 1, 10), datetime(2026, 11, 25, 8, 0)),
+        ("0 8 * * *", datetime(2026, 11, 25, 8, 4, 59), datetime(2026, 11, 25, 8, 0)),
+        ("* * * * *", datetime(2026, 11, 25, 8, 1, 10), datetime(2026, 11, 25, 8, 1)),
+        # No occurrence in the grace (a clock stepped back): the minute.
+        ("0 8 * * *", datetime(2026, 11, 25, 7, 59, 30), datetime(2026, 11, 25, 7, 59)),
+    ],
+)
+def test_fire_time_is_the_cron_occurrence(cron, now, occurrence):
+    trigger = crontab_trigger(cron, timezone=BERLIN)
+    assert briefing_fire_time(trigger, now.replace(tzinfo=BERLIN)) == occurrence.replace(tzinfo=BERLIN)
 
 
 async def assert_one_briefing_run_claimed_by_w1_for(fire_time: datetime, sessions, ledger) -> None:
@@ -124,6 +136,34 @@ async def test_two_schedulers_on_one_database_fire_the_briefing_once(make_settin
     assert len(slack.posts) == 1
     _, total = await ledger.list_runs(kind="briefing")
     assert total == 1
+
+
+async def test_a_worker_running_the_briefing_a_minute_late_does_not_run_it_again(make_settings, sessions, ledger):
+    """Found by a code review: the claim was the minute the job ran in, so a worker whose loop was 70 s late
+    (within the 5-minute misfire grace) claimed 06:31 and posted a second briefing and started a second timer."""
+    settings = make_settings(briefing_cron="30 6 * * 1-5", timezone="Europe/Berlin")
+    slack = RecordingSlack()
+    first = scheduler_for(settings, sessions, ledger, slack=slack, worker_id="w1")
+    second = scheduler_for(settings, sessions, ledger, slack=slack, worker_id="w2")
+    with time_machine.travel(datetime(2026, 11, 25, 6, 29, 58, tzinfo=BERLIN), tick=True) as clock:
+        await first.start()
+        await second.start()
+        try:
+            clock.move_to(datetime(2026, 11, 25, 6, 30, 0, 200_000, tzinfo=BERLIN))
+            first.aps.wakeup()
+            await wait_for(lambda: len(slack.posts) == 1)
+            await first.tasks.aclose(grace_seconds=5)
+            clock.move_to(datetime(2026, 11, 25, 6, 31, 10, tzinfo=BERLIN))
+            second.aps.wakeup()
+            await asyncio.sleep(0.2)
+            await second.tasks.aclose(grace_seconds=5)
+        finally:
+            await first.shutdown()
+            await second.shutdown()
+    assert len(slack.posts) == 1
+    _, total = await ledger.list_runs(kind="briefing")
+    assert total == 1
+    await assert_one_briefing_run_claimed_by_w1_for(datetime(2026, 11, 25, 5, 30, tzinfo=UTC), sessions, ledger)
 
 
 async def test_a_briefing_due_while_down_runs_at_start_up_within_the_grace_and_only_once(
