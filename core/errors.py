@@ -77,6 +77,15 @@ class ProblemError(Exception):
     def type(self) -> str:
         return PROBLEM_BASE + self.slug
 
+    def wait(self, retry_after: float | None) -> ProblemError:
+        """Say when to try again, as the upstream did: the attribute (read by the retry loop), the `Retry-After`
+        header and the `retry_after` member. Nothing when it did not say."""
+        if retry_after is not None:
+            self.retry_after = retry_after
+            self.headers["Retry-After"] = str(_whole_seconds(retry_after))
+            self.extras["retry_after"] = _whole_seconds(retry_after)
+        return self
+
 
 class BadRequest(ProblemError):
     status, slug, title = 400, "bad-request", "Bad request"

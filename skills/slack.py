@@ -235,6 +235,7 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
             upstream=UPSTREAM,
             replay_safe=False,
             check=_may_have_posted(channel),
+            retry_after=parse_retry_after(headers.get("Retry-After")),
             slack_error=error,
         )
     if error is None:

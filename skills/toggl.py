@@ -247,6 +247,7 @@ def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Call
             upstream=UPSTREAM,
             replay_safe=replay_safe,
             check=_MAY_HAVE_STARTED,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     return UpstreamError(f"Toggl answered {status}." + suffix, upstream=UPSTREAM, upstream_status=status)
 

@@ -297,6 +297,7 @@ def twilio_error(response: httpx.Response, *, recipient: str | None = None) -> P
             upstream=UPSTREAM,
             replay_safe=False,
             check=_may_have_sent(recipient),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
             **context,
         )
     if status in (401, 403) or code == 20003:

@@ -561,6 +561,30 @@ async def test_a_refused_connection_releases_the_key_so_the_retry_runs(make_clie
     assert len(fake_toggl.calls("POST", path)) == 1
 
 
+async def test_a_503_with_a_long_retry_after_is_not_retried_in_the_request_and_is_passed_on(make_client, toggl):
+    """Found by a code review: the Retry-After of a 503 was dropped; three calls went out in 0.2 s."""
+    route = toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(503, text="maintenance", headers={"Retry-After": "120"})
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.get("/timers/current")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "120" and response.json()["retry_after"] == 120
+    assert route.call_count == 1
+
+
+async def test_a_503_with_a_short_retry_after_is_waited_and_retried(make_client, toggl):
+    route = toggl.get("/me/time_entries/current").mock(
+        side_effect=[
+            httpx.Response(503, text="busy", headers={"Retry-After": "1"}),
+            httpx.Response(200, content=b"null", headers={"content-type": "application/json"}),
+        ]
+    )
+    async with make_client(**CONFIG) as client:
+        response = await client.get("/timers/current")
+    assert response.status_code == 200 and route.call_count == 2
+
+
 async def test_503_on_the_read_before_a_stop_is_retried_then_503_recorded_with_attempts(make_client, toggl):
     route = toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(503, text="down"))
     async with make_client(**CONFIG) as client:

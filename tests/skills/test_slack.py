@@ -265,6 +265,10 @@ async def test_5xx_is_posted_once_and_says_the_outcome_is_unknown(fake, slack_se
     assert caught.value.detail == f"{lead} {_UNKNOWN}"
     assert caught.value.extras["upstream_status"] == reply.status
     assert "<html>" not in caught.value.detail
+    # A Retry-After is passed on to the caller (not waited for: the post is not retried).
+    said = (reply.headers or {}).get("Retry-After")
+    assert caught.value.headers.get("Retry-After") == said
+    assert caught.value.extras.get("retry_after") == (int(said) if said else None)
 
 
 @pytest.mark.parametrize(
