@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import InvalidInput, PayloadTooLarge, ProblemError, UpstreamError, UpstreamRateLimited
+from core.text import cut_between_words
 
 #: Phrases vendors use when a 429 means "out of money or daily quota", not "slow down".
 #: Waiting a few seconds cannot fix those, so they are never retried.
@@ -201,7 +202,7 @@ def account_refused(
 
 def _said(message: str) -> str:
     """The vendor's message on one line, cut short: a proxy's HTML error page can be long."""
-    return " ".join((message or "no error message").split())[:300]
+    return cut_between_words(" ".join((message or "no error message").split()), 300)
 
 
 def unusable_answer(upstream: str, exc: BaseException | str) -> UpstreamError:

@@ -192,7 +192,9 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
 
 def _api_error(exc: genai_errors.APIError) -> Exception:
     status = int(exc.code or 0)
-    message = exc.message if isinstance(exc.message, str) else json.dumps(exc.details)[:300]
+    message = (
+        exc.message if isinstance(exc.message, str) else json.dumps(exc.details)
+    )  # cut by status_error, between words
     detail_text = json.dumps(_error_details(exc))
     retry_after = _retry_after(exc)
     # Gemini's per-minute and per-day quota errors share one message ("You exceeded your current

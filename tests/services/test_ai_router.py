@@ -1126,3 +1126,18 @@ async def test_a_negative_token_count_is_reported_as_unknown(make_router, fakes)
     result = await router.generate(text="plan", provider="claude")
 
     assert result.usage.model_dump() == {"input_tokens": None, "output_tokens": 3}
+
+
+@pytest.mark.parametrize("offset", [280, 290, 295, 299])
+def test_a_key_echoed_across_the_cut_leaves_no_prefix_behind(offset):
+    """Found by a code review: the vendor's text was cut at 300 characters before the scrubber ran, and a key
+    straddling the cut left a prefix no scrubber recognises."""
+    from core.secrets import SecretScrubber
+
+    key = "sk-local-0123456789abcdefghijklmnopq"
+    message = "x" * (offset - len("Received API Key = ")) + "Received API Key = " + key + " and more words here"
+    scrubber = SecretScrubber([key])
+    problem = status_error(upstream="local", status=401, message=message)
+    said = scrubber.scrub(problem.detail)
+    assert key[:10] not in said
+    assert len(problem.detail) < 400
