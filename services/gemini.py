@@ -240,11 +240,9 @@ def _retry_after(exc: genai_errors.APIError) -> float | None:
             return seconds
     for item in _error_details(exc):
         if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = str(item.get("retryDelay", "")).removesuffix("s")
-            try:
-                return max(0.0, float(delay))
-            except ValueError:
-                return None
+            # The header's sanitiser, not float(): "infs" raised inside the router (a 500 with no fallback to
+            # Claude) and "1e12s" became Retry-After: 1000000000000 (found by a code review).
+            return parse_retry_after(str(item.get("retryDelay", "")).removesuffix("s"))
     return None
 
 

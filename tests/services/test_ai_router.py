@@ -316,6 +316,25 @@ async def test_gemini_429_retry_info_delay_is_honoured(make_router, fakes):
     assert len(fakes.gemini.calls()) == 2
 
 
+@pytest.mark.parametrize(("delay", "passed_on"), [("infs", None), ("nans", None), ("1e12s", 86_400), ("-5s", 0)])
+async def test_a_wild_gemini_retry_delay_is_sanitised_and_claude_is_tried(make_router, fakes, delay, passed_on):
+    """Found by a code review: "infs" raised a ValueError inside the router (a 500, Claude never tried), and
+    "1e12s" was passed on as Retry-After: 1000000000000."""
+    details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
+    reply = gemini_error(429, "RESOURCE_EXHAUSTED", "Per-minute quota.", details=details)
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: reply)
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: anthropic_error(429, "rate_limit_error", "Slow down."))
+    router = await make_router(llm_max_attempts=1)
+
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await router.generate(text="short")
+
+    [gemini, claude] = caught.value.extras["providers"]
+    assert (gemini["provider"], claude["provider"]) == ("gemini", "claude")
+    assert len(fakes.claude.calls()) == 1
+    assert caught.value.headers.get("Retry-After") == (None if passed_on is None else str(passed_on))
+
+
 async def test_unconfigured_primary_falls_back_and_says_so(make_router, fakes):
     router = await make_router(gemini_api_key=None)
 
