@@ -52,6 +52,8 @@ _SECRET_KEY = re.compile(
 #: longer ones are cut and their length noted, so one request cannot bloat the ledger.
 _MAX_STRING = 20_000
 _MAX_ERROR = 500
+#: How deep a stored request or result may nest; deeper parts are replaced by a note.
+MAX_STORED_DEPTH = 32
 
 
 @functools.lru_cache(maxsize=1024)
@@ -76,21 +78,26 @@ def encodable(text: str) -> str:
     return text
 
 
-def redact(value: Any, scrub: Callable[[str], str] = _unchanged) -> Any:
+def redact(value: Any, scrub: Callable[[str], str] = _unchanged, *, depth: int = 0) -> Any:
     """A copy safe to store: secret-looking keys masked, every string (keys too) scrubbed of configured secrets
-    by `scrub`, long strings truncated. One walk; each string is scrubbed before it is cut, so a cut never
-    leaves half a secret."""
+    by `scrub`, long strings truncated, nesting cut at MAX_STORED_DEPTH. One walk; each string is scrubbed
+    before it is cut, so a cut never leaves half a secret."""
     if isinstance(value, str):
         value = encodable(scrub(value))
         return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + f"… ({len(value)} chars)"
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_STORED_DEPTH:
+        # Stored whole, a client's 300-level JSON made GET /runs/{id} a 500 for good (pydantic's serialiser
+        # stops at its own depth limit; found by a code review).
+        return f"… (nested deeper than {MAX_STORED_DEPTH} levels)"
     if isinstance(value, Mapping):
         stored = {}
         for key, val in value.items():
             name = encodable(scrub(str(key)))
-            stored[name] = REDACTED if _is_secret_key(name) and val not in (None, "") else redact(val, scrub)
+            secret = _is_secret_key(name) and val not in (None, "")
+            stored[name] = REDACTED if secret else redact(val, scrub, depth=depth + 1)
         return stored
     if isinstance(value, (list, tuple)):
-        return [redact(item, scrub) for item in value]
+        return [redact(item, scrub, depth=depth + 1) for item in value]
     return value
 
 

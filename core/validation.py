@@ -22,3 +22,17 @@ def skill_check(check: Callable[[Any], object], value: Any) -> Any:
         # A custom error keeps the skill's sentence as the message, without pydantic's "Value error, " prefix.
         raise PydanticCustomError("invalid_value", "{reason}", {"reason": exc.detail}) from None
     return value
+
+
+def json_depth(value: Any) -> int:
+    """How deep `value` (parsed JSON) nests: 0 for a scalar, 1 for a flat list or object. Iterative, so a
+    hostile document cannot exhaust the stack."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest

@@ -11,11 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.validation import json_depth
 from routers.deps import SkillsDep
 from skills.slack import MAX_BLOCKS
 from workflows.actions import perform_action
 
 router = APIRouter(tags=["slack"])
+
+#: Block Kit nests a handful of levels (rich text: blocks, elements, elements, style); far more is not Block Kit.
+MAX_BLOCK_DEPTH = 16
 
 
 class SlackNotifyRequest(BaseModel):
@@ -51,8 +55,19 @@ class SlackNotifyRequest(BaseModel):
         None, pattern=r"^[0-9]{1,12}\.[0-9]{1,8}$", description="Reply in this thread (the parent message's ts)."
     )
     blocks: list[dict[str, Any]] | None = Field(
-        None, max_length=MAX_BLOCKS, description="Block Kit blocks, sent as given."
+        None,
+        max_length=MAX_BLOCKS,
+        description=f"Block Kit blocks, sent as given (nesting at most {MAX_BLOCK_DEPTH} levels).",
     )
+
+    @field_validator("blocks")
+    @classmethod
+    def _shallow_enough(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        # Block Kit nests a handful of levels; a 300-level document was posted, then made its own ledger record
+        # unreadable (found by a code review).
+        if value is not None and (depth := json_depth(value)) > MAX_BLOCK_DEPTH:
+            raise ValueError(f"nest {depth} levels deep; Block Kit needs at most {MAX_BLOCK_DEPTH}")
+        return value
 
 
 class SlackNotifyResponse(BaseModel):

@@ -251,3 +251,23 @@ async def check_unsettled_starts(ledger: Ledger) -> None:
 async def test_unsettled_starts_are_listed_until_settled(make_settings):
     async with running_app(make_settings()) as (app, _):
         await check_unsettled_starts(app.state.resources.ledger)
+
+
+async def test_a_record_nested_deeper_than_any_api_reads_back(make_settings):
+    """Found by a code review: a 300-level document stored whole made GET /runs/{id} a 500 for good."""
+    from core.ledger import MAX_STORED_DEPTH
+
+    deep: dict = {"leaf": "x"}
+    for _ in range(300):
+        deep = {"next": deep}
+    async with running_app(make_settings()) as (app, client):
+        async with app.state.resources.ledger.run("test.deep", trigger="api", input_summary={}) as run:
+            async with run.action("slack", "post_message") as action:
+                action.request = {"blocks": [deep]}
+            run.result = deep
+        response = await client.get(f"/runs/{run.id}")
+    assert response.status_code == 200
+    stored = response.json()["actions"][0]["request"]
+    for _ in range(MAX_STORED_DEPTH - 2):  # the request object and the list are two levels
+        stored = stored["blocks"][0] if "blocks" in stored else stored["next"]
+    assert stored == {"next": f"… (nested deeper than {MAX_STORED_DEPTH} levels)"}

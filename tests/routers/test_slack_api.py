@@ -95,6 +95,14 @@ async def test_unconfigured_is_503_naming_the_variable_and_recorded(make_client)
     assert "SLACK_BOT_TOKEN" in run["actions"][0]["error"]
 
 
+def nested(levels: int) -> dict:
+    """A block whose `text` nests `levels` objects deep (the block itself is one more, the list another)."""
+    inner: dict = {"type": "plain_text", "text": "deep"}
+    for _ in range(levels - 1):
+        inner = {"type": "x", "text": inner}
+    return {"type": "section", "text": inner}
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -103,8 +111,10 @@ async def test_unconfigured_is_503_naming_the_variable_and_recorded(make_client)
         {"message": "hi", "thread_ts": "yesterday"},
         {"message": "hi", "text": "typo field"},
         {"message": "hi", "blocks": [{"type": "divider"}] * 51},
+        {"message": "hi", "blocks": [nested(300)]},
+        {"message": "hi", "blocks": [nested(16)]},
     ],
-    ids=["missing", "empty", "bad-thread-ts", "unknown-field", "too-many-blocks"],
+    ids=["missing", "empty", "bad-thread-ts", "unknown-field", "too-many-blocks", "nested-300", "nested-18"],
 )
 async def test_invalid_bodies_are_422_without_a_post(slack_client, fake, body):
     async with slack_client() as client:
@@ -284,3 +294,13 @@ async def test_connection_refused_is_503_and_recorded(make_client):
     assert response.status_code == 503
     assert run["actions"][0]["attempts"] == ATTEMPTS
     assert "could not be reached" in run["actions"][0]["error"]
+
+
+async def test_blocks_as_deep_as_block_kit_goes_are_posted(slack_client, fake):
+    """At the limit (16 levels, the list included) the post goes out and its record reads back."""
+    async with slack_client() as client:
+        response = await client.post("/slack-notify", json={"message": "hi", "blocks": [nested(14)]})
+        run = await _only_run(client)
+    assert response.status_code == 200
+    assert fake.calls("POST", CHAT_POST_MESSAGE)[0].json["blocks"] == [nested(14)]
+    assert run["actions"][0]["request"]["blocks"] == [nested(14)]
