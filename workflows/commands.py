@@ -155,6 +155,11 @@ async def _reply(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | N
     return await _brief(deps, trigger=trigger)
 
 
+def _dry(dry_run: bool) -> str:
+    """The start of every reply to a command run under DRY_RUN=true: nothing was done, and why."""
+    return "Dry run (DRY_RUN=true), nothing was sent: " if dry_run else ""
+
+
 def _problem_reply(what: str, exc: ProblemError) -> str:
     return f"{what}: {exc.detail}"
 
@@ -165,19 +170,29 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
     minutes = command.minutes if command.minutes is not None else settings.briefing_timer_minutes
     if not 1 <= minutes <= MAX_MINUTES:
         return "A timer can run from 1 minute to 24 hours. Try: start writing for 45 min"
+    dry_run = settings.dry_run
     summary = {"command": "start", "task": task, "duration_minutes": minutes, "sender": sender}
+    if dry_run:  # recorded: the prune's recovery of an interrupted start must know a rehearsal from a start
+        summary["dry_run"] = True
     async with deps.ledger.run("command.start", trigger=trigger, input_summary=summary) as run:
         try:
             async with run.action("toggl", "start_timer") as action:
-                started = await deps.skills.toggl.start_timer(description=task, duration_minutes=minutes)
+                started = await deps.skills.toggl.start_timer(
+                    description=task, duration_minutes=minutes, dry_run=dry_run
+                )
                 action.external_id = started.ledger_external_id()
                 action.request = started.payload
+                action.status = "dry_run" if dry_run else "ok"
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("Could not start the timer", exc)
         await plan_stop(deps, run, started)
         start_at, stop_at = local_time(started.start, settings), local_time(started.planned_stop, settings)
-        confirmation = f"Started '{task}' at {start_at}; it stops at {stop_at}."
+        confirmation = (
+            f"Would start '{task}' at {start_at}; it would stop at {stop_at}."
+            if dry_run
+            else f"Started '{task}' at {start_at}; it stops at {stop_at}."
+        )
         if started.planned_stop_error:
             confirmation += f" {started.planned_stop_error}"
         announcement = (
@@ -187,24 +202,31 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
         )
         try:
             async with run.action("slack", "post_message") as action:
-                posted = await deps.skills.slack.post_message(text=announcement)
+                posted = await deps.skills.slack.post_message(text=announcement, dry_run=dry_run)
                 action.external_id = posted.ledger_external_id()
                 action.request = posted.payload
+                action.status = "dry_run" if dry_run else "ok"
         except ProblemError as exc:
             run.status = "partial"
-            return f"{confirmation} Slack was not told: {exc.detail}"
+            return f"{_dry(dry_run)}{confirmation} Slack was not told: {exc.detail}"
         run.result = {"entry_id": started.entry_id, "slack_channel": posted.channel, "slack_ts": posted.ts}
+        if dry_run:
+            run.status = "dry_run"
+            return f"{_dry(dry_run)}{confirmation} Slack {posted.channel} would be told."
         return f"{confirmation} Posted to Slack {posted.channel}."
 
 
 async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
-    async with deps.ledger.run(
-        "command.stop", trigger=trigger, input_summary={"command": "stop", "sender": sender}
-    ) as run:
+    dry_run = deps.settings.dry_run
+    summary = {"command": "stop", "sender": sender} | ({"dry_run": True} if dry_run else {})
+    async with deps.ledger.run("command.stop", trigger=trigger, input_summary=summary) as run:
         try:
             async with run.action("toggl", "stop_timer") as action:
-                stopped = await deps.skills.toggl.stop_timer()
+                stopped = await deps.skills.toggl.stop_timer(dry_run=dry_run)
                 action.external_id = None if stopped is None else str(stopped.entry_id)
+                if stopped is not None:
+                    action.request = stopped.payload
+                action.status = "dry_run" if dry_run else "ok"
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("Could not stop the timer", exc)
@@ -214,6 +236,9 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
         await cancel_planned_stop(deps, stopped)
         run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
         name = f"'{stopped.description}'" if stopped.description else "the timer"
+        if dry_run:
+            run.status = "dry_run"
+            return f"{_dry(dry_run)}Would stop {name} (entry {stopped.entry_id})."
         if stopped.elapsed_seconds is None:  # Toggl found it already stopped and did not return it
             return f"Stopped {name}."
         return f"Stopped {name} after {human_duration(stopped.elapsed_seconds)}."
@@ -233,7 +258,8 @@ async def _status(deps: WorkflowDeps) -> str:
 
 
 async def _brief(deps: WorkflowDeps, *, trigger: str) -> str:
-    report = await run_briefing(deps, BriefingRequest(), trigger=trigger)
+    dry_run = deps.settings.dry_run
+    report = await run_briefing(deps, BriefingRequest(dry_run=dry_run), trigger=trigger)
     by_name = {step.name: step for step in report.steps}
     lines = [report.plan or f"No plan today ({by_name['plan'].detail})."]
     timer = by_name["timer"]
@@ -241,7 +267,7 @@ async def _brief(deps: WorkflowDeps, *, trigger: str) -> str:
     slack = by_name["slack"]
     if slack.status != "ok":
         lines.append(f"Slack summary not posted: {slack.detail}")
-    return "\n\n".join(lines)
+    return _dry(dry_run) + "\n\n".join(lines)
 
 
 async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | None) -> str:
@@ -249,11 +275,16 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
     if router is None:
         return "The assistant is not configured (no language model). " + help_text(deps)
     prompt = text.strip()[:CHAT_MAX_INPUT_CHARS]
-    async with deps.ledger.run("inbound.chat", trigger=trigger, input_summary={"sender": sender}) as run:
+    dry_run = deps.settings.dry_run
+    summary = {"sender": sender} | ({"dry_run": True} if dry_run else {})
+    async with deps.ledger.run("inbound.chat", trigger=trigger, input_summary=summary) as run:
         try:
             async with run.action("ai_router", "generate") as action:
-                generation = await router.generate(text=prompt, system=CHAT_SYSTEM, max_tokens=CHAT_MAX_TOKENS)
+                generation = await router.generate(
+                    text=prompt, system=CHAT_SYSTEM, max_tokens=CHAT_MAX_TOKENS, dry_run=dry_run
+                )
                 action.external_id = str(generation.model_used)
+                action.status = "dry_run" if dry_run else "ok"
         except NotConfigured as exc:
             run.status = "failed"
             return f"The assistant is not configured: {exc.detail}"
@@ -265,6 +296,9 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
             "model_used": generation.model_used,
             "truncated": generation.truncated,
         }
+        if dry_run:
+            run.status = "dry_run"
+            return f"{_dry(dry_run)}The assistant ({generation.provider} {generation.model_used}) was not asked."
     reply = str(generation.response).strip()
     if reply and generation.truncated:
         reply += " […cut short: the answer was longer than a chat reply allows]"

@@ -459,7 +459,9 @@ class JobScheduler:
         if not await self.claim(BRIEFING_JOB_ID, fire_time):
             logger.info("briefing for %s already claimed by another worker", fire_time.isoformat())
             return None
-        report = await run_briefing(self._workflow_deps(), BriefingRequest(), trigger="schedule")
+        # DRY_RUN=true holds for the schedule too: it ran a real briefing (found by a black-box review).
+        request = BriefingRequest(dry_run=self.settings.dry_run)
+        report = await run_briefing(self._workflow_deps(), request, trigger="schedule")
         logger.info("scheduled briefing %s: %s", report.run_id, report.status)
         return report.run_id
 

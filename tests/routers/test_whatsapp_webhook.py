@@ -293,6 +293,40 @@ async def test_empty_allowlist_in_development_allows_everyone_with_a_warning(w, 
 # --- Commands and replies ---------------------------------------------------------------------
 
 
+async def test_dry_run_holds_for_chat_commands_too(w, make_client):
+    """Found by a black-box review: with DRY_RUN=true, WhatsApp's start, stop, brief and chat acted for real
+    (a Toggl timer, Slack posts, LLM calls). The reply still answers the sender, saying nothing was sent."""
+    w.toggl.running = {
+        "id": 77,
+        "workspace_id": 4242,
+        "description": "Old",
+        "start": "2026-11-26T07:00:00Z",
+        "stop": None,
+        "duration": -int(datetime(2026, 11, 26, 7, tzinfo=UTC).timestamp()),
+    }
+    async with make_client(**w.settings(dry_run=True)) as client:
+        [started] = messages(
+            await post_whatsapp(client, whatsapp_form("start Deep work for 25 min", sid="SM" + "1" * 32))
+        )
+        [stopped] = messages(await post_whatsapp(client, whatsapp_form("stop", sid="SM" + "2" * 32)))
+        [chat] = messages(await post_whatsapp(client, whatsapp_form("what should I do first?", sid="SM" + "3" * 32)))
+        [brief] = messages(await post_whatsapp(client, whatsapp_form("brief", sid="SM" + "4" * 32)))
+        schedule = (await client.get("/schedule")).json()
+        start_run = (await runs_of(client, "command.start"))[0]
+        start_run = (await client.get(f"/runs/{start_run['id']}")).json()
+    dry = "Dry run (DRY_RUN=true), nothing was sent: "
+    assert started.startswith(dry + "Would start 'Deep work' at ") and "Slack #general would be told." in started
+    assert stopped == dry + "Would stop 'Old' (entry 77)."
+    assert chat == dry + "The assistant (claude claude-haiku-4-5) was not asked."
+    assert brief.startswith(dry)
+    # Nothing reached Toggl but reads, nor Slack, nor the LLM; no stop was planned.
+    assert w.toggl.starts == [] and w.toggl.stops == [] and w.slack.requests == [] and w.claude.requests == []
+    assert schedule["stops"] == []
+    assert start_run["status"] == "dry_run" and start_run["input_summary"]["dry_run"] is True
+    assert [(a["skill"], a["status"]) for a in start_run["actions"]] == [("toggl", "dry_run"), ("slack", "dry_run")]
+    assert start_run["actions"][0]["request"]["json"]["description"] == "Deep work"
+
+
 async def test_start_starts_the_timer_posts_to_slack_and_confirms_both(w, make_client):
     async with make_client(**w.settings()) as client:
         [reply] = messages(await post_whatsapp(client, whatsapp_form("Start Deep writing for 45 minutes")))

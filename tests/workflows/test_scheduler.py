@@ -166,6 +166,21 @@ async def test_a_worker_running_the_briefing_a_minute_late_does_not_run_it_again
     await assert_one_briefing_run_claimed_by_w1_for(datetime(2026, 11, 25, 5, 30, tzinfo=UTC), sessions, ledger)
 
 
+async def test_under_dry_run_the_scheduled_briefing_is_a_dry_run(make_settings, sessions, ledger):
+    """Found by a black-box review: with DRY_RUN=true, BRIEFING_CRON ran a real briefing (an LLM call, a Toggl
+    timer, a Slack post), recorded with dry_run false."""
+    settings = make_settings(briefing_cron="30 6 * * *", timezone="Europe/Berlin", dry_run=True)
+    slack = RecordingSlack()
+    scheduler = scheduler_for(settings, sessions, ledger, slack=slack, worker_id="w1")
+    run_id = await scheduler.fire_briefing(datetime(2026, 11, 25, 6, 30, tzinfo=BERLIN))
+    run = await ledger.get_run(run_id)
+    assert run is not None and run.input_summary["dry_run"] is True
+    toggl, router = scheduler.deps().skills.toggl, scheduler.deps().ai_router
+    assert [call["dry_run"] for call in toggl.calls] == [True]
+    assert [post["dry_run"] for post in slack.posts] == [True]
+    assert router.calls == []  # a dry run makes no LLM call
+
+
 async def test_a_briefing_due_while_down_runs_at_start_up_within_the_grace_and_only_once(
     make_settings, sessions, ledger
 ):
