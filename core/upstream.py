@@ -71,6 +71,14 @@ def outcome_unknown(upstream: str, check: str | None = None) -> str:
     return f" {OUTCOME_UNKNOWN}: {check or f'check {upstream}'} before retrying."
 
 
+def unreadable_create(detail: str, *, upstream: str, status: int, check: str) -> UpstreamError:
+    """A 2xx to a create whose body cannot be used (an HTML page from a proxy, no id): the create most likely
+    happened, so the outcome is unknown, said as for a 5xx (`outcome_unknown`), and it is never retried."""
+    return UpstreamError(
+        detail + outcome_unknown(upstream, check), upstream=upstream, upstream_status=status, outcome_unknown=True
+    )
+
+
 def transport_error(
     exc: httpx.TransportError,
     *,

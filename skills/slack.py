@@ -32,7 +32,7 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import outcome_unknown, parse_retry_after, server_error, with_retries
+from core.upstream import outcome_unknown, parse_retry_after, server_error, unreadable_create, with_retries
 
 INTEGRATION = Integration(
     name="slack",
@@ -242,12 +242,11 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
         # A 200 whose body is not JSON (an HTML error page from a proxy), or a 4xx without Slack's error shape.
         if 200 <= status < 300:
             # A 2xx: Slack (or whatever answered for it) may have posted. Not retried, and said so.
-            return UpstreamError(
-                f"Slack answered HTTP {status} without a usable JSON body."
-                + outcome_unknown(UPSTREAM, _may_have_posted(channel)),
+            return unreadable_create(
+                f"Slack answered HTTP {status} without a usable JSON body.",
                 upstream=UPSTREAM,
-                upstream_status=status,
-                outcome_unknown=True,
+                status=status,
+                check=_may_have_posted(channel),
             )
         return UpstreamError(
             f"Slack answered HTTP {status} without a usable JSON body.", upstream=UPSTREAM, upstream_status=status

@@ -32,7 +32,7 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, server_error, transport_error, with_retries
+from core.upstream import parse_retry_after, server_error, transport_error, unreadable_create, with_retries
 
 INTEGRATION = Integration(
     name="toggl",
@@ -338,7 +338,12 @@ class TogglSkill:
             try:
                 entry = _entry(_json(response))
             except UpstreamError as exc:
-                entry, confirmed = await self._confirm_start(body, exc)
+                # A 2xx: the entry was most likely created. Unconfirmed, the outcome is unknown (found by a review:
+                # a plain 502 that invited a second start).
+                unknown = unreadable_create(
+                    exc.detail, upstream=UPSTREAM, status=response.status_code, check=_MAY_HAVE_STARTED
+                )
+                entry, confirmed = await self._confirm_start(body, unknown)
         return TimerStarted(
             payload=request,
             confirmed_after_error=confirmed,

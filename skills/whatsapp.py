@@ -27,7 +27,7 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, server_error, transport_error, with_retries
+from core.upstream import parse_retry_after, server_error, transport_error, unreadable_create, with_retries
 
 INTEGRATION = Integration(
     name="whatsapp",
@@ -223,8 +223,13 @@ class WhatsAppSkill:
             except (ValueError, AttributeError):
                 sid = None
             if not isinstance(sid, str) or not sid:
-                raise UpstreamError(
-                    f"Twilio answered HTTP {response.status_code} without a message SID.", upstream=UPSTREAM
+                # A 2xx: Twilio (or what answered for it) most likely created the message (found by a review: a
+                # plain 502 that invited a resend).
+                raise unreadable_create(
+                    f"Twilio answered HTTP {response.status_code} without a message SID.",
+                    upstream=UPSTREAM,
+                    status=response.status_code,
+                    check=_may_have_sent(form["To"]),
                 )
             return sid
         raise twilio_error(response, recipient=form["To"])

@@ -547,6 +547,20 @@ async def test_the_stop_is_saved_before_the_run_can_finish(make_client, toggl, m
     assert statuses == ["running"]
 
 
+async def test_an_unreadable_2xx_to_a_start_that_cannot_be_confirmed_is_outcome_unknown(make_client, toggl):
+    """Found by a black-box review: a 200 HTML page was a plain 502, inviting a second start."""
+    CreatedButLost(toggl, 200, created=False)
+    headers = {"Idempotency-Key": "html-1"}
+    async with make_client(**CONFIG) as client:
+        first = await client.post("/start-timer", json={"task_name": "Deep Work"}, headers=headers)
+        retry = await client.post("/start-timer", json={"task_name": "Deep Work"}, headers=headers)
+    assert first.status_code == 502
+    assert first.json()["outcome_unknown"] is True
+    assert "The outcome is unknown: the time entry may have been created" in first.json()["detail"]
+    assert retry.headers["idempotent-replayed"] == "true"  # kept for the key: the retry does not start a second
+    assert len([call for call in toggl.calls if call.request.method == "POST"]) == 1
+
+
 async def test_a_refused_connection_releases_the_key_so_the_retry_runs(make_client, fake_toggl):
     """Nothing left the machine, so nothing can have started: the same key may try again."""
     headers = {"Idempotency-Key": "refused-1"}

@@ -178,6 +178,25 @@ async def test_a_failed_later_part_reports_what_was_already_sent(skill, twilio):
     assert "Parts 1-1 of 2 were sent" in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(201, json={"status": "queued"}),
+        httpx.Response(200, text="<html>proxy</html>", headers={"content-type": "text/html"}),
+    ],
+    ids=["no-sid", "html"],
+)
+async def test_a_2xx_without_a_sid_says_the_outcome_is_unknown_and_is_not_retried(skill, twilio, reply):
+    """Found by a black-box review: a plain 502 that invited a resend, though Twilio most likely sent it."""
+    route = twilio.post(URL).mock(return_value=reply)
+    with pytest.raises(UpstreamError) as caught:
+        await skill().send_message(to="+15551234567", body="hi")
+    assert route.call_count == 1
+    assert caught.value.extras["outcome_unknown"] is True
+    assert caught.value.detail.startswith(f"Twilio answered HTTP {reply.status_code} without a message SID.")
+    assert "The outcome is unknown: the message may have been sent; check Twilio's message log" in caught.value.detail
+
+
 async def test_too_many_parts_is_422(skill, twilio):
     route = twilio.post(URL).mock(return_value=_created())
     with pytest.raises(InvalidInput):
