@@ -332,11 +332,22 @@ def smtputf8_unsupported(addresses: list[str]) -> InvalidInput:
 
 def sending_error(exc: Exception) -> ProblemError:
     """Map a failure after the connection was up: never retried, the message may have gone out."""
+    # A 4xx reply is "try again later" (RFC 5321 4.2.1: greylisting, a full queue): nothing was accepted, so
+    # it is a 503 that releases an Idempotency-Key, never "invalid input" or a stored 502 (found by a code
+    # review: a greylisted address was answered as a wrong one).
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         refused = ", ".join(f"{error.recipient} ({error.code})" for error in exc.recipients)
+        if all(_transient(error.code) for error in exc.recipients):
+            return _deferred(f"The SMTP server deferred every recipient for now: {refused}.")
         return InvalidInput(f"The SMTP server refused every recipient: {refused}.", upstream=UPSTREAM)
     if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        if _transient(exc.code):
+            return _deferred(f"The SMTP server deferred {exc.recipient} for now ({exc.code}).")
         return InvalidInput(f"The SMTP server refused {exc.recipient} ({exc.code}).", upstream=UPSTREAM)
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused) and _transient(exc.code):
+        return _deferred(f"The SMTP server deferred the sender {exc.sender} for now ({exc.code}).")
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and _transient(exc.code):
+        return _deferred(f"The SMTP server deferred the message for now ({exc.code}).")
     if isinstance(exc, aiosmtplib.SMTPSenderRefused):
         return UpstreamError(
             f"The SMTP server refused the sender {exc.sender} ({exc.code}): check SMTP_FROM.", upstream=UPSTREAM
@@ -359,6 +370,19 @@ def sending_error(exc: Exception) -> ProblemError:
     if isinstance(exc, ValueError):
         return InvalidInput(f"The message could not be encoded for SMTP: {exc}")
     return UpstreamError(f"SMTP failed while sending ({type(exc).__name__}).", upstream=UPSTREAM)
+
+
+def _transient(code: int) -> bool:
+    return 400 <= code < 500
+
+
+def _deferred(detail: str) -> UpstreamUnavailable:
+    """A 4xx SMTP reply: the message was not accepted, and the same message may be accepted later."""
+    return UpstreamUnavailable(
+        f"{detail} Nothing was sent; try again in a few minutes (greylisting and full queues pass).",
+        upstream=UPSTREAM,
+        retryable=False,  # not within the request: a deferral lasts minutes
+    )
 
 
 def _is_tls_failure(exc: BaseException) -> bool:

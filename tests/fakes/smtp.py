@@ -90,12 +90,16 @@ class RecordingHandler:
 
     messages: list[Received] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
+    #: Recipients answered "try again later" (greylisting), as a 4xx.
+    defer: set[str] = field(default_factory=set)
     data_delay: float = 0.0
     data_reply: str | None = None
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if address in self.refuse:
             return "550 5.1.1 No such mailbox"
+        if address in self.defer:
+            return "451 4.7.1 Greylisted, try again in 5 minutes"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

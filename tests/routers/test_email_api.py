@@ -244,6 +244,23 @@ async def test_same_key_sends_once_and_other_body_is_422(make_client, smtp, cert
     assert len(smtp.messages) == 1
 
 
+async def test_a_greylisted_send_is_503_and_the_same_key_sends_once_the_greylist_passes(make_client, smtp, cert):
+    """Found by a code review: a deferral was a 422 (the address taken for wrong) or a 502 the key replayed for
+    24 hours, though nothing had been sent."""
+    headers = {"Idempotency-Key": "mail-grey"}
+    smtp.handler.defer = {MAIL["to_address"]}
+    async with make_client(**config(smtp.port, cert)) as client:
+        deferred = await client.post("/send-email", json=MAIL, headers=headers)
+        smtp.handler.defer = set()
+        retried = await client.post("/send-email", json=MAIL, headers=headers)
+    assert deferred.status_code == 503
+    assert deferred.json()["type"] == "/problems/upstream-unavailable"
+    assert "deferred every recipient" in deferred.json()["detail"]
+    assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+    [message] = smtp.messages
+    assert message.rcpt_tos == [MAIL["to_address"]]
+
+
 async def test_twenty_concurrent_duplicates_send_one_message(make_client, smtp, cert):
     smtp.handler.data_delay = 0.2
     headers = {"Idempotency-Key": "mail-burst"}

@@ -269,6 +269,33 @@ async def test_data_refused_is_502_and_not_retried(make_skill, smtp):
     assert smtp.connections == 1
 
 
+async def test_a_greylisted_recipient_is_a_503_deferral_not_invalid_input(make_skill, smtp):
+    """Found by a code review: a 451 at RCPT was a 422 "invalid input", telling the client the address was wrong."""
+    smtp.handler.defer = {"new@example.com"}
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await make_skill().send_email(to="new@example.com", subject="s", body="b")
+    assert caught.value.status == 503 and caught.value.retryable is False
+    assert caught.value.detail.startswith("The SMTP server deferred every recipient for now: new@example.com (451).")
+    assert "Nothing was sent; try again in a few minutes" in caught.value.detail
+    assert "outcome_unknown" not in caught.value.extras
+    assert (smtp.connections, smtp.messages) == (1, [])
+
+
+async def test_a_deferred_and_a_refused_recipient_is_still_invalid_input(make_skill, smtp):
+    smtp.handler.defer, smtp.handler.refuse = {"new@example.com"}, {"nobody@example.com"}
+    with pytest.raises(InvalidInput) as caught:
+        await make_skill().send_email(to=["new@example.com", "nobody@example.com"], subject="s", body="b")
+    assert "nobody@example.com (550)" in caught.value.detail and "new@example.com (451)" in caught.value.detail
+
+
+async def test_data_deferred_is_a_503_deferral(make_skill, smtp):
+    smtp.handler.data_reply = "451 4.3.0 Mail queue full, try again later"
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await make_skill().send_email(to="a@example.com", subject="s", body="b")
+    assert caught.value.detail.startswith("The SMTP server deferred the message for now (451).")
+    assert smtp.connections == 1 and smtp.messages == []
+
+
 async def test_server_stalls_after_data_is_504_and_not_retried(make_skill, smtp):
     smtp.handler.data_delay = 1.5
     with pytest.raises(UpstreamTimeout) as caught:
