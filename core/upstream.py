@@ -14,6 +14,7 @@ retry all of these.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -71,12 +72,53 @@ def outcome_unknown(upstream: str, check: str | None = None) -> str:
     return f" {OUTCOME_UNKNOWN}: {check or f'check {upstream}'} before retrying."
 
 
-def unreadable_create(detail: str, *, upstream: str, status: int, check: str) -> UpstreamError:
+def unreadable_create(detail: str, *, upstream: str, status: int | None, check: str) -> UpstreamError:
     """A 2xx to a create whose body cannot be used (an HTML page from a proxy, no id): the create most likely
     happened, so the outcome is unknown, said as for a 5xx (`outcome_unknown`), and it is never retried."""
     return UpstreamError(
         detail + outcome_unknown(upstream, check), upstream=upstream, upstream_status=status, outcome_unknown=True
     )
+
+
+#: The most of an upstream's answer that is read: Toggl's and Twilio's are a few kilobytes. Read whole, a broken
+#: or hostile endpoint (a proxy set as a *_BASE_URL) could make the worker buffer any size.
+MAX_RESPONSE_BYTES = 1 << 20
+
+
+class ResponseTooLarge(httpx.DecodingError):
+    """The answer's body went past MAX_RESPONSE_BYTES (decoded); it was not read further."""
+
+
+async def bounded_request(
+    http: httpx.AsyncClient, method: str, url: str, *, deadline: float, **kwargs: Any
+) -> httpx.Response:
+    """One request through the shared client with a total `deadline` and a cap on the answer's size.
+
+    httpx's timeouts apply to each socket operation, so an upstream that sent its headers and then a byte every
+    few seconds kept a call alive without end (16 s with a 1 s timeout; found by a code review), past every
+    bound computed from HTTP_TIMEOUT_SECONDS. The deadline covers connecting, sending and reading the whole
+    answer; past it the call fails as an httpx `ReadTimeout` (mapped by `transport_error`: retried only when
+    replay-safe, else "outcome unknown"). A body over MAX_RESPONSE_BYTES fails as `ResponseTooLarge`.
+    """
+    try:
+        async with asyncio.timeout(deadline):
+            async with http.stream(method, url, **kwargs) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():  # decoded: a gzip bomb is cut at the cap too
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ResponseTooLarge(
+                            f"the answer is over {MAX_RESPONSE_BYTES} bytes", request=response.request
+                        )
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no complete answer within {deadline:g} s") from None
+    # The body is decoded already: the new response must not decode it again, nor claim the old length.
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
 
 
 def transport_error(

@@ -32,7 +32,14 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, server_error, transport_error, unreadable_create, with_retries
+from core.upstream import (
+    bounded_request,
+    parse_retry_after,
+    server_error,
+    transport_error,
+    unreadable_create,
+    with_retries,
+)
 
 INTEGRATION = Integration(
     name="toggl",
@@ -465,7 +472,13 @@ class TogglSkill:
         assert token is not None  # INTEGRATION.require ran
         url = self.settings.toggl_base_url.rstrip("/") + "/me/time_entries/current"
         try:
-            response = await self.http.get(url, auth=httpx.BasicAuth(token.get_secret_value(), "api_token"))
+            response = await bounded_request(
+                self.http,
+                "GET",
+                url,
+                deadline=self.settings.http_timeout_seconds,
+                auth=httpx.BasicAuth(token.get_secret_value(), "api_token"),
+            )
             data = response.json() if response.is_success else None
             entry = TogglEntry.model_validate(data) if data is not None else None
         except (httpx.HTTPError, ValueError):  # ValidationError is a ValueError
@@ -522,8 +535,13 @@ class TogglSkill:
 
         async def attempt() -> httpx.Response:
             try:
-                response = await self.http.request(
-                    method, url, json=json, auth=httpx.BasicAuth(token.get_secret_value(), "api_token")
+                response = await bounded_request(
+                    self.http,
+                    method,
+                    url,
+                    deadline=self.settings.http_timeout_seconds,
+                    json=json,
+                    auth=httpx.BasicAuth(token.get_secret_value(), "api_token"),
                 )
             except httpx.TransportError as exc:
                 # A POST that may have reached Toggl (read timeout, dropped answer) is not replayed: it could
@@ -531,10 +549,11 @@ class TogglSkill:
                 raise transport_error(
                     exc, upstream=UPSTREAM, replay_safe=replay_safe, check=_MAY_HAVE_STARTED
                 ) from None
-            except httpx.DecodingError:
-                raise UpstreamError(
-                    "Toggl answered with a body that could not be decoded.", upstream=UPSTREAM
-                ) from None
+            except httpx.DecodingError as exc:
+                detail = f"Toggl answered with a body that could not be read ({exc})."
+                if not replay_safe:  # the create may have happened: never replayed, and said so
+                    raise unreadable_create(detail, upstream=UPSTREAM, status=None, check=_MAY_HAVE_STARTED) from None
+                raise UpstreamError(detail, upstream=UPSTREAM) from None
             if response.is_success or response.status_code in accept:
                 return response
             raise error_for(response, replay_safe=replay_safe, scrub=self.settings.secret_scrubber.scrub)

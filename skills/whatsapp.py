@@ -27,7 +27,14 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import parse_retry_after, server_error, transport_error, unreadable_create, with_retries
+from core.upstream import (
+    bounded_request,
+    parse_retry_after,
+    server_error,
+    transport_error,
+    unreadable_create,
+    with_retries,
+)
 
 INTEGRATION = Integration(
     name="whatsapp",
@@ -208,8 +215,11 @@ class WhatsAppSkill:
         token = self.settings.twilio_auth_token
         assert token is not None  # INTEGRATION.require checked it
         try:
-            response = await self.http.post(
+            response = await bounded_request(
+                self.http,
+                "POST",
                 self.messages_url,
+                deadline=self.settings.http_timeout_seconds,
                 data=form,
                 auth=(self.settings.twilio_account_sid or "", token.get_secret_value()),
                 headers={"Accept": "application/json"},
@@ -217,6 +227,13 @@ class WhatsAppSkill:
         except httpx.TransportError as exc:
             # Creating a message is not replay-safe: after a read timeout Twilio may have sent it.
             raise transport_error(exc, upstream=UPSTREAM, replay_safe=False, check=_may_have_sent(form["To"])) from None
+        except httpx.DecodingError as exc:  # an answer too large or undecodable: the message may exist
+            raise unreadable_create(
+                f"Twilio answered with a body that could not be read ({exc}).",
+                upstream=UPSTREAM,
+                status=None,
+                check=_may_have_sent(form["To"]),
+            ) from None
         if response.is_success:
             try:
                 sid = response.json().get("sid")

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+
 import httpx
 import pytest
 
 from core.errors import InvalidInput, UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
-from core.upstream import parse_retry_after, server_error, transport_error, with_retries
+from core.upstream import (
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    bounded_request,
+    parse_retry_after,
+    server_error,
+    transport_error,
+    with_retries,
+)
+from tests.fakes.raw_http import raw_http_server
 
 REQUEST = httpx.Request("POST", "https://api.example.test/create")
 
@@ -172,3 +183,48 @@ async def test_with_retries_returns_the_first_success():
         return item
 
     assert await with_retries(eventually, attempts=3) == "ok"
+
+
+# --- One request: a total deadline and a bounded answer -----------------------------------
+
+
+async def test_an_answer_trickled_past_the_deadline_times_out_although_every_read_is_quick():
+    """Found by a code review: httpx's timeout is per socket read, so a byte every 0.2 s kept a call with a
+    1 s timeout alive until the whole answer had trickled in."""
+    body = b'{"id": 1, "padding": "' + b"x" * 30 + b'"}'
+    async with raw_http_server(body, pieces=len(body), pause=0.1) as url:  # ~5 s in all, each read far under 1 s
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            with pytest.raises(httpx.ReadTimeout, match="no complete answer within 1 s"):
+                await bounded_request(http, "GET", url, deadline=1.0)
+
+
+async def test_an_answer_within_the_deadline_is_read_whole():
+    body = b'{"id": 1, "description": "Deep Work"}'
+    async with raw_http_server(body, pieces=3, pause=0.05) as url:
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            response = await bounded_request(http, "GET", url, deadline=5.0)
+    assert response.status_code == 200 and response.json() == {"id": 1, "description": "Deep Work"}
+
+
+async def test_an_answer_over_the_cap_is_not_read_further():
+    async with raw_http_server(b"x" * (MAX_RESPONSE_BYTES + 10), pieces=8) as url:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            with pytest.raises(ResponseTooLarge):
+                await bounded_request(http, "GET", url, deadline=5.0)
+
+
+async def test_a_compressed_answer_is_capped_as_it_is_decoded():
+    bomb = gzip.compress(b"0" * (16 * MAX_RESPONSE_BYTES))  # ~16 KB on the wire, 16 MiB decoded
+    async with raw_http_server(bomb, headers={"Content-Encoding": "gzip"}) as url:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            with pytest.raises(ResponseTooLarge):
+                await bounded_request(http, "GET", url, deadline=5.0)
+
+
+async def test_a_compressed_answer_under_the_cap_reads_back_decoded():
+    payload = b'{"ok": true}'
+    async with raw_http_server(gzip.compress(payload), headers={"Content-Encoding": "gzip"}) as url:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            response = await bounded_request(http, "GET", url, deadline=5.0)
+    assert response.content == payload and response.json() == {"ok": True}
+    assert "content-encoding" not in response.headers

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 
+from tests.fakes.raw_http import raw_http_server
 from tests.fakes.server import FakeUpstream, Recorded, Reply
 
 BASE = "https://toggl.test/api/v9"
@@ -597,6 +598,27 @@ async def test_a_503_with_a_short_retry_after_is_waited_and_retried(make_client,
     async with make_client(**CONFIG) as client:
         response = await client.get("/timers/current")
     assert response.status_code == 200 and route.call_count == 2
+
+
+async def test_a_toggl_that_trickles_its_answer_is_a_504_within_the_attempts_deadlines(make_client):
+    """Found by a code review: HTTP_TIMEOUT_SECONDS bounded each read, not the call, so a byte every 0.1 s held
+    the request for as long as the answer lasted."""
+    body = json.dumps(entry(description="Deep Work", duration=-1)).encode()
+    async with raw_http_server(body, pieces=len(body), pause=0.1) as url:  # ~20 s to send it all
+        settings = {**CONFIG, "toggl_base_url": f"{url}/api/v9", "http_timeout_seconds": 0.5}
+        async with make_client(**settings) as client:
+            response = await client.get("/timers/current")
+    assert response.status_code == 504
+    assert response.json()["type"] == "/problems/upstream-timeout"
+    assert response.json()["detail"].startswith("toggl did not answer in time (ReadTimeout).")
+
+
+async def test_an_oversized_toggl_answer_is_refused_not_buffered(make_client):
+    async with raw_http_server(b"[" + b" " * (2 << 20) + b"]", pieces=16) as url:
+        async with make_client(**{**CONFIG, "toggl_base_url": f"{url}/api/v9"}) as client:
+            response = await client.get("/timers/current")
+    assert response.status_code == 502
+    assert "could not be read (the answer is over 1048576 bytes)" in response.json()["detail"]
 
 
 async def test_503_on_the_read_before_a_stop_is_retried_then_503_recorded_with_attempts(make_client, toggl):

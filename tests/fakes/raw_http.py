@@ -1,0 +1,38 @@
+"""A raw HTTP/1.1 server on 127.0.0.1 that answers every request with bytes the test controls: a body sent one
+piece at a time with pauses (a trickle), or a huge or compressed one. For what aiohttp-based fakes cannot send."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+@asynccontextmanager
+async def raw_http_server(
+    body: bytes, *, pieces: int = 1, pause: float = 0.0, headers: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """Serve `body` in `pieces` chunks `pause` seconds apart; yields the base URL."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            head = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items()) + b"\r\n")
+            size = max(1, -(-len(body) // pieces))
+            for start in range(0, len(body), size):
+                writer.write(body[start : start + size])
+                await writer.drain()
+                if pause:
+                    await asyncio.sleep(pause)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
