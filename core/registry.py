@@ -26,6 +26,8 @@ class Integration:
     `required` lists environment variable names whose settings must be set.
     `extra_check` returns further missing names for rules that are not a
     plain "must be set" (for example "SMTP_FROM or SMTP_USER").
+    `advice` returns sentences for settings it works without but may need (behind a proxy, say): shown by
+    GET /health, never a reason to refuse.
     """
 
     name: str
@@ -35,12 +37,16 @@ class Integration:
     operations: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     extra_check: Callable[[Settings], list[str]] | None = field(default=None, compare=False)
+    advice: Callable[[Settings], list[str]] | None = field(default=None, compare=False)
 
     def missing(self, settings: Settings) -> list[str]:
         missing = _missing_fields(settings, self.required)
         if self.extra_check is not None:
             missing += [name for name in self.extra_check(settings) if name not in missing]
         return missing
+
+    def advise(self, settings: Settings) -> list[str]:
+        return self.advice(settings) if self.advice is not None else []
 
     def configured(self, settings: Settings) -> bool:
         return not self.missing(settings)

@@ -19,6 +19,9 @@ class IntegrationHealth(BaseModel):
     configured: bool
     kind: Literal["skill", "llm", "inbound"]
     missing_settings: list[str] = Field(default_factory=list, description="Variable names only, never values.")
+    advice: list[str] = Field(
+        default_factory=list, description="Settings it works without but may need (behind a proxy, say)."
+    )
 
 
 class HealthResponse(BaseModel):
@@ -64,7 +67,10 @@ async def health(resources: ResourcesDep, registry: RegistryDep) -> JSONResponse
         database="ok" if database_ok else "error",
         integrations={
             item.name: IntegrationHealth(
-                configured=item.configured(settings), kind=item.kind, missing_settings=item.missing(settings)
+                configured=item.configured(settings),
+                kind=item.kind,
+                missing_settings=item.missing(settings),
+                advice=item.advise(settings),
             )
             for item in registry
         },

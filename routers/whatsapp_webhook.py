@@ -33,9 +33,15 @@ from workflows.inbound import bare_number, claim_message, sender_allowed
 logger = logging.getLogger("orchestrator.whatsapp_webhook")
 
 
-def _signed_url_missing(settings: Settings) -> list[str]:
-    # The signature covers the public URL Twilio called: PUBLIC_BASE_URL, or the proxy's forwarded headers.
-    return [] if settings.public_base_url or settings.trust_proxy_headers else ["PUBLIC_BASE_URL"]
+def _signed_url_advice(settings: Settings) -> list[str]:
+    # The signature covers the public URL Twilio called. Without a proxy the request's own URL is that URL, so
+    # this is advice, not a requirement: /health called it missing while the webhook served (found by a review).
+    if settings.public_base_url or settings.trust_proxy_headers:
+        return []
+    return [
+        "Behind ngrok or another proxy, set PUBLIC_BASE_URL (or TRUST_PROXY_HEADERS=true): Twilio signs the "
+        "public URL it called, and every webhook is a 403 until the URL checked is that one."
+    ]
 
 
 INTEGRATION = Integration(
@@ -45,7 +51,7 @@ INTEGRATION = Integration(
     # The token verifies the webhook; the account SID (with it) sends answers slower than the 2 s TwiML budget.
     required=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
     optional=("WHATSAPP_ALLOWED_SENDERS", "TRUST_PROXY_HEADERS"),
-    extra_check=_signed_url_missing,
+    advice=_signed_url_advice,
 )
 
 router = APIRouter(tags=["inbound"])
@@ -97,10 +103,13 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
 
     Nothing is read from the form before this returns.
     """
+    # Never run unsigned: without the token no request can be verified. The same settings as GET /health
+    # names (the account SID sends the answers that miss the TwiML budget), so the two never disagree.
+    missing = INTEGRATION.missing(settings)
+    if missing:
+        raise NotConfigured(what, missing)
     token = settings.twilio_auth_token
-    if token is None:
-        # Never run unsigned: without the token no request can be verified.
-        raise NotConfigured(what, ["TWILIO_AUTH_TOKEN"])
+    assert token is not None
     raw = await request.body()
     fields = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
     if len(fields) > MAX_FORM_FIELDS:

@@ -84,6 +84,9 @@ def slack_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClien
         _env_file=None,
         app_api_key="shapes-key",
         slack_signing_secret=SECRET,
+        # Needed to answer, so needed to accept events; nothing listens there (answers fail, and are logged).
+        slack_bot_token="xoxb-shapes-token",
+        slack_base_url="http://127.0.0.1:9/api/",
         database_url=f"sqlite+aiosqlite:///{directory}/app.db",
         rate_limit_per_minute=1_000_000,
         log_level="CRITICAL",

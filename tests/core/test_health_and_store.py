@@ -19,10 +19,45 @@ async def test_health_lists_integrations_without_secret_values(make_client):
         "configured": False,
         "kind": "skill",
         "missing_settings": ["TOGGL_API_TOKEN"],
+        "advice": [],
     }
     assert body["integrations"]["email"]["missing_settings"] == ["SMTP_HOST", "SMTP_FROM"]
     for secret in secrets.values():
         assert secret not in response.text
+
+
+async def test_health_and_the_webhooks_name_the_same_settings(make_client):
+    """Found by a black-box review: /health said the WhatsApp webhook was not configured (no account SID, no
+    PUBLIC_BASE_URL) while it served, and with nothing set each webhook's 503 named fewer variables."""
+    async with make_client(twilio_auth_token="t" * 32, slack_signing_secret="s" * 32) as client:
+        health = (await client.get("/health")).json()["integrations"]
+        whatsapp = await client.post("/whatsapp-webhook", content=b"Body=help", headers=FORM)
+        slack = await client.post("/slack/events", content=b"{}", headers={"Content-Type": "application/json"})
+    assert health["whatsapp_webhook"]["missing_settings"] == ["TWILIO_ACCOUNT_SID"]
+    assert health["whatsapp_webhook"]["advice"][0].startswith("Behind ngrok or another proxy, set PUBLIC_BASE_URL")
+    assert whatsapp.status_code == 503 and whatsapp.json()["missing_settings"] == ["TWILIO_ACCOUNT_SID"]
+    assert health["slack_events"]["missing_settings"] == ["SLACK_BOT_TOKEN"]
+    assert slack.status_code == 503 and slack.json()["missing_settings"] == ["SLACK_BOT_TOKEN"]
+
+
+async def test_the_webhooks_with_nothing_set_name_what_health_names(make_client):
+    async with make_client() as client:
+        health = (await client.get("/health")).json()["integrations"]
+        whatsapp = await client.post("/whatsapp-webhook", content=b"Body=help", headers=FORM)
+        slack = await client.post("/slack/events", content=b"{}", headers={"Content-Type": "application/json"})
+    assert whatsapp.json()["missing_settings"] == health["whatsapp_webhook"]["missing_settings"]
+    assert whatsapp.json()["missing_settings"] == ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+    assert slack.json()["missing_settings"] == health["slack_events"]["missing_settings"]
+    assert slack.json()["missing_settings"] == ["SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"]
+
+
+async def test_health_gives_no_proxy_advice_once_the_public_url_is_set(make_client):
+    async with make_client(public_base_url="https://abc.ngrok.app") as client:
+        health = (await client.get("/health")).json()["integrations"]
+    assert health["whatsapp_webhook"]["advice"] == []
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"}
 
 
 async def test_head_health_answers_like_get_without_a_body_and_without_the_key(make_client):
