@@ -165,6 +165,31 @@ class Settings(BaseSettings):
             normalised.append(bare)
         return normalised
 
+    @field_validator("smtp_from")
+    @classmethod
+    def _sender_address(cls, value: str | None) -> str | None:
+        # Unchecked, "not an address" went out as From, with MAIL FROM:<not> (found by a black-box review).
+        if value is None or not value.strip():
+            return None
+        from email.utils import parseaddr
+
+        from email_validator import EmailNotValidError, validate_email
+
+        address = parseaddr(value)[1]
+        try:
+            validate_email(address, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"must be an address such as bot@example.com or 'Bot <bot@example.com>' ({exc})") from None
+        return value.strip()
+
+    @field_validator("twilio_whatsapp_number")
+    @classmethod
+    def _whatsapp_sender(cls, value: str) -> str:
+        bare = value.strip().removeprefix("whatsapp:")
+        if not (bare.startswith("+") and bare[1:].isdigit() and bare[1:2] != "0" and 8 <= len(bare) <= 16):
+            raise ValueError("must be an E.164 number such as whatsapp:+14155238886 (or +14155238886)")
+        return f"whatsapp:{bare}"
+
     @field_validator("briefing_cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:

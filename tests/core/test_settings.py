@@ -123,6 +123,36 @@ def test_a_smtp_password_is_never_sent_in_clear_text_over_a_network(monkeypatch)
     assert load_settings(_env_file=None).smtp_security == "none"
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SMTP_FROM", "not an address", "SMTP_FROM: must be an address such as bot@example.com"),
+        ("SMTP_FROM", "Bot <bot@>", "SMTP_FROM: must be an address"),
+        ("TWILIO_WHATSAPP_NUMBER", "abc", "TWILIO_WHATSAPP_NUMBER: must be an E.164 number"),
+        ("TWILIO_WHATSAPP_NUMBER", "whatsapp:+0123456789", "TWILIO_WHATSAPP_NUMBER: must be an E.164 number"),
+    ],
+)
+def test_a_sender_that_is_not_an_address_stops_start_up(monkeypatch, name, value, message):
+    """Found by a black-box review: SMTP_FROM='not an address' started, and mail went out From: not an address."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "stored"),
+    [
+        ("SMTP_FROM", "Orchestrator <bot@example.com>", "Orchestrator <bot@example.com>"),
+        ("SMTP_FROM", " bot@example.com ", "bot@example.com"),
+        ("TWILIO_WHATSAPP_NUMBER", "+14155238886", "whatsapp:+14155238886"),
+        ("TWILIO_WHATSAPP_NUMBER", "whatsapp:+447700900123", "whatsapp:+447700900123"),
+    ],
+)
+def test_a_sender_address_or_number_is_kept_normalised(monkeypatch, name, value, stored):
+    monkeypatch.setenv(name, value)
+    assert getattr(load_settings(_env_file=None), name.lower()) == stored
+
+
 def test_env_example_lists_every_setting_with_a_comment():
     lines = (REPO / ".env.example").read_text().splitlines()
     documented = {}
