@@ -6,7 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
@@ -19,6 +28,20 @@ from workflows.actions import perform_action
 router = APIRouter(tags=["email"])
 
 Address = Annotated[str, Field(min_length=3, max_length=320)]
+
+
+def _one_error_for_the_recipients(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """`to_address` is a string or a list: when both readings fail, pydantic reported one error per reading
+    ("body.to_address.constrained-str: Input should be a valid string" beside the real reason). The caller
+    gets one error on `to_address` saying what it may be (found by a black-box review)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_RECIPIENTS:
+            reason = f"give 1 to {MAX_RECIPIENTS} addresses; this list has {len(value)}"
+        else:
+            reason = f"must be one address (3 to 320 characters) or a list of 1 to {MAX_RECIPIENTS} of them"
+        raise PydanticCustomError("invalid_recipients", reason) from None
 
 
 class SendEmailRequest(BaseModel):
@@ -34,9 +57,10 @@ class SendEmailRequest(BaseModel):
         },
     )
 
-    to_address: Address | Annotated[list[Address], Field(min_length=1, max_length=MAX_RECIPIENTS)] = Field(
-        description=f"One address or a list (at most {MAX_RECIPIENTS})."
-    )
+    to_address: Annotated[
+        Address | Annotated[list[Address], Field(min_length=1, max_length=MAX_RECIPIENTS)],
+        WrapValidator(_one_error_for_the_recipients),
+    ] = Field(description=f"One address or a list (at most {MAX_RECIPIENTS}).")
     subject: str = Field(max_length=998, description="One line: CR, LF and other control characters get a 422.")
     body: str = Field(max_length=200_000, description="Plain text.")
     html: str | None = Field(None, max_length=500_000, description="Optional HTML alternative to the text body.")

@@ -163,6 +163,25 @@ async def test_wrong_password_is_502_and_recorded(make_client, smtp, cert):
     assert "nope-nope" not in json.dumps(run)
 
 
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [
+        ([], "give 1 to 50 addresses; this list has 0"),
+        (["a@example.com"] * 51, "give 1 to 50 addresses; this list has 51"),
+        (7, "must be one address (3 to 320 characters) or a list of 1 to 50 of them"),
+    ],
+    ids=["none", "51", "a-number"],
+)
+async def test_a_wrong_recipient_list_is_one_clear_error(make_client, smtp, cert, to, message):
+    """Found by a black-box review: the 422 named a pydantic-internal field ("body.to_address.constrained-str:
+    Input should be a valid string") beside the real reason."""
+    async with make_client(**config(smtp.port, cert)) as client:
+        response = await client.post("/send-email", json={**MAIL, "to_address": to})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "body.to_address", "message": message, "type": "invalid_recipients"}]
+    assert smtp.connections == 0
+
+
 async def test_refused_recipient_is_422(make_client, smtp, cert):
     smtp.handler.refuse = {"ghost@example.com"}
     async with make_client(**config(smtp.port, cert)) as client:
