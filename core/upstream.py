@@ -21,7 +21,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -251,3 +253,36 @@ async def with_retries(
             note_attempt()
             return await call()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- Redirects are never followed ------------------------------------------------------------
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class RedirectRefused(aiohttp.ClientResponseError):
+    """An upstream answered a redirect, and it was not followed."""
+
+
+async def refuse_redirects(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """aiohttp client middleware: a redirect is an error, never followed.
+
+    aiohttp follows redirects by default, and the SDKs on our sessions (google-genai, slack_sdk) did: a 302 or
+    307 from a *_BASE_URL host sent the API key and the prompt, or the message, on to whatever host it named,
+    and Slack's answer from there was recorded as a post (found by a black-box review). The shared httpx
+    client (Toggl, Twilio) has `follow_redirects=False` for the same reason. Runs for every hop, so it stops
+    the first.
+    """
+    response = await handler(request)
+    if response.status in _REDIRECTS:
+        host = urlsplit(response.headers.get("Location", "")).hostname or "another address"
+        response.release()
+        raise RedirectRefused(
+            response.request_info,
+            (),
+            status=response.status,
+            message=f"answered {response.status}, a redirect to {host}; not followed",
+        )
+    return response

@@ -49,7 +49,7 @@ from core.errors import (
 )
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import with_retries
+from core.upstream import refuse_redirects, with_retries
 from services import claude, gemini, local_llm
 from services.base import Completion, ContextExceeded, LLMProvider, is_caller_fault
 
@@ -419,6 +419,8 @@ async def build_ai_router(
                 connector=aiohttp.TCPConnector(limit=settings.http_max_connections),
                 # Proxies from the environment are not silently applied to prompts.
                 trust_env=False,
+                # A redirect would carry the key and the prompt to another host.
+                middlewares=(refuse_redirects,),
             )
             stack.push_async_callback(session.close)
         return session
@@ -429,6 +431,7 @@ async def build_ai_router(
             http = httpx.AsyncClient(
                 timeout=httpx.Timeout(timeout),
                 limits=httpx.Limits(max_connections=settings.http_max_connections),
+                follow_redirects=False,
             )
             stack.push_async_callback(http.aclose)
         return http

@@ -72,10 +72,12 @@ class ClaudeProvider:
         self._sdk = anthropic
         self.model = model
         self.context_tokens = context_tokens
+        # follow_redirects=False: the SDK's clients follow redirects, and a 307 from ANTHROPIC_BASE_URL sent the
+        # key and the prompt on to the host it named (found by a black-box review). A 3xx is then an error.
         http_client = (
-            anthropic.DefaultAioHttpClient(timeout=timeout_seconds)
+            anthropic.DefaultAioHttpClient(timeout=timeout_seconds, follow_redirects=False)
             if aiohttp_transport
-            else anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds)
+            else anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, follow_redirects=False)
         )
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key.get_secret_value(),

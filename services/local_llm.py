@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from core.errors import UpstreamTimeout, UpstreamUnavailable
+from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
-from core.upstream import parse_retry_after
+from core.upstream import RedirectRefused, parse_retry_after
 from services.base import Completion, first_text, status_error, token_count, unusable_answer
 
 INTEGRATION = Integration(
@@ -72,6 +72,10 @@ class LocalLLMProvider:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"local did not answer in time ({type(exc).__name__}).", upstream=UPSTREAM) from None
+        except RedirectRefused as exc:
+            raise UpstreamError(
+                f"local {exc.message}. Check LOCAL_LLM_BASE_URL.", upstream=UPSTREAM, upstream_status=exc.status
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
                 f"local could not be reached ({type(exc).__name__}). {_HINT}", upstream=UPSTREAM

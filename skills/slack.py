@@ -32,7 +32,15 @@ from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import outcome_unknown, parse_retry_after, server_error, unreadable_create, with_retries
+from core.upstream import (
+    RedirectRefused,
+    outcome_unknown,
+    parse_retry_after,
+    refuse_redirects,
+    server_error,
+    unreadable_create,
+    with_retries,
+)
 
 INTEGRATION = Integration(
     name="slack",
@@ -158,6 +166,11 @@ class SlackSkill:
                 upstream=UPSTREAM,
                 retryable=False,
                 outcome_unknown=True,
+            ) from None
+        except RedirectRefused as exc:
+            # The host answered a redirect instead of posting: nothing was posted, and nothing was sent on.
+            raise UpstreamError(
+                f"Slack {exc.message}. Check SLACK_BASE_URL.", upstream=UPSTREAM, upstream_status=exc.status
             ) from None
         except aiohttp.ClientConnectorError as exc:
             # Connection refused or DNS failure: the request never left.
@@ -320,7 +333,11 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
 
 async def open_skill(resources: Resources, stack: AsyncExitStack) -> SlackSkill:
     settings = resources.settings
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.http_timeout_seconds))
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.http_timeout_seconds),
+        # A redirect would carry the token and the message to another host, and its `ok` would pass for a post.
+        middlewares=(refuse_redirects,),
+    )
     stack.push_async_callback(session.close)
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     # retry_handlers=[]: the SDK would otherwise retry connection errors itself, on top of with_retries.

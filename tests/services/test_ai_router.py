@@ -28,7 +28,7 @@ from tests.fakes.llm import (
     openai_completion,
     openai_error,
 )
-from tests.fakes.server import Reply
+from tests.fakes.server import FakeUpstream, Reply
 from tests.services.conftest import ANTHROPIC_KEY, GEMINI_KEY, LOCAL_KEY
 
 TRANSPORTS = ["aiohttp", "httpx"]
@@ -1160,3 +1160,29 @@ def test_a_key_echoed_across_the_cut_leaves_no_prefix_behind(offset):
     said = scrubber.scrub(problem.detail)
     assert key[:10] not in said
     assert len(problem.detail) < 400
+
+
+# --- Redirects -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("provider", ["gemini", "claude", "local"])
+async def test_a_redirect_is_never_followed_so_the_key_and_prompt_stay_put(make_router, fakes, provider, status):
+    """Found by a black-box review: a 302 or 307 from GEMINI_BASE_URL sent the API key and the prompt on to the
+    host it named (Claude's SDK followed too)."""
+    async with FakeUpstream() as elsewhere:
+        fake, path = {
+            "gemini": (fakes.gemini, fakes.gemini.path),
+            "claude": (fakes.claude, ANTHROPIC_PATH),
+            "local": (fakes.local, OPENAI_PATH),
+        }[provider]
+        fake.route("POST", path, lambda _: Reply(status, headers={"Location": f"{elsewhere.url}/steal"}))
+        router = await make_router(local=True, llm_max_attempts=1)
+
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="secret plans", provider=provider)
+
+        assert elsewhere.requests == []
+    assert len(fake.calls()) == 1
+    [failure] = caught.value.extras["providers"]
+    assert str(status) in failure["detail"]

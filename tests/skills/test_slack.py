@@ -21,7 +21,7 @@ from core.errors import (
     UpstreamUnavailable,
 )
 from skills.slack import ATTEMPTS, SlackSkill, open_skill
-from tests.fakes.server import Reply
+from tests.fakes.server import FakeUpstream, Reply
 from tests.fakes.slack import CHAT_POST_MESSAGE, FakeSlack
 
 TOKEN = "xoxb-test-token"
@@ -358,3 +358,25 @@ async def test_connection_refused_is_503(make_settings):
             await skill.post_message(text="hello", channel="#general")
     assert caught.value.status == 503
     assert caught.value.retryable is True
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_is_not_followed_and_not_taken_for_a_post(fake, slack_settings, status):
+    """Found by a black-box review: a redirect from SLACK_BASE_URL sent the token and the message on to the host
+    it named, and that host's `ok: true` was recorded as a post."""
+    async with FakeUpstream() as elsewhere:
+        elsewhere.route(
+            "POST", "/api/chat.postMessage", lambda _: Reply(json={"ok": True, "channel": "C1", "ts": "1.1"})
+        )
+        fake.queue(
+            "POST", CHAT_POST_MESSAGE, Reply(status, headers={"Location": f"{elsewhere.url}/api/chat.postMessage"})
+        )
+        async with opened(slack_settings()) as skill:
+            with pytest.raises(UpstreamError) as caught:
+                await skill.post_message(text="hello")
+        assert elsewhere.requests == []
+    assert len(fake.posts) == 1
+    assert caught.value.status == 502 and "outcome_unknown" not in caught.value.extras
+    assert caught.value.detail == (
+        f"Slack answered {status}, a redirect to 127.0.0.1; not followed. Check SLACK_BASE_URL."
+    )
