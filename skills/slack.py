@@ -177,6 +177,15 @@ class SlackSkill:
             raise UpstreamUnavailable(
                 f"Slack could not be reached ({type(exc).__name__}).", upstream=UPSTREAM
             ) from None
+        except ValueError as exc:
+            # The SDK could not decode the answer (invalid UTF-8 in a 200, say): Slack may have posted it. It
+            # escaped as a 500 with no run id (found by a black-box review).
+            raise unreadable_create(
+                f"Slack's answer could not be decoded ({type(exc).__name__}).",
+                upstream=UPSTREAM,
+                status=None,
+                check=_may_have_posted(payload["channel"]),
+            ) from None
         except aiohttp.ClientError as exc:
             # Reset or dropped mid-answer: the message may exist, so this is not retried.
             raise UpstreamUnavailable(

@@ -54,6 +54,8 @@ class Reply:
     drop: bool = False
     truncate: bool = False
     content_type: str | None = None
+    #: Bytes sent as the body exactly (invalid UTF-8, say), instead of `json` or `text`.
+    raw: bytes | None = None
 
 
 Handler = Callable[[Recorded], "Reply | Awaitable[Reply]"]
@@ -123,6 +125,13 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)  # never reaches the client
+        if reply.raw is not None:
+            return web.Response(
+                status=reply.status,
+                body=reply.raw,
+                headers=reply.headers,
+                content_type=reply.content_type or "application/json",
+            )
         if reply.text is not None:
             return web.Response(
                 status=reply.status,

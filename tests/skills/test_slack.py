@@ -308,8 +308,10 @@ async def test_request_timeout_is_retried_because_slack_never_had_the_message(fa
         Reply(200, text="ok", content_type="text/plain"),
         Reply(200, json=[1, 2, "x"]),  # JSON, not an object (was reported as "plain text"; found by review)
         Reply(200, json={"ok": True}),  # no ts
+        # Invalid UTF-8: the SDK's decode raised, a 500 with no run id (found by a black-box review).
+        Reply(200, raw=b'{"ok": true, "channel": "C1", "ts": "1.1", "x": "\xff\xfe"}'),
     ],
-    ids=["html", "invalid-json", "plain-text", "json-array", "no-ts"],
+    ids=["html", "invalid-json", "plain-text", "json-array", "no-ts", "invalid-utf8"],
 )
 async def test_unusable_200_is_502_and_not_retried(fake, slack_settings, reply):
     # The message may have been posted: retrying could post it twice.
