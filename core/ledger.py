@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -499,20 +499,18 @@ class Ledger:
         ]
 
     async def unsettled_actions(
-        self, skill: str, operation: str, *, since: datetime, error_contains: str | None = None, limit: int = 50
+        self, skill: str, operation: str, *, since: datetime, which: ColumnElement[bool] | None = None, limit: int = 50
     ) -> list[UnsettledAction]:
-        """Failed `skill`/`operation` actions since `since` not settled yet (no external id), oldest first;
-        with `error_contains`, only those whose error says so."""
+        """`skill`/`operation` actions since `since` not settled yet (no external id), oldest first: the failed
+        ones, or those `which` selects."""
         await self._writes.flush()
         conditions = [
             Action.skill == skill,
             Action.operation == operation,
-            Action.status == "failed",
+            Action.status == "failed" if which is None else which,
             Action.external_id.is_(None),
             Action.created_at >= since,
         ]
-        if error_contains is not None:
-            conditions.append(Action.error.contains(error_contains, autoescape=True))
         async with self.sessions() as session:
             rows = (
                 await session.execute(
@@ -536,9 +534,15 @@ class Ledger:
         ]
 
     async def unsettled_starts(self, since: datetime) -> list[UnsettledAction]:
-        """Timer starts that failed with their outcome unknown (Toggl's answer was lost, and so was the
-        read-back), whose entry was not found yet: the timer may be running."""
-        return await self.unsettled_actions("toggl", "start_timer", since=since, error_contains=OUTCOME_UNKNOWN)
+        """Timer starts whose entry may be running unknown to us, not found yet: those that failed with their
+        outcome unknown (Toggl's answer was lost, and so was the read-back), and those cancelled mid-call (a
+        graceful shutdown past its grace: the run ends `cancelled`, not `running`, so the interrupted-run
+        recovery never saw it, and the timer ran on; found by a black-box review)."""
+        which = or_(
+            and_(Action.status == "failed", Action.error.contains(OUTCOME_UNKNOWN, autoescape=True)),
+            Action.status == "cancelled",
+        )
+        return await self.unsettled_actions("toggl", "start_timer", since=since, which=which)
 
     async def settle(self, action: UnsettledAction, *, external_id: str, note: str) -> None:
         """Record what a failed action turned out to have done or been followed by: its `external_id`, and

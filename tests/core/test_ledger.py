@@ -220,7 +220,8 @@ async def test_a_lone_surrogate_is_stored_replaced_and_the_ledger_stays_readable
 
 
 async def check_unsettled_starts(ledger: Ledger) -> None:
-    """Only a failed Toggl start whose error says the outcome is unknown is listed, until it is settled once."""
+    """Only a Toggl start that failed saying the outcome is unknown, or was cancelled mid-call, is listed, until
+    it is settled once."""
     body = {"workspace_id": 7, "description": "50% done_", "start": "2026-11-26T07:00:00Z", "duration": -1}
     unknown = f"502 upstream-error: Toggl answered 503. {OUTCOME_UNKNOWN}: check Toggl before retrying."
     ids = {}
@@ -231,12 +232,21 @@ async def check_unsettled_starts(ledger: Ledger) -> None:
                 async with run.action("toggl", "start_timer"):
                     note_request({"method": "POST", "path": "/workspaces/7/time_entries", "json": body})
                     raise UpstreamError(error.split(": ", 1)[1], upstream="toggl")
+    # A start cut off mid-call by a graceful shutdown: its run ends `cancelled`, and the timer may be running.
+    with pytest.raises(asyncio.CancelledError):
+        async with ledger.run("command.start", trigger="whatsapp", input_summary={"duration_minutes": 5}) as run:
+            ids["cancelled"] = run.id
+            async with run.action("toggl", "start_timer"):
+                note_request({"method": "POST", "path": "/workspaces/7/time_entries", "json": body})
+                raise asyncio.CancelledError
     since = datetime.now(UTC) - timedelta(hours=1)
 
-    [start] = await ledger.unsettled_starts(since)
+    start, cancelled = await ledger.unsettled_starts(since)
     assert (start.run_id, start.kind, start.request["json"]) == (ids["unknown"], "toggl.start_timer", body)
     assert start.input_summary == {"duration_minutes": 25}
+    assert (cancelled.run_id, cancelled.kind, cancelled.request["json"]) == (ids["cancelled"], "command.start", body)
     assert await ledger.unsettled_starts(datetime.now(UTC) + timedelta(minutes=1)) == []
+    await ledger.settle(cancelled, external_id="77", note="Found running later as entry 77.")
 
     await ledger.settle(start, external_id="4242", note="Found running later as entry 4242.")
     await ledger.settle(start, external_id="5555", note="Found twice?")  # settled once only
