@@ -51,6 +51,7 @@ _STORED_HEADERS = ("retry-after", "location")
 def _stores_outcome(status: int, body: Any) -> bool:
     """Whether an answer is kept for the key's replays, or the key released for a fresh try.
 
+    Released whatever its status: a problem saying `nothing_sent` (it failed before anything went out).
     Kept: successes, 500/502/504, a problem naming parts already sent (`sent_sids`), and any problem saying
     `outcome_unknown` (a create that may have happened:
     a Toggl or Slack 503 after the request went out, a connection dropped mid-answer). Released: refusals
@@ -58,6 +59,8 @@ def _stores_outcome(status: int, body: Any) -> bool:
     Before `outcome_unknown` was read, a 503 "may have been created" released the key, and a retry with the
     same key started a second timer (found by a black-box review).
     """
+    if isinstance(body, dict) and body.get("nothing_sent") is True:
+        return False  # a failure that certainly acted on nothing, whatever its status (an SMTP login refused)
     if status < 400 or status in (500, 502, 504):
         return True
     # `sent_sids`: a long WhatsApp message whose later part failed; the parts it names were sent. Released, the

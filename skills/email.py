@@ -236,7 +236,12 @@ class EmailSkill:
             except BaseException as exc:
                 smtp.close()
                 if isinstance(exc, Exception):
-                    raise connection_error(exc) from None
+                    error = connection_error(exc)
+                    # Before MAIL FROM: certainly nothing sent. The member tells the caller, and releases an
+                    # Idempotency-Key, so a fixed retry sends (a 502 for a TLS or login failure was replayed
+                    # for 24 hours; found by a black-box review).
+                    error.extras["nothing_sent"] = True
+                    raise error from None
                 raise
             return smtp
 

@@ -90,6 +90,19 @@ async def test_refusal_without_effect_releases_the_key(client):
     assert calls == ["e", "e"]
 
 
+async def test_a_502_that_says_nothing_was_sent_releases_the_key(client):
+    """An SMTP login refused is a 502, but nothing went out: replayed for 24 hours, the key kept the stale
+    failure after the password was fixed (found by a black-box review)."""
+    refused = UpstreamError("The SMTP server refused the login (535).", upstream="smtp", nothing_sent=True)
+    calls = _install(client, fail_with=refused)
+    first = await client.post("/act", json={"text": "f"}, headers={"Idempotency-Key": "k6"})
+    second = await client.post("/act", json={"text": "f"}, headers={"Idempotency-Key": "k6"})
+    assert first.status_code == second.status_code == 502
+    assert first.json()["nothing_sent"] is True
+    assert "idempotent-replayed" not in second.headers
+    assert calls == ["f", "f"]
+
+
 async def test_key_is_validated(client):
     _install(client)
     response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "x" * 300})

@@ -236,6 +236,7 @@ async def test_wrong_password_is_502_naming_the_settings(make_skill, smtp):
     assert caught.value.status == 502
     assert "SMTP_USER" in caught.value.detail and "SMTP_PASSWORD" in caught.value.detail
     assert "wrong" not in caught.value.detail
+    assert caught.value.extras["nothing_sent"] is True  # before MAIL FROM: an Idempotency-Key is released
     # aiosmtplib tries each offered mechanism (PLAIN, LOGIN) on one connection; no new connection is made.
     assert smtp.logins and all(login == (USER, False) for login in smtp.logins)
     assert smtp.connections == 1
