@@ -188,6 +188,7 @@ class Idempotency:
                 "finished (the service stopped while it ran), so its outcome is unknown. Check GET /runs for what "
                 "it did, then send the request with a new Idempotency-Key if it is still wanted.",
                 idempotency_key=self.key,
+                outcome_unknown=True,  # the member every "it may have happened" answer carries (docs/errors.md)
             )
         deadline = time.monotonic() + WAIT_SECONDS
         while row.state != "done":

@@ -135,6 +135,7 @@ async def test_a_claim_left_by_a_dead_worker_is_answered_at_once_and_never_rerun
     assert time.monotonic() - began < 5
     assert response.status_code == 409
     assert "never finished" in response.json()["detail"] and "GET /runs" in response.json()["detail"]
+    assert response.json()["outcome_unknown"] is True  # found by a black-box review: the member was missing
     assert "retry-after" not in response.headers
     assert calls == []
 
