@@ -256,7 +256,16 @@ async def _run_step(
         detail = run.ledger.scrubber.scrub(f"{exc.status} {exc.slug}: {exc.detail}")
         unknown = exc.extras.get("outcome_unknown") is True
         return _StepResult(
-            BriefingStep(name=name, status="failed", detail=detail, duration_ms=elapsed(), outcome_unknown=unknown)
+            BriefingStep(
+                name=name,
+                status="failed",
+                detail=detail,
+                duration_ms=elapsed(),
+                outcome_unknown=unknown,
+                # A setting the step needs (TOGGL_WORKSPACE_ID) is named as on the single endpoints; it was
+                # dropped (found by a black-box review).
+                missing_settings=list(exc.extras.get("missing_settings", [])),
+            )
         )
     except Exception as exc:  # a bug in one step must not take the briefing down
         logger.exception("briefing step %s failed unexpectedly", name)
@@ -358,14 +367,26 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
         plan_result, timer_result = await asyncio.gather(plan(), timer())
 
         text = _summary_text(settings, plan_result, timer_result)
-        slack_result = await _run_step(
-            run,
-            "slack",
-            "slack",
-            "post_message",
-            lambda: deps.skills.slack.post_message(text=text, channel=channel, dry_run=request.dry_run),
-            lambda posted: (f"{'dry run: would post' if posted.dry_run else 'posted'} to {posted.channel}", posted.ts),
-        )
+        if deps.registry.get("slack").configured(settings) and not (channel or settings.slack_default_channel):
+            # The skill's own hint ("pass `channel` or set SLACK_DEFAULT_CHANNEL") left out the briefing's setting.
+            missing = ["BRIEFING_CHANNEL"]
+            detail = "no channel for the summary: pass `channel`, or set BRIEFING_CHANNEL (or SLACK_DEFAULT_CHANNEL)"
+            await run.skip("slack", "post_message", status="not_configured", error=detail)
+            slack_result = _StepResult(
+                BriefingStep(name="slack", status="not_configured", detail=detail, missing_settings=missing)
+            )
+        else:
+            slack_result = await _run_step(
+                run,
+                "slack",
+                "slack",
+                "post_message",
+                lambda: deps.skills.slack.post_message(text=text, channel=channel, dry_run=request.dry_run),
+                lambda posted: (
+                    f"{'dry run: would post' if posted.dry_run else 'posted'} to {posted.channel}",
+                    posted.ts,
+                ),
+            )
 
         steps = [plan_result.step, timer_result.step, slack_result.step]
         status = overall_status(steps)

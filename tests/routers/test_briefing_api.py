@@ -79,6 +79,21 @@ async def test_plan_failure_still_sends_the_summary_saying_so(w, make_client):
     assert {a["operation"]: a["status"] for a in run["actions"]}["generate"] == "failed"
 
 
+async def test_the_briefings_own_settings_are_named_when_missing(w, make_client):
+    """Found by a black-box review: the timer step dropped `missing_settings` (TOGGL_WORKSPACE_ID), and the Slack
+    step said "pass `channel` or set SLACK_DEFAULT_CHANNEL", leaving out BRIEFING_CHANNEL."""
+    settings = w.settings(toggl_workspace_id=None, slack_default_channel=None)
+    async with make_client(**settings) as client:
+        report = (await client.post("/morning-briefing", json={})).json()
+    steps = steps_by_name(report)
+    assert (steps["timer"]["status"], steps["timer"]["missing_settings"]) == ("failed", ["TOGGL_WORKSPACE_ID"])
+    assert (steps["slack"]["status"], steps["slack"]["missing_settings"]) == ("not_configured", ["BRIEFING_CHANNEL"])
+    assert steps["slack"]["detail"] == (
+        "no channel for the summary: pass `channel`, or set BRIEFING_CHANNEL (or SLACK_DEFAULT_CHANNEL)"
+    )
+    assert w.toggl.starts == [] and w.slack.posts == []
+
+
 async def test_unconfigured_toggl_is_reported_and_the_rest_runs(w, make_client):
     async with make_client(**w.settings(toggl_api_token=None)) as client:
         response = await client.post("/morning-briefing", json={})
