@@ -49,7 +49,7 @@ from core.errors import (
 )
 from core.resources import Resources
 from core.settings import Settings
-from core.upstream import refuse_redirects, with_retries
+from core.upstream import CappedResponse, refuse_redirects, with_retries
 from services import claude, gemini, local_llm
 from services.base import Completion, ContextExceeded, LLMProvider, is_caller_fault
 
@@ -421,6 +421,7 @@ async def build_ai_router(
                 trust_env=False,
                 # A redirect would carry the key and the prompt to another host.
                 middlewares=(refuse_redirects,),
+                response_class=CappedResponse,
             )
             stack.push_async_callback(session.close)
         return session

@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
-from core.upstream import RedirectRefused, parse_retry_after
+from core.upstream import AnswerTooLarge, RedirectRefused, parse_retry_after
 from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
 
 if TYPE_CHECKING:
@@ -143,6 +143,8 @@ class GeminiProvider:
             response = await self._client.aio.models.generate_content(model=self.model, contents=text, config=config)
         except self._errors.APIError as exc:
             raise _api_error(exc) from None
+        except AnswerTooLarge as exc:
+            raise unusable_answer(UPSTREAM, f"it {exc.message}") from None
         except RedirectRefused as exc:
             raise UpstreamError(
                 f"gemini {exc.message}. Check GEMINI_BASE_URL.", upstream=UPSTREAM, upstream_status=exc.status

@@ -33,6 +33,7 @@ from core.registry import Integration
 from core.resources import Resources
 from core.settings import Settings
 from core.upstream import (
+    CappedResponse,
     RedirectRefused,
     outcome_unknown,
     parse_retry_after,
@@ -346,6 +347,7 @@ async def open_skill(resources: Resources, stack: AsyncExitStack) -> SlackSkill:
         timeout=aiohttp.ClientTimeout(total=settings.http_timeout_seconds),
         # A redirect would carry the token and the message to another host, and its `ok` would pass for a post.
         middlewares=(refuse_redirects,),
+        response_class=CappedResponse,
     )
     stack.push_async_callback(session.close)
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None

@@ -1186,3 +1186,20 @@ async def test_a_redirect_is_never_followed_so_the_key_and_prompt_stay_put(make_
     assert len(fake.calls()) == 1
     [failure] = caught.value.extras["providers"]
     assert str(status) in failure["detail"]
+
+
+@pytest.mark.parametrize("provider", ["gemini", "local"])
+async def test_a_compressed_answer_over_the_cap_is_not_read_into_memory(make_router, fakes, provider):
+    """Found by a black-box review: a ~2 MB gzip bomb from GEMINI_BASE_URL took the worker to 4 GiB."""
+    import gzip
+
+    from core.upstream import MAX_RESPONSE_BYTES
+    from tests.fakes.raw_http import raw_http_server
+
+    bomb = gzip.compress(b" " * (64 * MAX_RESPONSE_BYTES))  # 64 MiB decoded
+    async with raw_http_server(bomb, headers={"Content-Encoding": "gzip"}) as url:
+        router = await make_router(local=True, llm_max_attempts=1, gemini_base_url=url, local_llm_base_url=f"{url}/v1")
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="hi", provider=provider)
+    [failure] = caught.value.extras["providers"]
+    assert f"answered more than {MAX_RESPONSE_BYTES} bytes; not read further" in failure["detail"]

@@ -382,3 +382,19 @@ async def test_a_redirect_is_not_followed_and_not_taken_for_a_post(fake, slack_s
     assert caught.value.detail == (
         f"Slack answered {status}, a redirect to 127.0.0.1; not followed. Check SLACK_BASE_URL."
     )
+
+
+async def test_an_answer_over_the_cap_is_not_read_into_memory(slack_settings):
+    """Found by a black-box review: upstream answers were read whole, whatever their size."""
+    import gzip
+
+    from core.upstream import MAX_RESPONSE_BYTES
+    from tests.fakes.raw_http import raw_http_server
+
+    bomb = gzip.compress(b" " * (64 * MAX_RESPONSE_BYTES))
+    async with raw_http_server(bomb, headers={"Content-Encoding": "gzip"}) as url:
+        async with opened(slack_settings(slack_base_url=f"{url}/api/")) as skill:
+            with pytest.raises(UpstreamError) as caught:
+                await skill.post_message(text="hello")
+    assert caught.value.extras["outcome_unknown"] is True  # a 200 that big: it may have posted
+    assert "AnswerTooLarge" in caught.value.detail
