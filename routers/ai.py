@@ -177,6 +177,7 @@ async def process_prompt(
             "latency_ms": generation.latency_ms,
             "routing": generation.routing.model_dump(),
             "truncated": generation.truncated,
+            "refused": generation.refused,
         }
     return AIProcessResponse(run_id=run.id, dry_run=dry_run, **dict(generation))
 

@@ -117,6 +117,11 @@ class Generation(BaseModel):
         description="The provider stopped at `max_tokens`, so `response` is cut short. Send a larger `max_tokens` "
         "for the whole answer.",
     )
+    refused: bool = Field(
+        False,
+        description="The provider's safety system stopped the answer (Claude `refusal`, Gemini `SAFETY` and the "
+        "like, an OpenAI-compatible `content_filter`): `response` is partial or a refusal, not a full answer.",
+    )
 
 
 class AllProvidersFailed(UpstreamError):
@@ -353,6 +358,7 @@ def _generation(completion: Completion, *, provider: str, routing: Routing, late
         usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
         latency_ms=latency_ms,
         truncated=completion.truncated,
+        refused=completion.refused,
     )
 
 

@@ -57,6 +57,8 @@ class Completion:
     output_tokens: int | None
     #: The provider stopped because it reached `max_tokens`: the text is cut short.
     truncated: bool = False
+    #: The provider stopped because its safety system declined to go on: the text is partial, or a refusal.
+    refused: bool = False
 
 
 class LLMProvider(Protocol):

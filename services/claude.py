@@ -145,6 +145,7 @@ class ClaudeProvider:
             input_tokens=token_count(usage.get("input_tokens")),
             output_tokens=token_count(usage.get("output_tokens")),
             truncated=message.get("stop_reason") == "max_tokens",
+            refused=message.get("stop_reason") == "refusal",
         )
 
 

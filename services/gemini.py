@@ -171,7 +171,12 @@ class GeminiProvider:
             input_tokens=token_count(usage.prompt_token_count) if usage else None,
             output_tokens=_billed_output(usage),
             truncated=_finish_reason(response) == "MAX_TOKENS",
+            refused=_finish_reason(response) in _REFUSED,
         )
+
+
+#: Gemini finish reasons that mean its safety or policy checks stopped the answer.
+_REFUSED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 
 
 def _billed_output(usage: types.GenerateContentResponseUsageMetadata | None) -> int | None:

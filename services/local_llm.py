@@ -101,6 +101,7 @@ class LocalLLMProvider:
             input_tokens=token_count(usage.get("prompt_tokens")),
             output_tokens=token_count(usage.get("completion_tokens")),
             truncated=_finish_reason(body) == "length",
+            refused=_finish_reason(body) == "content_filter",
         )
 
 

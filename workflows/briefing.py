@@ -294,7 +294,9 @@ def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> 
     lines = ["*Morning briefing*", ""]
     if plan.step.status == "ok":
         lines += ["*Plan*", escape_text(str(plan.value.response).strip())]
-        if plan.value.truncated:
+        if plan.value.refused:
+            lines.append("_(the model's safety checks stopped the plan: it may be partial)_")
+        elif plan.value.truncated:
             lines.append("_(the plan was cut short: it was longer than the model's answer limit)_")
     elif plan.step.status == "skipped":
         lines += [f"*Plan*: not generated ({plan_detail})"]
@@ -340,7 +342,9 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                     text=_plan_prompt(settings, task, minutes), system=PLAN_SYSTEM, max_tokens=PLAN_MAX_TOKENS
                 ),
                 lambda gen: (
-                    f"{gen.provider} {gen.model_used}" + (" (cut short at max_tokens)" if gen.truncated else ""),
+                    f"{gen.provider} {gen.model_used}"
+                    + (" (stopped by its safety checks)" if gen.refused else "")
+                    + (" (cut short at max_tokens)" if gen.truncated else ""),
                     str(gen.model_used),
                 ),
             )

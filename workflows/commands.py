@@ -295,11 +295,14 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
             "provider": generation.provider,
             "model_used": generation.model_used,
             "truncated": generation.truncated,
+            "refused": generation.refused,
         }
         if dry_run:
             run.status = "dry_run"
             return f"{_dry(dry_run)}The assistant ({generation.provider} {generation.model_used}) was not asked."
     reply = str(generation.response).strip()
-    if reply and generation.truncated:
+    if reply and generation.refused:
+        reply += " [the assistant's safety checks stopped this answer]"
+    elif reply and generation.truncated:
         reply += " […cut short: the answer was longer than a chat reply allows]"
     return reply or "(the assistant returned an empty answer)"

@@ -88,9 +88,10 @@ async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
         "run_id",
         "dry_run",
         "truncated",
+        "refused",
     }
     assert body["dry_run"] is False
-    assert body["truncated"] is False
+    assert body["truncated"] is False and body["refused"] is False
     # The answer names its ledger record.
     assert (run["kind"], run["result"]["provider"]) == ("ai.process", "gemini")
     assert body["response"] == "gemini: 3 words received"

@@ -1203,3 +1203,21 @@ async def test_a_compressed_answer_over_the_cap_is_not_read_into_memory(make_rou
             await router.generate(text="hi", provider=provider)
     [failure] = caught.value.extras["providers"]
     assert f"answered more than {MAX_RESPONSE_BYTES} bytes; not read further" in failure["detail"]
+
+
+async def test_an_answer_stopped_by_safety_checks_is_flagged_for_each_provider(make_router, fakes):
+    """Found by a black-box review: a Claude `refusal` with partial text came back as a plain 200 answer."""
+    claude = anthropic_message("I can't help with th")
+    claude["stop_reason"] = "refusal"
+    gemini = gemini_content("Here is a partial")
+    gemini["candidates"][0]["finishReason"] = "SAFETY"
+    local = openai_completion("Filtered")
+    local["choices"][0]["finish_reason"] = "content_filter"
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=claude))
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini))
+    fakes.local.queue("POST", OPENAI_PATH, Reply(200, json=local))
+    router = await make_router(local=True)
+
+    for provider in ("claude", "gemini", "local"):
+        result = await router.generate(text="plan my day", provider=provider)
+        assert (result.provider, result.refused, result.truncated) == (provider, True, False)

@@ -33,7 +33,11 @@ class SlowRouter:
         if self.fail:
             raise self.fail
         return SimpleNamespace(
-            response="- focus\n- lunch", model_used="claude-haiku-4-5", provider="claude", truncated=self.truncated
+            response="- focus\n- lunch",
+            model_used="claude-haiku-4-5",
+            provider="claude",
+            truncated=self.truncated,
+            refused=False,
         )
 
 
