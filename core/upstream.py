@@ -315,3 +315,14 @@ class CappedResponse(aiohttp.ClientResponse):
                 raise
             self._body = bytes(body)
         return await super().read()
+
+
+def guard_refusal(
+    exc: RedirectRefused | AnswerTooLarge, *, upstream: str, setting: str, name: str | None = None
+) -> UpstreamError:
+    """What a refusal of the aiohttp guards (`refuse_redirects`, `CappedResponse`) becomes: a 502 naming the
+    setting that points at the host; not retried, since the same host would answer the same. `name` is how
+    the detail names the upstream, when not as `upstream`."""
+    return UpstreamError(
+        f"{name or upstream} {exc.message}. Check {setting}.", upstream=upstream, upstream_status=exc.status
+    )

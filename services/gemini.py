@@ -25,9 +25,9 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
-from core.upstream import AnswerTooLarge, RedirectRefused, parse_retry_after
+from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
 
 if TYPE_CHECKING:
@@ -143,12 +143,8 @@ class GeminiProvider:
             response = await self._client.aio.models.generate_content(model=self.model, contents=text, config=config)
         except self._errors.APIError as exc:
             raise _api_error(exc) from None
-        except AnswerTooLarge as exc:
-            raise unusable_answer(UPSTREAM, f"it {exc.message}") from None
-        except RedirectRefused as exc:
-            raise UpstreamError(
-                f"gemini {exc.message}. Check GEMINI_BASE_URL.", upstream=UPSTREAM, upstream_status=exc.status
-            ) from None
+        except (AnswerTooLarge, RedirectRefused) as exc:
+            raise guard_refusal(exc, upstream=UPSTREAM, setting="GEMINI_BASE_URL") from None
         except (aiohttp.ServerTimeoutError, httpx.TimeoutException, TimeoutError) as exc:
             raise UpstreamTimeout(f"gemini did not answer in time ({type(exc).__name__}).", upstream=UPSTREAM) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError) as exc:

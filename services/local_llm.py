@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.errors import UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
-from core.upstream import AnswerTooLarge, RedirectRefused, parse_retry_after
+from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import Completion, first_text, status_error, token_count, unusable_answer
 
 INTEGRATION = Integration(
@@ -72,12 +72,8 @@ class LocalLLMProvider:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"local did not answer in time ({type(exc).__name__}).", upstream=UPSTREAM) from None
-        except AnswerTooLarge as exc:
-            raise unusable_answer(UPSTREAM, f"it {exc.message}") from None
-        except RedirectRefused as exc:
-            raise UpstreamError(
-                f"local {exc.message}. Check LOCAL_LLM_BASE_URL.", upstream=UPSTREAM, upstream_status=exc.status
-            ) from None
+        except (AnswerTooLarge, RedirectRefused) as exc:
+            raise guard_refusal(exc, upstream=UPSTREAM, setting="LOCAL_LLM_BASE_URL") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
                 f"local could not be reached ({type(exc).__name__}). {_HINT}", upstream=UPSTREAM

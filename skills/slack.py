@@ -35,6 +35,7 @@ from core.settings import Settings
 from core.upstream import (
     CappedResponse,
     RedirectRefused,
+    guard_refusal,
     outcome_unknown,
     parse_retry_after,
     refuse_redirects,
@@ -170,9 +171,7 @@ class SlackSkill:
             ) from None
         except RedirectRefused as exc:
             # The host answered a redirect instead of posting: nothing was posted, and nothing was sent on.
-            raise UpstreamError(
-                f"Slack {exc.message}. Check SLACK_BASE_URL.", upstream=UPSTREAM, upstream_status=exc.status
-            ) from None
+            raise guard_refusal(exc, upstream=UPSTREAM, setting="SLACK_BASE_URL", name="Slack") from None
         except aiohttp.ClientConnectorError as exc:
             # Connection refused or DNS failure: the request never left.
             raise UpstreamUnavailable(

@@ -1111,15 +1111,22 @@ async def test_exhausted_quotas_on_every_provider_are_429(make_router, fakes):
 # --- An answer cut short at max_tokens --------------------------------------------------
 
 
-async def test_an_answer_cut_at_max_tokens_is_flagged_for_each_provider(make_router, fakes):
-    """Each vendor says so its own way (Claude `max_tokens`, Gemini `MAX_TOKENS`, OpenAI-compatible `length`);
-    the caller must not take a cut-off plan for the whole answer."""
+@pytest.mark.parametrize(
+    ("reasons", "flag"),
+    [
+        # Each vendor says it its own way; the caller must not take a cut-off or stopped plan for a whole answer.
+        ({"claude": "max_tokens", "gemini": "MAX_TOKENS", "local": "length"}, "truncated"),
+        # Found by a black-box review: a Claude `refusal` with partial text came back as a plain 200 answer.
+        ({"claude": "refusal", "gemini": "SAFETY", "local": "content_filter"}, "refused"),
+    ],
+)
+async def test_an_answer_the_model_stopped_is_flagged_for_each_provider(make_router, fakes, reasons, flag):
     claude = anthropic_message("half a pl")
-    claude["stop_reason"] = "max_tokens"
+    claude["stop_reason"] = reasons["claude"]
     gemini = gemini_content("half a pl")
-    gemini["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    gemini["candidates"][0]["finishReason"] = reasons["gemini"]
     local = openai_completion("half a pl")
-    local["choices"][0]["finish_reason"] = "length"
+    local["choices"][0]["finish_reason"] = reasons["local"]
     fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=claude))
     fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini))
     fakes.local.queue("POST", OPENAI_PATH, Reply(200, json=local))
@@ -1127,8 +1134,12 @@ async def test_an_answer_cut_at_max_tokens_is_flagged_for_each_provider(make_rou
 
     for provider in ("claude", "gemini", "local"):
         result = await router.generate(text="plan my day", provider=provider, max_tokens=5)
-        assert (result.provider, result.response, result.truncated) == (provider, "half a pl", True)
+        flags = {"truncated": result.truncated, "refused": result.refused}
+        assert (result.provider, result.response, flags) == (provider, "half a pl", {**FLAGS_OFF, flag: True})
     assert [call.json["max_tokens"] for call in fakes.claude.calls() + fakes.local.calls()] == [5, 5]
+
+
+FLAGS_OFF = {"truncated": False, "refused": False}
 
 
 async def test_a_whole_answer_is_not_flagged(make_router, fakes):
@@ -1203,21 +1214,3 @@ async def test_a_compressed_answer_over_the_cap_is_not_read_into_memory(make_rou
             await router.generate(text="hi", provider=provider)
     [failure] = caught.value.extras["providers"]
     assert f"answered more than {MAX_RESPONSE_BYTES} bytes; not read further" in failure["detail"]
-
-
-async def test_an_answer_stopped_by_safety_checks_is_flagged_for_each_provider(make_router, fakes):
-    """Found by a black-box review: a Claude `refusal` with partial text came back as a plain 200 answer."""
-    claude = anthropic_message("I can't help with th")
-    claude["stop_reason"] = "refusal"
-    gemini = gemini_content("Here is a partial")
-    gemini["candidates"][0]["finishReason"] = "SAFETY"
-    local = openai_completion("Filtered")
-    local["choices"][0]["finish_reason"] = "content_filter"
-    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=claude))
-    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini))
-    fakes.local.queue("POST", OPENAI_PATH, Reply(200, json=local))
-    router = await make_router(local=True)
-
-    for provider in ("claude", "gemini", "local"):
-        result = await router.generate(text="plan my day", provider=provider)
-        assert (result.provider, result.refused, result.truncated) == (provider, True, False)

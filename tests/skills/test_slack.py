@@ -379,6 +379,7 @@ async def test_a_redirect_is_not_followed_and_not_taken_for_a_post(fake, slack_s
         assert elsewhere.requests == []
     assert len(fake.posts) == 1
     assert caught.value.status == 502 and "outcome_unknown" not in caught.value.extras
+    assert caught.value.extras["upstream"] == "slack"
     assert caught.value.detail == (
         f"Slack answered {status}, a redirect to 127.0.0.1; not followed. Check SLACK_BASE_URL."
     )
