@@ -501,8 +501,10 @@ class Ledger:
     async def unsettled_actions(
         self, skill: str, operation: str, *, since: datetime, which: ColumnElement[bool] | None = None, limit: int = 50
     ) -> list[UnsettledAction]:
-        """`skill`/`operation` actions since `since` not settled yet (no external id), oldest first: the failed
-        ones, or those `which` selects."""
+        """`skill`/`operation` actions since `since` not settled yet (no external id), newest first: the failed
+        ones, or those `which` selects. Newest first: an unmatched one stays listed for its whole window, and
+        oldest first, 50 of them pushed out the newest, the one most likely to own the running timer (found by
+        a code review)."""
         await self._writes.flush()
         conditions = [
             Action.skill == skill,
@@ -517,7 +519,7 @@ class Ledger:
                     select(Action.id, Action.run_id, Action.request, Action.created_at, Run.kind, Run.input_summary)
                     .join(Run, Run.id == Action.run_id)
                     .where(*conditions)
-                    .order_by(Action.created_at)
+                    .order_by(Action.created_at.desc(), Action.id.desc())
                     .limit(limit)
                 )
             ).all()

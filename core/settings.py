@@ -168,23 +168,24 @@ class Settings(BaseSettings):
     @field_validator("smtp_from")
     @classmethod
     def _sender_address(cls, value: str | None) -> str | None:
-        # Unchecked, "not an address" went out as From, with MAIL FROM:<not> (found by a black-box review).
+        # Unchecked, "not an address" went out as From, with MAIL FROM:<not> (found by a black-box review). Only
+        # the shape is checked: a relay's own names (bot@localhost, bot@mailhog, bot@corp.local) are fine, and
+        # email-validator refuses those special-use domains whatever its options (found by a code review).
         if value is None or not value.strip():
             return None
         from email.utils import parseaddr
 
-        from email_validator import EmailNotValidError, validate_email
-
         address = parseaddr(value)[1]
-        try:
-            validate_email(address, check_deliverability=False)
-        except EmailNotValidError as exc:
-            raise ValueError(f"must be an address such as bot@example.com or 'Bot <bot@example.com>' ({exc})") from None
+        local, at, domain = address.rpartition("@")
+        if not (at and local and domain) or any(ch.isspace() or not ch.isprintable() for ch in address):
+            raise ValueError("must be an address such as bot@example.com or 'Bot <bot@example.com>'")
         return value.strip()
 
     @field_validator("twilio_whatsapp_number")
     @classmethod
     def _whatsapp_sender(cls, value: str) -> str:
+        if not value.strip():  # `TWILIO_WHATSAPP_NUMBER=` as .env files leave it: the default, Twilio's sandbox
+            return cls.model_fields["twilio_whatsapp_number"].default
         bare = value.strip().removeprefix("whatsapp:")
         if not (bare.startswith("+") and bare[1:].isdigit() and bare[1:2] != "0" and 8 <= len(bare) <= 16):
             raise ValueError("must be an E.164 number such as whatsapp:+14155238886 (or +14155238886)")

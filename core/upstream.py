@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -94,33 +95,53 @@ class ResponseTooLarge(httpx.DecodingError):
 async def bounded_request(
     http: httpx.AsyncClient, method: str, url: str, *, deadline: float, **kwargs: Any
 ) -> httpx.Response:
-    """One request through the shared client with a total `deadline` and a cap on the answer's size.
+    """One request through the shared client, its answer read within `deadline` and up to MAX_RESPONSE_BYTES.
 
     httpx's timeouts apply to each socket operation, so an upstream that sent its headers and then a byte every
     few seconds kept a call alive without end (16 s with a 1 s timeout; found by a code review), past every
-    bound computed from HTTP_TIMEOUT_SECONDS. The deadline covers connecting, sending and reading the whole
-    answer; past it the call fails as an httpx `ReadTimeout` (mapped by `transport_error`: retried only when
-    replay-safe, else "outcome unknown"). A body over MAX_RESPONSE_BYTES fails as `ResponseTooLarge`.
+    bound computed from HTTP_TIMEOUT_SECONDS. The deadline starts once the answer's headers are in: before,
+    httpx's own pool, connect and write timeouts apply, and a `PoolTimeout` or `ConnectTimeout` still says the
+    request never left (a deadline over the whole call turned a full pool into "outcome unknown"; found by a
+    code review). Past the deadline the call fails as an httpx `ReadTimeout`, mapped by `transport_error`.
+
+    The answer is asked for uncompressed and read raw; one compressed anyway (gzip or deflate) is decompressed
+    here a bounded piece at a time, so a gzip bomb never holds more than the cap in memory. A body over
+    MAX_RESPONSE_BYTES, decoded, fails as `ResponseTooLarge`.
     """
-    try:
-        async with asyncio.timeout(deadline):
-            async with http.stream(method, url, **kwargs) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():  # decoded: a gzip bomb is cut at the cap too
-                    body += chunk
+    headers = {**(kwargs.pop("headers", None) or {}), "Accept-Encoding": "identity"}
+    async with http.stream(method, url, headers=headers, **kwargs) as response:
+        decode = _decoder(response)
+        body = bytearray()
+        try:
+            async with asyncio.timeout(deadline):
+                async for chunk in response.aiter_raw():
+                    body += decode(chunk, MAX_RESPONSE_BYTES + 1 - len(body))
                     if len(body) > MAX_RESPONSE_BYTES:
                         raise ResponseTooLarge(
                             f"the answer is over {MAX_RESPONSE_BYTES} bytes", request=response.request
                         )
-    except TimeoutError:
-        raise httpx.ReadTimeout(f"no complete answer within {deadline:g} s") from None
-    # The body is decoded already: the new response must not decode it again, nor claim the old length.
-    headers = [
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {deadline:g} s") from None
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"the compressed answer is corrupt ({exc})", request=response.request) from None
+    kept = [
         (name, value)
         for name, value in response.headers.multi_items()
         if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
     ]
-    return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
+    return httpx.Response(response.status_code, headers=kept, content=bytes(body), request=response.request)
+
+
+def _decoder(response: httpx.Response) -> Callable[[bytes, int], bytes]:
+    """How to turn the raw body into content, at most `limit` bytes per piece (what is left over past the limit
+    is never needed: the answer is refused)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return lambda chunk, limit: chunk
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, told apart by the data
+        return lambda chunk, limit: inflater.decompress(chunk, max(limit, 1))
+    raise httpx.DecodingError(f"the answer is encoded as {encoding!r}, which is not read", request=response.request)
 
 
 def transport_error(

@@ -245,9 +245,19 @@ class JobScheduler:
     # --- Planned stops ---------------------------------------------------------------
 
     async def schedule_stop(
-        self, *, entry_id: int | str, workspace_id: int | str | None, description: str, at: datetime
-    ) -> str:
-        """Persist a planned stop of Toggl entry `entry_id` at `at`, and arm it in this worker."""
+        self,
+        *,
+        entry_id: int | str,
+        workspace_id: int | str | None,
+        description: str,
+        at: datetime,
+        only_if_absent: bool = False,
+    ) -> str | None:
+        """Persist a planned stop of Toggl entry `entry_id` at `at`, and arm it in this worker.
+
+        `only_if_absent`: plan it only if the entry has no stop row at all (the prune's recoveries, which several
+        workers run at once); None when one exists. Otherwise a second plan for the entry replaces the first.
+        """
         job_id = stop_job_id(entry_id)
         payload = {"entry_id": entry_id, "workspace_id": workspace_id, "description": description}
         try:
@@ -258,6 +268,10 @@ class JobScheduler:
                     )
                 )
         except IntegrityError:
+            if only_if_absent:
+                # Another worker's prune planned it a moment ago, or it has already fired: resetting it to
+                # `pending` would stop the entry twice (found by a code review).
+                return None
             # The same entry scheduled again (a retried request): the newest plan wins.
             async with self.sessions.begin() as session:
                 await session.execute(
@@ -601,11 +615,10 @@ class JobScheduler:
     async def _plan_stop_unless_planned(
         self, *, entry_id: int, workspace_id: int, description: str, at: datetime
     ) -> bool:
-        async with self.sessions() as session:
-            if await session.get(ScheduledJob, stop_job_id(entry_id)) is not None:
-                return False  # its stop was planned already
-        await self.schedule_stop(entry_id=entry_id, workspace_id=workspace_id, description=description, at=at)
-        return True
+        planned = await self.schedule_stop(
+            entry_id=entry_id, workspace_id=workspace_id, description=description, at=at, only_if_absent=True
+        )
+        return planned is not None
 
     async def _save_unsaved_stops(self) -> None:
         """The planned stops that runs could not save when they started their timers (the database failed then;

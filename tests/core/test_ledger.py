@@ -241,7 +241,9 @@ async def check_unsettled_starts(ledger: Ledger) -> None:
                 raise asyncio.CancelledError
     since = datetime.now(UTC) - timedelta(hours=1)
 
-    start, cancelled = await ledger.unsettled_starts(since)
+    # Newest first: an unmatched start stays listed for 12 hours, and oldest first 50 of them pushed out the
+    # newest, the one most likely to own the running timer (found by a code review).
+    cancelled, start = await ledger.unsettled_starts(since)
     assert (start.run_id, start.kind, start.request["json"]) == (ids["unknown"], "toggl.start_timer", body)
     assert start.input_summary == {"duration_minutes": 25}
     assert (cancelled.run_id, cancelled.kind, cancelled.request["json"]) == (ids["cancelled"], "command.start", body)

@@ -144,6 +144,11 @@ def test_a_sender_that_is_not_an_address_stops_start_up(monkeypatch, name, value
     [
         ("SMTP_FROM", "Orchestrator <bot@example.com>", "Orchestrator <bot@example.com>"),
         ("SMTP_FROM", " bot@example.com ", "bot@example.com"),
+        # A relay's own names (found by a code review: refused as special-use domains at first).
+        ("SMTP_FROM", "bot@localhost", "bot@localhost"),
+        ("SMTP_FROM", "Bot <bot@mailhog>", "Bot <bot@mailhog>"),
+        ("SMTP_FROM", "bot@corp.local", "bot@corp.local"),
+        ("TWILIO_WHATSAPP_NUMBER", "", "whatsapp:+14155238886"),  # left blank in .env: the sandbox default
         ("TWILIO_WHATSAPP_NUMBER", "+14155238886", "whatsapp:+14155238886"),
         ("TWILIO_WHATSAPP_NUMBER", "whatsapp:+447700900123", "whatsapp:+447700900123"),
     ],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
 import httpx
 import pytest
+import respx
 
 from core.errors import InvalidInput, UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
 from core.upstream import (
@@ -228,3 +230,39 @@ async def test_a_compressed_answer_under_the_cap_reads_back_decoded():
             response = await bounded_request(http, "GET", url, deadline=5.0)
     assert response.content == payload and response.json() == {"ok": True}
     assert "content-encoding" not in response.headers
+
+
+async def test_a_full_pool_is_still_never_sent_not_outcome_unknown():
+    """Found by a code review: a deadline over the whole call fired while waiting for a free connection, and a
+    start that never left the machine was answered "outcome unknown" (and its key held for 24 hours)."""
+    body = b'{"id": 1}'
+    async with raw_http_server(body, pieces=len(body), pause=0.3) as url:  # holds its connection ~3 s
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(0.5), limits=limits) as http:
+            busy = asyncio.create_task(bounded_request(http, "GET", url, deadline=10.0))
+            await asyncio.sleep(0.1)
+            with pytest.raises(httpx.PoolTimeout):
+                await bounded_request(http, "POST", url, deadline=0.5)
+            busy.cancel()
+    error = transport_error(httpx.PoolTimeout("pool"), upstream="toggl", replay_safe=False)
+    assert error.retryable and "outcome_unknown" not in error.extras
+
+
+async def test_the_answer_is_asked_for_uncompressed():
+    with respx.mock() as upstream:
+        route = upstream.get("https://toggl.test/x").respond(200, json={"ok": True})
+        async with httpx.AsyncClient() as http:
+            response = await bounded_request(http, "GET", "https://toggl.test/x", deadline=1.0)
+    assert route.calls.last.request.headers["accept-encoding"] == "identity"
+    assert response.json() == {"ok": True}
+
+
+def test_a_compressed_piece_is_decoded_no_further_than_asked():
+    """A gzip bomb decoded a network chunk at a time still held ~130 MiB per request (found by a code review);
+    each piece now stops at the limit."""
+    from core.upstream import _decoder
+
+    bomb = gzip.compress(b"0" * (64 * MAX_RESPONSE_BYTES))
+    response = httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"")
+    piece = _decoder(response)(bomb, 10)
+    assert piece == b"0" * 10

@@ -755,3 +755,25 @@ def test_a_retry_waits_out_a_longer_retry_after_and_never_passes_the_window():
     ) == failed_at + timedelta(minutes=10)
     late = planned + STOP_RETRY_WINDOW - timedelta(minutes=10)
     assert next_stop_attempt(planned=planned, attempts=9, failed_at=late) is None
+
+
+async def test_a_recovery_never_resets_a_stop_that_another_worker_planned_or_that_fired(
+    make_settings, sessions, ledger
+):
+    """Found by a code review: two workers' prunes could both see no stop row; the loser's insert failed and
+    the fallback set the winner's row, even one already fired, back to `pending`: a second stop."""
+    settings = make_settings()
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    at = datetime(2026, 11, 25, 7, 30, tzinfo=UTC)
+    await scheduler.schedule_stop(entry_id=77, workspace_id=7, description="Deep Work", at=at)
+    async with sessions.begin() as session:
+        (await session.get(ScheduledJob, "stop:77")).status = "done"
+
+    again = await scheduler.schedule_stop(
+        entry_id=77, workspace_id=7, description="Deep Work", at=at + timedelta(hours=1), only_if_absent=True
+    )
+
+    assert again is None
+    async with sessions() as session:
+        row = await session.get(ScheduledJob, "stop:77")
+    assert (row.status, row.run_at.replace(tzinfo=UTC)) == ("done", at)
