@@ -99,31 +99,42 @@ async def bounded_request(
 
     httpx's timeouts apply to each socket operation, so an upstream that sent its headers and then a byte every
     few seconds kept a call alive without end (16 s with a 1 s timeout; found by a code review), past every
-    bound computed from HTTP_TIMEOUT_SECONDS. The deadline starts once the answer's headers are in: before,
-    httpx's own pool, connect and write timeouts apply, and a `PoolTimeout` or `ConnectTimeout` still says the
-    request never left (a deadline over the whole call turned a full pool into "outcome unknown"; found by a
-    code review). Past the deadline the call fails as an httpx `ReadTimeout`, mapped by `transport_error`.
+    bound computed from HTTP_TIMEOUT_SECONDS. The deadline starts when the request starts to leave (httpcore's
+    `trace` event): before, waiting for a free connection and connecting have httpx's own timeouts, so a
+    `PoolTimeout` or `ConnectTimeout` still says the request never left (a deadline over the whole call turned
+    a full pool into "outcome unknown"; found by a code review). From there, sending, the headers and the body
+    all count. Past it the call fails as an httpx `ReadTimeout`, mapped by `transport_error`.
 
     The answer is asked for uncompressed and read raw; one compressed anyway (gzip or deflate) is decompressed
     here a bounded piece at a time, so a gzip bomb never holds more than the cap in memory. A body over
     MAX_RESPONSE_BYTES, decoded, fails as `ResponseTooLarge`.
     """
     headers = {**(kwargs.pop("headers", None) or {}), "Accept-Encoding": "identity"}
-    async with http.stream(method, url, headers=headers, **kwargs) as response:
-        decode = _decoder(response)
-        body = bytearray()
-        try:
-            async with asyncio.timeout(deadline):
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(None) as budget:
+
+            async def on_transport_event(event: str, info: dict[str, Any]) -> None:
+                # httpcore's trace: the request starts to leave now, so the deadline starts now.
+                if event.endswith("send_request_headers.started") and budget.when() is None:
+                    budget.reschedule(loop.time() + deadline)
+
+            extensions = {**(kwargs.pop("extensions", None) or {}), "trace": on_transport_event}
+            async with http.stream(method, url, headers=headers, extensions=extensions, **kwargs) as response:
+                if budget.when() is None:  # a transport without httpcore's trace (a test's mock): from here
+                    budget.reschedule(loop.time() + deadline)
+                decode = _decoder(response)
+                body = bytearray()
                 async for chunk in response.aiter_raw():
                     body += decode(chunk, MAX_RESPONSE_BYTES + 1 - len(body))
                     if len(body) > MAX_RESPONSE_BYTES:
                         raise ResponseTooLarge(
                             f"the answer is over {MAX_RESPONSE_BYTES} bytes", request=response.request
                         )
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"no complete answer within {deadline:g} s") from None
-        except zlib.error as exc:
-            raise httpx.DecodingError(f"the compressed answer is corrupt ({exc})", request=response.request) from None
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no complete answer within {deadline:g} s of sending") from None
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"the compressed answer is corrupt ({exc})", request=response.request) from None
     kept = [
         (name, value)
         for name, value in response.headers.multi_items()

@@ -266,3 +266,12 @@ def test_a_compressed_piece_is_decoded_no_further_than_asked():
     response = httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"")
     piece = _decoder(response)(bomb, 10)
     assert piece == b"0" * 10
+
+
+async def test_headers_trickled_past_the_deadline_time_out_too():
+    """The deadline starts when the request starts to leave, so a server trickling its headers (not only its
+    body) cannot hold the call either."""
+    async with raw_http_server(b'{"id": 1}', head_pause=0.1) as url:  # ~60 header bytes: ~6 s
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            with pytest.raises(httpx.ReadTimeout, match="no complete answer within 1 s of sending"):
+                await bounded_request(http, "GET", url, deadline=1.0)

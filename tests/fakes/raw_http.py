@@ -10,15 +10,28 @@ from contextlib import asynccontextmanager
 
 @asynccontextmanager
 async def raw_http_server(
-    body: bytes, *, pieces: int = 1, pause: float = 0.0, headers: dict[str, str] | None = None
+    body: bytes,
+    *,
+    pieces: int = 1,
+    pause: float = 0.0,
+    headers: dict[str, str] | None = None,
+    head_pause: float = 0.0,
 ) -> AsyncIterator[str]:
-    """Serve `body` in `pieces` chunks `pause` seconds apart; yields the base URL."""
+    """Serve `body` in `pieces` chunks `pause` seconds apart; yields the base URL. With `head_pause`, the
+    status line and headers are sent a byte at a time, that many seconds apart."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await reader.readuntil(b"\r\n\r\n")
             head = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
-            writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items()) + b"\r\n")
+            raw_head = b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items()) + b"\r\n"
+            if head_pause:
+                for byte in raw_head:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(head_pause)
+            else:
+                writer.write(raw_head)
             size = max(1, -(-len(body) // pieces))
             for start in range(0, len(body), size):
                 writer.write(body[start : start + size])
