@@ -50,7 +50,7 @@ INTEGRATION = Integration(
     description="Take commands and questions by WhatsApp (POST /whatsapp-webhook, Twilio).",
     # The token verifies the webhook; the account SID (with it) sends answers slower than the 2 s TwiML budget.
     required=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
-    optional=("WHATSAPP_ALLOWED_SENDERS", "TRUST_PROXY_HEADERS"),
+    optional=("WHATSAPP_ALLOWED_SENDERS", "PUBLIC_BASE_URL", "TRUST_PROXY_HEADERS"),
     advice=_signed_url_advice,
 )
 
