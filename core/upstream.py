@@ -144,15 +144,25 @@ async def bounded_request(
 
 
 def _decoder(response: httpx.Response) -> Callable[[bytes, int], bytes]:
-    """How to turn the raw body into content, at most `limit` bytes per piece (what is left over past the limit
-    is never needed: the answer is refused)."""
-    encoding = response.headers.get("content-encoding", "").strip().lower()
+    """`bounded_decoder` for an httpx answer; an encoding it cannot read is an httpx `DecodingError`."""
+    encoding = response.headers.get("content-encoding", "")
+    decode = bounded_decoder(encoding)
+    if decode is None:
+        raise httpx.DecodingError(f"the answer is encoded as {encoding!r}, which is not read", request=response.request)
+    return decode
+
+
+def bounded_decoder(content_encoding: str) -> Callable[[bytes, int], bytes] | None:
+    """How to turn a raw body into content, at most `limit` bytes per piece (what is left over past the limit
+    is never needed: the answer is refused). None for an encoding other than identity, gzip or deflate (the
+    only ones asked for or expected, since every request asks for `identity`)."""
+    encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
         return lambda chunk, limit: chunk
     if encoding in ("gzip", "x-gzip", "deflate"):
         inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, told apart by the data
         return lambda chunk, limit: inflater.decompress(chunk, max(limit, 1))
-    raise httpx.DecodingError(f"the answer is encoded as {encoding!r}, which is not read", request=response.request)
+    return None
 
 
 def transport_error(

@@ -10,7 +10,8 @@ paid for a span nobody records. The SDK itself is imported when the provider
 is built, not with this module: `import anthropic` is ~40 MiB of resident
 pydantic types, which an install without ANTHROPIC_API_KEY should not carry. The HTTP transport (aiohttp through
 `DefaultAioHttpClient`, or httpx) is picked by the router from the
-benchmark in docs/llm-routing.md; the client is closed in the lifespan.
+benchmark in docs/llm-routing.md; the client is closed in the lifespan. Whichever it is, the SDK reads
+every answer whole, so `services/claude_transport.py` caps it at 1 MiB, as every other upstream's answer is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from core.errors import UpstreamTimeout, UpstreamUnavailable
+from core.errors import ProblemError, UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
 from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
@@ -69,6 +70,8 @@ class ClaudeProvider:
     ) -> None:
         import anthropic  # here, not at the top: see the module docstring
 
+        from services.claude_transport import cap_answers
+
         self._sdk = anthropic
         self.model = model
         self.context_tokens = context_tokens
@@ -79,6 +82,7 @@ class ClaudeProvider:
             if aiohttp_transport
             else anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, follow_redirects=False)
         )
+        cap_answers(http_client, upstream=UPSTREAM, setting="ANTHROPIC_BASE_URL")  # the SDK reads answers whole
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key.get_secret_value(),
             base_url=base_url,
@@ -116,6 +120,8 @@ class ClaudeProvider:
         except anthropic.APITimeoutError:
             raise UpstreamTimeout("claude did not answer in time.", upstream=UPSTREAM) from None
         except anthropic.APIConnectionError as exc:
+            if isinstance(exc.__cause__, ProblemError):  # claude_transport refused the answer as it was read
+                raise exc.__cause__ from None
             raise UpstreamUnavailable(
                 f"claude could not be reached ({type(exc.__cause__ or exc).__name__}). Check ANTHROPIC_BASE_URL.",
                 upstream=UPSTREAM,

@@ -16,15 +16,24 @@ async def raw_http_server(
     pause: float = 0.0,
     headers: dict[str, str] | None = None,
     head_pause: float = 0.0,
+    status: str = "200 OK",
+    requests: list[bytes] | None = None,
 ) -> AsyncIterator[str]:
     """Serve `body` in `pieces` chunks `pause` seconds apart; yields the base URL. With `head_pause`, the
-    status line and headers are sent a byte at a time, that many seconds apart."""
+    status line and headers are sent a byte at a time, that many seconds apart. Each request's head is
+    appended to `requests` when given."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await reader.readuntil(b"\r\n\r\n")
-            head = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
-            raw_head = b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items()) + b"\r\n"
+            head = await reader.readuntil(b"\r\n\r\n")
+            if requests is not None:
+                requests.append(head)
+            answer_head = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+            raw_head = (
+                f"HTTP/1.1 {status}\r\n".encode()
+                + b"".join(f"{k}: {v}\r\n".encode() for k, v in answer_head.items())
+                + b"\r\n"
+            )
             if head_pause:
                 for byte in raw_head:
                     writer.write(bytes([byte]))

@@ -1214,3 +1214,105 @@ async def test_a_compressed_answer_over_the_cap_is_not_read_into_memory(make_rou
             await router.generate(text="hi", provider=provider)
     [failure] = caught.value.extras["providers"]
     assert f"answered more than {MAX_RESPONSE_BYTES} bytes; not read further" in failure["detail"]
+
+
+# --- Claude's answers are capped too (the SDK reads them whole) ---------------------------------
+
+
+def _claude_refusal(caught: pytest.ExceptionInfo[AllProvidersFailed]) -> str:
+    [failure] = caught.value.extras["providers"]
+    assert failure["provider"] == "claude"
+    return failure["detail"]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        pytest.param("200 OK", "bomb", {"Content-Encoding": "gzip"}, id="gzip-bomb"),
+        pytest.param("200 OK", "huge", {}, id="plain-2xx"),
+        pytest.param("500 Internal Server Error", "huge", {}, id="error-body"),
+    ],
+)
+async def test_an_answer_from_claude_over_the_cap_is_not_read_into_memory(
+    make_router, transport, status, body, headers
+):
+    """Claude's SDK read every answer whole, a 2xx or an error, and decoded gzip without a bound: a broken or
+    hostile ANTHROPIC_BASE_URL could make the worker buffer any size (left over from the black-box review that
+    capped the other upstreams)."""
+    import gzip
+
+    from core.upstream import MAX_RESPONSE_BYTES
+    from tests.fakes.raw_http import raw_http_server
+
+    payload = gzip.compress(b" " * (64 * MAX_RESPONSE_BYTES)) if body == "bomb" else b" " * (4 * MAX_RESPONSE_BYTES)
+    heads: list[bytes] = []
+    async with raw_http_server(payload, headers=headers, status=status, requests=heads) as url:
+        router = await make_router(transport=transport, llm_max_attempts=1, anthropic_base_url=url)
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="hi", provider="claude")
+
+    assert _claude_refusal(caught) == (
+        f"claude answered more than {MAX_RESPONSE_BYTES} bytes; not read further. Check ANTHROPIC_BASE_URL."
+    )
+    [head] = heads
+    assert b"\r\naccept-encoding: identity\r\n" in head.lower()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_compressed_answer_from_claude_within_the_cap_is_read(make_router, transport):
+    """Asked for `identity`, a server may still compress: the answer is decoded (once, by the cap's transport)."""
+    import gzip
+    import json
+
+    from tests.fakes.raw_http import raw_http_server
+
+    body = gzip.compress(json.dumps(anthropic_message("a plan", input_tokens=3, output_tokens=2)).encode())
+    async with raw_http_server(body, headers={"Content-Encoding": "gzip"}, pieces=4) as url:
+        router = await make_router(transport=transport, llm_max_attempts=1, anthropic_base_url=url)
+        result = await router.generate(text="hi", provider="claude")
+
+    assert result.response == "a plan"
+    assert result.usage.model_dump() == {"input_tokens": 3, "output_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "said"),
+    [
+        ({"Content-Encoding": "br"}, b"\x0b\x02\x80{}\x03", "claude answered encoded as 'br', which is not read."),
+        ({"Content-Encoding": "gzip"}, b"\x1f\x8b not gzip at all", "claude answered a corrupt compressed body"),
+    ],
+)
+async def test_an_answer_from_claude_that_cannot_be_decoded_is_refused_clearly(make_router, headers, body, said):
+    from tests.fakes.raw_http import raw_http_server
+
+    async with raw_http_server(body, headers=headers) as url:
+        router = await make_router(llm_max_attempts=1, anthropic_base_url=url)
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="hi", provider="claude")
+
+    detail = _claude_refusal(caught)
+    assert detail.startswith(said)
+    assert detail.endswith("Check ANTHROPIC_BASE_URL.")
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_an_answer_from_claude_through_a_proxy_from_the_environment_is_capped_too(
+    make_router, monkeypatch, transport
+):
+    """httpx2 mounts a transport of its own for a proxy named in HTTP_PROXY; the cap is put under it as well."""
+    from core.upstream import MAX_RESPONSE_BYTES
+    from tests.fakes.raw_http import raw_http_server
+
+    heads: list[bytes] = []
+    async with raw_http_server(b" " * (4 * MAX_RESPONSE_BYTES), requests=heads) as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        router = await make_router(transport=transport, llm_max_attempts=1, anthropic_base_url="http://claude.test")
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="hi", provider="claude")
+
+    [head] = heads
+    assert head.startswith(b"POST http://claude.test/v1/messages")  # it went through the proxy
+    assert "answered more than" in _claude_refusal(caught)
