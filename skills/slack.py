@@ -10,6 +10,7 @@ handlers are switched off in `open_skill`.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -153,6 +154,8 @@ class SlackSkill:
 
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One attempt: the response body on success, a domain error otherwise."""
+        attempt = _Attempt()
+        marker = _ATTEMPT.set(attempt)
         try:
             response = await self.client.chat_postMessage(**payload)
         except SlackApiError as exc:
@@ -178,6 +181,15 @@ class SlackSkill:
                 f"Slack could not be reached ({type(exc).__name__}).", upstream=UPSTREAM
             ) from None
         except ValueError as exc:
+            if not attempt.handed_to_aiohttp:
+                # Raised while the SDK built the URL (urljoin, yarl): nothing left, nothing was posted. Told apart
+                # from the case below, which before was also reported for these (found by a code review).
+                raise UpstreamError(
+                    f"Slack was not called: the URL built from SLACK_BASE_URL is not valid ({exc}). "
+                    "Check SLACK_BASE_URL.",
+                    upstream=UPSTREAM,
+                    nothing_sent=True,
+                ) from None
             # The SDK could not decode the answer (invalid UTF-8 in a 200, say): Slack may have posted it. It
             # escaped as a 500 with no run id (found by a black-box review).
             raise unreadable_create(
@@ -204,6 +216,8 @@ class SlackSkill:
                 upstream=UPSTREAM,
                 outcome_unknown=True,
             ) from None
+        finally:
+            _ATTEMPT.reset(marker)
         data = response.data
         if not isinstance(data, dict) or not data.get("ts"):
             raise UpstreamError(
@@ -213,6 +227,24 @@ class SlackSkill:
                 outcome_unknown=True,
             )
         return data
+
+
+class _Attempt:
+    """One call of `_post`: whether aiohttp was handed the request (the SDK had built it), told by `_note_handover`."""
+
+    handed_to_aiohttp = False
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("slack_attempt", default=None)
+
+
+async def _note_handover(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """aiohttp client middleware: marks the current `_Attempt` (the SDK calls aiohttp in the caller's task, so it
+    sees the caller's context). An error raised before this ran was raised before anything could leave."""
+    attempt = _ATTEMPT.get()
+    if attempt is not None:
+        attempt.handed_to_aiohttp = True
+    return await handler(request)
 
 
 def _may_have_posted(channel: str) -> str:
@@ -345,7 +377,8 @@ async def open_skill(resources: Resources, stack: AsyncExitStack) -> SlackSkill:
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=settings.http_timeout_seconds),
         # A redirect would carry the token and the message to another host, and its `ok` would pass for a post.
-        middlewares=(refuse_redirects,),
+        # _note_handover first: it tells an error raised before the request was handed over (nothing sent).
+        middlewares=(_note_handover, refuse_redirects),
         response_class=CappedResponse,
     )
     stack.push_async_callback(session.close)

@@ -399,3 +399,18 @@ async def test_an_answer_over_the_cap_is_not_read_into_memory(slack_settings):
                 await skill.post_message(text="hello")
     assert caught.value.extras["outcome_unknown"] is True  # a 200 that big: it may have posted
     assert "AnswerTooLarge" in caught.value.detail
+
+
+@pytest.mark.parametrize("base_url", ["http://[::1/api/", "http://slack.test:99999/api/"], ids=["urljoin", "aiohttp"])
+async def test_a_url_refused_before_sending_is_not_reported_as_maybe_posted(fake, slack_settings, base_url):
+    """A ValueError raised while the SDK built the URL was caught as "Slack's answer could not be decoded": outcome
+    unknown, the Idempotency-Key kept, for a message that never left (found by a code review)."""
+    async with opened(slack_settings()) as skill:
+        skill.client.base_url = base_url  # past the setting's validation, as a bug elsewhere could be
+        with pytest.raises(UpstreamError) as caught:
+            await skill.post_message(text="hello")
+    assert caught.value.status == 502
+    assert caught.value.detail.startswith("Slack was not called: the URL built from SLACK_BASE_URL is not valid (")
+    assert caught.value.detail.endswith("). Check SLACK_BASE_URL.")
+    assert caught.value.extras == {"upstream": "slack", "nothing_sent": True}
+    assert fake.posts == []
