@@ -45,7 +45,10 @@ WAIT_SECONDS = 30.0
 ABANDONED_AFTER = timedelta(minutes=10)
 POLL_SECONDS = 0.05
 REPLAY_HEADER = "Idempotent-Replayed"
-_STORED_HEADERS = ("retry-after", "location")
+#: Headers kept with an answer for its replays. Not Retry-After: a replay is final for its key, and a client
+#: that honours Retry-After on a replayed 429 or 503 (a WhatsApp message whose later part was rate limited)
+#: retried with the same key for the key's 24 hours, getting the same replay each time (found by a review).
+_STORED_HEADERS = ("location",)
 
 
 def _stores_outcome(status: int, body: Any) -> bool:

@@ -511,7 +511,8 @@ class TogglSkill:
         wid = workspace_id if workspace_id is not None else self.settings.toggl_workspace_id
         if wid is None:
             raise InvalidInput(
-                "No Toggl workspace: pass workspace_id or set TOGGL_WORKSPACE_ID.",
+                # Not "pass workspace_id": the briefing and the chat commands reach here too, and take none.
+                "No Toggl workspace: set TOGGL_WORKSPACE_ID (the /timers endpoints also take a workspace_id).",
                 missing_settings=["TOGGL_WORKSPACE_ID"],
             )
         return wid

@@ -90,7 +90,7 @@ async def test_long_body_is_split_and_every_sid_returned(wa_client, twilio):
 async def test_a_retry_after_a_part_failed_never_sends_the_sent_parts_again(wa_client, twilio):
     """Found by a review: part 2 refused (429, three times), the key was released, and the retry with the same key
     sent part 1 a second time."""
-    refused = httpx.Response(429, json={"code": 20429, "message": "Too Many Requests"})
+    refused = httpx.Response(429, json={"code": 20429, "message": "Too Many Requests"}, headers={"Retry-After": "0"})
     route = twilio.post(PATH).mock(side_effect=[_created("SM1"), refused, refused, refused, _created("SM2")])
     headers = {"Idempotency-Key": "parts-1"}
     async with wa_client() as client:
@@ -98,6 +98,9 @@ async def test_a_retry_after_a_part_failed_never_sends_the_sent_parts_again(wa_c
         retry = await client.post("/whatsapp-send", json={"to": "+15551234567", "body": "word " * 400}, headers=headers)
     assert first.status_code == 429 and first.json()["sent_sids"] == ["SM1"]
     assert retry.status_code == 429 and retry.headers["idempotent-replayed"] == "true"
+    # The first answer says when Twilio takes messages again; the replay is final for the key, so it does not
+    # invite a retry with it (a client honouring Retry-After looped on the replay for 24 hours).
+    assert "retry-after" in first.headers and "retry-after" not in retry.headers
     assert route.call_count == 4  # part 1 once, part 2 three times; nothing more
 
 
