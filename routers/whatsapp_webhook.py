@@ -8,6 +8,7 @@ the sender allowlist is applied before any action or LLM call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from functools import lru_cache
 from urllib.parse import parse_qsl
@@ -65,6 +66,14 @@ MAX_FORM_FIELDS = 200
 REFUSAL = "Sorry, this number is not allowed to use this service."
 WORKING = "Working on it; the answer follows in a moment."
 FAILED = "Sorry, something went wrong; it has been logged."
+#: Sent instead of the answer when the service stops before a message told WORKING is done. It may have acted
+#: (a timer started), hence the advice to look before sending the message again.
+INTERRUPTED = (
+    "Sorry, the service restarted before your answer was ready, so it will not come. "
+    'Send "status" to see whether a timer is running, then send your message again if it is still wanted.'
+)
+#: How long the INTERRUPTED message may hold a shutdown.
+INTERRUPTED_SEND_SECONDS = 5.0
 # One part of headroom: splitting at word boundaries can need an extra part.
 MAX_REPLY_CHARS = (MAX_PARTS - 1) * MAX_BODY_CHARS
 
@@ -236,8 +245,21 @@ async def whatsapp_webhook(
 
 
 async def _send_when_ready(deps: WorkflowDeps, work: asyncio.Task[str | None], *, to: str) -> None:
+    try:
+        answer = await work
+    except asyncio.CancelledError:
+        # The shutdown's grace ran out first. The sender was told "working on it" and would otherwise wait for
+        # an answer that never comes (the run is recorded `cancelled` by the tracker either way).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(INTERRUPTED_SEND_SECONDS):
+                await _send_reply(deps, INTERRUPTED, to=to)  # cancelled once, this task runs on to here
+        raise
     # Twilio's API takes the same text as the TwiML would have: without characters WhatsApp cannot show.
-    reply = whatsapp_text(await work)
+    await _send_reply(deps, whatsapp_text(answer), to=to)
+
+
+async def _send_reply(deps: WorkflowDeps, reply: str, *, to: str) -> None:
+    """One late reply, recorded as a `whatsapp.reply` run; a failure is logged, never raised."""
     try:
         async with deps.ledger.run("whatsapp.reply", trigger="whatsapp", input_summary={"to": bare_number(to)}) as run:
             async with run.action("whatsapp", "send_message") as action:

@@ -19,7 +19,7 @@ import time_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routers.whatsapp_webhook import WORKING, twiml
+from routers.whatsapp_webhook import INTERRUPTED, WORKING, twiml
 from tests.fakes.llm import FakeGemini, gemini_content, gemini_error
 from tests.fakes.server import Reply
 from tests.fakes.slack import CHAT_POST_MESSAGE
@@ -501,6 +501,15 @@ async def test_a_late_reply_is_sent_without_forbidden_characters(w, make_client)
         assert messages(await post_whatsapp(client, whatsapp_form("think hard"))) == [WORKING]
         await finished_runs(client, "whatsapp.reply")
     assert [sent["Body"] for sent in w.twilio.sent] == ["Done and dusted."]
+
+
+async def test_a_late_answer_cut_off_by_a_shutdown_is_replaced_by_an_apology(w, make_client):
+    """The sender was told "working on it"; when the shutdown's grace ran out first, nothing more came."""
+    w.claude.delay = 3  # past the webhook's 1.5 s and the 0.2 s grace
+    async with make_client(**w.settings(shutdown_grace_seconds=0.2, llm_timeout_seconds=30)) as client:
+        assert messages(await post_whatsapp(client, whatsapp_form("think hard"))) == [WORKING]
+    [sent] = w.twilio.sent
+    assert (sent["To"], sent["Body"]) == (whatsapp_form("x")["From"], INTERRUPTED)
 
 
 @settings(max_examples=300, deadline=None)
