@@ -439,6 +439,7 @@ async def build_ai_router(
                 timeout=httpx.Timeout(timeout),
                 limits=httpx.Limits(max_connections=settings.http_max_connections),
                 follow_redirects=False,
+                trust_env=False,  # as the aiohttp session: no proxy from the environment for prompts
             )
             stack.push_async_callback(http.aclose)
         return http

@@ -77,10 +77,13 @@ class ClaudeProvider:
         self.context_tokens = context_tokens
         # follow_redirects=False: the SDK's clients follow redirects, and a 307 from ANTHROPIC_BASE_URL sent the
         # key and the prompt on to the host it named (found by a black-box review). A 3xx is then an error.
+        # trust_env=False: a proxy named in the environment is not silently applied to prompts, as for Gemini and
+        # the local model (the router's aiohttp session); the SDK's clients picked HTTP(S)_PROXY up.
+        client_options: dict[str, Any] = {"timeout": timeout_seconds, "follow_redirects": False, "trust_env": False}
         http_client = (
-            anthropic.DefaultAioHttpClient(timeout=timeout_seconds, follow_redirects=False)
+            anthropic.DefaultAioHttpClient(**client_options)
             if aiohttp_transport
-            else anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, follow_redirects=False)
+            else anthropic.DefaultAsyncHttpxClient(**client_options)
         )
         cap_answers(http_client, upstream=UPSTREAM, setting="ANTHROPIC_BASE_URL")  # the SDK reads answers whole
         self._client = anthropic.AsyncAnthropic(

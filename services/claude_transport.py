@@ -22,14 +22,11 @@ _ENCODING_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 
 
 def cap_answers(http_client: httpx2.AsyncClient, *, upstream: str, setting: str) -> None:
-    """Put `CappedTransport` under every transport of the SDK's client: its own, and those it mounted for
-    proxies named in the environment (HTTPS_PROXY and the like). httpx2 takes a `transport=` only in place of
-    the default one, which the SDK builds from its own settings, so the built ones are wrapped instead."""
+    """Put `CappedTransport` under the SDK client's transport. httpx2 takes a `transport=` only in place of the
+    default one, which the SDK builds from its own settings, so the built one is wrapped instead. The client
+    is built with `trust_env=False`, so it mounts no other transport (for a proxy) that this would miss."""
+    assert not http_client._mounts, "a mounted transport would not be capped"
     http_client._transport = CappedTransport(http_client._transport, upstream=upstream, setting=setting)
-    http_client._mounts = {
-        pattern: None if mounted is None else CappedTransport(mounted, upstream=upstream, setting=setting)
-        for pattern, mounted in http_client._mounts.items()
-    }
 
 
 class CappedTransport(httpx2.AsyncBaseTransport):

@@ -1297,22 +1297,25 @@ async def test_an_answer_from_claude_that_cannot_be_decoded_is_refused_clearly(m
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_an_answer_from_claude_through_a_proxy_from_the_environment_is_capped_too(
-    make_router, monkeypatch, transport
+@pytest.mark.parametrize("provider", ["gemini", "claude", "local"])
+async def test_a_proxy_named_in_the_environment_is_not_applied_to_prompts(
+    make_router, fakes, monkeypatch, transport, provider
 ):
-    """httpx2 mounts a transport of its own for a proxy named in HTTP_PROXY; the cap is put under it as well."""
-    from core.upstream import MAX_RESPONSE_BYTES
+    """The router's own session never took HTTP_PROXY; Claude's SDK clients did, so its prompts (and key) went
+    through whatever the environment named (found while capping Claude's answers)."""
     from tests.fakes.raw_http import raw_http_server
 
     heads: list[bytes] = []
-    async with raw_http_server(b" " * (4 * MAX_RESPONSE_BYTES), requests=heads) as proxy:
-        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+    async with raw_http_server(b"{}", requests=heads) as proxy:
+        for name in ("NO_PROXY", "no_proxy"):
             monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HTTP_PROXY", proxy)
-        router = await make_router(transport=transport, llm_max_attempts=1, anthropic_base_url="http://claude.test")
-        with pytest.raises(AllProvidersFailed) as caught:
-            await router.generate(text="hi", provider="claude")
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy)
+        fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=anthropic_message("direct")))
+        fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini_content("direct")))
+        fakes.local.queue("POST", OPENAI_PATH, Reply(200, json=openai_completion("direct")))
+        router = await make_router(transport=transport, local=True, llm_max_attempts=1)
+        result = await router.generate(text="hi", provider=provider)
 
-    [head] = heads
-    assert head.startswith(b"POST http://claude.test/v1/messages")  # it went through the proxy
-    assert "answered more than" in _claude_refusal(caught)
+    assert (result.provider, result.response) == (provider, "direct")
+    assert heads == []
