@@ -71,8 +71,11 @@ SYNC_JOB_ID = "sync-planned-stops"
 STOP_KIND = "timer_stop"
 SYNC_SECONDS = 30
 PRUNE_JOB_ID = "prune-delivery-records"
-# Twilio and Slack redeliver within minutes to an hour; a week of message ids is ample.
+# Twilio and Slack redeliver within minutes to an hour; a week of message ids is ample for Slack, whose signature
+# also dates the request (5 minutes). Twilio's does not: a captured signed WhatsApp webhook replays as well a
+# week later, so its claims stay a year (found by a security review; a row is ~100 bytes a message).
 KEEP_INBOUND = timedelta(days=7)
+KEEP_WHATSAPP_CLAIMS = timedelta(days=365)
 KEEP_FIRES = timedelta(days=30)
 # A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
 BRIEFING_GRACE_SECONDS = 300
@@ -518,7 +521,9 @@ class JobScheduler:
         the ledger runs a dead worker left `running`."""
         now = utcnow()
         async with self.sessions.begin() as session:
-            await session.execute(delete(InboundMessage).where(InboundMessage.received_at < now - KEEP_INBOUND))
+            for whatsapp, keep in ((True, KEEP_WHATSAPP_CLAIMS), (False, KEEP_INBOUND)):
+                source = InboundMessage.source == "whatsapp" if whatsapp else InboundMessage.source != "whatsapp"
+                await session.execute(delete(InboundMessage).where(source, InboundMessage.received_at < now - keep))
             await session.execute(delete(JobFire).where(JobFire.claimed_at < now - KEEP_FIRES))
         older_than = self.settings.abandoned_after
         closed = 0

@@ -152,6 +152,21 @@ async def test_a_bad_signature_is_403_and_records_nothing(w, make_client):
     assert response.headers["content-type"].startswith("application/problem+json")
 
 
+async def test_a_signed_callback_whose_sid_is_not_a_twilio_sid_records_nothing(w, make_client):
+    """A captured callback re-cut so that MessageSid swallows the next field keeps its signature (Twilio signs the
+    fields run together): it must not pass for another message's status (found by a security review)."""
+    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+        form = status_form("SM" + "f" * 32, "undelivered", code="63016")
+        re_cut = {**form, "MessageSid": form["MessageSid"] + "MessageStatus" + form["MessageStatus"]}
+        del re_cut["MessageStatus"]
+        signature = twilio_signature(f"{PUBLIC}/whatsapp-status", form)
+        assert twilio_signature(f"{PUBLIC}/whatsapp-status", re_cut) == signature
+        response = await post_status(client, re_cut, signature=signature)
+        await asyncio.sleep(0.1)
+        assert await runs_of(client, "whatsapp.delivery") == []
+    assert response.status_code == 204
+
+
 async def test_no_auth_token_is_503(w, make_client):
     async with make_client(**w.settings(public_base_url=PUBLIC, twilio_auth_token=None)) as client:
         response = await post_status(client, status_form("SM" + "e" * 32, "failed"))

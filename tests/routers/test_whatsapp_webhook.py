@@ -122,8 +122,52 @@ async def test_a_form_with_too_many_fields_is_413_before_its_signature_is_comput
         assert await runs_of(client, "command.start") == []
     assert response.status_code == 413
     assert response.json()["limit_fields"] == 200
-    assert response.json()["detail"] == f"The form has {len(form)} fields; a Twilio webhook has at most 200."
+    assert response.json()["detail"] == "The form has more than 200 fields; a Twilio webhook has fewer."
     assert computed == [] and w.toggl.starts == []
+
+
+@pytest.mark.parametrize(
+    ("body", "limit"),
+    [
+        pytest.param(("a=&" * 20_000).encode(), "limit_fields", id="many-fields"),  # 60 KB: under the size cap
+        pytest.param(b"Body=" + b"x" * (64 * 1024), "limit_bytes", id="too-big"),
+    ],
+)
+async def test_a_form_is_refused_before_it_is_parsed(w, make_client, monkeypatch, body, limit):
+    """Found by a security review: the 200-field limit was checked after parsing, and parsing 1 MiB of
+    "a=&a=&..." held the event loop for 0.4 s per unauthenticated request."""
+    import routers.whatsapp_webhook as webhook
+
+    parsed: list[int] = []
+    original = webhook.parse_qsl
+    monkeypatch.setattr(webhook, "parse_qsl", lambda text, **kw: parsed.append(len(text)) or original(text, **kw))
+    async with make_client(**w.settings()) as client:
+        response = await client.post(
+            "/whatsapp-webhook",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "forged"},
+        )
+    assert response.status_code == 413
+    assert limit in response.json()
+    assert parsed == []
+
+
+async def test_a_captured_form_re_cut_to_change_its_message_sid_is_not_acted_on_again(w, make_client):
+    """Found by a security review: Twilio signs the fields run together, so MessageSid could swallow the next
+    field ("SM..." + "MessageTypetext", that field dropped) under the same signature; the new "SID" was a new
+    message, and every such replay started another timer."""
+    form = whatsapp_form("start Deep work for 25 min")
+    signature = twilio_signature("http://testserver/whatsapp-webhook", form)
+    re_cut = {key: value for key, value in form.items() if key != "MessageType"}
+    re_cut["MessageSid"] = form["MessageSid"] + "MessageType" + form["MessageType"]
+    assert twilio_signature("http://testserver/whatsapp-webhook", re_cut) == signature  # the same signed string
+    async with make_client(**w.settings()) as client:
+        first = await post_whatsapp(client, form, signature=signature)
+        replayed = await post_whatsapp(client, re_cut, signature=signature)
+        assert len(await runs_of(client, "command.start")) == 1
+    assert messages(first)[0].startswith("Started")
+    assert replayed.status_code == 200 and messages(replayed) == []
+    assert len(w.toggl.starts) == 1
 
 
 async def test_a_form_at_the_field_limit_with_repeated_names_is_verified_without_a_scan_per_name(
@@ -483,7 +527,7 @@ XML_FORBIDDEN = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 async def test_control_characters_in_a_task_do_not_break_the_twiml(w, make_client):
     async with make_client(**w.settings()) as client:
         response = await post_whatsapp(client, whatsapp_form("start a b\x01c for 5 min"))
-        vertical_tab = await post_whatsapp(client, whatsapp_form("start a\x0bb for 5 min", sid="SM" + "v" * 32))
+        vertical_tab = await post_whatsapp(client, whatsapp_form("start a\x0bb for 5 min", sid="SM" + "7" * 32))
     [reply] = messages(response)  # parses with ElementTree
     # \x01 is a control character, which a Toggl description may not hold: refused, and said so in valid TwiML.
     assert reply.startswith("Could not start the timer: The timer's description contains a control character")

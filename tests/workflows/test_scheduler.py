@@ -349,8 +349,11 @@ async def test_prune_drops_only_old_delivery_records(make_settings, sessions, le
     async with sessions.begin() as session:
         session.add_all(
             [
-                InboundMessage(source="whatsapp", message_id="old", received_at=now - timedelta(days=8)),
-                InboundMessage(source="whatsapp", message_id="new", received_at=now - timedelta(hours=1)),
+                InboundMessage(source="slack", message_id="old", received_at=now - timedelta(days=8)),
+                InboundMessage(source="slack", message_id="new", received_at=now - timedelta(hours=1)),
+                # Twilio's signature does not date a request: a WhatsApp claim guards against a replay for a year.
+                InboundMessage(source="whatsapp", message_id="SM-old", received_at=now - timedelta(days=366)),
+                InboundMessage(source="whatsapp", message_id="SM-kept", received_at=now - timedelta(days=300)),
                 JobFire(
                     job_id="x", fire_time=now - timedelta(days=40), worker="w", claimed_at=now - timedelta(days=40)
                 ),
@@ -361,7 +364,7 @@ async def test_prune_drops_only_old_delivery_records(make_settings, sessions, le
     async with sessions() as session:
         messages = (await session.scalars(select(InboundMessage.message_id))).all()
         fires = (await session.scalars(select(JobFire.fire_time))).all()
-    assert messages == ["new"]
+    assert sorted(messages) == ["SM-kept", "new"]
     assert len(fires) == 1
 
 
