@@ -109,6 +109,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             # Last, once everything long-lived exists: full GC passes then skip it (core/gc_tuning.py).
             stack.enter_context(frozen_startup_heap())
+            if settings.unguarded_on_network:
+                # Not refused (a container publishes 0.0.0.0 by habit, and a trusted LAN exists), but said loudly.
+                logger.warning(
+                    "API_HOST=%s without APP_API_KEY: every action endpoint and /runs is open to anyone who can "
+                    "reach this machine. Set APP_API_KEY, or API_HOST=127.0.0.1.",
+                    settings.api_host,
+                )
             logger.info("started version=%s environment=%s", __version__, settings.app_env)
             yield
         logger.info("stopped")

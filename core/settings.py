@@ -12,6 +12,7 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -214,6 +215,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APP_API_KEY must be set when APP_ENV=production: every action endpoint would be open to anyone"
             )
+        if self.public_base_url and not _is_loopback(urlsplit(self.public_base_url).hostname) and not self.app_api_key:
+            # The documented ngrok set-up published every action endpoint and /runs to whoever found the tunnel,
+            # with nothing said (found by a security review): binding to 127.0.0.1 does not help behind ngrok.
+            raise ValueError(
+                "APP_API_KEY must be set when PUBLIC_BASE_URL names another host: the service is reachable "
+                "from the internet there, and every action endpoint (email, WhatsApp, timers) and /runs would "
+                "be open to anyone who finds the URL. Set APP_API_KEY to a long random value, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         if self.app_env == "production" and self.twilio_auth_token and not self.whatsapp_allowed_senders:
             raise ValueError(
                 "WHATSAPP_ALLOWED_SENDERS must list the E.164 numbers allowed to command the service "
@@ -228,6 +238,11 @@ class Settings(BaseSettings):
         return self
 
     # --- Derived values ----------------------------------------------------
+    @property
+    def unguarded_on_network(self) -> bool:
+        """Listening beyond this machine with no APP_API_KEY: said at start-up (PUBLIC_BASE_URL is refused)."""
+        return self.app_api_key is None and not _is_loopback(self.api_host)
+
     @cached_property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

@@ -103,12 +103,16 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[Any, httpx.Asyn
 def make_client(
     make_settings: Callable[..., Settings],
 ) -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
-    """`async with make_client(slack_bot_token="x") as client:` runs the real app and lifespan."""
+    """`async with make_client(slack_bot_token="x") as client:` runs the real app and lifespan; with
+    `send_api_key=True` the client sends APP_API_KEY on every request."""
 
     @asynccontextmanager
-    async def _make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        async with running_app(make_settings(**overrides)) as (app, client):
+    async def _make(*, send_api_key: bool = False, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        settings = make_settings(**overrides)
+        async with running_app(settings) as (app, client):
             client.app = app  # type: ignore[attr-defined]
+            if send_api_key and settings.app_api_key is not None:
+                client.headers["X-API-Key"] = settings.app_api_key.get_secret_value()
             yield client
 
     return _make

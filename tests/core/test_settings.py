@@ -93,6 +93,24 @@ def test_production_without_api_key_refuses_to_start(monkeypatch):
     assert load_settings(_env_file=None).app_env == "production"
 
 
+def test_a_public_url_without_an_api_key_refuses_to_start(monkeypatch):
+    """Found by a security review: the documented ngrok set-up (PUBLIC_BASE_URL, no APP_API_KEY, APP_ENV left at
+    development) opened every action endpoint and /runs to whoever found the tunnel, with nothing said."""
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://abc123.ngrok.app")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(_env_file=None)
+    assert str(refused.value).startswith(
+        "Invalid configuration: APP_API_KEY must be set when PUBLIC_BASE_URL names another host:"
+    )
+    assert "secrets.token_urlsafe(32)" in str(refused.value)
+    monkeypatch.setenv("APP_API_KEY", "a-long-random-key")
+    assert load_settings(_env_file=None).public_base_url == "https://abc123.ngrok.app"
+    # The README's way to sign a test message by hand stays open: this machine is not the internet.
+    monkeypatch.delenv("APP_API_KEY")
+    monkeypatch.setenv("PUBLIC_BASE_URL", "http://localhost:8000")
+    assert load_settings(_env_file=None).app_api_key is None
+
+
 def test_production_with_whatsapp_needs_an_allowlist(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("APP_API_KEY", "k" * 20)

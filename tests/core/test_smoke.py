@@ -1,3 +1,8 @@
+import logging
+
+import pytest
+
+
 async def test_health_with_no_configuration(client):
     response = await client.get("/health")
     assert response.status_code == 200
@@ -63,3 +68,26 @@ async def test_fake_upstream_records_requests():
     assert (first.status_code, first.headers["retry-after"]) == (429, "1")
     assert second.json() == {"got": {"a": 2}}
     assert [r.json for r in fake.calls("POST", "/echo")] == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        ({"api_host": "0.0.0.0"}, True),
+        ({"api_host": "0.0.0.0", "app_api_key": "k-network"}, False),
+        ({"api_host": "127.0.0.1"}, False),
+        ({"api_host": "::1"}, False),
+    ],
+)
+async def test_listening_beyond_this_machine_without_a_key_is_said_at_start_up(make_client, caplog, overrides, warned):
+    """Found by a security review: nothing was said when every action endpoint was open to the network."""
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        async with make_client(**overrides):
+            pass
+    said = [record.getMessage() for record in caplog.records if "without APP_API_KEY" in record.getMessage()]
+    assert bool(said) is warned
+    if warned:
+        assert said == [
+            "API_HOST=0.0.0.0 without APP_API_KEY: every action endpoint and /runs is open to anyone who can reach "
+            "this machine. Set APP_API_KEY, or API_HOST=127.0.0.1."
+        ]

@@ -58,7 +58,7 @@ async def send_one(client) -> tuple[str, str]:
 
 
 async def test_every_message_asks_twilio_for_status_callbacks(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC + "/")) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC + "/")) as client:
         await send_one(client)
     assert w.twilio.sent[0]["StatusCallback"] == f"{PUBLIC}/whatsapp-status"
 
@@ -70,7 +70,7 @@ async def test_without_a_public_url_no_callback_is_asked_for(w, make_client):
 
 
 async def test_an_undelivered_message_becomes_a_failed_run_with_the_hint_linked_to_its_send(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, send_run = await send_one(client)
         response = await post_status(client, status_form(sid, "undelivered", code="63016"))
         [run] = await finished_runs(client, "whatsapp.delivery")
@@ -97,7 +97,7 @@ async def test_a_part_sent_before_a_later_part_failed_is_recorded_and_its_callba
     """Found by a black-box review: when part 2 of a long message failed, the action kept no SID, so part 1's
     delivery failure could not be linked to the run that sent it."""
     w.twilio.fail_after = 1
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         response = await client.post("/whatsapp-send", json={"to": OWNER, "body": "word " * 400})
         problem = response.json()
         [sent_sid] = problem["sent_sids"]
@@ -112,7 +112,7 @@ async def test_a_part_sent_before_a_later_part_failed_is_recorded_and_its_callba
 
 
 async def test_an_unknown_failure_code_is_still_recorded(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, _ = await send_one(client)
         await post_status(client, status_form(sid, "failed", code="30008"))
         [run] = await finished_runs(client, "whatsapp.delivery")
@@ -122,7 +122,7 @@ async def test_an_unknown_failure_code_is_still_recorded(w, make_client):
 
 @pytest.mark.parametrize("status", ["queued", "sent", "delivered", "read"])
 async def test_progress_statuses_record_nothing(w, make_client, status):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, _ = await send_one(client)
         response = await post_status(client, status_form(sid, status))
         assert response.status_code == 204
@@ -130,7 +130,7 @@ async def test_progress_statuses_record_nothing(w, make_client, status):
 
 
 async def test_a_redelivered_failure_is_recorded_once(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, _ = await send_one(client)
         form = status_form(sid, "undelivered", code="63015")
         responses = await asyncio.gather(*(post_status(client, form) for _ in range(5)))
@@ -142,7 +142,7 @@ async def test_a_redelivered_failure_is_recorded_once(w, make_client):
 
 
 async def test_a_bad_signature_is_403_and_records_nothing(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         form = status_form("SM" + "f" * 32, "undelivered", code="63016")
         forged = twilio_signature(f"{PUBLIC}/whatsapp-status", form, token="not-the-auth-token")
         response = await post_status(client, form, signature=forged)
@@ -155,7 +155,7 @@ async def test_a_bad_signature_is_403_and_records_nothing(w, make_client):
 async def test_a_signed_callback_whose_sid_is_not_a_twilio_sid_records_nothing(w, make_client):
     """A captured callback re-cut so that MessageSid swallows the next field keeps its signature (Twilio signs the
     fields run together): it must not pass for another message's status (found by a security review)."""
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         form = status_form("SM" + "f" * 32, "undelivered", code="63016")
         re_cut = {**form, "MessageSid": form["MessageSid"] + "MessageStatus" + form["MessageStatus"]}
         del re_cut["MessageStatus"]
@@ -168,7 +168,7 @@ async def test_a_signed_callback_whose_sid_is_not_a_twilio_sid_records_nothing(w
 
 
 async def test_no_auth_token_is_503(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC, twilio_auth_token=None)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC, twilio_auth_token=None)) as client:
         response = await post_status(client, status_form("SM" + "e" * 32, "failed"))
     assert response.status_code == 503
 
@@ -190,7 +190,7 @@ async def test_a_callback_that_failed_before_its_run_was_written_is_recorded_by_
         return await real_lookup(self, **kwargs)
 
     monkeypatch.setattr(Ledger, "find_run_by_external_id", flaky_lookup)
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, send_run = await send_one(client)
         form = status_form(sid, "undelivered", code="63016")
         first = await post_status(client, form)
@@ -201,7 +201,7 @@ async def test_a_callback_that_failed_before_its_run_was_written_is_recorded_by_
 
 
 async def test_each_failure_status_of_one_message_links_to_the_send_not_to_an_earlier_failure(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, send_run = await send_one(client)
         await post_status(client, status_form(sid, "undelivered", code="63016"))
         await post_status(client, status_form(sid, "failed", code="63016"))
@@ -211,7 +211,7 @@ async def test_each_failure_status_of_one_message_links_to_the_send_not_to_an_ea
 
 
 async def test_a_non_ascii_error_code_is_kept_as_unknown_not_a_500(w, make_client):
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         sid, _ = await send_one(client)
         response = await post_status(client, status_form(sid, "failed", code="²"))
         [run] = await finished_runs(client, "whatsapp.delivery")
@@ -222,7 +222,7 @@ async def test_a_non_ascii_error_code_is_kept_as_unknown_not_a_500(w, make_clien
 async def test_a_failure_of_the_last_part_of_a_ten_part_message_links_to_its_send(w, make_client):
     """Ten SIDs (349 characters) no longer fit a 255-character external id: the column is TEXT since 0005."""
     body = " ".join(["word"] * 3_000)  # 14,999 characters: ten parts of at most 1,600
-    async with make_client(**w.settings(public_base_url=PUBLIC)) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
         response = await client.post("/whatsapp-send", json={"to": OWNER, "body": body})
         assert response.status_code == 200, response.text
         sent = response.json()

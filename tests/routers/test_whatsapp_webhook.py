@@ -208,7 +208,7 @@ async def test_no_auth_token_is_503_never_unsigned(w, make_client):
 async def test_ngrok_public_base_url_is_the_signed_url(w, make_client):
     form = whatsapp_form("help")
     signed = "https://abc123.ngrok.app/whatsapp-webhook?tenant=1"
-    async with make_client(**w.settings(public_base_url="https://abc123.ngrok.app/")) as client:
+    async with make_client(send_api_key=True, **w.settings(public_base_url="https://abc123.ngrok.app/")) as client:
         ok = await post_whatsapp(client, form, signed_url=signed, path="/whatsapp-webhook?tenant=1")
         # What the app itself sees (http://testserver/...) is not what Twilio signed.
         local = await post_whatsapp(

@@ -35,6 +35,8 @@ WORKSPACE = 4242
 TOGGL_TOKEN = "toggl-test-token"
 TWILIO_SID = "AC" + "1" * 32
 TWILIO_TOKEN = "twilio-test-auth-token"
+#: The API key `World.settings` adds with a PUBLIC_BASE_URL; `make_client(send_api_key=True)` sends it.
+PUBLIC_API_KEY = "world-public-api-key-000000000000"
 SLACK_TOKEN = "xoxb-inbound-test"
 SLACK_SECRET = "slack-test-signing-secret"
 ANTHROPIC_KEY = "sk-ant-test-key"
@@ -195,6 +197,8 @@ class World:
             "anthropic_base_url": self.claude.url,
             "timezone": "Europe/Berlin",
         }
+        if overrides.get("public_base_url"):
+            values["app_api_key"] = PUBLIC_API_KEY  # the service refuses a public URL without one
         values.update(overrides)
         return {key: value for key, value in values.items() if value is not None}
 
