@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request id, secret scrubber, one access-log line, body limit, last-resort 500.
+"""Pure-ASGI middleware: request id, secret scrubber, one access-log line, body limits, last-resort 500.
 
 Written as raw ASGI rather than `BaseHTTPMiddleware` because it sits on every
 request and the raw form adds no task or stream copies.
@@ -6,11 +6,14 @@ request and the raw form adds no task or stream copies.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from typing import NoReturn
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.context import reset_request_id, set_request_id
@@ -24,14 +27,15 @@ error_log = logging.getLogger("orchestrator.errors")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: `$` also matches before a final newline
 
 
-class _BodyTooLarge(Exception):
+class _BodyRefused(Exception):
     pass
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,21 +53,35 @@ class RequestContextMiddleware:
         max_body = self.max_body_bytes
 
         received = 0
+        body_done = False
+        # The whole body must arrive by then. Uvicorn bounds each wait for a byte only by its keep-alive, and not
+        # while a body is pending: one byte every 20 s held a request (and its task and buffer) open for good,
+        # before any API key was checked (found by a security review).
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_seconds
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # waiting for a disconnect, which may rightly take as long as the answer
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                await refuse(self._too_slow(scope))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > max_body:
-                    # Answer 413 here and now: FastAPI's body parser catches any exception
-                    # raised from receive() and would turn it into a 400. Whatever the app
-                    # sends after this is dropped by send_with_id.
-                    if not status_holder["started"]:
-                        await self._too_large(scope, receive, send_with_id, max_body)
-                    status_holder["refused"] = True
-                    raise _BodyTooLarge
+                    await refuse(self._too_large(scope, max_body))
             return message
+
+        async def refuse(response: Response) -> NoReturn:
+            # Answered here and now: FastAPI's body parser catches any exception raised from receive() and
+            # would turn it into a 400. Whatever the app sends after this is dropped by send_with_id.
+            if not status_holder["started"]:
+                await response(scope, receive, send_with_id)
+            status_holder["refused"] = True
+            raise _BodyRefused
 
         async def send_with_id(message: Message) -> None:
             if status_holder.get("refused"):
@@ -78,11 +96,12 @@ class RequestContextMiddleware:
         declared = headers.get(b"content-length")
         try:
             if declared is not None and declared.isdigit() and int(declared) > max_body:
-                raise _BodyTooLarge  # refuse before reading a byte of it
+                # Refused before reading a byte of it.
+                await self._too_large(scope, max_body)(scope, receive, send_with_id)
+                return
             await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
-            if not status_holder["started"]:
-                await self._too_large(scope, receive, send_with_id, max_body)
+        except _BodyRefused:
+            pass  # answered in limited_receive
         except Exception:
             error_log.exception("Unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not status_holder["started"]:
@@ -101,8 +120,9 @@ class RequestContextMiddleware:
             reset_scrubber(scrubber_token)
             reset_request_id(token)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = problem_response(
+    @staticmethod
+    def _too_large(scope: Scope, limit: int) -> Response:
+        return problem_response(
             status=413,
             title="Payload too large",
             detail=f"The request body exceeds the {limit}-byte limit (MAX_BODY_BYTES).",
@@ -110,7 +130,17 @@ class RequestContextMiddleware:
             instance=scope.get("path"),
             extras={"limit_bytes": limit},
         )
-        await response(scope, receive, send)
+
+    def _too_slow(self, scope: Scope) -> Response:
+        return problem_response(
+            status=408,
+            title="Request body too slow",
+            detail=f"The request body did not arrive within {self.body_timeout_seconds:g} s "
+            "(REQUEST_BODY_TIMEOUT_SECONDS); nothing ran. Send the whole body at once.",
+            type_="/problems/request-timeout",
+            instance=scope.get("path"),
+            extras={"limit_seconds": self.body_timeout_seconds},
+        )
 
     @staticmethod
     def _log(scope: Scope, status: int, started: float, request_id: str) -> None:

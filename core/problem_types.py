@@ -54,6 +54,14 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "List runs with GET /runs; see /docs for the routes.",
         ),
         ProblemType(
+            "request-timeout",
+            "Request body too slow",
+            (408,),
+            "The request body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS of the request's start (a stalled "
+            "or deliberately slow client); nothing ran.",
+            "Send the whole body at once; on a very slow link, raise REQUEST_BODY_TIMEOUT_SECONDS.",
+        ),
+        ProblemType(
             "conflict",
             "Conflict with the current state",
             (409,),
@@ -66,7 +74,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "payload-too-large",
             "Request too large",
             (413,),
-            "The body is over MAX_BODY_BYTES, or a prompt over MAX_INPUT_CHARS.",
+            "The body is over MAX_BODY_BYTES (a Twilio webhook's over 64 KiB or 200 fields), or a prompt over "
+            "MAX_INPUT_CHARS.",
             "Send less, or raise the limit (`limit_bytes` gives the body's, `limit_chars` the prompt's).",
         ),
         ProblemType(

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(10.0, gt=0)
     http_max_connections: int = Field(100, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    request_body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     rate_limit_per_minute: int = Field(60, ge=1)
     rate_limit_storage: Literal["auto", "memory", "database"] = "auto"
     shutdown_grace_seconds: float = Field(15.0, ge=0, le=600)

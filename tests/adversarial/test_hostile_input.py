@@ -7,6 +7,7 @@ never a 5xx, and always a problem-details body.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
@@ -216,3 +217,48 @@ async def test_an_undecodable_body_is_a_bad_request_problem_not_about_blank(host
     assert body["detail"] == (
         "The body could not be parsed (it must be UTF-8). Send a JSON object with Content-Type: application/json."
     )
+
+
+# --- A body that never finishes arriving (found by a security review) ------------------------------------------
+
+
+async def _trickle(pieces: int, pause: float) -> AsyncIterator[bytes]:
+    for _ in range(pieces):
+        yield b" "
+        await asyncio.sleep(pause)
+
+
+async def test_a_body_trickled_past_the_deadline_is_408_before_the_key_is_checked(make_client):
+    """One byte every 20 s kept an unauthenticated request open for good: uvicorn bounds no wait for a pending
+    body. The whole body must now arrive within REQUEST_BODY_TIMEOUT_SECONDS of the request's start."""
+    from bench.fakes import Latencies
+
+    counts: dict[str, int] = {}
+    runner = web.AppRunner(build_vendor_app(Latencies({"gemini": 0.6}), counts=counts), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    settings = {**vendor_settings(base_url), "app_api_key": API_KEY, "request_body_timeout_seconds": 0.3}
+    try:
+        async with make_client(**settings) as client:
+            started = asyncio.get_running_loop().time()
+            response = await client.post(
+                "/ai-process",
+                content=_trickle(100, 0.05),
+                headers={"Content-Type": "application/json", "Content-Length": "100"},
+            )
+            took = asyncio.get_running_loop().time() - started
+            # An answer slower than the deadline (0.6 s upstream) is not cut: the deadline is the body's only.
+            client.headers["X-API-Key"] = API_KEY
+            slow_answer = await client.post("/ai-process", json={"text": "hi", "provider": "gemini"})
+    finally:
+        await runner.cleanup()
+    assert response.status_code == 408
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    body = response.json()
+    assert (body["type"], body["limit_seconds"]) == ("/problems/request-timeout", 0.3)
+    assert body["detail"].startswith("The request body did not arrive within 0.3 s (REQUEST_BODY_TIMEOUT_SECONDS)")
+    assert took < 3  # not the 5 s the trickle would take
+    assert slow_answer.status_code == 200, slow_answer.text
+    assert counts == {"gemini": 1}  # only the second request reached an upstream

@@ -11,7 +11,15 @@ from core.problem_types import PROBLEM_TYPES
 
 REPO = Path(__file__).resolve().parents[2]
 #: Types the error handlers build without a ProblemError class.
-HANDLER_TYPES = {"invalid-input", "bad-request", "not-found", "internal-error", "payload-too-large"}
+# Sent by the exception handlers and the ASGI middleware (core/middleware.py), not by a ProblemError class.
+HANDLER_TYPES = {
+    "invalid-input",
+    "bad-request",
+    "not-found",
+    "internal-error",
+    "payload-too-large",
+    "request-timeout",
+}
 
 
 def _every_problem_class(cls: type[ProblemError] = ProblemError) -> list[type[ProblemError]]:
