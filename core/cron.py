@@ -9,14 +9,49 @@ APScheduler as day names, which both read the same way.
 
 from __future__ import annotations
 
-from datetime import tzinfo
+from datetime import datetime, timedelta, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+#: How far `WallClockCronTrigger` steps past a stuck fire time, a minute (crontab's resolution) at a time, so no
+#: fire time is stepped over: well past the longest repeated hour anywhere (2 h). Once a year, ~50 us a step.
+_STEP = timedelta(minutes=1)
+_MAX_STEPS = 6 * 60
 
 
-def crontab_trigger(expression: str, timezone: tzinfo | str) -> CronTrigger:
+class WallClockCronTrigger(CronTrigger):
+    """A CronTrigger that fires once per local wall-clock time and always moves forward.
+
+    At a daylight-saving fall-back, APScheduler 3.11 on a zoneinfo time zone gets stuck: asked for the time
+    after the repeated hour's second occurrence of a fire time, it answers that same time again, for ever
+    (agronholm/apscheduler#1021). A cron firing in the repeated hour (`0 * * * *`, or `30 2 * * *` in Berlin)
+    ran twice, once per occurrence, and then `missed_briefing`, and APScheduler's own loop over run times,
+    spun without end inside the event loop: every worker stopped answering, /health included (found by a
+    review). Here the second occurrence of a repeated wall time is skipped, as crontab does for fixed times,
+    and a fire time not after the previous one is stepped past.
+    """
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        candidate = super().get_next_fire_time(previous_fire_time, now)
+        stuck = candidate
+        for _ in range(_MAX_STEPS):
+            if candidate is None or not (
+                _second_occurrence(candidate) or (previous_fire_time is not None and candidate <= previous_fire_time)
+            ):
+                return candidate
+            # Asked afresh from a minute on (with a previous fire time, APScheduler never looks past it + 1 us).
+            stuck += _STEP
+            candidate = super().get_next_fire_time(None, stuck)
+        return None  # never seen; better no firing than a spinning event loop
+
+
+def _second_occurrence(moment: datetime) -> bool:
+    """Whether `moment` is the second time its wall-clock time happens (fold=1 in a repeated hour)."""
+    return moment.fold == 1 and moment.replace(fold=0).utcoffset() != moment.utcoffset()
+
+
+def crontab_trigger(expression: str, timezone: tzinfo | str) -> WallClockCronTrigger:
     """`minute hour day-of-month month day-of-week`, read as crontab reads it; ValueError when it is not one."""
     fields = expression.split()
     if len(fields) != 5:
@@ -29,7 +64,7 @@ def crontab_trigger(expression: str, timezone: tzinfo | str) -> CronTrigger:
             "give a day of the month or a day of the week, not both (crontab would fire on either, "
             "this scheduler only on both)"
         )
-    return CronTrigger(
+    return WallClockCronTrigger(
         minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_days(day_of_week), timezone=timezone
     )
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from core.cron import crontab_days, crontab_trigger
 
 FRIDAY_NOON = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _next_days(expression: str, count: int) -> list[str]:
@@ -69,3 +74,81 @@ def test_a_schedule_that_never_fires_is_refused_at_start_up():
 
     with pytest.raises(ConfigurationError, match="BRIEFING_CRON: '0 7 30 2 \\*' never fires"):
         load_settings(_env_file=None, briefing_cron="0 7 30 2 *")
+
+
+# --- Daylight saving (found by a review: at a fall-back every worker's event loop spun for good) ------------
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _fire_times(expression: str, zone: ZoneInfo, start: datetime, count: int) -> list[str]:
+    trigger = crontab_trigger(expression, timezone=zone)
+    times, previous = [], None
+    for _ in range(count):
+        previous = trigger.get_next_fire_time(previous, previous or start.astimezone(zone))
+        times.append(previous.isoformat())
+    return times
+
+
+def test_an_hourly_cron_fires_once_per_wall_clock_hour_across_the_fall_back():
+    # 25 October 2026: Berlin's clocks go from 03:00 CEST back to 02:00 CET, so 02:00 happens twice.
+    assert _fire_times("0 * * * *", BERLIN, datetime(2026, 10, 24, 23, 30, tzinfo=UTC), 4) == [
+        "2026-10-25T02:00:00+02:00",
+        "2026-10-25T03:00:00+01:00",  # not 02:00+01:00 a second time, and not stuck there
+        "2026-10-25T04:00:00+01:00",
+        "2026-10-25T05:00:00+01:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "expression", "start", "expected"),
+    [
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            datetime(2026, 10, 24, 22, tzinfo=UTC),
+            ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+        ),
+        (
+            "America/New_York",
+            "30 1 * * *",
+            datetime(2026, 11, 1, 4, tzinfo=UTC),
+            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
+        ),
+        # Spring forward: 02:30 does not exist that day; it fires once, an hour on, and the next day as usual.
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            datetime(2026, 3, 28, 22, tzinfo=UTC),
+            ["2026-03-29T02:30:00+01:00", "2026-03-30T02:30:00+02:00"],
+        ),
+    ],
+)
+def test_a_daily_briefing_in_a_repeated_or_missing_hour_fires_once_that_day(zone, expression, start, expected):
+    assert _fire_times(expression, ZoneInfo(zone), start, 2) == expected
+
+
+def test_the_briefing_claim_does_not_loop_for_good_at_the_fall_back():
+    """In a subprocess with a timeout: the bug this guards against never returns. Asked at the repeated hour's
+    second 02:00, the scheduler's claim key (`briefing_fire_time`) spun inside the event loop."""
+    code = "from workflows.scheduler import briefing_fire_time\nprint(briefing_fire_time(trigger, now).isoformat())"
+    setup = (
+        "from datetime import UTC, datetime, timedelta\nfrom zoneinfo import ZoneInfo\n"
+        "from core.cron import crontab_trigger\nzone = ZoneInfo('Europe/Berlin')\n"
+        "trigger = crontab_trigger('0 * * * *', timezone=zone)\n"
+        "now = datetime(2026, 10, 25, 1, 0, 30, tzinfo=UTC).astimezone(zone)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", setup + code], cwd=REPO, timeout=30, capture_output=True)
+    assert finished.returncode == 0, finished.stderr.decode()
+    assert finished.stdout.decode().strip() == "2026-10-25T02:00:00+02:00"  # the first 02:00, already claimed
+
+
+def test_apschedulers_own_run_times_list_each_wall_clock_time_once():
+    """Job._get_run_times' loop, as APScheduler runs it after a pause: the repeated 02:00 was a second run."""
+    trigger = crontab_trigger("0 * * * *", timezone=BERLIN)
+    now = datetime(2026, 10, 25, 2, 30, tzinfo=UTC).astimezone(BERLIN)
+    run_times, upcoming = [], trigger.get_next_fire_time(None, datetime(2026, 10, 24, 23, 30, tzinfo=UTC))
+    while upcoming is not None and upcoming <= now:
+        run_times.append(upcoming.isoformat())
+        upcoming = trigger.get_next_fire_time(upcoming, now)
+    assert run_times == ["2026-10-25T02:00:00+02:00", "2026-10-25T03:00:00+01:00"]
