@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.context import current_request_id
@@ -342,6 +343,37 @@ def _refused_before_body(request: Request) -> JSONResponse | None:
     )
 
 
+def from_the_database(exc: BaseException) -> bool:
+    """Whether `exc` was raised by the database layer (SQLAlchemy, or a driver: asyncpg's connect raises a plain
+    ConnectionRefusedError, which SQLAlchemy does not wrap)."""
+    if isinstance(exc, SQLAlchemyError):
+        return True
+    traceback = exc.__traceback__
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("sqlalchemy.", "asyncpg.", "aiosqlite.")):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def database_failed(exc: BaseException, *, acted: bool = True) -> StoreUnavailable:
+    """The 503 for the service's own database failing; `acted=False` where nothing can have been done yet."""
+    reason = f"The service's database did not answer ({type(exc).__name__})"
+    if not acted:
+        return StoreUnavailable(
+            f"{reason}, so the request was not attempted. Check DATABASE_URL and the database, then retry.",
+            retry_after=5,
+            nothing_sent=True,
+        )
+    return StoreUnavailable(
+        f"{reason} while the request ran, so what it did may not be recorded. {OUTCOME_UNKNOWN}: check "
+        "GET /runs once the database is back before retrying.",
+        retry_after=5,
+        outcome_unknown=True,
+    )
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     """Install the mapping. Unexpected exceptions are handled by RequestContextMiddleware."""
 
@@ -356,6 +388,16 @@ def add_exception_handlers(app: FastAPI) -> None:
             headers=exc.headers,
             media_type=PROBLEM_CONTENT_TYPE,
         )
+
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def _store(request: Request, exc: Exception) -> JSONResponse:
+        # The service's own database did not answer mid-request. It was a 500 "a bug" (found by a review), and
+        # docs/errors.md says a 500 may have acted. Where nothing can have acted yet (the Idempotency-Key claim,
+        # a durable run start) the refusal is raised as a StoreUnavailable with `nothing_sent` there instead.
+        if isinstance(exc, OSError) and not from_the_database(exc):
+            raise exc  # another OSError: a bug, answered as a 500 by RequestContextMiddleware
+        return await _problem(request, database_failed(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -30,12 +30,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.context import current_request_id
 from core.deps import ResourcesDep
-from core.errors import PROBLEM_CONTENT_TYPE, Conflict, InvalidInput, ProblemError, problem_body
+from core.errors import (
+    PROBLEM_CONTENT_TYPE,
+    Conflict,
+    InvalidInput,
+    ProblemError,
+    database_failed,
+    from_the_database,
+    problem_body,
+)
 from core.store import IdempotencyKey, utcnow
 
 TTL = timedelta(hours=24)
@@ -128,7 +136,12 @@ class Idempotency:
             return JSONResponse(_json_body(await action()), status_code=status_code)
 
         fingerprint = request_fingerprint(self.method, self.path, payload)
-        existing = await self._claim(fingerprint)
+        try:
+            existing = await self._claim(fingerprint)
+        except (SQLAlchemyError, OSError) as exc:
+            if not from_the_database(exc):
+                raise
+            raise database_failed(exc, acted=False) from exc  # nothing has run: a plain retry is safe
         if existing is not None:
             return await self._replay_when_done(existing, fingerprint)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import re
 import time
@@ -34,10 +35,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from core.errors import OUTCOME_UNKNOWN, ProblemError
+from core.errors import OUTCOME_UNKNOWN, ProblemError, database_failed, from_the_database
 from core.secrets import NO_SECRETS, REDACTED, SecretScrubber
 from core.store import Action, Run, utcnow
 
@@ -265,6 +267,35 @@ class _Barrier:
 
 _Write = _StartRun | _AddAction | _FinishRun | _Barrier
 
+#: How long a write nobody waits for is retried while the database does not answer (a restart, a fail-over),
+#: with backoff, before it is given up as lost. The writes queued behind it wait too, so order is kept.
+UNWAITED_RETRY_SECONDS = 30.0
+_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class LedgerWriteLost(SQLAlchemyError):
+    """A run's finish refused because an earlier write of the same run was lost: committed, the run would read
+    `ok` without the action it took (found by a review: a Toggl start, and so its planned stop, vanished). The
+    run stays `running`, so the prune closes it as interrupted and sees to a timer it may have started."""
+
+
+def _run_of(write: _Write) -> str | None:
+    if isinstance(write, _StartRun):
+        return write.row["id"]
+    if isinstance(write, _AddAction):
+        return write.row["run_id"]
+    if isinstance(write, _FinishRun):
+        return write.params["b_id"]
+    return None
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database that did not answer (connection refused, dropped, a server restarting), not a refused row."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    return isinstance(exc, (OSError, TimeoutError))
+
+
 # Plain table statements, not ORM units of work: the ORM's flush (identity map, per-object state
 # changes, synchronize-session evaluation) was ~15 % of the event loop's CPU on /ai-process, for rows
 # nobody reads back in the drain's session (docs/benchmarks.md).
@@ -338,13 +369,20 @@ class _GroupCommit:
     A write submitted with `kick=False` does not start a drain by itself; it
     rides with the next write that does (a run's finish always does).
     If a batch fails, its writes are retried one by one, so one bad write never
-    takes the others down; a failed write nobody waits for is logged.
+    takes the others down. A write someone waits for fails at once (its caller
+    answers the failure). A write nobody waits for is retried for
+    UNWAITED_RETRY_SECONDS while the database does not answer; given up, it is
+    logged in full and its run's later writes are refused (`LedgerWriteLost`),
+    so the run stays `running` instead of finishing `ok` without it. Before, it
+    was dropped after one try, and a short database outage mid-briefing lost
+    the timer's start action while the run read `ok` (found by a review).
     """
 
     def __init__(self, sessions: async_sessionmaker) -> None:
         self.sessions = sessions
         self._pending: list[tuple[_Write, asyncio.Future[None] | None]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._lost_runs: set[str] = set()
 
     async def submit(self, write: _Write, *, wait: bool = True, kick: bool = True) -> None:
         done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait else None
@@ -363,6 +401,8 @@ class _GroupCommit:
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            if self._lost_runs:
+                batch = [(write, done) for write, done in batch if not self._refused_as_lost(write, done)]
             try:
                 async with self.sessions.begin() as session:
                     await _write_batch(session, [write for write, _ in batch])
@@ -375,17 +415,56 @@ class _GroupCommit:
 
     async def _one_by_one(self, batch: list[tuple[_Write, asyncio.Future[None] | None]]) -> None:
         for write, done in batch:
+            if self._refused_as_lost(write, done):
+                continue
+            run_id = _run_of(write)
             try:
-                async with self.sessions.begin() as session:
-                    await _write_batch(session, [write])
+                await self._write_patiently(write, patient=done is None)
             except Exception as exc:
                 if done is None:
-                    logger.exception("a ledger write failed")
+                    logger.exception("a ledger write was lost: %s %r", type(write).__name__, _content(write))
+                    if run_id is not None and not isinstance(write, _FinishRun):
+                        self._lost_runs.add(run_id)
                 elif not done.done():
                     done.set_exception(exc)
             else:
                 if done is not None and not done.done():
                     done.set_result(None)
+
+    def _refused_as_lost(self, write: _Write, done: asyncio.Future[None] | None) -> bool:
+        """Refuse a later write of a run that lost one (see the class docstring); True when it was refused."""
+        run_id = _run_of(write)
+        if run_id not in self._lost_runs:
+            return False
+        if isinstance(write, _FinishRun):
+            self._lost_runs.discard(run_id)  # a run's last write: nothing more to refuse
+        lost = LedgerWriteLost(f"an earlier write of run {run_id} was lost, so it stays `running`")
+        if done is None:
+            logger.error("a ledger write was refused: %s", lost)
+        elif not done.done():
+            done.set_exception(lost)
+        return True
+
+    async def _write_patiently(self, write: _Write, *, patient: bool) -> None:
+        """One write in its own transaction; retried with backoff while the database does not answer, if
+        `patient`, for UNWAITED_RETRY_SECONDS."""
+        deadline = time.monotonic() + UNWAITED_RETRY_SECONDS
+        for attempt in itertools.count():
+            try:
+                async with self.sessions.begin() as session:
+                    await _write_batch(session, [write])
+                return
+            except Exception as exc:
+                delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+                if not patient or not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("a ledger write failed (%s); trying again in %g s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+
+
+def _content(write: _Write) -> Any:
+    """What a lost write held, for the log line that is then its only record (already scrubbed of secrets)."""
+    return getattr(write, "row", None) or getattr(write, "params", None)
 
 
 class Ledger:
@@ -424,9 +503,14 @@ class Ledger:
         rather than an action on someone's account with no record at all. Runs that
         only read or generate text may pass False to skip that wait.
         """
-        started = await self.start_run(
-            kind, trigger=trigger, input_summary=input_summary, run_id=run_id, durable=durable_start
-        )
+        try:
+            started = await self.start_run(
+                kind, trigger=trigger, input_summary=input_summary, run_id=run_id, durable=durable_start
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            if not from_the_database(exc):
+                raise
+            raise database_failed(exc, acted=False) from exc  # the block has not run
         handle = RunHandle(self, started)
         try:
             yield handle

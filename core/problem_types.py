@@ -168,8 +168,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "store-unavailable",
             "Database unavailable",
             (503,),
-            "The database holding the shared rate-limit counts did not answer; the costly request was not attempted.",
-            "Check DATABASE_URL and the database; retry after Retry-After.",
+            "The service's own database did not answer. With `nothing_sent: true` (the rate-limit count, the "
+            "Idempotency-Key claim or the run's start failed) the request was not attempted; with "
+            "`outcome_unknown: true` it failed mid-request, and what it did may not be recorded.",
+            "Check DATABASE_URL and the database. Without `outcome_unknown`, retry after Retry-After; with it, "
+            "check GET /runs first.",
         ),
         ProblemType(
             "upstream-timeout",

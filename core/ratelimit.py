@@ -129,6 +129,7 @@ def store_unavailable(exc: BaseException) -> StoreUnavailable:
         "The database that holds the shared rate-limit counts (RATE_LIMIT_STORAGE) did not answer "
         f"({type(exc).__name__}), so this costly request was not attempted. Check DATABASE_URL and retry.",
         retry_after=5,
+        nothing_sent=True,
     )
 
 

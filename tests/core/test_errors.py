@@ -101,3 +101,63 @@ async def test_body_over_limit_is_413_before_parsing(make_client):
         response = await client.post("/runs", content=b"x" * 4096, headers={"content-type": "application/json"})
     body = _assert_problem(response, 413)
     assert body["limit_bytes"] == 2048
+
+
+# --- The service's own database failing (found by a review: a 500 "a bug", for a request that did nothing) ----
+
+
+def _refused():
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+async def test_a_database_down_at_the_idempotency_claim_is_a_503_that_sent_nothing(make_client, monkeypatch):
+    from core.idempotency import Idempotency
+
+    async def down(self, fingerprint):
+        raise _refused()
+
+    monkeypatch.setattr(Idempotency, "_claim", down)
+    async with make_client(slack_bot_token="xoxb-1", slack_default_channel="#general") as client:
+        response = await client.post("/slack-notify", json={"message": "hi"}, headers={"Idempotency-Key": "k1"})
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["type"], body["nothing_sent"], response.headers["retry-after"]) == (
+        "/problems/store-unavailable",
+        True,
+        "5",
+    )
+    assert body["detail"].startswith("The service's database did not answer (OperationalError), so the request")
+
+
+async def test_a_database_failing_mid_request_is_a_503_whose_outcome_is_unknown(make_client, monkeypatch):
+    from core.ledger import Ledger
+
+    async def down(self, *args, **kwargs):
+        raise _refused()
+
+    monkeypatch.setattr(Ledger, "finish_run", down)
+    async with make_client() as client:
+        response = await client.post("/slack-notify", json={"message": "hi"}, params={"dry_run": "true"})
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["type"], body["outcome_unknown"]) == ("/problems/store-unavailable", True)
+    assert "check GET /runs once the database is back before retrying" in body["detail"]
+
+
+def test_only_an_oserror_from_the_database_layer_counts_as_the_database():
+    from core.errors import from_the_database
+
+    def raised_in(module: str) -> OSError:
+        code = compile("def go():\n    raise ConnectionRefusedError('refused')\n", module, "exec")
+        namespace = {"__name__": module}
+        exec(code, namespace)
+        try:
+            namespace["go"]()
+        except OSError as exc:
+            return exc
+        raise AssertionError("not raised")
+
+    assert from_the_database(raised_in("asyncpg.connect_utils"))
+    assert not from_the_database(raised_in("skills.email"))

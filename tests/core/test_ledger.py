@@ -283,3 +283,62 @@ async def test_a_record_nested_deeper_than_any_api_reads_back(make_settings):
     for _ in range(MAX_STORED_DEPTH - 2):  # the request object and the list are two levels
         stored = stored["blocks"][0] if "blocks" in stored else stored["next"]
     assert stored == {"next": f"… (nested deeper than {MAX_STORED_DEPTH} levels)"}
+
+
+# --- A database that does not answer for a moment (found by a review) ---------------------------------------
+
+
+class _FlakySessions:
+    """The ledger's session factory, with `begin()` refused (connection refused) while `down()` says so."""
+
+    def __init__(self, real, down) -> None:
+        self.real, self.down, self.refused = real, down, 0
+
+    def __call__(self, *args, **kwargs):
+        return self.real(*args, **kwargs)
+
+    def begin(self):
+        if self.down():
+            from sqlalchemy.exc import OperationalError
+
+            self.refused += 1
+            raise OperationalError("INSERT INTO actions ...", {}, ConnectionRefusedError("the database is restarting"))
+        return self.real.begin()
+
+
+async def test_an_action_written_during_a_short_outage_is_retried_not_dropped(client):
+    """A 2 s PostgreSQL restart mid-briefing dropped the Toggl start's action (written without waiting), and the
+    run still finished `ok`: the timer's entry and its planned stop were nowhere."""
+    ledger = client.app.state.resources.ledger
+    loop = asyncio.get_running_loop()
+    outage_ends = None
+    ledger._writes.sessions = _FlakySessions(ledger.sessions, lambda: outage_ends and loop.time() < outage_ends)
+    async with ledger.run("briefing", trigger="api") as run:
+        outage_ends = loop.time() + 0.6
+        async with run.action("toggl", "start_timer") as action:
+            action.external_id = "5000000003"
+    assert ledger._writes.sessions.refused >= 2
+    detail = (await client.get(f"/runs/{run.id}")).json()
+    assert detail["status"] == "ok"
+    assert [(a["skill"], a["external_id"]) for a in detail["actions"]] == [("toggl", "5000000003")]
+
+
+async def test_an_action_lost_after_the_retries_keeps_its_run_running_and_is_logged(client, monkeypatch, caplog):
+    from core import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "UNWAITED_RETRY_SECONDS", 0.3)
+    ledger = client.app.state.resources.ledger
+    loop = asyncio.get_running_loop()
+    outage_ends = None
+    ledger._writes.sessions = _FlakySessions(ledger.sessions, lambda: outage_ends and loop.time() < outage_ends)
+    with pytest.raises(ledger_module.LedgerWriteLost):
+        async with ledger.run("briefing", trigger="api") as run:
+            outage_ends = loop.time() + 1.0
+            async with run.action("toggl", "start_timer") as action:
+                action.external_id = "5000000004"
+            await asyncio.sleep(1.2)  # the outage ends before the run's finish is written
+    detail = (await client.get(f"/runs/{run.id}")).json()
+    # Not `ok` without its action: still running, so the prune closes it as interrupted and looks for the timer.
+    assert (detail["status"], detail["actions"]) == ("running", [])
+    [lost] = [record for record in caplog.records if record.getMessage().startswith("a ledger write was lost")]
+    assert "'external_id': '5000000004'" in lost.getMessage()
