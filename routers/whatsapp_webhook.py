@@ -35,15 +35,21 @@ from workflows.inbound import bare_number, claim_message, sender_allowed
 logger = logging.getLogger("orchestrator.whatsapp_webhook")
 
 
-def _signed_url_advice(settings: Settings) -> list[str]:
+def _webhook_advice(settings: Settings) -> list[str]:
+    advice = []
     # The signature covers the public URL Twilio called. Without a proxy the request's own URL is that URL, so
     # this is advice, not a requirement: /health called it missing while the webhook served (found by a review).
-    if settings.public_base_url or settings.trust_proxy_headers:
-        return []
-    return [
-        "Behind ngrok or another proxy, set PUBLIC_BASE_URL (or TRUST_PROXY_HEADERS=true): Twilio signs the "
-        "public URL it called, and every webhook is a 403 until the URL checked is that one."
-    ]
+    if not (settings.public_base_url or settings.trust_proxy_headers):
+        advice.append(
+            "Behind ngrok or another proxy, set PUBLIC_BASE_URL (or TRUST_PROXY_HEADERS=true): Twilio signs the "
+            "public URL it called, and every webhook is a 403 until the URL checked is that one."
+        )
+    if not settings.whatsapp_allowed_senders:
+        advice.append(
+            "WHATSAPP_ALLOWED_SENDERS is empty, so every sender is refused: list the E.164 numbers that may "
+            "command the service (yours)."
+        )
+    return advice
 
 
 INTEGRATION = Integration(
@@ -53,7 +59,7 @@ INTEGRATION = Integration(
     # The token verifies the webhook; the account SID (with it) sends answers slower than the 2 s TwiML budget.
     required=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
     optional=("WHATSAPP_ALLOWED_SENDERS", "PUBLIC_BASE_URL", "TRUST_PROXY_HEADERS"),
-    advice=_signed_url_advice,
+    advice=_webhook_advice,
 )
 
 router = APIRouter(tags=["inbound"])

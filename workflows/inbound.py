@@ -135,17 +135,20 @@ def bare_number(address: str) -> str:
 
 
 def sender_allowed(settings: Settings, address: str) -> bool:
-    """WHATSAPP_ALLOWED_SENDERS decides; an empty list allows everyone (development only, with a warning).
+    """WHATSAPP_ALLOWED_SENDERS decides; an empty list allows no one.
 
-    core.settings refuses to start in production with WhatsApp configured and
-    an empty list, so "empty" here always means development.
+    It allowed everyone in development, with a warning in the log: behind the documented ngrok set-up (which
+    runs in development), any WhatsApp user who found the number started timers on the owner's Toggl and posted
+    to their Slack (found by a black-box review). `/health` says so while the list is empty.
     """
     allowed = settings.whatsapp_allowed_senders
     if not allowed:
         logger.warning(
-            "WHATSAPP_ALLOWED_SENDERS is empty: accepting a command from any sender (development only)",
+            "WHATSAPP_ALLOWED_SENDERS is empty, so no WhatsApp sender may command the service: a message from "
+            "%s was refused. Add the numbers (E.164) that may, and restart.",
+            bare_number(address) or "an unknown sender",
         )
-        return True
+        return False
     return bare_number(address) in allowed
 
 

@@ -30,8 +30,9 @@ async def test_health_with_no_configuration(client):
     }
     assert body["integrations"]["whatsapp_webhook"]["missing_settings"] == ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
     # Not a requirement (without a proxy the request's own URL is the signed one), but said.
-    [advice] = body["integrations"]["whatsapp_webhook"]["advice"]
-    assert "PUBLIC_BASE_URL" in advice
+    proxy, allowlist = body["integrations"]["whatsapp_webhook"]["advice"]
+    assert "PUBLIC_BASE_URL" in proxy
+    assert allowlist.startswith("WHATSAPP_ALLOWED_SENDERS is empty, so every sender is refused")
 
 
 async def test_a_webhook_is_configured_only_with_everything_it_needs(make_client):
@@ -45,13 +46,15 @@ async def test_a_webhook_is_configured_only_with_everything_it_needs(make_client
         twilio_auth_token="t" * 32,
         twilio_account_sid="AC" + "0" * 32,
         trust_proxy_headers=True,
+        whatsapp_allowed_senders="+15551234567",
     ) as client:
         fully = (await client.get("/health")).json()["integrations"]
     assert partly["slack"]["configured"] and not partly["slack_events"]["configured"]
     assert partly["slack_events"]["missing_settings"] == ["SLACK_SIGNING_SECRET"]
     assert partly["whatsapp_webhook"]["configured"] and partly["whatsapp_webhook"]["advice"]
     assert fully["slack_events"]["configured"] and fully["whatsapp_webhook"]["configured"]
-    assert fully["whatsapp_webhook"]["advice"] == []  # TRUST_PROXY_HEADERS: the forwarded URL is checked
+    # TRUST_PROXY_HEADERS: the forwarded URL is checked; and someone may command it.
+    assert fully["whatsapp_webhook"]["advice"] == []
 
 
 async def test_fake_upstream_records_requests():

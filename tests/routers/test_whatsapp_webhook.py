@@ -326,12 +326,18 @@ async def test_a_sender_over_the_rate_limit_is_told_once_and_nothing_runs(w, mak
     assert later[0].startswith("Started 'writing'")
 
 
-async def test_empty_allowlist_in_development_allows_everyone_with_a_warning(w, make_client, caplog):
+async def test_an_empty_allowlist_allows_no_one_and_says_how_to_fix_it(w, make_client, caplog):
+    """Found by a black-box review: in development (the documented ngrok set-up) an empty list let any WhatsApp
+    user start timers on the owner's Toggl and post to their Slack, with only a log line to show for it."""
     caplog.set_level(logging.WARNING, logger="orchestrator.inbound")
     async with make_client(**w.settings(whatsapp_allowed_senders=None)) as client:
-        reply = messages(await post_whatsapp(client, whatsapp_form("help", sender=STRANGER)))
-    assert "Commands:" in reply[0]
+        reply = messages(await post_whatsapp(client, whatsapp_form("start Stranger for 5 min", sender=STRANGER)))
+        advice = (await client.get("/health")).json()["integrations"]["whatsapp_webhook"]["advice"]
+        assert await runs_of(client, "command.start") == []
+    assert reply == [REFUSAL]
+    assert w.toggl.starts == [] and w.slack.posts == []
     assert any("WHATSAPP_ALLOWED_SENDERS is empty" in record.getMessage() for record in caplog.records)
+    assert any(line.startswith("WHATSAPP_ALLOWED_SENDERS is empty, so every sender is refused") for line in advice)
 
 
 # --- Commands and replies ---------------------------------------------------------------------

@@ -23,6 +23,8 @@ def test_allowlist_compares_bare_e164(make_settings):
     assert sender_allowed(settings, "whatsapp:+15551230002")
     assert not sender_allowed(settings, "whatsapp:+15551230003")
     assert not sender_allowed(settings, "")
+    # Empty allows no one (it allowed everyone in development; found by a black-box review).
+    assert not sender_allowed(make_settings(whatsapp_allowed_senders=""), "whatsapp:+15551230001")
 
 
 async def test_a_failing_task_is_logged_and_recorded(ledger, caplog):
