@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import (
     InvalidInput,
+    NotConfigured,
     NotFound,
     ProblemError,
     UpstreamError,
@@ -41,6 +42,16 @@ from core.upstream import (
     with_retries,
 )
 
+
+def _workspace_advice(settings: Settings) -> list[str]:
+    if settings.toggl_workspace_id is not None:
+        return []
+    return [
+        "TOGGL_WORKSPACE_ID is not set: POST /start-timer and /stop-timer need a workspace_id in each request, and "
+        "the briefing and the chat `start` command cannot start a timer."
+    ]
+
+
 INTEGRATION = Integration(
     name="toggl",
     kind="skill",
@@ -48,6 +59,7 @@ INTEGRATION = Integration(
     required=("TOGGL_API_TOKEN",),
     optional=("TOGGL_WORKSPACE_ID", "TOGGL_BASE_URL"),
     operations=("start_timer", "stop_timer", "current_timer"),
+    advice=_workspace_advice,
 )
 
 UPSTREAM = "toggl"
@@ -510,10 +522,13 @@ class TogglSkill:
     def _workspace(self, workspace_id: int | None) -> int:
         wid = workspace_id if workspace_id is not None else self.settings.toggl_workspace_id
         if wid is None:
-            raise InvalidInput(
-                # Not "pass workspace_id": the briefing and the chat commands reach here too, and take none.
-                "No Toggl workspace: set TOGGL_WORKSPACE_ID (the /timers endpoints also take a workspace_id).",
-                missing_settings=["TOGGL_WORKSPACE_ID"],
+            # Our configuration's gap, not the caller's bad input: a 503 naming the setting, as for a missing token
+            # (it was a 422 while /health called Toggl configured; found by a black-box review).
+            raise NotConfigured(
+                "toggl",
+                ["TOGGL_WORKSPACE_ID"],
+                detail="No Toggl workspace: set TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and "
+                "restart, or pass workspace_id to POST /start-timer and /stop-timer.",
             )
         return wid
 

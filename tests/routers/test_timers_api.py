@@ -134,17 +134,25 @@ async def test_start_timer_end_to_end(make_client, toggl):
     assert action["request"] == {"method": "POST", "path": f"/workspaces/{WID}/time_entries", "json": sent}
 
 
-async def test_missing_workspace_is_422_and_recorded(make_client, toggl):
+async def test_missing_workspace_is_503_naming_the_setting_and_recorded(make_client, toggl):
+    """A 422 "invalid input" before, while /health called Toggl configured (found by a black-box review): the gap
+    is the configuration's. /health now says what a missing TOGGL_WORKSPACE_ID means."""
     async with make_client(toggl_api_token=TOKEN, toggl_base_url=BASE) as client:
         response = await client.post("/start-timer", json={"task_name": "x"})
-        assert response.status_code == 422
+        assert response.status_code == 503
         assert response.headers["content-type"].startswith("application/problem+json")
-        assert "TOGGL_WORKSPACE_ID" in response.json()["detail"]
+        assert response.json()["missing_settings"] == ["TOGGL_WORKSPACE_ID"]
+        assert response.json()["detail"].startswith("No Toggl workspace: set TOGGL_WORKSPACE_ID")
         run = await latest_run(client, "toggl.start_timer")
+        toggl_health = (await client.get("/health")).json()["integrations"]["toggl"]
     assert not toggl.calls
-    assert run["status"] == "failed"
-    assert run["actions"][0]["status"] == "failed"
+    assert run["status"] == "failed"  # recorded, with the setting named
     assert "TOGGL_WORKSPACE_ID" in run["actions"][0]["error"]
+    assert toggl_health["configured"] is True
+    assert toggl_health["advice"] == [
+        "TOGGL_WORKSPACE_ID is not set: POST /start-timer and /stop-timer need a workspace_id in each request, and "
+        "the briefing and the chat `start` command cannot start a timer."
+    ]
 
 
 async def test_unconfigured_is_503_naming_the_token(make_client, toggl):

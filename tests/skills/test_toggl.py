@@ -144,8 +144,8 @@ async def test_start_timer_minimal_body_and_explicit_workspace(make_skill, toggl
     assert started.planned_stop is None
 
 
-async def test_start_timer_without_any_workspace_is_422(make_skill, toggl):
-    with pytest.raises(InvalidInput, match="TOGGL_WORKSPACE_ID"):
+async def test_start_timer_without_any_workspace_is_not_configured(make_skill, toggl):
+    with pytest.raises(NotConfigured, match="TOGGL_WORKSPACE_ID"):
         await make_skill(toggl_workspace_id=None).start_timer(description="x")
     assert not toggl.calls
 
