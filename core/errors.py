@@ -382,12 +382,12 @@ def add_exception_handlers(app: FastAPI) -> None:
         body = problem_body(exc, request.url.path)
         if exc.status >= 500:
             logger.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.slug, body["detail"])
-        return JSONResponse(
-            body,
-            status_code=exc.status,
-            headers=exc.headers,
-            media_type=PROBLEM_CONTENT_TYPE,
-        )
+        headers = exc.headers
+        if headers and body.get("outcome_unknown") is True:
+            # The detail says to check before retrying; a Retry-After header invites clients to retry at once
+            # (found by a black-box review: a Toggl 503 "check before retrying" carried Retry-After: 5).
+            headers = {name: value for name, value in headers.items() if name.lower() != "retry-after"}
+        return JSONResponse(body, status_code=exc.status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
     @app.exception_handler(SQLAlchemyError)
     @app.exception_handler(OSError)

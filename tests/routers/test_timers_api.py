@@ -596,6 +596,20 @@ async def test_a_503_with_a_long_retry_after_is_not_retried_in_the_request_and_i
     assert route.call_count == 1
 
 
+async def test_an_outcome_unknown_answer_carries_no_retry_after(make_client, toggl):
+    """Found by a black-box review: a start's 503 said "check ... before retrying" and carried Retry-After: 5,
+    inviting a client to retry at once (a second timer, with a new key)."""
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(
+        return_value=httpx.Response(503, text="maintenance", headers={"Retry-After": "5"})
+    )
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(503, text="maintenance"))
+    async with make_client(**CONFIG) as client:
+        response = await client.post("/start-timer", json={"task_name": "Deep work"})
+    assert response.status_code == 503
+    assert response.json()["outcome_unknown"] is True
+    assert "retry-after" not in response.headers
+
+
 async def test_a_503_with_a_short_retry_after_is_waited_and_retried(make_client, toggl):
     route = toggl.get("/me/time_entries/current").mock(
         side_effect=[
