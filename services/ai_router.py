@@ -120,7 +120,8 @@ class Generation(BaseModel):
     refused: bool = Field(
         False,
         description="The provider's safety system stopped the answer (Claude `refusal`, Gemini `SAFETY` and the "
-        "like, an OpenAI-compatible `content_filter`): `response` is partial or a refusal, not a full answer.",
+        "like or a blocked prompt, an OpenAI-compatible `content_filter`): `response` is partial, a refusal, or "
+        "empty when it refused outright. A refusal is an answer: it is not sent on to another provider.",
     )
 
 

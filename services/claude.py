@@ -143,9 +143,12 @@ class ClaudeProvider:
             for block in message["content"]
             if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
         ]
+        refused = message.get("stop_reason") == "refusal"
         answer = first_text("".join(texts))
         if answer is None:
-            raise unusable_answer(UPSTREAM, f"no text; stop reason {message.get('stop_reason')}")
+            if not refused:
+                raise unusable_answer(UPSTREAM, f"no text; stop reason {message.get('stop_reason')}")
+            answer = ""  # refused outright: an answer (flagged), not a failure to send to the next provider
         usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
         model = message.get("model")
         return Completion(
@@ -154,7 +157,7 @@ class ClaudeProvider:
             input_tokens=token_count(usage.get("input_tokens")),
             output_tokens=token_count(usage.get("output_tokens")),
             truncated=message.get("stop_reason") == "max_tokens",
-            refused=message.get("stop_reason") == "refusal",
+            refused=refused,
         )
 
 

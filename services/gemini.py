@@ -156,21 +156,28 @@ class GeminiProvider:
         except (ValueError, TypeError, KeyError, aiohttp.ClientError) as exc:
             # A 2xx that is not the JSON we expect (a proxy's HTML page, a truncated body).
             raise unusable_answer(UPSTREAM, exc) from None
+        reason = _finish_reason(response)
+        refused = reason in _REFUSED or (reason or "").startswith(_PROMPT_BLOCKED)
         answer = first_text(_text_of(response))
         if answer is None:
-            reason = _finish_reason(response)
-            raise unusable_answer(UPSTREAM, f"no text; finish reason {reason}" if reason else "no text")
+            if not refused:
+                raise unusable_answer(UPSTREAM, f"no text; finish reason {reason}" if reason else "no text")
+            # Refused outright (no text at all): an answer, flagged, not a failure. As a failure the router sent
+            # the same prompt on to the next provider, and `refused` never came back (found by a black-box review).
+            answer = ""
         usage = response.usage_metadata
         return Completion(
             text=answer,
             model=response.model_version or self.model,
             input_tokens=token_count(usage.prompt_token_count) if usage else None,
             output_tokens=_billed_output(usage),
-            truncated=_finish_reason(response) == "MAX_TOKENS",
-            refused=_finish_reason(response) in _REFUSED,
+            truncated=reason == "MAX_TOKENS",
+            refused=refused,
         )
 
 
+#: How `_finish_reason` names a prompt Gemini blocked before answering (`promptFeedback.blockReason`): a refusal.
+_PROMPT_BLOCKED = "prompt blocked: "
 #: Gemini finish reasons that mean its safety or policy checks stopped the answer.
 _REFUSED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 
@@ -193,7 +200,7 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
     if response.candidates and response.candidates[0].finish_reason:
         return str(response.candidates[0].finish_reason.value)
     if response.prompt_feedback and response.prompt_feedback.block_reason:
-        return f"prompt blocked: {response.prompt_feedback.block_reason.value}"
+        return f"{_PROMPT_BLOCKED}{response.prompt_feedback.block_reason.value}"
     return None
 
 

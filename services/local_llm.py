@@ -84,12 +84,15 @@ class LocalLLMProvider:
             raise status_error(upstream=UPSTREAM, status=status, message=message, retry_after=retry_after, hint=_HINT)
         if not isinstance(body, dict):
             raise unusable_answer(UPSTREAM, "not a JSON object")
+        refused = _finish_reason(body) == "content_filter"
         try:
             answer = first_text(body["choices"][0]["message"]["content"])
         except (KeyError, IndexError, TypeError):
             raise unusable_answer(UPSTREAM, "no choices[0].message.content") from None
         if answer is None:
-            raise unusable_answer(UPSTREAM, "empty content")
+            if not refused:
+                raise unusable_answer(UPSTREAM, "empty content")
+            answer = ""  # refused outright: an answer (flagged), not a failure to send elsewhere
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return Completion(
             text=answer,
@@ -97,7 +100,7 @@ class LocalLLMProvider:
             input_tokens=token_count(usage.get("prompt_tokens")),
             output_tokens=token_count(usage.get("completion_tokens")),
             truncated=_finish_reason(body) == "length",
-            refused=_finish_reason(body) == "content_filter",
+            refused=refused,
         )
 
 

@@ -293,7 +293,8 @@ def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> 
     plan_detail, timer_detail = escape_text(plan.step.detail or ""), escape_text(timer.step.detail or "")
     lines = ["*Morning briefing*", ""]
     if plan.step.status == "ok":
-        lines += ["*Plan*", escape_text(str(plan.value.response).strip())]
+        plan_text = escape_text(str(plan.value.response).strip())
+        lines += ["*Plan*", plan_text] if plan_text else ["*Plan*: none"]
         if plan.value.refused:
             lines.append("_(the model's safety checks stopped the plan: it may be partial)_")
         elif plan.value.truncated:

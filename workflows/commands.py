@@ -301,6 +301,8 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
             run.status = "dry_run"
             return f"{_dry(dry_run)}The assistant ({generation.provider} {generation.model_used}) was not asked."
     reply = str(generation.response).strip()
+    if not reply and generation.refused:
+        return "The assistant's safety checks stopped it from answering this."
     if reply and generation.refused:
         reply += " [the assistant's safety checks stopped this answer]"
     elif reply and generation.truncated:

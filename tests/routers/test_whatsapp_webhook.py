@@ -630,3 +630,15 @@ async def test_a_task_from_whatsapp_is_escaped_in_the_slack_announcement(w, make
     [announcement] = w.slack.posts
     assert "'&lt;!here|here&gt; ping &lt;@U0ADMIN&gt;' started at " in announcement["text"]
     assert "Started '<!here|here> ping <@U0ADMIN>'" in reply  # WhatsApp shows it as typed
+
+
+async def test_a_chat_question_the_model_refuses_outright_says_so(w, make_client):
+    """A refusal with no text was "the assistant could not answer" after the prompt went to another provider."""
+    refused = {"candidates": [{"finishReason": "SAFETY", "index": 0}], "modelVersion": "gemini-x"}
+    async with FakeGemini() as gemini:
+        gemini.route("POST", gemini.path, lambda _: Reply(200, json=refused))
+        settings_ = w.settings(gemini_api_key=GEMINI_KEY, gemini_base_url=gemini.url)
+        async with make_client(**settings_) as client:
+            response = await post_whatsapp(client, whatsapp_form("something a model refuses"))
+    assert messages(response) == ["The assistant's safety checks stopped it from answering this."]
+    assert w.claude.calls() == []  # not sent on to Claude

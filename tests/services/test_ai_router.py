@@ -1319,3 +1319,43 @@ async def test_a_proxy_named_in_the_environment_is_not_applied_to_prompts(
 
     assert (result.provider, result.response) == (provider, "direct")
     assert heads == []
+
+
+# --- A refusal with no text at all is an answer, not a failure (found by a black-box review) ------------------
+
+
+def _refused_outright(provider: str) -> dict:
+    if provider == "claude":
+        body = anthropic_message("x")
+        body["content"], body["stop_reason"] = [], "refusal"
+    elif provider == "gemini":
+        body = gemini_content("x")
+        body["candidates"][0] = {"finishReason": "SAFETY", "index": 0}
+    elif provider == "gemini-prompt":
+        body = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "modelVersion": "gemini-x"}
+    else:
+        body = openai_completion("x")
+        body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"] = None, "content_filter"
+    return body
+
+
+@pytest.mark.parametrize("provider", ["claude", "gemini", "gemini-prompt", "local"])
+async def test_a_refusal_with_no_text_is_a_flagged_answer_not_sent_to_another_provider(make_router, fakes, provider):
+    """It was an "unusable answer": the router sent the same prompt on to the next provider (shopping a prompt a
+    model's safety checks refused), and `refused: true` never came back."""
+    fake, path = {
+        "claude": (fakes.claude, ANTHROPIC_PATH),
+        "gemini": (fakes.gemini, fakes.gemini.path),
+        "gemini-prompt": (fakes.gemini, fakes.gemini.path),
+        "local": (fakes.local, OPENAI_PATH),
+    }[provider]
+    fake.queue("POST", path, Reply(200, json=_refused_outright(provider)))
+    router = await make_router(local=True)
+
+    # Gemini through `auto` (short prompts go there first, and a failure went on to Claude); the others by name.
+    asked = "auto" if provider.startswith("gemini") else provider
+    result = await router.generate(text="something a model refuses", provider=asked)
+
+    assert (result.provider, result.response, result.refused) == (provider.split("-")[0], "", True)
+    others = [f for f in (fakes.claude, fakes.gemini, fakes.local) if f is not fake]
+    assert all(other.calls() == [] for other in others)  # not re-sent anywhere
