@@ -2,7 +2,8 @@
 
 - The same key and the same body within 24 hours replays the stored status and
   body with `Idempotent-Replayed: true`; nothing runs twice.
-- The same key with a different body is a 422.
+- The same key with a different body, or on another endpoint, is a 422: a key
+  names one request, whatever the endpoint (KEY_SCOPE).
 - Concurrent duplicates: the first INSERT of (scope, key) wins, in the
   database, so it holds across workers. The others wait for its outcome and
   replay it, or get a 409 if it is still running after `WAIT_SECONDS`.
@@ -57,6 +58,10 @@ REPLAY_HEADER = "Idempotent-Replayed"
 #: that honours Retry-After on a replayed 429 or 503 (a WhatsApp message whose later part was rate limited)
 #: retried with the same key for the key's 24 hours, getting the same replay each time (found by a review).
 _STORED_HEADERS = ("location",)
+#: Every key lives in one scope: reused on another endpoint it is refused (the request fingerprint holds the
+#: method and path), as Stripe does. Scoped per endpoint before, a key used for /start-timer stopped the timer
+#: on /stop-timer (found by a black-box review). The column stays, for rows written before.
+KEY_SCOPE = "*"
 
 
 def _stores_outcome(status: int, body: Any) -> bool:
@@ -100,7 +105,7 @@ async def key_already_answered(sessions: async_sessionmaker, *, method: str, pat
     async with sessions() as session:
         answered = await session.scalar(
             select(IdempotencyKey.key).where(
-                IdempotencyKey.scope == f"{method} {path}",
+                IdempotencyKey.scope == KEY_SCOPE,
                 IdempotencyKey.key == key,
                 IdempotencyKey.state == "done",
                 IdempotencyKey.created_at > utcnow() - TTL,
@@ -124,7 +129,7 @@ class Idempotency:
         self.sessions = sessions
         self.abandoned_after = abandoned_after
         self.key = key
-        self.scope = f"{method} {path}"
+        self.scope = KEY_SCOPE
         self.method = method
         self.path = path
 
@@ -192,8 +197,8 @@ class Idempotency:
     async def _replay_when_done(self, row: IdempotencyKey, fingerprint: str) -> JSONResponse:
         if row.request_hash != fingerprint:
             raise InvalidInput(
-                "This Idempotency-Key was already used with a different request (its body, or a query parameter "
-                "such as dry_run). Use a new key for a new request.",
+                "This Idempotency-Key was already used with a different request (its body, a query parameter "
+                "such as dry_run, or another endpoint). Use a new key for a new request.",
                 idempotency_key=self.key,
             )
         if row.state != "done" and utcnow() - row.created_at > self.abandoned_after:

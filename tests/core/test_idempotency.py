@@ -47,8 +47,32 @@ async def test_same_key_different_body_is_422(client):
     await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k2"})
     response = await client.post("/act", json={"text": "b"}, headers={"Idempotency-Key": "k2"})
     assert response.status_code == 422
-    assert "different request (its body, or a query parameter such as dry_run)" in response.json()["detail"]
+    assert (
+        "different request (its body, a query parameter such as dry_run, or another endpoint)"
+        in (response.json()["detail"])
+    )
     assert calls == ["a"]
+
+
+async def test_a_key_reused_on_another_endpoint_is_422_and_acts_on_nothing(client):
+    """Found by a black-box review: keys were scoped per endpoint, so a key used for /start-timer stopped the
+    timer when reused on /stop-timer; the README promises Stripe's semantics, where a key names one request."""
+    calls = _install(client)
+    other: list[str] = []
+
+    async def act_elsewhere(body: Body, idem: IdempotencyDep):
+        async def side_effect():
+            other.append(body.text)
+            return {"other": body.text}
+
+        return await idem.execute(body, side_effect)
+
+    client.app.add_api_route("/other", act_elsewhere, methods=["POST"])
+    await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-shared"})
+    response = await client.post("/other", json={"text": "a"}, headers={"Idempotency-Key": "k-shared"})
+    assert response.status_code == 422
+    assert "already used with a different request" in response.json()["detail"]
+    assert (calls, other) == (["a"], [])
 
 
 async def test_without_key_every_call_acts(client):
@@ -123,7 +147,7 @@ async def test_a_claim_left_by_a_dead_worker_is_answered_at_once_and_never_rerun
     async with client.app.state.resources.sessions.begin() as session:
         session.add(
             IdempotencyKey(
-                scope="POST /act",
+                scope="*",
                 key="crashed-1",
                 request_hash=request_fingerprint("POST", "/act", Body(text="a")),
                 state="in_progress",
