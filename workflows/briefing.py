@@ -165,6 +165,7 @@ class BriefingReport(BaseModel):
             "example": {
                 "status": "partial",
                 "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "dry_run": False,
                 "steps": [
                     {
                         "name": "plan",
@@ -195,6 +196,10 @@ class BriefingReport(BaseModel):
 
     status: BriefingStatus
     run_id: str
+    dry_run: bool = Field(
+        False,
+        description="Nothing was sent: the body's `dry_run`, `?dry_run=true` or DRY_RUN=true (any one of them).",
+    )
     steps: list[BriefingStep]
     plan: str | None = Field(None, description="The AI plan, when it was generated.")
 
@@ -396,7 +401,7 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
         steps = [plan_result.step, timer_result.step, slack_result.step]
         status = overall_status(steps)
         plan_text = str(plan_result.value.response).strip() if plan_result.step.status == "ok" else None
-        report = BriefingReport(status=status, run_id=run.id, steps=steps, plan=plan_text)
+        report = BriefingReport(status=status, run_id=run.id, dry_run=request.dry_run, steps=steps, plan=plan_text)
         run.status = "dry_run" if request.dry_run and status == "ok" else status
         run.result = report.model_dump(mode="json", exclude={"run_id"})
         if status != "ok":

@@ -186,6 +186,7 @@ async def test_dry_run_sends_nothing(w, make_client):
         report = response.json()
         run = (await client.get(f"/runs/{report['run_id']}")).json()
     assert response.status_code == 200
+    assert report["dry_run"] is True  # said at the top, as every other endpoint does (found by a black-box review)
     assert [(s["name"], s["status"]) for s in report["steps"]] == [
         ("plan", "skipped"),
         ("timer", "ok"),
@@ -206,6 +207,7 @@ async def test_no_body_means_the_defaults_like_an_empty_object(w, make_client):
         bare = await client.post("/morning-briefing?dry_run=true")
         empty = await client.post("/morning-briefing?dry_run=true", json={})
     assert bare.status_code == empty.status_code == 200
+    assert bare.json()["dry_run"] is empty.json()["dry_run"] is True
     assert [step["status"] for step in bare.json()["steps"]] == ["skipped", "ok", "ok"]
     assert steps_by_name(bare.json())["timer"]["detail"].startswith("dry run: 'Inbox zero' started")
     assert w.toggl.starts == [] and w.slack.requests == []
