@@ -51,9 +51,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.cron import crontab_trigger
 from core.errors import ProblemError, UpstreamRateLimited
+from core.idempotency import TTL as IDEMPOTENCY_TTL
 from core.ledger import AbandonedRun, Ledger, describe_error
 from core.settings import Settings
-from core.store import InboundMessage, JobFire, ScheduledJob, utcnow
+from core.store import IdempotencyKey, InboundMessage, JobFire, ScheduledJob, utcnow
 from skills.toggl import RunningTimer, TimerStopped, started_by
 from workflows.briefing import PLAN_STOP, BriefingRequest, WorkflowDeps, local_time, run_briefing
 from workflows.inbound import BackgroundTasks
@@ -77,6 +78,10 @@ PRUNE_JOB_ID = "prune-delivery-records"
 KEEP_INBOUND = timedelta(days=7)
 KEEP_WHATSAPP_CLAIMS = timedelta(days=365)
 KEEP_FIRES = timedelta(days=30)
+# A stop that ended (done, failed, cancelled) is kept this long for GET /schedule (which shows a day) and for
+# reading; far past RECOVERY_WINDOW, the longest any recovery looks back for a stop row. Both tables grew for
+# ever before (found by a review), as did idempotency keys, which are dead after their 24 hours.
+KEEP_ENDED_STOPS = timedelta(days=30)
 # A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
 BRIEFING_GRACE_SECONDS = 300
 # A stop claim older than this, on a stop still pending, belongs to a worker that died: far longer than a
@@ -525,6 +530,12 @@ class JobScheduler:
                 source = InboundMessage.source == "whatsapp" if whatsapp else InboundMessage.source != "whatsapp"
                 await session.execute(delete(InboundMessage).where(source, InboundMessage.received_at < now - keep))
             await session.execute(delete(JobFire).where(JobFire.claimed_at < now - KEEP_FIRES))
+            await session.execute(
+                delete(ScheduledJob).where(
+                    ScheduledJob.status != "pending", ScheduledJob.finished_at < now - KEEP_ENDED_STOPS
+                )
+            )
+            await session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - IDEMPOTENCY_TTL))
         older_than = self.settings.abandoned_after
         closed = 0
         for run in await self.ledger.abandoned_runs(older_than):

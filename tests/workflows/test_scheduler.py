@@ -342,7 +342,7 @@ async def test_two_workers_taking_over_one_stale_claim_stop_once(make_client):
 
 
 async def test_prune_drops_only_old_delivery_records(make_settings, sessions, ledger):
-    from core.store import InboundMessage
+    from core.store import IdempotencyKey, InboundMessage, ScheduledJob
 
     scheduler = scheduler_for(make_settings(), sessions, ledger, slack=RecordingSlack(), worker_id="w1")
     now = datetime.now(UTC)
@@ -358,14 +358,41 @@ async def test_prune_drops_only_old_delivery_records(make_settings, sessions, le
                     job_id="x", fire_time=now - timedelta(days=40), worker="w", claimed_at=now - timedelta(days=40)
                 ),
                 JobFire(job_id="x", fire_time=now, worker="w", claimed_at=now),
+                # Ended stops a month old go; recent ones (GET /schedule shows a day) and pending ones stay.
+                *(
+                    ScheduledJob(
+                        id=f"stop:{name}",
+                        kind="timer_stop",
+                        run_at=now - age,
+                        status=status,
+                        finished_at=None if status == "pending" else now - age,
+                    )
+                    for name, status, age in (
+                        ("old-done", "done", timedelta(days=31)),
+                        ("old-failed", "failed", timedelta(days=40)),
+                        ("recent-done", "done", timedelta(days=2)),
+                        ("old-pending", "pending", timedelta(days=40)),
+                    )
+                ),
+                # Idempotency keys are dead after their 24 hours.
+                IdempotencyKey(
+                    scope="*", key="old", request_hash="h", state="done", created_at=now - timedelta(hours=25)
+                ),
+                IdempotencyKey(
+                    scope="*", key="new", request_hash="h", state="done", created_at=now - timedelta(hours=1)
+                ),
             ]
         )
     await scheduler.prune()
     async with sessions() as session:
         messages = (await session.scalars(select(InboundMessage.message_id))).all()
         fires = (await session.scalars(select(JobFire.fire_time))).all()
+        stops = (await session.scalars(select(ScheduledJob.id))).all()
+        keys = (await session.scalars(select(IdempotencyKey.key))).all()
     assert sorted(messages) == ["SM-kept", "new"]
     assert len(fires) == 1
+    assert sorted(stops) == ["stop:old-pending", "stop:recent-done"]
+    assert keys == ["new"]
 
 
 async def test_prune_closes_runs_a_dead_worker_left_running_and_only_those(make_settings, sessions, ledger):
