@@ -38,7 +38,7 @@ import os
 import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, Literal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -124,6 +124,14 @@ def missed_briefing(trigger: BaseTrigger, now: datetime) -> datetime | None:
         latest = due
         due = trigger.get_next_fire_time(due, due + timedelta(seconds=1))
     return latest
+
+
+def _described(trigger: BaseTrigger, zone: tzinfo) -> str:
+    """A job's trigger for GET /schedule: a one-off one's time in TIMEZONE (APScheduler prints it in UTC, so
+    the page mixed zones; found by a black-box review), a cron one as APScheduler says it."""
+    if isinstance(trigger, DateTrigger):
+        return f"date[{trigger.run_date.astimezone(zone).isoformat()}]"
+    return str(trigger)
 
 
 def planned_stop_time(row: ScheduledJob) -> datetime:
@@ -679,7 +687,7 @@ class JobScheduler:
             {
                 "id": job.id,
                 "name": job.name,
-                "trigger": str(job.trigger),
+                "trigger": _described(job.trigger, zone),
                 "next_run_time": local(job.next_run_time),
             }
             for job in self.aps.get_jobs()

@@ -42,7 +42,8 @@ async def test_the_stops_times_are_listed_in_timezone_too(w, make_client):
     [stop] = body["stops"]
     [job] = [job for job in body["jobs"] if job["id"] == stop["id"]]
     planned = datetime.fromisoformat(started["planned_stop"].replace("Z", "+00:00"))
-    for listed in (stop["run_at"], stop["planned_stop"], job["next_run_time"]):
+    assert job["trigger"].startswith("date[") and job["trigger"].endswith("]")  # "date[... UTC]" before
+    for listed in (stop["run_at"], stop["planned_stop"], job["next_run_time"], job["trigger"][5:-1]):
         moment = datetime.fromisoformat(listed)
         assert moment.utcoffset() == planned.astimezone(ZoneInfo("Europe/Berlin")).utcoffset(), listed
         assert moment == planned
