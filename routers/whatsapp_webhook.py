@@ -44,7 +44,7 @@ def _webhook_advice(settings: Settings) -> list[str]:
             "Behind ngrok or another proxy, set PUBLIC_BASE_URL (or TRUST_PROXY_HEADERS=true): Twilio signs the "
             "public URL it called, and every webhook is a 403 until the URL checked is that one."
         )
-    if not settings.whatsapp_allowed_senders:
+    if settings.twilio_auth_token and not settings.whatsapp_allowed_senders:
         advice.append(
             "WHATSAPP_ALLOWED_SENDERS is empty, so every sender is refused: list the E.164 numbers that may "
             "command the service (yours)."

@@ -44,8 +44,8 @@ from core.upstream import (
 
 
 def _workspace_advice(settings: Settings) -> list[str]:
-    if settings.toggl_workspace_id is not None:
-        return []
+    if settings.toggl_api_token is None or settings.toggl_workspace_id is not None:
+        return []  # unconfigured: missing_settings says what to set first
     return [
         "TOGGL_WORKSPACE_ID is not set: POST /start-timer and /stop-timer need a workspace_id in each request, and "
         "the briefing and the chat `start` command cannot start a timer."
