@@ -60,7 +60,9 @@ REPLAY_HEADER = "Idempotent-Replayed"
 _STORED_HEADERS = ("location",)
 #: Every key lives in one scope: reused on another endpoint it is refused (the request fingerprint holds the
 #: method and path), as Stripe does. Scoped per endpoint before, a key used for /start-timer stopped the timer
-#: on /stop-timer (found by a black-box review). The column stays, for rows written before.
+#: on /stop-timer (found by a black-box review). Migration 0006 moved the rows written before into it. Workers
+#: of a release before it and of this one must not serve the same database at once (they look in different
+#: scopes): upgrade by stopping the old workers first.
 KEY_SCOPE = "*"
 
 

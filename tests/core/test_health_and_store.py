@@ -163,3 +163,41 @@ async def test_migrations_match_the_models(tmp_path):
     finally:
         await engine.dispose()
     assert diff == []
+
+
+async def test_idempotency_keys_stored_before_the_one_scope_are_still_replayed(tmp_path, make_client):
+    """Found by a review: keys became one scope ("*") with no migration, so a key stored per endpoint before the
+    upgrade and retried after it ran its action a second time."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    slack = {"database_url": url, "slack_bot_token": "xoxb-1", "slack_default_channel": "#general"}
+
+    def send(client, key):
+        return client.post("/slack-notify?dry_run=true", json={"message": "hi"}, headers={"Idempotency-Key": key})
+
+    async with make_client(**slack) as client:
+        first = await send(client, "before-upgrade")
+        assert first.status_code == 200
+    # As the release before 0006 stored it: scoped per endpoint, plus an older row of the same key on another
+    # endpoint (one key on two endpoints was allowed then).
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE idempotency_keys SET scope = 'POST /slack-notify'"))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, state, response_status, response_body, "
+                    "response_headers, created_at) SELECT 'POST /send-email', key, 'other', state, 500, "
+                    "response_body, response_headers, '2000-01-01 00:00:00' FROM idempotency_keys"
+                )
+            )
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0005'"))
+    finally:
+        await engine.dispose()
+
+    async with make_client(**slack) as client:  # start-up migrates to head
+        replayed = await send(client, "before-upgrade")
+        async with client.app.state.resources.sessions() as session:
+            rows = (await session.execute(sa.text("SELECT scope, request_hash FROM idempotency_keys"))).all()
+    assert replayed.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json()["run_id"] == first.json()["run_id"]  # the stored answer, not a second run
+    assert [scope for scope, _ in rows] == ["*"] and rows[0][1] != "other"  # the newest row of the key is kept
