@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -46,6 +47,8 @@ from core.errors import (
     problem_body,
 )
 from core.store import IdempotencyKey, utcnow
+
+logger = logging.getLogger("orchestrator.idempotency")
 
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 30.0
@@ -156,8 +159,14 @@ class Idempotency:
             result = await action()
         except ProblemError as exc:
             body = problem_body(exc, self.path)
-            await self._settle(exc.status, body, exc.headers)
-            raise
+            try:
+                await self._settle(exc.status, body, exc.headers)
+            except (SQLAlchemyError, OSError):
+                # The database failed again (it is what failed, for a StoreUnavailable): the caller still gets
+                # this problem, not the database's error in its place, which read as "outcome unknown" for a
+                # request that did nothing (found by a review). The key stays claimed until ABANDONED_AFTER.
+                logger.exception("the Idempotency-Key of a failed request could not be settled")
+            raise exc from exc.__cause__
         except BaseException:
             # Unknown outcome (a crash or a cancelled request): keep the key
             # claimed as a 500 so a retry cannot repeat what may have happened.

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -267,8 +267,10 @@ class _Barrier:
 
 _Write = _StartRun | _AddAction | _FinishRun | _Barrier
 
-#: How long a write nobody waits for is retried while the database does not answer (a restart, a fail-over),
-#: with backoff, before it is given up as lost. The writes queued behind it wait too, so order is kept.
+#: How long writes nobody waits for are retried while the database does not answer (a restart, a fail-over),
+#: with backoff, counted from the first failure of the outage, not per write: past it, each further write gets
+#: one try until one succeeds (per write, a queue of N writes held every waiting request N x 30 s; found by a
+#: review). The writes queued behind wait too, so order is kept.
 UNWAITED_RETRY_SECONDS = 30.0
 _RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -383,6 +385,8 @@ class _GroupCommit:
         self._pending: list[tuple[_Write, asyncio.Future[None] | None]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._lost_runs: set[str] = set()
+        #: When the current database outage began (the first failed try since the last success); None if none.
+        self._failing_since: float | None = None
 
     async def submit(self, write: _Write, *, wait: bool = True, kick: bool = True) -> None:
         done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait else None
@@ -409,6 +413,7 @@ class _GroupCommit:
             except Exception:
                 await self._one_by_one(batch)
             else:
+                self._failing_since = None
                 for _, done in batch:
                     if done is not None and not done.done():
                         done.set_result(None)
@@ -446,20 +451,32 @@ class _GroupCommit:
         return True
 
     async def _write_patiently(self, write: _Write, *, patient: bool) -> None:
-        """One write in its own transaction; retried with backoff while the database does not answer, if
-        `patient`, for UNWAITED_RETRY_SECONDS."""
-        deadline = time.monotonic() + UNWAITED_RETRY_SECONDS
+        """One write in its own transaction; if `patient`, retried with backoff while the database does not
+        answer, until UNWAITED_RETRY_SECONDS after the outage began."""
         for attempt in itertools.count():
             try:
                 async with self.sessions.begin() as session:
                     await _write_batch(session, [write])
+            except IntegrityError:
+                if attempt == 0 or isinstance(write, _FinishRun):
+                    raise
+                # A retry of an INSERT whose commit went through before the connection dropped: it is written.
+                self._failing_since = None
                 return
             except Exception as exc:
+                if not _transient(exc):
+                    raise
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
-                if not patient or not _transient(exc) or time.monotonic() + delay > deadline:
+                if not patient or now + delay > self._failing_since + UNWAITED_RETRY_SECONDS:
                     raise
                 logger.warning("a ledger write failed (%s); trying again in %g s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
+            else:
+                self._failing_since = None
+                return
 
 
 def _content(write: _Write) -> Any:

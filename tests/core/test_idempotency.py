@@ -176,3 +176,23 @@ def test_the_abandoned_cutoff_outlasts_the_longest_request_the_timeouts_allow(ma
     # Three providers x three attempts x 130 s, then two skill calls: over 20 minutes.
     assert slow.longest_request_seconds > 20 * 60
     assert slow.abandoned_after.total_seconds() >= 2 * slow.longest_request_seconds
+
+
+async def test_a_problem_is_answered_as_itself_when_settling_its_key_fails_too(client, monkeypatch):
+    """Found by a review: a run start refused while the database was down (a 503 `nothing_sent`) was replaced by
+    the database's error when the key's release failed too, and answered as "outcome unknown"."""
+    from sqlalchemy.exc import OperationalError
+
+    from core.errors import database_failed
+    from core.idempotency import Idempotency
+
+    calls = _install(client, fail_with=database_failed(ConnectionRefusedError("down"), acted=False))
+
+    async def settle_fails(self, status, body, headers):
+        raise OperationalError("DELETE", {}, ConnectionRefusedError("still down"))
+
+    monkeypatch.setattr(Idempotency, "_settle", settle_fails)
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-down"})
+    assert response.status_code == 503
+    assert response.json()["nothing_sent"] is True and "outcome_unknown" not in response.json()
+    assert calls == ["a"]

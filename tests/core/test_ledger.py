@@ -342,3 +342,22 @@ async def test_an_action_lost_after_the_retries_keeps_its_run_running_and_is_log
     assert (detail["status"], detail["actions"]) == ("running", [])
     [lost] = [record for record in caplog.records if record.getMessage().startswith("a ledger write was lost")]
     assert "'external_id': '5000000004'" in lost.getMessage()
+
+
+async def test_an_outage_is_waited_out_once_not_once_per_queued_write(client, monkeypatch):
+    """Found by a review: each unwaited write had its own 30 s of retries, one after another, so N queued
+    writes held a waiting request (a durable start, a read's flush) N x 30 s into an outage."""
+    from sqlalchemy.exc import OperationalError
+
+    from core import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "UNWAITED_RETRY_SECONDS", 0.4)
+    ledger = client.app.state.resources.ledger
+    loop = asyncio.get_running_loop()
+    ledger._writes.sessions = _FlakySessions(ledger.sessions, lambda: True)  # down for good
+    for index in range(8):
+        await ledger.start_run("ai.process", trigger="api", durable=False, run_id=None)
+    started = loop.time()
+    with pytest.raises(OperationalError):
+        await ledger.start_run("briefing", trigger="api")  # durable: waits behind the eight
+    assert loop.time() - started < 1.5  # one outage budget (0.4 s), not eight
