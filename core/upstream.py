@@ -253,6 +253,12 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProblemError) and exc.retryable
 
 
+#: The retries' jitter has a generator of its own: drawing from the module-level one changed the process's global
+#: random state from a background retry, under code that owns it (Hypothesis failed a test for it: "Do not use
+#: the `random` module inside strategies", while a background Slack answer was being retried).
+_JITTER = random.Random()  # noqa: S311 - jitter, not a secret
+
+
 def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -260,7 +266,7 @@ def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
         if retry_after is not None:
             return float(retry_after)
         # Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s, ... capped.
-        return random.uniform(0, min(max_wait, BASE_DELAY_SECONDS * 2 ** (state.attempt_number - 1)))  # noqa: S311
+        return _JITTER.uniform(0, min(max_wait, BASE_DELAY_SECONDS * 2 ** (state.attempt_number - 1)))
 
     return wait
 

@@ -275,3 +275,25 @@ async def test_headers_trickled_past_the_deadline_time_out_too():
         async with httpx.AsyncClient(timeout=1.0) as http:
             with pytest.raises(httpx.ReadTimeout, match="no complete answer within 1 s of sending"):
                 await bounded_request(http, "GET", url, deadline=1.0)
+
+
+async def test_a_retry_leaves_the_global_random_state_alone():
+    """The jitter drew from the `random` module's global generator, so a background retry changed the state of
+    code that owns it (Hypothesis failed a property test: "Do not use the `random` module inside strategies")."""
+    import random
+
+    from core.errors import UpstreamUnavailable
+    from core.upstream import with_retries
+
+    attempts = 0
+
+    async def flaky():
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise UpstreamUnavailable("refused", upstream="toggl")  # retryable
+        return "ok"
+
+    before = random.getstate()
+    assert await with_retries(flaky, attempts=3, max_wait_seconds=0.01) == "ok"
+    assert random.getstate() == before
