@@ -9,6 +9,7 @@ never echoes the value, because the value may be a secret.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
@@ -37,6 +38,8 @@ def _http_url(value: str) -> str:
 HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
+#: A Slack member ID: U (or W, on Enterprise Grid) and upper-case letters and digits.
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
 class Settings(BaseSettings):
@@ -95,6 +98,7 @@ class Settings(BaseSettings):
     # --- Slack ------------------------------------------------------------
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
+    slack_allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
     slack_default_channel: str | None = None
     slack_base_url: HttpUrlStr = "https://slack.com/api/"
 
@@ -149,11 +153,19 @@ class Settings(BaseSettings):
             raise ValueError("must use an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
 
-    @field_validator("whatsapp_allowed_senders", mode="before")
+    @field_validator("whatsapp_allowed_senders", "slack_allowed_users", mode="before")
     @classmethod
     def _split_senders(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("slack_allowed_users")
+    @classmethod
+    def _slack_user_ids(cls, value: list[str]) -> list[str]:
+        for user in value:
+            if not _SLACK_USER_ID.fullmatch(user):
+                raise ValueError("must be a comma-separated list of Slack member IDs such as U0123ABCD")
         return value
 
     @field_validator("whatsapp_allowed_senders")

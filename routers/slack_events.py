@@ -1,7 +1,8 @@
 """POST /slack/events: the Slack Events API, signed, deduplicated, acknowledged at once.
 
-The sender is the Slack workspace itself, verified by the signing secret:
-anyone who can mention the bot there may use the commands.
+The sender is the Slack workspace itself, verified by the signing secret. Who
+may use the commands: the members in SLACK_ALLOWED_USERS, or, while it is
+empty, anyone who can mention or message the bot there.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from slack_sdk.signature import SignatureVerifier
 from core.deps import ResourcesDep, SettingsDep
 from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, problem_responses
 from core.ledger import encodable
-from core.ratelimit import RateLimiterDep, admit_chat_message
+from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.registry import Integration
 from core.resources import Resources
 from routers import webhook_docs
@@ -38,8 +39,19 @@ INTEGRATION = Integration(
     description="Answer @mentions and direct messages in Slack (POST /slack/events).",
     # The signing secret verifies the events; the bot token posts the answers (the slack skill).
     required=("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"),
-    optional=("PUBLIC_BASE_URL",),
+    optional=("SLACK_ALLOWED_USERS", "PUBLIC_BASE_URL"),
+    advice=lambda settings: (
+        []
+        if settings.slack_allowed_users or not settings.slack_signing_secret
+        else [
+            "SLACK_ALLOWED_USERS is empty, so anyone who can mention or message the bot commands the service "
+            "(your timers, your LLM credit), guests and Slack Connect users included: list the member IDs who may."
+        ]
+    ),
 )
+
+#: The reply, at most once an hour per person, to a mention from someone not in SLACK_ALLOWED_USERS.
+REFUSAL = "Sorry, you are not allowed to use this service (SLACK_ALLOWED_USERS)."
 
 
 class SlackEventsAck(BaseModel):
@@ -240,6 +252,16 @@ async def slack_events(
             return SlackEventsAck()
         summary = {"event_id": event_id, "user": event.user, "channel": event.channel}
         assert event.user is not None  # should_act: only people's messages are acted on
+        allowed = settings.slack_allowed_users
+        if allowed and event.user not in allowed:
+            # Anyone in the workspace, guests and Slack Connect users included, could start the owner's timers and
+            # spend their LLM credit (found by a security review). Told once an hour, like a WhatsApp stranger.
+            logger.warning("Slack event %s from a user not in SLACK_ALLOWED_USERS: refused", event_id)
+            if await limiter.first_in(STRANGER_NOTICE, "chat:slack", f"slack:{event.user}"):
+                tasks.spawn(
+                    _post_reply(deps, event, REFUSAL), kind="slack.notice", trigger="slack", input_summary=summary
+                )
+            return SlackEventsAck()
         admission = await admit_chat_message(limiter, source="slack", sender=event.user)
         if not admission.allowed:
             logger.warning("Slack event %s not acted on: its sender is over RATE_LIMIT_PER_MINUTE", event_id)

@@ -466,3 +466,36 @@ async def test_a_direct_message_with_a_file_attached_is_answered(w, make_client)
         await finished_runs(client, "slack.reply")
     [reply] = w.slack.posts
     assert reply["text"] == "No timer is running." and reply["channel"] == "D0000000001"
+
+
+async def test_only_slack_allowed_users_may_command_and_others_are_told_once(w, make_client):
+    """Found by a security review: anyone in the workspace (guests, Slack Connect users) could start the owner's
+    timers and spend their LLM credit. With SLACK_ALLOWED_USERS set, only those members may."""
+    from routers.slack_events import REFUSAL
+
+    stranger = [
+        callback(
+            mention("<@UBOT> start planning for 20 min", user="USTRANGER", ts=f"1764057600.00020{n}"),
+            event_id=f"EvS{n}",
+        )
+        for n in range(2)
+    ]
+    allowed = callback(mention("<@UBOT> start writing for 20 min", ts="1764057600.000300"), event_id="EvA")
+    async with make_client(**w.settings(slack_allowed_users="UHUMAN,UOTHER")) as client:
+        for body in stranger:
+            assert (await post(client, body)).status_code == 200
+        await post(client, allowed)
+        await finished_runs(client, "slack.reply", count=2)  # the allowed user's answer and one refusal
+        starts = await runs_of(client, "command.start")
+    assert [start["input_summary"]["sender"] for start in starts] == ["UHUMAN"]
+    assert [start["description"] for start in w.toggl.starts] == ["writing"]
+    refusals = [post for post in w.slack.posts if post["text"] == REFUSAL]
+    assert len(refusals) == 1 and refusals[0]["thread_ts"] == "1764057600.000200"  # once an hour, not per message
+
+
+def test_slack_allowed_users_must_be_member_ids(make_settings):
+    from core.errors import ConfigurationError
+
+    with pytest.raises((ConfigurationError, ValueError), match="Slack member IDs"):
+        make_settings(slack_allowed_users="@alice")
+    assert make_settings(slack_allowed_users="U0123ABCD, W0456EFGH").slack_allowed_users == ["U0123ABCD", "W0456EFGH"]
