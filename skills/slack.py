@@ -131,7 +131,9 @@ class SlackSkill:
         INTEGRATION.require(self.settings)
         target = (channel or self.settings.slack_default_channel or "").strip()
         if not target:
-            raise InvalidInput("No Slack channel: pass `channel` or set SLACK_DEFAULT_CHANNEL.")
+            # Worded for every caller: the chat `start` command reaches here too, and a WhatsApp sender has no
+            # `channel` to pass (found by a black-box review).
+            raise InvalidInput("No Slack channel: set SLACK_DEFAULT_CHANNEL, or pass `channel` to POST /slack-notify.")
         if not text.strip():
             # Always required, even with blocks: it is the notification and screen-reader fallback.
             raise InvalidInput("The message text is empty.")

@@ -208,6 +208,7 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
                 action.status = "dry_run" if dry_run else "ok"
         except ProblemError as exc:
             run.status = "partial"
+            run.error = exc.detail  # the run said `partial` with no reason (found by a black-box review)
             return f"{_dry(dry_run)}{confirmation} Slack was not told: {exc.detail}"
         run.result = {"entry_id": started.entry_id, "slack_channel": posted.channel, "slack_ts": posted.ts}
         if dry_run:

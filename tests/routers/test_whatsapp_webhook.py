@@ -642,3 +642,20 @@ async def test_a_chat_question_the_model_refuses_outright_says_so(w, make_client
             response = await post_whatsapp(client, whatsapp_form("something a model refuses"))
     assert messages(response) == ["The assistant's safety checks stopped it from answering this."]
     assert w.claude.calls() == []  # not sent on to Claude
+
+
+async def test_a_start_with_no_slack_channel_says_what_to_set_and_records_why(w, make_client):
+    """Found by a black-box review: the WhatsApp sender was told to "pass `channel`", which a chat cannot, and
+    the run read `partial` with no error."""
+    async with make_client(**w.settings(slack_default_channel=None)) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form("start writing for 25 min")))
+        [run] = await runs_of(client, "command.start")
+    assert reply.startswith("Started 'writing'")
+    assert reply.endswith(
+        "Slack was not told: No Slack channel: set SLACK_DEFAULT_CHANNEL, or pass `channel` to POST /slack-notify."
+    )
+    assert (run["status"], run["error"]) == (
+        "partial",
+        "No Slack channel: set SLACK_DEFAULT_CHANNEL, or pass `channel` to POST /slack-notify.",
+    )
+    assert len(w.toggl.starts) == 1 and w.slack.posts == []
