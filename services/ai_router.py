@@ -271,7 +271,7 @@ class AIRouter:
                 ),
                 latency_ms=int((time.perf_counter() - started) * 1000),
             )
-        raise _all_failed(failures)
+        raise _all_failed(failures, untried=too_small, needed=needed)
 
     # --- internals ---------------------------------------------------------------
 
@@ -363,8 +363,14 @@ def _generation(completion: Completion, *, provider: str, routing: Routing, late
     )
 
 
-def _all_failed(failures: list[tuple[str, ProblemError]]) -> AllProvidersFailed:
-    listed = "; ".join(f"{name}: {exc.detail}" for name, exc in failures)
+def _all_failed(
+    failures: list[tuple[str, ProblemError]], *, untried: Sequence[str] = (), needed: int = 0
+) -> AllProvidersFailed:
+    listed = "; ".join(f"{name}: {exc.detail.removesuffix('.')}" for name, exc in failures) + "."
+    if untried:
+        # A provider the context guard passed over could have answered a shorter prompt: say so, or the
+        # caller reads "every provider" as every configured one (found by a first-time-user review).
+        listed += f" Not tried, context window too small for ~{needed:,} tokens: {', '.join(untried)}."
     providers: list[dict[str, Any]] = [
         {"provider": name, "status": exc.status, "error": exc.slug, "detail": exc.detail} for name, exc in failures
     ]

@@ -359,7 +359,7 @@ async def test_every_provider_rate_limited_is_429_with_the_smallest_retry_after(
         "title": "Upstream rate limit reached",
         "status": 429,
         "detail": "Every LLM provider is rate limiting us; try again in 7 s. "
-        "gemini: gemini is rate limiting us (Resource has been exhausted.).; "
+        "gemini: gemini is rate limiting us (Resource has been exhausted.); "
         "claude: claude is rate limiting us (Rate limit exceeded).",
         "instance": "/ai-process",
         "request_id": response.headers["x-request-id"],

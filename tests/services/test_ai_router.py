@@ -404,6 +404,21 @@ async def test_every_provider_failing_lists_each_error(make_router, fakes):
     assert len(fakes.gemini.calls()) == 2 and len(fakes.claude.calls()) == 2
 
 
+async def test_every_provider_failed_names_a_model_the_context_guard_passed_over(make_router, fakes):
+    """Found by a first-time-user review: "every provider failed" read as every configured one, while the
+    local model had not been tried at all (its window too small for this prompt)."""
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: gemini_error(503, "UNAVAILABLE", "gemini is down"))
+    fakes.claude.route("POST", ANTHROPIC_PATH, lambda _: anthropic_error(529, "overloaded_error", "Overloaded"))
+    router = await make_router(local=True, local_llm_context_tokens=512)
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="short", max_tokens=1024)
+
+    assert "Not tried, context window too small for ~1,025 tokens: local (512 tokens)." in caught.value.detail
+    assert [p["provider"] for p in caught.value.extras["providers"]] == ["gemini", "claude"]
+    assert fakes.local.calls() == []
+
+
 async def test_no_provider_configured_names_the_variables(make_router, fakes):
     router = await make_router(gemini_api_key=None, anthropic_api_key=None)
 
@@ -1003,7 +1018,7 @@ async def test_every_provider_rate_limited_is_429_with_the_smallest_retry_after(
     ]
     assert error.detail == (
         "Every LLM provider is rate limiting us; try again in 7 s. "
-        "gemini: gemini is rate limiting us (Resource has been exhausted.).; "
+        "gemini: gemini is rate limiting us (Resource has been exhausted.); "
         "claude: claude is rate limiting us (Rate limit exceeded)."
     )
     assert len(fakes.gemini.calls()) == 1 and len(fakes.claude.calls()) == 1
