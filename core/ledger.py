@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -410,21 +410,24 @@ class _GroupCommit:
             try:
                 async with self.sessions.begin() as session:
                     await _write_batch(session, [write for write, _ in batch])
-            except Exception:
-                await self._one_by_one(batch)
+            except Exception as exc:
+                # A database that stopped answering may have done so after the commit went through.
+                await self._one_by_one(batch, maybe_written=_transient(exc))
             else:
                 self._failing_since = None
                 for _, done in batch:
                     if done is not None and not done.done():
                         done.set_result(None)
 
-    async def _one_by_one(self, batch: list[tuple[_Write, asyncio.Future[None] | None]]) -> None:
+    async def _one_by_one(
+        self, batch: list[tuple[_Write, asyncio.Future[None] | None]], *, maybe_written: bool
+    ) -> None:
         for write, done in batch:
             if self._refused_as_lost(write, done):
                 continue
             run_id = _run_of(write)
             try:
-                await self._write_patiently(write, patient=done is None)
+                await self._write_patiently(write, patient=done is None, maybe_written=maybe_written)
             except Exception as exc:
                 if done is None:
                     logger.exception("a ledger write was lost: %s %r", type(write).__name__, _content(write))
@@ -450,22 +453,23 @@ class _GroupCommit:
             done.set_exception(lost)
         return True
 
-    async def _write_patiently(self, write: _Write, *, patient: bool) -> None:
+    async def _write_patiently(self, write: _Write, *, patient: bool, maybe_written: bool) -> None:
         """One write in its own transaction; if `patient`, retried with backoff while the database does not
-        answer, until UNWAITED_RETRY_SECONDS after the outage began."""
+        answer, until UNWAITED_RETRY_SECONDS after the outage began.
+
+        `maybe_written`: an earlier try failed as the database stopped answering, which can happen after its
+        commit went through. The write is then looked for before it is tried again, so a retried INSERT
+        neither records an action twice (actions have no natural key) nor calls a written start a conflict.
+        """
         for attempt in itertools.count():
             try:
                 async with self.sessions.begin() as session:
-                    await _write_batch(session, [write])
-            except IntegrityError:
-                if attempt == 0 or isinstance(write, _FinishRun):
-                    raise
-                # A retry of an INSERT whose commit went through before the connection dropped: it is written.
-                self._failing_since = None
-                return
+                    if not (maybe_written and await _already_written(session, write)):
+                        await _write_batch(session, [write])
             except Exception as exc:
                 if not _transient(exc):
                     raise
+                maybe_written = True
                 now = time.monotonic()
                 if self._failing_since is None:
                     self._failing_since = now
@@ -477,6 +481,27 @@ class _GroupCommit:
             else:
                 self._failing_since = None
                 return
+
+
+async def _already_written(session: AsyncSession, write: _Write) -> bool:
+    """Whether this very INSERT is in the database: its row, down to the creation time the ledger gave it.
+
+    The time tells our row from another one with the same key (a redelivered WhatsApp status callback's run
+    has a derived id: that one is a conflict, not ours). A finish is an UPDATE: running it again is harmless.
+    """
+    row = getattr(write, "row", None)
+    if isinstance(write, _StartRun):
+        found = select(_runs.c.id).where(_runs.c.id == row["id"], _runs.c.created_at == row["created_at"])
+    elif isinstance(write, _AddAction):
+        found = select(_actions.c.id).where(
+            _actions.c.run_id == row["run_id"],
+            _actions.c.skill == row["skill"],
+            _actions.c.operation == row["operation"],
+            _actions.c.created_at == row["created_at"],
+        )
+    else:
+        return False
+    return (await session.execute(found.limit(1))).first() is not None
 
 
 def _content(write: _Write) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -361,3 +362,64 @@ async def test_an_outage_is_waited_out_once_not_once_per_queued_write(client, mo
     with pytest.raises(OperationalError):
         await ledger.start_run("briefing", trigger="api")  # durable: waits behind the eight
     assert loop.time() - started < 1.5  # one outage budget (0.4 s), not eight
+
+
+class LostAcknowledgements:
+    """The ledger's session factory, where the commits numbered in `lost` (0 = the next one) go through and then
+    the connection drops, as when PostgreSQL committed but its answer never arrived."""
+
+    def __init__(self, real, lost: set[int]) -> None:
+        self.real, self.lost, self.commits = real, lost, 0
+
+    def __call__(self, *args, **kwargs):
+        return self.real(*args, **kwargs)
+
+    @asynccontextmanager
+    async def begin(self):
+        from sqlalchemy.exc import OperationalError
+
+        async with self.real.begin() as session:
+            yield session
+        self.commits += 1
+        if self.commits - 1 in self.lost:
+            raise OperationalError("COMMIT", {}, ConnectionResetError("the connection was reset"))
+
+
+async def test_an_action_whose_commit_was_not_acknowledged_is_recorded_once(client):
+    """Found by a review: the retry after a lost acknowledgement inserted the action again (actions have no
+    natural key), so the ledger showed one Toggl start as two."""
+    ledger = client.app.state.resources.ledger
+    async with ledger.run("briefing", trigger="api") as run:
+        ledger._writes.sessions = LostAcknowledgements(ledger.sessions, {0})
+        async with run.action("toggl", "start_timer") as action:
+            action.external_id = "5000000006"
+    detail = (await client.get(f"/runs/{run.id}")).json()
+    assert ledger._writes.sessions.commits >= 2  # the lost one and its retry
+    assert detail["status"] == "ok"
+    assert [(a["skill"], a["external_id"]) for a in detail["actions"]] == [("toggl", "5000000006")]
+
+
+async def test_a_durable_start_whose_commit_was_not_acknowledged_goes_ahead(client):
+    """Its retry met its own row and raised IntegrityError: the briefing failed before acting, with its run
+    written and left `running` for the prune to call interrupted."""
+    ledger = client.app.state.resources.ledger
+    ledger._writes.sessions = LostAcknowledgements(ledger.sessions, {0})
+    async with ledger.run("briefing", trigger="api") as run:
+        pass
+    assert ledger._writes.sessions.commits >= 2
+    assert (await client.get(f"/runs/{run.id}")).json()["status"] == "ok"
+
+
+async def test_a_start_retried_after_an_outage_still_refuses_another_runs_id(client):
+    """A derived run id (a redelivered WhatsApp status callback's) met after a transient failure is another
+    run's row, not ours: still a conflict, so the redelivery is not recorded twice."""
+    from sqlalchemy.exc import IntegrityError
+
+    ledger = client.app.state.resources.ledger
+    run_id = "d" * 32
+    await ledger.start_run("whatsapp.delivery", trigger="whatsapp", run_id=run_id)
+    refusals = iter([True])  # the next transaction is refused, as by a database restarting
+    ledger._writes.sessions = _FlakySessions(ledger.sessions, lambda: next(refusals, False))
+    with pytest.raises(IntegrityError):
+        await ledger.start_run("whatsapp.delivery", trigger="whatsapp", run_id=run_id)
+    assert ledger._writes.sessions.refused == 1

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from core.idempotency import IdempotencyDep
 from core.store import create_engine, current_revision, migrate
 from tests.conftest import running_app
-from tests.core.test_ledger import check_unsettled_starts
+from tests.core.test_ledger import LostAcknowledgements, check_unsettled_starts
 
 pytestmark = pytest.mark.postgres
 
@@ -134,3 +134,18 @@ async def test_starts_with_an_unknown_outcome_are_found_and_settled(postgres_url
     """The prune's query (a LIKE on the error) and its update (the note appended with ||) on PostgreSQL."""
     async with running_app(make_settings(database_url=postgres_url)) as (app, _):
         await check_unsettled_starts(app.state.resources.ledger)
+
+
+async def test_writes_whose_commit_was_not_acknowledged_are_found_not_repeated(postgres_url, make_settings):
+    """The lost-acknowledgement check compares the stored timestamptz with the ledger's own creation time."""
+    async with running_app(make_settings(database_url=postgres_url)) as (app, client):
+        ledger = app.state.resources.ledger
+        # Commit 0: the durable start, 1: its retry, which finds it; 2: the action, 3: the action's retry.
+        ledger._writes.sessions = LostAcknowledgements(ledger.sessions, {0, 2})
+        async with ledger.run("briefing", trigger="api") as run:  # the durable start: not acknowledged
+            async with run.action("toggl", "start_timer") as action:  # nor the action
+                action.external_id = "5000000007"
+        detail = (await client.get(f"/runs/{run.id}")).json()
+    assert ledger._writes.sessions.commits >= 4
+    assert detail["status"] == "ok"
+    assert [a["external_id"] for a in detail["actions"]] == ["5000000007"]
