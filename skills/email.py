@@ -3,8 +3,9 @@
 One connection per message: mail is rare here, and a pooled SMTP connection
 would time out on the server between sends anyway.
 
-Only the connection phase (connect, TLS, AUTH) is retried: nothing has been
-handed to the server yet. Once the message is being sent, a failure may mean it
+Everything before DATA (connect, TLS, AUTH, EHLO, MAIL FROM, RCPT TO) hands
+nothing over: a dropped or stalled connection there is retried, and any failure
+there says `nothing_sent`. Once DATA has begun, a failure may mean the message
 was delivered, so it is reported, never retried.
 """
 
@@ -216,8 +217,8 @@ class EmailSkill:
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         use_tls = settings.smtp_security == "tls"
 
-        def client() -> aiosmtplib.SMTP:
-            return aiosmtplib.SMTP(
+        def client() -> _SMTP:
+            return _SMTP(
                 hostname=settings.smtp_host,
                 port=settings.effective_smtp_port,
                 use_tls=use_tls,
@@ -229,7 +230,7 @@ class EmailSkill:
                 cert_bundle=settings.smtp_ca_file,
             )
 
-        async def connect() -> aiosmtplib.SMTP:
+        async def connect() -> _SMTP:
             smtp = client()
             try:
                 await smtp.connect()
@@ -245,25 +246,46 @@ class EmailSkill:
                 raise
             return smtp
 
-        smtp = await with_retries(connect, attempts=CONNECT_ATTEMPTS)
         non_ascii = [address for address in (sender, *recipients) if not address.isascii()]
-        try:
-            errors, _ = await smtp.send_message(message, sender=sender, recipients=recipients)
-        except aiosmtplib.SMTPNotSupported as exc:
-            if not non_ascii:
-                smtp.close()
-                raise sending_error(exc) from None
-            # aiosmtplib refuses before MAIL FROM when an address needs SMTPUTF8 and the server's EHLO did not
-            # offer it: nothing was handed over, the connection is in a known state, and no retry can change it.
+
+        async def send() -> dict[str, str]:
+            smtp = await connect()
+            try:
+                errors, _ = await smtp.send_message(message, sender=sender, recipients=recipients)
+            except aiosmtplib.SMTPNotSupported as exc:
+                if not non_ascii:
+                    smtp.close()
+                    raise sending_error(exc) from None
+                # aiosmtplib refuses before MAIL FROM when an address needs SMTPUTF8 and the server's EHLO did
+                # not offer it: nothing was handed over, the connection is in a known state, and no retry can
+                # change it.
+                await _quit(smtp)
+                raise smtputf8_unsupported(non_ascii) from None
+            except BaseException as exc:
+                smtp.close()  # no QUIT on a connection in an unknown state (or while being cancelled)
+                if isinstance(exc, Exception):
+                    raise (sending_error(exc) if smtp.data_started else envelope_error(exc)) from None
+                raise
             await _quit(smtp)
-            raise smtputf8_unsupported(non_ascii) from None
-        except BaseException as exc:
-            smtp.close()  # no QUIT on a connection in an unknown state (or while being cancelled)
-            if isinstance(exc, Exception):
-                raise sending_error(exc) from None
-            raise
-        await _quit(smtp)
-        return {address: f"{response.code} {response.message}" for address, response in errors.items()}
+            return {address: f"{response.code} {response.message}" for address, response in errors.items()}
+
+        # Only failures that handed nothing over are retryable (connect, and a connection lost before DATA).
+        return await with_retries(send, attempts=CONNECT_ATTEMPTS)
+
+
+class _SMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting when DATA began: until then the server holds no message.
+
+    Without it every failure after connecting read "may or may not have been delivered": a connection reset at
+    EHLO or MAIL FROM was never retried, and its 502 was replayed for an Idempotency-Key's 24 hours, so that
+    key could never send (found by a fault-injection audit).
+    """
+
+    data_started = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_started = True
+        return await super().data(message, **kwargs)
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:
@@ -321,6 +343,28 @@ def connection_error(exc: Exception) -> ProblemError:
             f"SMTP failed while connecting: {exc.message} Check SMTP_SECURITY and SMTP_PORT.", upstream=UPSTREAM
         )
     return UpstreamError(f"SMTP failed while connecting ({type(exc).__name__}).", upstream=UPSTREAM)
+
+
+def envelope_error(exc: Exception) -> ProblemError:
+    """Map a failure after connecting but before DATA (EHLO, MAIL FROM, RCPT TO): nothing was handed over.
+
+    A reply refusing something is read as while sending (a deferral, a refused recipient or sender); a
+    connection dropped, stalled or answered in a non-SMTP line as while connecting, so a drop is retried.
+    """
+    replied = isinstance(exc, aiosmtplib.SMTPRecipientsRefused) or (
+        isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 0
+    )
+    if replied or isinstance(exc, ValueError):
+        error = sending_error(exc)
+    elif isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)) and not isinstance(exc, TimeoutError):
+        # (TimeoutError is an OSError, and aiosmtplib's SMTPTimeoutError a TimeoutError: a stall is a 504 below.)
+        error = UpstreamUnavailable(
+            "The SMTP server closed the connection before the message was handed over.", upstream=UPSTREAM
+        )
+    else:
+        error = connection_error(exc)
+    error.extras["nothing_sent"] = True
+    return error
 
 
 def smtputf8_unsupported(addresses: list[str]) -> InvalidInput:
