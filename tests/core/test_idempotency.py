@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from pydantic import BaseModel
 
 from core.errors import UpstreamError, UpstreamRateLimited
-from core.idempotency import IdempotencyDep
+from core.idempotency import IdempotencyDep, _stores_outcome
 
 
 class Body(BaseModel):
@@ -196,3 +197,23 @@ async def test_a_problem_is_answered_as_itself_when_settling_its_key_fails_too(c
     assert response.status_code == 503
     assert response.json()["nothing_sent"] is True and "outcome_unknown" not in response.json()
     assert calls == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kept"),
+    [
+        (200, {}, True),
+        (500, {}, True),
+        (502, {}, True),
+        # Found by a mutation review: nothing replayed a 504, so a timed-out /ai-process could be paid for twice.
+        (504, {}, True),
+        (503, {}, False),  # not configured, a refused connection: nothing acted
+        (503, {"outcome_unknown": True}, True),
+        (429, {"sent_sids": ["SM" + "a" * 32]}, True),
+        (502, {"nothing_sent": True}, False),
+        (504, {"nothing_sent": True}, False),
+        (422, {}, False),
+    ],
+)
+def test_which_answers_a_key_keeps_for_its_replays(status, body, kept):
+    assert _stores_outcome(status, body) is kept

@@ -448,11 +448,13 @@ async def test_a_colon_after_the_mention_is_not_part_of_the_command(w, make_clie
     assert reply_run["status"] == "ok"
 
 
-async def test_a_direct_message_with_a_file_attached_is_answered(w, make_client):
-    """Found by a black-box review: a DM sharing a file (subtype file_share) with the text "status" was ignored."""
+@pytest.mark.parametrize("subtype", ["file_share", "thread_broadcast"])
+async def test_a_direct_message_with_a_file_attached_is_answered(w, make_client, subtype):
+    """Found by a black-box review: a DM sharing a file (subtype file_share) with the text "status" was ignored.
+    A thread reply also sent to the channel (thread_broadcast) is a person's message too."""
     event = {
         "type": "message",
-        "subtype": "file_share",
+        "subtype": subtype,
         "channel_type": "im",
         "user": "UHUMAN",
         "text": "status",

@@ -102,6 +102,16 @@ async def test_an_unknown_new_field_is_covered_by_the_signature(w, make_client):
         assert "Commands:" in messages(await post_whatsapp(client, form))[0]
 
 
+@pytest.mark.parametrize(("fields", "status"), [(200, 200), (201, 413)])
+async def test_the_form_field_limit_is_exact(w, make_client, fields, status):
+    """200 fields pass, 201 do not (found by a mutation review: the edge was untested)."""
+    base = whatsapp_form("help")
+    form = {**base, **{f"k{i}": "" for i in range(fields - len(base))}}
+    async with make_client(**w.settings()) as client:
+        response = await post_whatsapp(client, form)
+    assert response.status_code == status
+
+
 async def test_a_form_with_too_many_fields_is_413_before_its_signature_is_computed(w, make_client, monkeypatch):
     """Found by a code review: the signature check's cost grew with the square of the fields, and anyone can
     post a forged form (10,000 fields held the event loop 5 s before the 403)."""

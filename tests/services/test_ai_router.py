@@ -1191,7 +1191,7 @@ def test_a_key_echoed_across_the_cut_leaves_no_prefix_behind(offset):
 # --- Redirects -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("provider", ["gemini", "claude", "local"])
 async def test_a_redirect_is_never_followed_so_the_key_and_prompt_stay_put(make_router, fakes, provider, status):
     """Found by a black-box review: a 302 or 307 from GEMINI_BASE_URL sent the API key and the prompt on to the
@@ -1374,3 +1374,17 @@ async def test_a_refusal_with_no_text_is_a_flagged_answer_not_sent_to_another_pr
     assert (result.provider, result.response, result.refused) == (provider.split("-")[0], "", True)
     others = [f for f in (fakes.claude, fakes.gemini, fakes.local) if f is not fake]
     assert all(other.calls() == [] for other in others)  # not re-sent anywhere
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"])
+async def test_every_gemini_safety_stop_is_a_flagged_refusal_not_a_fallback(make_router, fakes, reason):
+    """Found by a mutation review: only SAFETY was tested, so dropping RECITATION sent the prompt on to Claude."""
+    gemini = gemini_content("half a pl")
+    gemini["candidates"][0]["finishReason"] = reason
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini))
+    router = await make_router()
+
+    result = await router.generate(text="plan my day")
+
+    assert (result.provider, result.response, result.refused) == ("gemini", "half a pl", True)
+    assert fakes.claude.calls() == []
