@@ -165,6 +165,45 @@ async def test_body_exactly_at_the_limit_is_accepted():
     assert (response.status_code, response.text) == (200, str(LIMIT))
 
 
+async def _counting_app(scope, receive, send):
+    total = 0
+    while True:
+        message = await receive()
+        total += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(total).encode()})
+
+
+@pytest.mark.parametrize(("size", "status"), [(LIMIT, 200), (LIMIT + 1, 413)])
+async def test_a_chunked_body_is_refused_one_byte_past_the_limit(size, status):
+    """Found by a mutation review: the limit on a body sent without Content-Length was untested at its edge."""
+    transport = httpx.ASGITransport(app=RequestContextMiddleware(_counting_app, max_body_bytes=LIMIT))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        request = client.build_request("POST", "/", content=_chunks(size, size=LIMIT // 3))
+        assert "content-length" not in request.headers
+        response = await client.send(request)
+    assert response.status_code == status
+
+
+async def test_a_declared_oversize_body_is_refused_before_a_byte_is_read():
+    """Found by a mutation review: the read-time count hid a Content-Length check that let the body be read."""
+    pulled: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        async for piece in _chunks(LIMIT + 1):
+            pulled.append(len(piece))
+            yield piece
+
+    transport = httpx.ASGITransport(app=RequestContextMiddleware(_counting_app, max_body_bytes=LIMIT))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        request = client.build_request("POST", "/", content=body(), headers={"Content-Length": str(LIMIT + 1)})
+        response = await client.send(request)
+    assert response.status_code == 413
+    assert pulled == []
+
+
 # --- The answers say what to fix (found by a black-box review) -------------------------------------------------
 
 
