@@ -22,7 +22,7 @@ from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
 from core.validation import skill_check
 from routers.deps import SkillsDep
-from skills.email import MAX_RECIPIENTS, normalise_recipients, normalise_subject
+from skills.email import MAX_RECIPIENTS, effective_html, normalise_recipients, normalise_subject
 from workflows.actions import perform_action
 
 router = APIRouter(tags=["email"])
@@ -63,7 +63,9 @@ class SendEmailRequest(BaseModel):
     ] = Field(description=f"One address or a list (at most {MAX_RECIPIENTS}).")
     subject: str = Field(max_length=998, description="One line: CR, LF and other control characters get a 422.")
     body: str = Field(max_length=200_000, description="Plain text.")
-    html: str | None = Field(None, max_length=500_000, description="Optional HTML alternative to the text body.")
+    html: str | None = Field(
+        None, max_length=500_000, description="Optional HTML alternative to the text body; a blank one is not sent."
+    )
 
     @field_validator("to_address")
     @classmethod
@@ -102,7 +104,12 @@ def _summary(request: SendEmailRequest) -> dict[str, Any]:
     The exact message (text cut at 500 characters by the ledger) is kept on the action as its request.
     """
     to = request.to_address if isinstance(request.to_address, list) else [request.to_address]
-    return {"to": to, "subject": request.subject, "body_chars": len(request.body), "html": request.html is not None}
+    return {
+        "to": to,
+        "subject": request.subject,
+        "body_chars": len(request.body),
+        "html": effective_html(request.html) is not None,
+    }
 
 
 @router.post(

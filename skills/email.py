@@ -113,6 +113,12 @@ def check_content(body: str, html: str | None) -> None:
             )
 
 
+def effective_html(html: str | None) -> str | None:
+    """The HTML alternative to send, or None. A blank one is none: mail clients show the HTML part when there
+    is one, so an empty part made the recipient see a blank message (found by a mutation review)."""
+    return html if html is not None and html.strip() else None
+
+
 def normalise_subject(subject: str) -> str:
     """One line, surrounding spaces and tabs removed: mail parsers drop them from plain-ASCII headers anyway,
     so stripping here makes what is recorded equal to what the recipient sees."""
@@ -142,6 +148,7 @@ class EmailSkill:
         INTEGRATION.require(self.settings)
         recipients = normalise_recipients(to)
         subject = normalise_subject(subject)
+        html = effective_html(html)
         check_content(body, html)
         sender = self.settings.smtp_from or self.settings.smtp_user
         assert sender is not None  # INTEGRATION.require checked SMTP_FROM or SMTP_USER

@@ -58,6 +58,27 @@ async def test_over_the_limit_is_a_429_problem_with_retry_after():
     assert "/spend/{item}" in body["detail"]
 
 
+async def test_retry_after_is_never_below_one_second(monkeypatch):
+    """A window whose reset is already past (a clock step, a shared store's lag) must not say "Retry-After: 0",
+    which invites a retry loop (the floor was unpinned, found by a mutation review)."""
+    import time
+
+    from limits.util import WindowStats
+
+    from core.errors import RateLimited
+
+    limiter = ClientRateLimiter(1)
+    await limiter.hit("ip:203.0.113.7", "/spend/{item}")
+
+    async def stale(*_args: object) -> WindowStats:
+        return WindowStats(reset_time=time.time() - 5, remaining=0)
+
+    monkeypatch.setattr(limiter._limiter, "get_window_stats", stale)
+    with pytest.raises(RateLimited) as caught:
+        await limiter.hit("ip:203.0.113.7", "/spend/{item}")
+    assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (1, "1")
+
+
 async def test_each_client_ip_has_its_own_budget():
     app = _app(1)
     async with _client(app, "203.0.113.7") as first, _client(app, "198.51.100.2") as second:

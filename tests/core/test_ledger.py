@@ -343,6 +343,7 @@ async def test_an_action_lost_after_the_retries_keeps_its_run_running_and_is_log
     assert (detail["status"], detail["actions"]) == ("running", [])
     [lost] = [record for record in caplog.records if record.getMessage().startswith("a ledger write was lost")]
     assert "'external_id': '5000000004'" in lost.getMessage()
+    assert ledger._writes._lost_runs == set()  # the refused finish was the run's last write: forgotten, no leak
 
 
 async def test_an_outage_is_waited_out_once_not_once_per_queued_write(client, monkeypatch):

@@ -148,6 +148,20 @@ async def test_with_retries_is_bounded_and_honours_retry_after():
     assert attempts == 3
 
 
+async def test_with_retries_waits_out_a_retry_after_equal_to_the_longest_wait():
+    """The bound is inclusive: a Retry-After of exactly max_wait_seconds is waited (pinned by a mutation review)."""
+    attempts = 0
+
+    async def limited():
+        nonlocal attempts
+        attempts += 1
+        raise UpstreamRateLimited("slow down", upstream="slack", retry_after=0.05)
+
+    with pytest.raises(UpstreamRateLimited):
+        await with_retries(limited, attempts=2, max_wait_seconds=0.05)
+    assert attempts == 2
+
+
 async def test_with_retries_passes_a_long_retry_after_on_at_once():
     attempts = 0
 

@@ -645,6 +645,18 @@ async def test_prompt_that_fits_no_window_is_413(make_router, fakes):
     assert fakes.local.calls() == []
 
 
+async def test_the_context_guard_is_exact_at_the_window(make_router, fakes):
+    """A prompt that needs exactly the window is sent; one token more is not (found by a mutation review)."""
+    router = await make_router(local=True, local_llm_context_tokens=512)
+    fits = 512 - estimate_tokens("plan my day", None)
+
+    await router.generate(text="plan my day", provider="local", max_tokens=fits)
+    with pytest.raises(PayloadTooLarge):
+        await router.generate(text="plan my day", provider="local", max_tokens=fits + 1)
+
+    assert [call.json["max_tokens"] for call in fakes.local.calls()] == [fits]
+
+
 async def test_a_prompt_claude_says_is_too_long_goes_to_gemini(make_router, fakes):
     """Found by a black-box review: CJK text passed the 4-characters-a-token guard, Claude refused it as too
     long, and the answer was a 422 "check your text" without trying Gemini's larger window."""

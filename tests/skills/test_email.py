@@ -91,6 +91,16 @@ async def test_starttls_auth_and_the_exact_message(make_skill, smtp):
     assert sent.dry_run is False
 
 
+@pytest.mark.parametrize("html", ["", " \n "])
+async def test_a_blank_html_alternative_is_not_sent(make_skill, smtp, html):
+    """Clients show the HTML part when there is one: an empty one made the recipient see a blank message."""
+    sent = await make_skill().send_email(to="a@example.com", subject="Hi", body="Just text", html=html)
+    [received] = smtp.messages
+    assert received.message.get_content_type() == "text/plain"
+    assert received.message.get_content().replace("\r\n", "\n") == "Just text\n"
+    assert sent.payload["html"] is None and sent.payload["html_chars"] is None
+
+
 async def test_plain_text_only_and_from_falls_back_to_user(make_skill, smtp):
     await make_skill().send_email(to=["a@example.com", "b@example.org"], subject="Hi", body="Just text")
     [received] = smtp.messages

@@ -204,6 +204,18 @@ async def test_too_many_parts_is_422(skill, twilio):
     assert not route.called
 
 
+async def test_the_part_limit_is_exact_at_the_skill(skill, twilio):
+    """Ten parts are sent, eleven refused with nothing sent (found by a mutation review: the workflows and
+    late replies call the skill directly, without the router's own check)."""
+    route = twilio.post(URL).mock(return_value=_created())
+    await skill().send_message(to="+15551234567", body="a" * (1600 * 10))
+    assert route.call_count == 10
+    with pytest.raises(InvalidInput) as caught:
+        await skill().send_message(to="+15551234567", body="a" * (1600 * 10 + 1))
+    assert route.call_count == 10
+    assert "would need 11 WhatsApp messages; the limit is 10" in caught.value.detail
+
+
 # --- Splitting --------------------------------------------------------------------------
 
 
