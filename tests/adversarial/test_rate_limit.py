@@ -197,6 +197,28 @@ async def test_replays_of_an_idempotency_key_are_not_counted(make_client):
     assert [r.status_code for r in fresh] == [200, 429]
 
 
+async def test_an_expired_key_is_counted_like_a_fresh_request(make_client):
+    """A key past its 24 hours has no answer left to replay: the request acts again, so it must be counted
+    (pinned by a mutation review: without the expiry check it ran uncounted, past the limit)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from core.store import IdempotencyKey, utcnow
+
+    settings = {"app_api_key": "k", "rate_limit_per_minute": 2, "smtp_host": "127.0.0.1", "smtp_from": "me@example.com"}
+    body = {"to_address": "ann@example.com", "subject": "Hi", "body": "Hello"}
+    keyed = {"X-API-Key": "k", "Idempotency-Key": "old-1"}
+    async with make_client(**settings) as client:
+        first = await client.post("/send-email?dry_run=true", json=body, headers=keyed)
+        async with client.app.state.resources.sessions.begin() as session:
+            await session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
+        fresh = await client.post("/send-email?dry_run=true", json=body, headers={"X-API-Key": "k"})
+        expired = await client.post("/send-email?dry_run=true", json=body, headers=keyed)
+    assert (first.status_code, fresh.status_code) == (200, 200)
+    assert expired.status_code == 429
+
+
 class _Spend(BaseModel):
     text: str
 

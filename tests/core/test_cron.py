@@ -152,3 +152,21 @@ def test_apschedulers_own_run_times_list_each_wall_clock_time_once():
         run_times.append(upcoming.isoformat())
         upcoming = trigger.get_next_fire_time(upcoming, now)
     assert run_times == ["2026-10-25T02:00:00+02:00", "2026-10-25T03:00:00+01:00"]
+
+
+def test_a_fire_time_equal_to_the_previous_one_is_stepped_past(monkeypatch):
+    """The shape of APScheduler's stuck answer (agronholm/apscheduler#1021) anywhere: the previous fire time
+    itself. It is stepped past, not fired again (the `<=` was unpinned, found by a mutation review)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = crontab_trigger("0 9 * * *", timezone="UTC")
+    previous = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    original = CronTrigger.get_next_fire_time
+
+    def stuck(self, previous_fire_time, now):
+        if previous_fire_time is not None:
+            return previous_fire_time
+        return original(self, previous_fire_time, now)
+
+    monkeypatch.setattr(CronTrigger, "get_next_fire_time", stuck)
+    assert trigger.get_next_fire_time(previous, previous) == datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
