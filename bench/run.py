@@ -530,7 +530,7 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     with_litellm = not args.skip_litellm
     if with_litellm and not LITELLM_BIN.exists():
-        sys.exit(f"{LITELLM_BIN} is missing: make bench-litellm (or pass --skip-litellm)")
+        sys.exit(f"{LITELLM_BIN} is missing: `make bench` installs it (or pass --skip-litellm)")
     only = set(args.only or ["overhead", "event-loop", "briefing"])  # overhead includes the webhooks
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:

@@ -22,8 +22,6 @@ router = APIRouter(tags=["ai"])
 
 T = TypeVar("T")
 
-#: How often a running generation checks whether its caller is still connected.
-
 
 class AIProcessRequest(BaseModel):
     model_config = ConfigDict(

@@ -73,7 +73,7 @@ async def morning_briefing(
     Slack summary with both. A failing or unconfigured step never stops the others.
 
     200 with `status` `ok` or `partial` (read each step's `status` and `detail`); 502 problem when every
-    step failed, with the same `run_id`, `steps` and `plan` members; 503 `not-configured` when no step could
+    step failed, with `run_id`, `steps` and `briefing_status` members; 503 `not-configured` when no step could
     run because nothing it needs is configured (`missing_settings` lists the variables). Send an
     `Idempotency-Key` to make a retry replay the first answer instead of starting a second timer.
     """

@@ -7,9 +7,11 @@ goes to the AIRouter. An inbound message is untrusted text: the model never
 decides to act, only this grammar does.
 
     start                                   BRIEFING_TASK for BRIEFING_TIMER_MINUTES
-    start <task> for <N> (m|min|minutes|h|hours)     (one line; a task needs "for")
-    start [for] <N> (m|min|...)             BRIEFING_TASK for N
+    start <task> for <N> <unit>             (one line; a task needs "for")
+    start [for] <N> <unit>                  BRIEFING_TASK for N
     stop | status | brief | briefing | help
+
+N has 1-4 digits; unit is m|min|mins|minute(s)|h|hr|hrs|hour(s).
 """
 
 from __future__ import annotations
