@@ -23,7 +23,16 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from core.errors import InvalidInput, PayloadTooLarge, ProblemError, UpstreamError, UpstreamRateLimited
+import aiohttp
+
+from core.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ProblemError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
 from core.text import cut_between_words
 
 #: Phrases vendors use when a 429 means "out of money or daily quota", not "slow down".
@@ -205,6 +214,17 @@ def account_refused(
 def _said(message: str) -> str:
     """The vendor's message on one line, cut short: a proxy's HTML error page can be long."""
     return cut_between_words(" ".join((message or "no error message").split()), 300)
+
+
+def connection_failed(upstream: str, exc: BaseException, fix: str) -> UpstreamUnavailable:
+    """A transient failure on the way (retried, then the next provider). An answer cut off or undecodable mid-read
+    (aiohttp's ClientPayloadError) is said as such: "could not be reached" sent readers to check the URL of a
+    provider that had answered (found by a fault-injection audit)."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        said = f"{upstream}'s answer was cut off or could not be decoded ({type(exc).__name__})."
+    else:
+        said = f"{upstream} could not be reached ({type(exc).__name__})."
+    return UpstreamUnavailable(f"{said} {fix}", upstream=upstream)
 
 
 def unusable_answer(upstream: str, exc: BaseException | str) -> UpstreamError:

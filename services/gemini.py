@@ -25,10 +25,18 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from core.errors import UpstreamTimeout, UpstreamUnavailable
+from core.errors import UpstreamTimeout
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
-from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
+from services.base import (
+    Completion,
+    account_refused,
+    connection_failed,
+    first_text,
+    status_error,
+    token_count,
+    unusable_answer,
+)
 
 if TYPE_CHECKING:
     from google.genai import errors as genai_errors
@@ -150,9 +158,7 @@ class GeminiProvider:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError) as exc:
             # ClientPayloadError: the connection dropped mid-answer. Transient like a reset, and retried as Claude's
             # httpx ReadError is (it was taken for an unusable answer and not retried; found by a review).
-            raise UpstreamUnavailable(
-                f"gemini could not be reached ({type(exc).__name__}). Check GEMINI_BASE_URL.", upstream=UPSTREAM
-            ) from None
+            raise connection_failed(UPSTREAM, exc, "Check GEMINI_BASE_URL.") from None
         except (ValueError, TypeError, KeyError, aiohttp.ClientError) as exc:
             # A 2xx that is not the JSON we expect (a proxy's HTML page, a truncated body).
             raise unusable_answer(UPSTREAM, exc) from None

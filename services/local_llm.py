@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from core.errors import UpstreamTimeout, UpstreamUnavailable
+from core.errors import UpstreamTimeout
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
-from services.base import Completion, first_text, status_error, token_count, unusable_answer
+from services.base import Completion, connection_failed, first_text, status_error, token_count, unusable_answer
 
 INTEGRATION = Integration(
     name="local",
@@ -75,9 +75,7 @@ class LocalLLMProvider:
         except (AnswerTooLarge, RedirectRefused) as exc:
             raise guard_refusal(exc, upstream=UPSTREAM, setting="LOCAL_LLM_BASE_URL") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"local could not be reached ({type(exc).__name__}). {_HINT}", upstream=UPSTREAM
-            ) from None
+            raise connection_failed(UPSTREAM, exc, _HINT) from None
         body = _json_or_none(raw)
         if status >= 400:
             message = _error_message(body) or raw.decode("utf-8", "replace")

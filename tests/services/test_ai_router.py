@@ -1243,6 +1243,21 @@ async def test_a_compressed_answer_over_the_cap_is_not_read_into_memory(make_rou
     assert f"answered more than {MAX_RESPONSE_BYTES} bytes; not read further" in failure["detail"]
 
 
+@pytest.mark.parametrize("provider", ["gemini", "local"])
+async def test_a_corrupt_compressed_answer_is_said_to_be_undecodable_not_unreachable(make_router, fakes, provider):
+    """Found by a fault-injection audit: "could not be reached" sent the reader to check the URL of a provider
+    that had answered, with a body that would not decode."""
+    from tests.fakes.raw_http import raw_http_server
+
+    async with raw_http_server(b"\x1f\x8b\x08\x00not gzip at all", headers={"Content-Encoding": "gzip"}) as url:
+        router = await make_router(local=True, llm_max_attempts=1, gemini_base_url=url, local_llm_base_url=f"{url}/v1")
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="hi", provider=provider)
+    [failure] = caught.value.extras["providers"]
+    assert failure["error"] == "upstream-unavailable"
+    assert failure["detail"].startswith(f"{provider}'s answer was cut off or could not be decoded (ClientPayloadError)")
+
+
 # --- Claude's answers are capped too (the SDK reads them whole) ---------------------------------
 
 
