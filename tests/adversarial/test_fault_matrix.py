@@ -33,6 +33,7 @@ from tests.fakes.llm import (
     openai_completion,
     openai_error,
 )
+from tests.fakes.raw_http import raw_http_server
 from tests.fakes.server import FakeUpstream, Reply
 
 PROBLEM = "application/problem+json"
@@ -42,42 +43,6 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@asynccontextmanager
-async def trickling_server(body: bytes, *, pause: float, requests: list[bytes]) -> AsyncIterator[str]:
-    """An HTTP server on 127.0.0.1 that answers 200 at once, then sends `body` one byte every `pause` seconds:
-    each read is well within any timeout, the whole answer is not. Yields the base URL; `requests` gets each
-    request's head. Its handlers stop when the test ends, not at the end of the body."""
-    handlers: list[asyncio.Task[Any]] = []
-    done = asyncio.Event()
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            requests.append(await reader.readuntil(b"\r\n\r\n"))
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            )
-            for byte in body:
-                if done.is_set() or reader.at_eof():
-                    break
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(pause)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        done.set()
-        server.close()
-        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
 
 
 async def only_run(client: httpx.AsyncClient, kind: str) -> dict[str, Any]:
@@ -352,7 +317,7 @@ async def test_http_skill_answer_trickled_past_the_timeout_is_504_bounded_and_re
     body = json.dumps(answers[which]).encode()
     requests: list[bytes] = []
     # The whole body takes ~len(body) * 0.05 s, each byte well within the 0.5 s timeout.
-    async with trickling_server(body, pause=0.05, requests=requests) as url:
+    async with raw_http_server(body, pieces=len(body), pause=0.05, requests=requests) as url:
         async with make_client(**target.settings(url), http_timeout_seconds=0.5) as client:
             response = await _call(client, target)
             run = await only_run(client, target.kind)
@@ -505,7 +470,7 @@ def _answer_of(vendor: str) -> bytes:
 async def test_llm_answer_trickled_past_the_timeout_is_504_bounded_and_recorded(make_client, llm, vendor):
     requests: list[bytes] = []
     body = _answer_of(vendor)
-    async with trickling_server(body, pause=0.05, requests=requests) as url:
+    async with raw_http_server(body, pieces=len(body), pause=0.05, requests=requests) as url:
         overrides = {
             "gemini": {"gemini_base_url": url},
             "claude": {"anthropic_base_url": url},

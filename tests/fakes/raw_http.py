@@ -21,9 +21,13 @@ async def raw_http_server(
 ) -> AsyncIterator[str]:
     """Serve `body` in `pieces` chunks `pause` seconds apart; yields the base URL. With `head_pause`, the
     status line and headers are sent a byte at a time, that many seconds apart. Each request's head is
-    appended to `requests` when given."""
+    appended to `requests` when given. Handlers still sending when the test ends are stopped then, so a body
+    trickled for longer than the test needs does not outlive it."""
+    handlers: list[asyncio.Task[None]] = []
+    done = asyncio.Event()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             if requests is not None:
@@ -43,6 +47,8 @@ async def raw_http_server(
                 writer.write(raw_head)
             size = max(1, -(-len(body) // pieces))
             for start in range(0, len(body), size):
+                if done.is_set() or reader.at_eof():
+                    break
                 writer.write(body[start : start + size])
                 await writer.drain()
                 if pause:
@@ -57,4 +63,6 @@ async def raw_http_server(
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        done.set()
         server.close()
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
