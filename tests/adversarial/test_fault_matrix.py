@@ -26,12 +26,11 @@ from tests.fakes.llm import (
     FakeAnthropic,
     FakeGemini,
     FakeOpenAI,
-    anthropic_error,
     anthropic_message,
     gemini_content,
-    gemini_error,
     openai_completion,
-    openai_error,
+    rate_limited_reply,
+    server_error_reply,
 )
 from tests.fakes.raw_http import raw_http_server
 from tests.fakes.server import FakeUpstream, Reply
@@ -337,28 +336,12 @@ LOCAL_KEY = "local-matrix-secret-0001"
 VENDORS = ["gemini", "claude", "local"]
 
 
-def _llm_rate_limited(vendor: str, headers: dict[str, str]) -> Reply:
-    if vendor == "claude":
-        return anthropic_error(429, "rate_limit_error", "Rate limit exceeded", headers=headers)
-    if vendor == "gemini":
-        return gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers=headers)
-    return openai_error(429, "rate_limit_exceeded", "Rate limit reached", headers=headers)
-
-
-def _llm_server_error(vendor: str, status: int) -> Reply:
-    if vendor == "claude":
-        return anthropic_error(status, "api_error", "Internal server error")
-    if vendor == "gemini":
-        return gemini_error(status, "INTERNAL" if status == 500 else "UNAVAILABLE", "An internal error has occurred.")
-    return openai_error(status, "server_error", "The server had an error")
-
-
 #: fault -> (reply, status when one provider is forced, slug of that answer, attempts per provider)
 LLM_FAULTS: dict[str, tuple[Callable[[str], Reply], int, str, int]] = {
-    "429-retry-after": (lambda v: _llm_rate_limited(v, {"Retry-After": "0"}), 429, "upstream-rate-limited", 2),
-    "429-bare": (lambda v: _llm_rate_limited(v, {}), 429, "upstream-rate-limited", 2),
-    "500": (lambda v: _llm_server_error(v, 500), 502, "llm-providers-failed", 2),
-    "503": (lambda v: _llm_server_error(v, 503), 502, "llm-providers-failed", 2),
+    "429-retry-after": (lambda v: rate_limited_reply(v, {"Retry-After": "0"}), 429, "upstream-rate-limited", 2),
+    "429-bare": (lambda v: rate_limited_reply(v, {}), 429, "upstream-rate-limited", 2),
+    "500": (lambda v: server_error_reply(v, 500), 502, "llm-providers-failed", 2),
+    "503": (lambda v: server_error_reply(v, 503), 502, "llm-providers-failed", 2),
     "html-502": (lambda v: Reply(502, text=HTML, content_type="text/html"), 502, "llm-providers-failed", 2),
     "html-200": (lambda v: Reply(200, text=HTML, content_type="text/html"), 502, "llm-providers-failed", 1),
     "invalid-json-200": (

@@ -100,6 +100,24 @@ HTML_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>50
 # --- What the fakes received, decoded --------------------------------------------------
 
 
+def rate_limited_reply(vendor: str, headers: dict[str, str]) -> Reply:
+    """A 429 in `vendor`'s own error shape ("claude", "gemini" or "local")."""
+    if vendor == "claude":
+        return anthropic_error(429, "rate_limit_error", "Rate limit exceeded", headers=headers)
+    if vendor == "gemini":
+        return gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers=headers)
+    return openai_error(429, "rate_limit_exceeded", "Rate limit reached", headers=headers)
+
+
+def server_error_reply(vendor: str, status: int) -> Reply:
+    """A 5xx in `vendor`'s own error shape."""
+    if vendor == "claude":
+        return anthropic_error(status, "api_error", "Internal server error")
+    if vendor == "gemini":
+        return gemini_error(status, "INTERNAL" if status == 500 else "UNAVAILABLE", "An internal error has occurred.")
+    return openai_error(status, "server_error", "The server had an error")
+
+
 def gemini_prompt(recorded: Recorded) -> str:
     return "".join(part.get("text", "") for part in recorded.json["contents"][0]["parts"])
 

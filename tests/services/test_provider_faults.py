@@ -19,41 +19,23 @@ from tests.fakes.llm import (
     ANTHROPIC_PATH,
     HTML_ERROR_PAGE,
     OPENAI_PATH,
-    anthropic_error,
-    gemini_error,
-    openai_error,
+    rate_limited_reply,
+    server_error_reply,
 )
 from tests.fakes.server import Reply
-
-
-def _rate_limited(vendor: str, headers: dict[str, str]) -> Reply:
-    if vendor == "claude":
-        return anthropic_error(429, "rate_limit_error", "Rate limit exceeded", headers=headers)
-    if vendor == "gemini":
-        return gemini_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", headers=headers)
-    return openai_error(429, "rate_limit_exceeded", "Rate limit reached", headers=headers)
-
-
-def _server_error(vendor: str, status: int) -> Reply:
-    if vendor == "claude":
-        return anthropic_error(status, "api_error", "Internal server error")
-    if vendor == "gemini":
-        return gemini_error(status, "INTERNAL" if status == 500 else "UNAVAILABLE", "An internal error has occurred.")
-    return openai_error(status, "server_error", "The server had an error")
-
 
 FAULTS: dict[str, tuple[Callable[[str], Reply], str, int, int, dict[str, str]]] = {
     # name: (reply for a vendor, problem slug in the providers list, expected calls, answer status, answer headers)
     "429 with Retry-After": (
-        lambda v: _rate_limited(v, {"Retry-After": "0"}),
+        lambda v: rate_limited_reply(v, {"Retry-After": "0"}),
         "upstream-rate-limited",
         2,
         429,
         {"Retry-After": "0"},
     ),
-    "429 without Retry-After": (lambda v: _rate_limited(v, {}), "upstream-rate-limited", 2, 429, {}),
-    "500": (lambda v: _server_error(v, 500), "upstream-error", 2, 502, {}),
-    "503": (lambda v: _server_error(v, 503), "upstream-error", 2, 502, {}),
+    "429 without Retry-After": (lambda v: rate_limited_reply(v, {}), "upstream-rate-limited", 2, 429, {}),
+    "500": (lambda v: server_error_reply(v, 500), "upstream-error", 2, 502, {}),
+    "503": (lambda v: server_error_reply(v, 503), "upstream-error", 2, 502, {}),
     "slow past the timeout": (lambda v: Reply(200, json={}, delay=3.0), "upstream-timeout", 2, 504, {}),
     "connection reset": (lambda v: Reply(drop=True), "upstream-unavailable", 2, 502, {}),
     "HTML error page": (
