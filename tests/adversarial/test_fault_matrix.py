@@ -14,7 +14,6 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -34,6 +33,7 @@ from tests.fakes.llm import (
 )
 from tests.fakes.raw_http import raw_http_server
 from tests.fakes.server import FakeUpstream, Reply
+from tests.routers.test_timers_api import WID, entry
 
 PROBLEM = "application/problem+json"
 
@@ -65,23 +65,6 @@ SLACK_TOKEN = "xoxb-matrix-secret-0001"
 TOGGL_TOKEN = "toggl-matrix-secret-0001"
 TWILIO_SID = "AC00000000000000000000000000000009"
 TWILIO_TOKEN = "twilio-matrix-secret-0001"
-WID = 4242
-
-
-def _entry(**fields: Any) -> dict[str, Any]:
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
-    return {
-        "id": 111222333,
-        "workspace_id": WID,
-        "project_id": None,
-        "billable": False,
-        "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "stop": None,
-        "duration": -int(start.timestamp()),
-        "description": "Deep Work",
-        "tags": [],
-        **fields,
-    }
 
 
 @dataclass(frozen=True)
@@ -103,7 +86,7 @@ class Target:
 
 
 def _toggl_current_running(fake: FakeUpstream) -> None:
-    fake.route("GET", "/api/v9/me/time_entries/current", lambda _: Reply(json=_entry()))
+    fake.route("GET", "/api/v9/me/time_entries/current", lambda _: Reply(json=entry()))
 
 
 def _toggl_nothing_running(fake: FakeUpstream) -> None:
@@ -309,8 +292,8 @@ async def test_http_skill_answer_trickled_past_the_timeout_is_504_bounded_and_re
     target = TARGETS[which]
     answers = {
         "slack": {"ok": True, "channel": "C0000000001", "ts": "1.000001"},
-        "toggl-start": _entry(),
-        "toggl-stop": _entry(),
+        "toggl-start": entry(),
+        "toggl-stop": entry(),
         "whatsapp": {"sid": "SM00000000000000000000000000000001", "status": "queued"},
     }
     body = json.dumps(answers[which]).encode()
