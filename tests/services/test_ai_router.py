@@ -1236,7 +1236,14 @@ async def test_a_compressed_answer_over_the_cap_is_not_read_into_memory(make_rou
 
     bomb = gzip.compress(b" " * (64 * MAX_RESPONSE_BYTES))  # 64 MiB decoded
     async with raw_http_server(bomb, headers={"Content-Encoding": "gzip"}) as url:
-        router = await make_router(local=True, llm_max_attempts=1, gemini_base_url=url, local_llm_base_url=f"{url}/v1")
+        # A generous timeout: this is about memory, and a busy CI machine once took the default 2 s to decode.
+        router = await make_router(
+            local=True,
+            llm_max_attempts=1,
+            llm_timeout_seconds=30,
+            gemini_base_url=url,
+            local_llm_base_url=f"{url}/v1",
+        )
         with pytest.raises(AllProvidersFailed) as caught:
             await router.generate(text="hi", provider=provider)
     [failure] = caught.value.extras["providers"]
