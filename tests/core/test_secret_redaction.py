@@ -345,3 +345,10 @@ def test_scrub_value_walks_nested_values_and_leaves_other_types():
 def test_no_secrets_scrubs_nothing():
     scrubber = SecretScrubber([""])
     assert not scrubber and scrubber.scrub("anything ***") == "anything ***"
+
+
+def test_a_secret_containing_another_is_replaced_whole():
+    """Longest first: replacing the shorter one first left the rest of the longer one in the text (pinned by a
+    mutation review)."""
+    scrubber = SecretScrubber(["tok1234", "prefix-tok1234-suffix"])
+    assert scrubber.scrub("key prefix-tok1234-suffix and tok1234") == f"key {REDACTED} and {REDACTED}"

@@ -259,3 +259,11 @@ def test_a_setting_described_over_several_comment_lines_gets_all_of_them():
         "| `NAME` | `1` | First half, second half |",
         "| `OTHER` |  |  |",
     ]
+
+
+def test_an_allowed_sender_without_its_plus_is_refused_at_start_up(monkeypatch):
+    """It would never match a sender (Twilio sends E.164 with "+"), so every message would be refused without a
+    word (pinned by a mutation review)."""
+    monkeypatch.setenv("WHATSAPP_ALLOWED_SENDERS", "15551234567")
+    with pytest.raises(ConfigurationError, match="WHATSAPP_ALLOWED_SENDERS"):
+        load_settings(_env_file=None)

@@ -426,6 +426,17 @@ async def test_start_alone_uses_the_briefing_task_and_minutes(w, make_client):
     assert "Started 'Focus'" in reply
 
 
+@pytest.mark.parametrize("text", ["start for 0 min", "start writing for 1441 min", "start 25 h"])
+async def test_a_duration_outside_a_minute_to_a_day_starts_nothing(w, make_client, text):
+    """Pinned by a mutation review: "for 0 min" would start a timer due to stop at once, and a week-long one
+    would start unrefused."""
+    async with make_client(**w.settings()) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form(text)))
+        assert await runs_of(client, "command.start") == []
+    assert reply == "A timer can run from 1 minute to 24 hours. Try: start writing for 45 min"
+    assert w.toggl.starts == []
+
+
 async def test_near_misses_go_to_the_assistant_not_toggl(w, make_client):
     w.claude.answer = "Take it easy today."
     async with make_client(**w.settings()) as client:
