@@ -463,6 +463,19 @@ async def test_stop_and_status(w, make_client):
     assert [job["status"] for job in schedule["stops"]] == ["cancelled"]
 
 
+async def test_a_dry_run_stop_keeps_the_real_timers_planned_stop(w, make_client):
+    """Under DRY_RUN nothing is stopped, so the running timer still needs its planned stop: Toggl has no
+    auto-stop, and cancelling it would leave the timer running for good (pinned by a mutation review)."""
+    async with make_client(**w.settings()) as client:
+        messages(await post_whatsapp(client, whatsapp_form("start focus for 10 m", sid="SM" + "1" * 32)))
+    async with make_client(**w.settings(dry_run=True)) as client:
+        [reply] = messages(await post_whatsapp(client, whatsapp_form("stop", sid="SM" + "2" * 32)))
+        schedule = (await client.get("/schedule")).json()
+    assert "focus" in reply
+    assert w.toggl.stops == []
+    assert [(job["id"], job["status"]) for job in schedule["stops"]] == [("stop:9001", "pending")]
+
+
 async def test_stop_of_a_timer_started_elsewhere_without_description(w, make_client):
     # A timer started in Toggl's own app may have no description.
     w.toggl.running = {
