@@ -32,6 +32,7 @@ from tests.fakes.llm import (
     server_error_reply,
 )
 from tests.fakes.raw_http import raw_http_server
+from tests.fakes.raw_tcp import raw_tcp_server
 from tests.fakes.server import FakeUpstream, Reply
 from tests.routers.test_timers_api import WID, entry
 
@@ -507,8 +508,6 @@ async def scripted_smtp(script: dict[str, Step]) -> AsyncIterator[tuple[int, lis
     """A plain SMTP server on 127.0.0.1 that follows `script` (over _NORMAL); yields its port and a list that
     grows by one per connection."""
     steps = {**_NORMAL, **script}
-    connections: list[int] = []
-    handlers: list[asyncio.Task[Any]] = []
 
     async def act(step: Step, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Do one step; False when the connection is over."""
@@ -527,8 +526,6 @@ async def scripted_smtp(script: dict[str, Step]) -> AsyncIterator[tuple[int, lis
         return not step.startswith(b"221")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             if not await act(steps["GREETING"], reader, writer):
                 return
@@ -543,16 +540,9 @@ async def scripted_smtp(script: dict[str, Step]) -> AsyncIterator[tuple[int, lis
                         return
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
-        finally:
-            writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], connections
-    finally:
-        server.close()
-        await server.wait_closed()
-        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+    async with raw_tcp_server(handle) as served:
+        yield served
 
 
 def smtp_settings(port: int, **extra: Any) -> dict[str, Any]:

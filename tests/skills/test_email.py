@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from email.header import Header
 from pathlib import Path
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from core.errors import InvalidInput, NotConfigured, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from core.settings import Settings
 from skills.email import EmailSkill
+from tests.fakes.raw_tcp import raw_tcp_server
 from tests.fakes.smtp import Certificate, SmtpServer, free_port, make_certificate
 
 USER = "bot@example.com"
@@ -359,37 +359,11 @@ async def test_connection_refused_is_503_after_bounded_retries(cert):
     assert "SMTP_HOST" in caught.value.detail
 
 
-@contextlib.asynccontextmanager
-async def raw_server(
-    on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object],
-) -> AsyncIterator[tuple[int, list[int]]]:
-    """A TCP server that misbehaves; yields its port and a list that grows by one per connection."""
-    connections: list[int] = []
-    handlers: list[asyncio.Task[None]] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            await on_connect(reader, writer)  # type: ignore[misc]
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], connections
-    finally:
-        server.close()
-        await server.wait_closed()
-        # Let every handler finish and close its writer before the loop ends (no "loop is closed" warnings).
-        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
-
-
 async def test_silent_server_is_504_after_bounded_retries(cert):
     async def never_greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # say nothing until the client gives up and closes
 
-    async with raw_server(never_greet) as (port, connections):
+    async with raw_tcp_server(never_greet) as (port, connections):
         skill = EmailSkill(email_settings(port, cert, smtp_timeout_seconds=0.3))
         with pytest.raises(UpstreamTimeout) as caught:
             await skill.send_email(to="a@example.com", subject="s", body="b")
@@ -401,7 +375,7 @@ async def test_connection_reset_at_greeting_is_503(cert):
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
-    async with raw_server(hang_up) as (port, connections):
+    async with raw_tcp_server(hang_up) as (port, connections):
         skill = EmailSkill(email_settings(port, cert))
         with pytest.raises(UpstreamUnavailable):
             await skill.send_email(to="a@example.com", subject="s", body="b")
@@ -414,7 +388,7 @@ async def test_busy_greeting_is_503_after_bounded_retries(cert):
         await writer.drain()
         await reader.read()
 
-    async with raw_server(busy) as (port, connections):
+    async with raw_tcp_server(busy) as (port, connections):
         skill = EmailSkill(email_settings(port, cert))
         with pytest.raises(UpstreamUnavailable) as caught:
             await skill.send_email(to="a@example.com", subject="s", body="b")
@@ -428,7 +402,7 @@ async def test_a_port_that_speaks_http_is_502_not_a_crash(cert):
         await writer.drain()
         await reader.read()
 
-    async with raw_server(http_server) as (port, connections):
+    async with raw_tcp_server(http_server) as (port, connections):
         skill = EmailSkill(email_settings(port, cert))
         with pytest.raises(UpstreamError) as caught:
             await skill.send_email(to="a@example.com", subject="s", body="b")
