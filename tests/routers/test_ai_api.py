@@ -23,6 +23,7 @@ from tests.fakes.llm import (
     gemini_prompt,
 )
 from tests.fakes.server import Reply
+from tests.workflows.world import wait_for
 
 GEMINI_KEY = "test-gemini-key-api-0001"
 ANTHROPIC_KEY = "test-anthropic-key-api-0001"
@@ -472,6 +473,29 @@ async def test_router_is_a_dependency_tests_can_override(make_client):
     assert stub.calls == [{"text": "hi", "system": "s", "max_tokens": 9, "provider": "local", "dry_run": False}]
 
 
+def ai_process_scope(body: bytes) -> dict[str, Any]:
+    """The ASGI scope of a POST /ai-process carrying `body`: the tests below drive the app by hand, with their own
+    `receive`, to control when (or whether) the client goes away."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/ai-process",
+        "raw_path": b"/ai-process",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+
 async def test_client_disconnect_cancels_the_upstream_call(make_client, fakes):
     """Starlette does not cancel a handler when its client leaves; the route must notice and cancel."""
     fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=5.0))
@@ -491,26 +515,8 @@ async def test_client_disconnect_cancels_the_upstream_call(make_client, fakes):
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/ai-process",
-            "raw_path": b"/ai-process",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
         started = time.monotonic()
-        await asyncio.wait_for(client.app(scope, receive, send), timeout=4)
+        await asyncio.wait_for(client.app(ai_process_scope(body), receive, send), timeout=4)
         elapsed = time.monotonic() - started
         await asyncio.sleep(0.2)
         run = await _only_run(client)
@@ -520,3 +526,44 @@ async def test_client_disconnect_cancels_the_upstream_call(make_client, fakes):
     assert fakes.claude.calls() == []  # a disconnect is not a provider failure: no fallback
     assert run["status"] == "failed"
     assert "499 client-closed-request" in run["error"]
+
+
+def _tasks_running(qualname: str) -> list[asyncio.Task]:
+    return [task for task in asyncio.all_tasks() if getattr(task.get_coro(), "__qualname__", None) == qualname]
+
+
+async def test_a_cancelled_handler_cancels_its_llm_call(make_client, fakes):
+    """A request cancelled from outside (a server shutting down past its grace) must take the LLM call, which runs
+    as its own task, down with it: left running, it would bill for nobody. Pinned by a mutation review."""
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json={}, delay=30.0))
+    body = json.dumps({"text": "short prompt"}).encode()
+    async with make_client(**fakes.settings(llm_timeout_seconds=60)) as client:
+        body_sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # The client never hangs up: only the cancellation can end this request.
+            return await asyncio.get_running_loop().create_future()
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        handler = asyncio.create_task(client.app(ai_process_scope(body), receive, send))
+        try:
+            await asyncio.wait_for(fakes.gemini.received.wait(), timeout=4)
+            [llm_call] = _tasks_running("AIRouter.generate")
+            [watcher] = _tasks_running("_disconnected")
+
+            handler.cancel()
+            done, _ = await asyncio.wait({handler}, timeout=4)  # not the fake's 30 s
+
+            assert handler in done and handler.cancelled()
+            assert llm_call.cancelled() and watcher.done()
+            await wait_for(lambda: fakes.gemini.cancelled == 1)  # the fake saw the call dropped
+        finally:
+            for task in (handler, *_tasks_running("AIRouter.generate")):
+                task.cancel()
+    assert len(fakes.gemini.calls()) == 1 and fakes.claude.calls() == []  # no retry, no fallback

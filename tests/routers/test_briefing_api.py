@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.fakes.server import Reply
-from tests.workflows.world import CLAUDE_PATH, post_whatsapp, runs_of, whatsapp_form, world
+from tests.workflows.world import CLAUDE_PATH, TOGGL_BASE, post_whatsapp, runs_of, whatsapp_form, world
 
 
 @pytest.fixture
@@ -165,6 +165,34 @@ async def test_nothing_configured_is_a_503_not_configured_listing_every_variable
         "timer not_configured",
         "slack not_configured",
     ]
+
+
+async def test_a_dry_run_with_nothing_configured_is_a_503_not_a_502(w, make_client):
+    """Under DRY_RUN the plan step is `skipped`, not `not_configured`: still nobody's upstream failed, so 503
+    not-configured, not 502 briefing-failed (pinned by a mutation review). The fakes' URLs are set, so a call
+    that should not happen would reach them."""
+    settings = {
+        "dry_run": True,
+        "toggl_base_url": TOGGL_BASE,
+        "slack_base_url": w.slack.base_url,
+        "anthropic_base_url": w.claude.url,
+    }
+    async with make_client(**settings) as client:
+        response = await client.post("/morning-briefing", json={})
+        body = response.json()
+        run = (await client.get(f"/runs/{body['run_id']}")).json()
+    assert response.status_code == 503, body
+    assert response.headers["content-type"] == "application/problem+json"
+    assert body["type"] == "/problems/not-configured"
+    assert [(s["name"], s["status"]) for s in body["steps"]] == [
+        ("plan", "skipped"),
+        ("timer", "not_configured"),
+        ("slack", "not_configured"),
+    ]
+    assert body["missing_settings"] == ["TOGGL_API_TOKEN", "SLACK_BOT_TOKEN"]
+    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
+    assert w.toggl.mock.calls.call_count == 0  # no httpx request at all, to a fake or anywhere else
+    assert run["status"] == "failed"
 
 
 async def test_idempotency_key_replays_instead_of_starting_a_second_timer(w, make_client):

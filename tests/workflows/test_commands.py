@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from xml.etree import ElementTree
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.workflows.world import post_whatsapp, runs_of, whatsapp_form, world
 from workflows import commands
 from workflows.commands import Command, parse_command, strip_mentions
 
@@ -192,3 +194,52 @@ def test_the_timed_start_pattern_never_sees_a_run_of_blanks(monkeypatch, text, e
     assert parse_command(text) == expected
     [seen] = recording.seen
     assert "  " not in seen and "\t" not in seen
+
+
+# --- Executing, through the WhatsApp webhook against the fake world --------------------------
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+def twiml_messages(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [element.text or "" for element in ElementTree.fromstring(response.text).findall("Message")]
+
+
+async def test_a_chat_message_reaches_the_llm_cut_to_its_first_4000_characters(w, make_client):
+    """Inbound text is untrusted: only its first CHAT_MAX_INPUT_CHARS (4,000) characters, taken after the blanks
+    around it are stripped, may spend LLM tokens. Pinned by a mutation review: nothing failed when the cut changed."""
+    users_text = "0123456789" * 400 + "THE REST IS NEVER SENT"
+    w.claude.answer = "Noted."
+    async with make_client(**w.settings()) as client:
+        reply = twiml_messages(await post_whatsapp(client, whatsapp_form(f"  \n {users_text}")))
+    assert reply == ["Noted."]
+    [prompt] = w.claude.prompts
+    assert len(prompt) == 4000
+    assert prompt == users_text[:4000]
+
+
+async def test_the_brief_command_says_whether_the_timer_started(w, make_client):
+    """The reply's timer line: "Timer not started: <why>" when Toggl refused, "Timer: <what>" when it started
+    (pinned by a mutation review: nothing failed when the wording was swapped)."""
+    w.claude.answer = "- Inbox zero"
+    w.toggl.fail_start = 400
+    async with make_client(**w.settings()) as client:
+        [failed] = twiml_messages(await post_whatsapp(client, whatsapp_form("brief", sid="SM" + "1" * 32)))
+        w.toggl.fail_start = None
+        [started] = twiml_messages(await post_whatsapp(client, whatsapp_form("brief", sid="SM" + "2" * 32)))
+        runs = await runs_of(client, "briefing")
+    assert failed == (
+        "- Inbox zero\n\nTimer not started: 422 invalid-input: Toggl rejected the request (400). "
+        "Toggl said: Toggl is having a bad day."
+    )
+    assert re.fullmatch(
+        r"- Inbox zero\n\nTimer: 'Deep Work' started \d\d:\d\d Europe/Berlin, stops \d\d:\d\d Europe/Berlin", started
+    )
+    assert [start["description"] for start in w.toggl.starts] == ["Deep Work", "Deep Work"]  # both asked Toggl
+    assert w.toggl.running is not None and w.toggl.running["id"] == 9001  # only the second one started
+    assert sorted(run["status"] for run in runs) == ["ok", "partial"]
