@@ -82,7 +82,7 @@ async def morning_briefing(
 
     async def run() -> BriefingReport:
         report = await run_briefing(deps, request, trigger="api")
-        if report.status == "failed" and all(step.status in ("not_configured", "skipped") for step in report.steps):
+        if report.status == "failed" and all(step.status == "not_configured" for step in report.steps):
             missing = list(dict.fromkeys(name for step in report.steps for name in step.missing_settings))
             reasons = " ".join(f"{step.name}: {step.detail}" for step in report.steps)
             raise BriefingNotConfigured(

@@ -168,9 +168,9 @@ async def test_nothing_configured_is_a_503_not_configured_listing_every_variable
 
 
 async def test_a_dry_run_with_nothing_configured_is_a_503_not_a_502(w, make_client):
-    """Under DRY_RUN the plan step is `skipped`, not `not_configured`: still nobody's upstream failed, so 503
-    not-configured, not 502 briefing-failed (pinned by a mutation review). The fakes' URLs are set, so a call
-    that should not happen would reach them."""
+    """Under DRY_RUN a missing LLM is `not_configured`, as in the real run (it read `skipped`), and nobody's
+    upstream failed: 503 not-configured, not 502 briefing-failed (pinned by a mutation review). The fakes' URLs
+    are set, so a call that should not happen would reach them."""
     settings = {
         "dry_run": True,
         "toggl_base_url": TOGGL_BASE,
@@ -184,15 +184,42 @@ async def test_a_dry_run_with_nothing_configured_is_a_503_not_a_502(w, make_clie
     assert response.status_code == 503, body
     assert response.headers["content-type"] == "application/problem+json"
     assert body["type"] == "/problems/not-configured"
-    assert [(s["name"], s["status"]) for s in body["steps"]] == [
+    assert [(s["name"], s["status"], s["missing_settings"]) for s in body["steps"]] == [
+        ("plan", "not_configured", ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"]),
+        ("timer", "not_configured", ["TOGGL_API_TOKEN"]),
+        ("slack", "not_configured", ["SLACK_BOT_TOKEN"]),
+    ]
+    assert body["missing_settings"] == ["GEMINI_API_KEY", "ANTHROPIC_API_KEY", "TOGGL_API_TOKEN", "SLACK_BOT_TOKEN"]
+    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
+    assert w.toggl.mock.calls.call_count == 0  # no httpx request at all, to a fake or anywhere else
+    assert run["status"] == "failed"
+
+
+async def test_a_dry_run_with_only_an_llm_answers_what_the_real_run_would(w, make_client):
+    """A rehearsal must not contradict the real run: with only an LLM configured the real briefing is a 200
+    `partial` (a plan, no timer, no post), so the dry run is too. It was a 503 "nothing the briefing needs is
+    configured", its plan step `skipped` counting as not configured (found by a test-writing review)."""
+    only_llm = {"anthropic_api_key": w.settings()["anthropic_api_key"], "anthropic_base_url": w.claude.url}
+    async with make_client(**only_llm) as client:
+        rehearsal = await client.post("/morning-briefing", json={"dry_run": True})
+        assert w.claude.requests == []  # a dry run makes no LLM call
+        real = await client.post("/morning-briefing", json={})
+    assert rehearsal.status_code == real.status_code == 200, rehearsal.json()
+    assert rehearsal.json()["status"] == real.json()["status"] == "partial"
+    assert [(s["name"], s["status"]) for s in rehearsal.json()["steps"]] == [
         ("plan", "skipped"),
         ("timer", "not_configured"),
         ("slack", "not_configured"),
     ]
-    assert body["missing_settings"] == ["TOGGL_API_TOKEN", "SLACK_BOT_TOKEN"]
-    assert w.toggl.starts == [] and w.slack.requests == [] and w.claude.requests == []
-    assert w.toggl.mock.calls.call_count == 0  # no httpx request at all, to a fake or anywhere else
-    assert run["status"] == "failed"
+    assert [(s["name"], s["status"]) for s in real.json()["steps"]] == [
+        ("plan", "ok"),
+        ("timer", "not_configured"),
+        ("slack", "not_configured"),
+    ]
+    assert len(w.claude.requests) == 1 and w.toggl.starts == [] and w.slack.requests == []
+    # The rehearsal names the model the real run used.
+    model = real.json()["steps"][0]["detail"]
+    assert rehearsal.json()["steps"][0]["detail"] == f"dry run: no LLM call (would ask {model})"
 
 
 async def test_idempotency_key_replays_instead_of_starting_a_second_timer(w, make_client):

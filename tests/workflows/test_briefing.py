@@ -243,7 +243,10 @@ async def test_unexpected_bug_in_a_step_is_contained(make_settings, ledger):
         (["failed", "ok", "ok"], "partial"),
         (["ok", "not_configured", "failed"], "partial"),
         (["failed", "not_configured", "failed"], "failed"),
-        (["skipped", "failed", "failed"], "failed"),
+        # A dry run's plan is `skipped` when an LLM would have been asked: the real run's plan would be ok.
+        (["skipped", "failed", "failed"], "partial"),
+        (["skipped", "not_configured", "not_configured"], "partial"),
+        (["not_configured", "not_configured", "not_configured"], "failed"),
     ],
 )
 def test_overall_status(statuses, expected):
