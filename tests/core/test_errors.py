@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 import pytest
 
@@ -13,8 +15,10 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from tests.fakes.slack import FakeSlack
 
 PROBLEM = "application/problem+json"
+SLACK_TOKEN = "xoxb-errors-test-token"
 
 
 def _assert_problem(response, status):
@@ -146,18 +150,77 @@ async def test_a_database_failing_mid_request_is_a_503_whose_outcome_is_unknown(
     assert "check GET /runs once the database is back before retrying" in body["detail"]
 
 
+def _refusal_raised_in(module: str) -> Callable[[], NoReturn]:
+    """A function that raises ConnectionRefusedError from a frame of `module`: how asyncpg's connect fails, a
+    plain OSError that SQLAlchemy does not wrap."""
+    code = compile("def go():\n    raise ConnectionRefusedError(111, 'Connection refused')\n", module, "exec")
+    namespace = {"__name__": module}
+    exec(code, namespace)
+    return namespace["go"]
+
+
 def test_only_an_oserror_from_the_database_layer_counts_as_the_database():
     from core.errors import from_the_database
 
     def raised_in(module: str) -> OSError:
-        code = compile("def go():\n    raise ConnectionRefusedError('refused')\n", module, "exec")
-        namespace = {"__name__": module}
-        exec(code, namespace)
         try:
-            namespace["go"]()
+            _refusal_raised_in(module)()
         except OSError as exc:
             return exc
         raise AssertionError("not raised")
 
     assert from_the_database(raised_in("asyncpg.connect_utils"))
     assert not from_the_database(raised_in("skills.email"))
+
+
+@pytest.fixture
+async def slack_fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack(token=SLACK_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def slack_client(make_client, slack_fake):
+    return make_client(
+        slack_bot_token=SLACK_TOKEN, slack_base_url=slack_fake.base_url, slack_default_channel="#general"
+    )
+
+
+async def test_a_database_driver_oserror_mid_request_is_a_503_whose_outcome_is_unknown(
+    slack_client, slack_fake, monkeypatch
+):
+    """A raw OSError from the database driver (not wrapped by SQLAlchemy) is the database failing, as an
+    OperationalError is: a 503, not a 500 "a bug"."""
+    from core.ledger import Ledger
+
+    refuse = _refusal_raised_in("asyncpg.connect_utils")
+
+    async def down(self, *args, **kwargs):
+        refuse()
+
+    monkeypatch.setattr(Ledger, "finish_run", down)
+    async with slack_client as client:
+        response = await client.post("/slack-notify", json={"message": "hi"})
+    assert len(slack_fake.posts) == 1  # the post went out before the record failed
+    body = _assert_problem(response, 503)
+    assert (body["type"], body["outcome_unknown"]) == ("/problems/store-unavailable", True)
+    assert body["detail"].startswith("The service's database did not answer (ConnectionRefusedError) while")
+
+
+async def test_an_oserror_that_is_not_the_database_is_a_500_not_a_503(slack_client, slack_fake, monkeypatch):
+    """Only the database's OSErrors are a 503 "store unavailable"; any other (a full disk, a refused socket of
+    our own) is a bug, answered as the 500 internal error (pinned by a mutation review)."""
+    from core.ledger import Ledger
+
+    async def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Ledger, "finish_run", disk_full)
+    async with slack_client as client:
+        response = await client.post("/slack-notify", json={"message": "hi"})
+    assert len(slack_fake.posts) == 1
+    body = _assert_problem(response, 500)
+    assert (body["type"], body["title"]) == ("/problems/internal-error", "Internal error")
+    assert body["detail"].startswith("An unexpected error occurred. Quote request id")
+    assert "store-unavailable" not in response.text and "No space left" not in response.text
+    assert "retry-after" not in response.headers

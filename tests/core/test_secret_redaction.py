@@ -205,6 +205,26 @@ async def test_twilio_echoing_the_basic_credentials_in_its_error_members(make_cl
     )
 
 
+async def test_a_secret_as_a_mapping_key_in_a_problem_is_scrubbed(make_client):
+    """A problem member keyed by what an upstream echoed: the key is scrubbed like any value, at every level
+    (pinned by a mutation review: only values were checked)."""
+
+    async def echoed_as_keys():
+        raise UpstreamError(
+            "Slack answered oddly.",
+            upstream="slack",
+            echoed={f"Bearer {SLACK_TOKEN}": "sent", "nested": {SLACK_TOKEN: SLACK_TOKEN}},
+        )
+
+    async with make_client(slack_bot_token=SLACK_TOKEN) as client:
+        client.app.add_api_route("/echoed-as-keys", echoed_as_keys)
+        response = await client.get("/echoed-as-keys")
+
+    assert response.status_code == 502
+    assert response.json()["echoed"] == {f"Bearer {REDACTED}": "sent", "nested": {REDACTED: REDACTED}}
+    assert_nowhere([SLACK_TOKEN], response=response.text)
+
+
 # --- The ledger and the logs on their own -------------------------------------------------------
 
 

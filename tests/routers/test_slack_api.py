@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from core.validation import json_depth
 from skills.slack import ATTEMPTS
 from tests.fakes.server import Reply
 from tests.fakes.slack import CHAT_POST_MESSAGE, FakeSlack
@@ -304,3 +305,23 @@ async def test_blocks_as_deep_as_block_kit_goes_are_posted(slack_client, fake):
     assert response.status_code == 200
     assert fake.calls("POST", CHAT_POST_MESSAGE)[0].json["blocks"] == [nested(14)]
     assert run["actions"][0]["request"]["blocks"] == [nested(14)]
+
+
+async def test_block_depth_limit_is_exact_16_posted_17_refused(slack_client, fake):
+    """Both sides of MAX_BLOCK_DEPTH (16, the list included): one level more is a 422 and nothing reaches Slack
+    (pinned by a mutation review: only 16 and 18 were tried)."""
+    at_limit, one_deeper = [nested(14)], [nested(15)]
+    assert (json_depth(at_limit), json_depth(one_deeper)) == (16, 17)
+    async with slack_client() as client:
+        refused = await client.post("/slack-notify", json={"message": "hi", "blocks": one_deeper})
+        assert fake.requests == []
+        posted = await client.post("/slack-notify", json={"message": "hi", "blocks": at_limit})
+        runs = (await client.get("/runs", params={"kind": "slack.notify"})).json()
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    [error] = refused.json()["errors"]
+    assert error["field"] == "body.blocks"
+    assert "nest 17 levels deep; Block Kit needs at most 16" in error["message"]
+    assert posted.status_code == 200, posted.text
+    assert [request.json["blocks"] for request in fake.calls("POST", CHAT_POST_MESSAGE)] == [at_limit]
+    assert runs["total"] == 1  # the refused request opened no run

@@ -197,6 +197,58 @@ async def test_gemini_5xx_then_success_is_retried_on_gemini(make_router, fakes):
     assert fakes.claude.calls() == []
 
 
+@pytest.mark.parametrize("status", [408, 409])
+@pytest.mark.parametrize("primary", ["gemini", "claude"])
+async def test_408_and_409_are_transient_and_retried_on_the_same_provider(make_router, fakes, primary, status):
+    """A request timeout or conflict on the vendor's side is transient like a 5xx: retried on the provider that
+    answered it, not handed at once to the fallback (pinned by a mutation review)."""
+    if primary == "gemini":
+        fake, path, text = fakes.gemini, fakes.gemini.path, "short prompt"
+        fake.queue("POST", path, gemini_error(status, "ABORTED", "Try again."))
+    else:
+        fake, path, text = fakes.claude, ANTHROPIC_PATH, words(600)
+        fake.queue("POST", path, anthropic_error(status, "api_error", "Try again."))
+    other = fakes.claude if primary == "gemini" else fakes.gemini
+    router = await make_router()
+
+    result = await router.generate(text=text)
+
+    assert (result.provider, result.routing.fallback_from) == (primary, None)
+    assert len(fake.calls("POST", path)) == 2
+    assert other.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "gemini_calls", "answered_by"),
+    [("120", 1, "claude"), ("0.5", 2, "gemini")],
+    ids=["longer-than-the-wait-moves-on", "short-is-waited-out"],
+)
+async def test_a_5xx_retry_after_is_honoured(make_router, fakes, retry_after, gemini_calls, answered_by):
+    """A 503's Retry-After drives the retry as a 429's does: longer than the router waits, the next provider is
+    tried at once; shorter, it is waited out before the one retry (pinned by a mutation review)."""
+    arrivals: list[float] = []
+
+    def unavailable_once(request):
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            return gemini_error(503, "UNAVAILABLE", "Overloaded.", headers={"Retry-After": retry_after})
+        return Reply(200, json=gemini_content("gemini: answered"))
+
+    fakes.gemini.route("POST", fakes.gemini.path, unavailable_once)
+    router = await make_router(max_retry_wait_seconds=5)
+
+    result = await router.generate(text="short prompt")
+
+    assert len(fakes.gemini.calls("POST", fakes.gemini.path)) == gemini_calls
+    assert result.provider == answered_by
+    if answered_by == "claude":
+        assert result.routing.reason.endswith("gemini failed (503 upstream-error); fell back to claude")
+        assert len(fakes.claude.calls("POST", ANTHROPIC_PATH)) == 1
+    else:
+        assert arrivals[1] - arrivals[0] >= 0.5  # waited as told, not the backoff's at most 0.25 s
+        assert fakes.claude.calls() == []
+
+
 async def test_claude_529_overloaded_falls_back_to_gemini(make_router, fakes):
     fakes.claude.queue("POST", ANTHROPIC_PATH, *[anthropic_error(529, "overloaded_error", "Overloaded")] * 2)
     router = await make_router()
