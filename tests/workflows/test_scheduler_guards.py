@@ -1,0 +1,208 @@
+"""The scheduler's multi-worker guards on planned stops, one test each (survivors of a mutation review):
+a cancelled row is not fired, a moved `run_at` is re-armed, a retry leaves a changed plan alone, a stop cut short
+at shutdown gives its claim back, and the claim lease never drops below its floor."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import time_machine
+from sqlalchemy import select
+
+from core.store import JobFire
+from tests.workflows.test_scheduler import TogglStopOutage, stop_row
+from tests.workflows.world import (
+    TOGGL_BASE,
+    WORKSPACE,
+    World,
+    post_whatsapp,
+    runs_of,
+    wait_for,
+    whatsapp_form,
+    world,
+)
+from workflows.scheduler import STOP_CLAIM_LEASE
+
+#: The lease's floor as the scheduler documents it, spelled out: the constant itself would move with a mutant.
+LEASE_FLOOR = timedelta(minutes=10)
+
+
+async def claims_on_stop(client) -> list[tuple[str, datetime, str, datetime]]:
+    """(job id, fire time, worker, claimed at) of every claim row, as the database holds them."""
+    async with client.app.state.resources.sessions() as session:
+        fires = (await session.scalars(select(JobFire))).all()
+    return [(fire.job_id, fire.fire_time, fire.worker, fire.claimed_at) for fire in fires]
+
+
+async def test_a_stop_another_worker_cancelled_after_this_one_armed_it_does_not_fire(make_client):
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 1 min"))
+            assert await two.app.state.scheduler.sync_stops() == 1
+            # The first worker cancels it (a stop by hand); the second still has it armed.
+            assert await one.app.state.scheduler.cancel_stops(entry_id=9001) == 1
+            assert two.app.state.scheduler.aps.get_job("stop:9001") is not None
+
+            fired = await two.app.state.scheduler.fire_stop("stop:9001")
+            row = await stop_row(two)
+            claims = await claims_on_stop(two)
+            runs = await runs_of(two, "schedule.stop_timer")
+    assert w.toggl.stops == [] and w.toggl.updates == []
+    assert w.toggl.running is not None and w.toggl.running["id"] == 9001
+    assert (row.status, row.run_id, row.error, "attempts" in row.payload) == ("cancelled", None, None, False)
+    assert claims == [] and runs == []
+    assert fired is False
+
+
+async def test_a_sync_rearms_a_stop_whose_run_at_another_worker_moved(make_client):
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 30 min"))
+            planned = (await stop_row(one)).run_at
+            second = two.app.state.scheduler
+            assert await second.sync_stops() == 1
+            assert second.aps.get_job("stop:9001").next_run_time == planned
+
+            # Planned anew by the first worker (a retried request: the newest plan wins).
+            moved = planned + timedelta(minutes=15)
+            await one.app.state.scheduler.schedule_stop(
+                entry_id=9001, workspace_id=WORKSPACE, description="sprint", at=moved
+            )
+            rearmed = await second.sync_stops()
+            job = second.aps.get_job("stop:9001")
+            again = await second.sync_stops()
+            row = await stop_row(two)
+    assert (row.status, row.run_at) == ("pending", moved)
+    assert (job.next_run_time, job.trigger.run_date) == (moved, moved)
+    assert (rearmed, again) == (1, 0)  # once armed at the row's time, a sync leaves it alone
+    assert w.toggl.stops == []
+
+
+@pytest.mark.parametrize("meanwhile", ["planned anew", "cancelled"])
+async def test_a_retry_leaves_alone_a_stop_another_worker_changed_during_the_attempt(
+    make_client, monkeypatch, meanwhile
+):
+    monkeypatch.setattr("core.upstream.BASE_DELAY_SECONDS", 0)  # the skill's in-call backoff: not under test here
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as one, make_client(**settings) as two:
+            await post_whatsapp(one, whatsapp_form("start sprint for 30 min"))
+            planned = (await stop_row(one)).run_at
+            moved = planned + timedelta(minutes=15)
+            outage = TogglStopOutage(w, 503)
+            toggl = one.app.state.skills.toggl
+            stop_timer = toggl.stop_timer
+
+            async def stop_while_the_other_worker_changes_the_plan(**kwargs):
+                if meanwhile == "cancelled":
+                    assert await two.app.state.scheduler.cancel_stops(entry_id=9001) == 1
+                else:
+                    await two.app.state.scheduler.schedule_stop(
+                        entry_id=9001, workspace_id=WORKSPACE, description="sprint", at=moved
+                    )
+                return await stop_timer(**kwargs)
+
+            toggl.stop_timer = stop_while_the_other_worker_changes_the_plan
+            assert await one.app.state.scheduler.fire_stop("stop:9001") is True
+            row = await stop_row(one)
+            [run] = await runs_of(one, "schedule.stop_timer")
+    assert outage.refused == ["9001"] * 3  # the attempt did fail retryably
+    assert w.toggl.stops == []
+    assert run["status"] == "failed"
+    # Not moved to the retry's time, not counted as an attempt: the other worker's change stands.
+    assert (row.run_id, row.error, "attempts" in row.payload, "planned_stop" in row.payload) == (
+        None,
+        None,
+        False,
+        False,
+    )
+    if meanwhile == "cancelled":
+        assert (row.status, row.run_at) == ("cancelled", planned)
+    else:
+        assert (row.status, row.run_at) == ("pending", moved)
+
+
+class TogglStopHeld:
+    """The first stop PATCH reaches the fake Toggl and never gets an answer (a worker cut short in the call);
+    later ones reach the fake's own stop route."""
+
+    def __init__(self, w: World) -> None:
+        self.held: list[str] = []
+        route = w.toggl.mock.patch(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries/\d+/stop$")
+        healthy = w.toggl._stop
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            if self.held:
+                return healthy(request)
+            self.held.append(request.url.path.split("/")[-2])
+            await asyncio.Event().wait()  # until cancelled
+            raise AssertionError("unreachable")
+
+        route.side_effect = answer
+
+
+async def test_a_stop_cut_short_at_shutdown_gives_its_claim_back_to_the_next_worker(make_client):
+    async with world() as w:
+        settings = w.settings()
+        held = TogglStopHeld(w)
+        async with make_client(**settings) as two:
+            async with make_client(**settings, shutdown_grace_seconds=0) as one:
+                await post_whatsapp(one, whatsapp_form("start sprint for 30 min"))
+                fire_time = (await stop_row(one)).run_at
+                first = one.app.state.scheduler
+                await first._stop_due("stop:9001")  # what APScheduler runs: the firing, as a tracked task
+                await wait_for(lambda: held.held == ["9001"])
+                [(_, _, worker, _)] = await claims_on_stop(one)
+                assert worker == first.worker_id
+            # The first worker shut down with the stop in its Toggl call.
+            released = await claims_on_stop(two)
+            left = await stop_row(two)
+            # The next worker claims it at once: no lease to wait out.
+            fired = await two.app.state.scheduler.fire_stop("stop:9001")
+            done = await stop_row(two)
+            claims = await claims_on_stop(two)
+    assert released == []
+    assert (left.status, left.run_at, left.run_id) == ("pending", fire_time, None)
+    assert w.toggl.stops == ["9001"] and w.toggl.running is None
+    assert (fired, done.status) == (True, "done")
+    assert [(job_id, when, worker) for job_id, when, worker, _ in claims] == [
+        ("stop:9001", fire_time, two.app.state.scheduler.worker_id)
+    ]
+
+
+async def test_the_claim_lease_never_drops_below_its_floor_with_short_timeouts(make_client):
+    async with world() as w:
+        # A stop's bound with these timeouts is 2 x 3 x (1 + 10) s = 66 s: far under the floor.
+        async with make_client(**w.settings(http_timeout_seconds=1, smtp_timeout_seconds=1)) as client:
+            scheduler = client.app.state.scheduler
+            assert 2 * client.app.state.settings.longest_call_seconds == 66
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            fire_time = (await stop_row(client)).run_at
+            now = datetime.now(UTC).replace(microsecond=0)
+            claimed_at = now - LEASE_FLOOR
+            async with client.app.state.resources.sessions.begin() as session:
+                session.add(
+                    JobFire(job_id="stop:9001", fire_time=fire_time, worker="dead-worker", claimed_at=claimed_at)
+                )
+
+            with time_machine.travel(now, tick=False) as clock:
+                # Exactly the lease old: maybe still at work, so not taken over.
+                within_lease = await scheduler.fire_stop("stop:9001")
+                kept = await claims_on_stop(client)
+                stopped_while_held = list(w.toggl.stops)
+
+                clock.move_to(now + timedelta(seconds=1))
+                past_lease = await scheduler.fire_stop("stop:9001")
+                taken = await claims_on_stop(client)
+                row = await stop_row(client)
+    assert stopped_while_held == []
+    assert kept == [("stop:9001", fire_time, "dead-worker", claimed_at)]
+    assert taken == [("stop:9001", fire_time, scheduler.worker_id, now + timedelta(seconds=1))]
+    assert w.toggl.stops == ["9001"]
+    assert (within_lease, past_lease, row.status) == (False, True, "done")
+    assert scheduler.claim_lease == STOP_CLAIM_LEASE == LEASE_FLOOR
