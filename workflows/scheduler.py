@@ -429,11 +429,14 @@ class JobScheduler:
         if retry_at is not None:
             await self._retry_later(job_id, row.run_at, at=retry_at, payload=recorded, run_id=run_id, error=error)
             return True
+        finished = update(ScheduledJob).where(ScheduledJob.id == job_id)
+        if status == "failed":
+            # As in `_retry_later`: a stop planned anew (or cancelled) during this attempt is left alone, so the new
+            # plan still fires. A success is recorded whatever happened meanwhile: the timer has stopped.
+            finished = finished.where(ScheduledJob.status == "pending", ScheduledJob.run_at == row.run_at)
         async with self.sessions.begin() as session:
             await session.execute(
-                update(ScheduledJob)
-                .where(ScheduledJob.id == job_id)
-                .values(status=status, finished_at=utcnow(), run_id=run_id, error=error, payload=recorded)
+                finished.values(status=status, finished_at=utcnow(), run_id=run_id, error=error, payload=recorded)
             )
         return True
 

@@ -84,8 +84,15 @@ async def test_a_sync_rearms_a_stop_whose_run_at_another_worker_moved(make_clien
 
 
 @pytest.mark.parametrize("meanwhile", ["planned anew", "cancelled"])
-async def test_a_retry_leaves_alone_a_stop_another_worker_changed_during_the_attempt(
-    make_client, monkeypatch, meanwhile
+@pytest.mark.parametrize(
+    ("refusal", "tries"),
+    # 503: retryable, so `_retry_later` would move the row; 403: final, so the row would be marked failed (it was,
+    # over a new plan, which then never fired: found by a test-writing review).
+    [(503, 3), (403, 1)],
+    ids=["retried later", "failed for good"],
+)
+async def test_a_failed_attempt_leaves_alone_a_stop_another_worker_changed_during_it(
+    make_client, monkeypatch, meanwhile, refusal, tries
 ):
     monkeypatch.setattr("core.upstream.BASE_DELAY_SECONDS", 0)  # the skill's in-call backoff: not under test here
     async with world() as w:
@@ -94,7 +101,7 @@ async def test_a_retry_leaves_alone_a_stop_another_worker_changed_during_the_att
             await post_whatsapp(one, whatsapp_form("start sprint for 30 min"))
             planned = (await stop_row(one)).run_at
             moved = planned + timedelta(minutes=15)
-            outage = TogglStopOutage(w, 503)
+            outage = TogglStopOutage(w, refusal)
             toggl = one.app.state.skills.toggl
             stop_timer = toggl.stop_timer
 
@@ -111,7 +118,7 @@ async def test_a_retry_leaves_alone_a_stop_another_worker_changed_during_the_att
             assert await one.app.state.scheduler.fire_stop("stop:9001") is True
             row = await stop_row(one)
             [run] = await runs_of(one, "schedule.stop_timer")
-    assert outage.refused == ["9001"] * 3  # the attempt did fail retryably
+    assert outage.refused == ["9001"] * tries  # the attempt did fail
     assert w.toggl.stops == []
     assert run["status"] == "failed"
     # Not moved to the retry's time, not counted as an attempt: the other worker's change stands.
