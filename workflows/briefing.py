@@ -266,22 +266,7 @@ async def _run_step(
             action.request = getattr(value, "payload", None)
             action.status = "dry_run" if getattr(value, "dry_run", False) else "ok"
     except ProblemError as exc:
-        # The detail goes into the 200 report and the Slack summary, neither of them a problem body: scrubbed here
-        # (an LLM error can quote the API key it was sent).
-        detail = run.ledger.scrubber.scrub(f"{exc.status} {exc.slug}: {exc.detail}")
-        unknown = exc.extras.get("outcome_unknown") is True
-        return _StepResult(
-            BriefingStep(
-                name=name,
-                status="failed",
-                detail=detail,
-                duration_ms=elapsed(),
-                outcome_unknown=unknown,
-                # A setting the step needs (TOGGL_WORKSPACE_ID) is named as on the single endpoints; it was
-                # dropped (found by a black-box review).
-                missing_settings=list(exc.extras.get("missing_settings", [])),
-            )
-        )
+        return _StepResult(_failed_step(run, name, exc, duration_ms=elapsed()))
     except Exception as exc:  # a bug in one step must not take the briefing down
         logger.exception("briefing step %s failed unexpectedly", name)
         return _StepResult(
@@ -291,6 +276,24 @@ async def _run_step(
         )
     return _StepResult(
         BriefingStep(name=name, status="ok", detail=detail, external_id=external_id, duration_ms=elapsed()), value
+    )
+
+
+def _failed_step(
+    run: RunHandle, name: Literal["plan", "timer", "slack"], exc: ProblemError, *, duration_ms: int = 0
+) -> BriefingStep:
+    """The step a refusal or failure makes: reported in the briefing, never raised out of it."""
+    # The detail goes into the 200 report and the Slack summary, neither of them a problem body: scrubbed here
+    # (an LLM error can quote the API key it was sent).
+    return BriefingStep(
+        name=name,
+        status="failed",
+        detail=describe_error(exc, scrubber=run.ledger.scrubber),
+        duration_ms=duration_ms,
+        outcome_unknown=exc.extras.get("outcome_unknown") is True,
+        # A setting the step needs (TOGGL_WORKSPACE_ID) is named as on the single endpoints; it was
+        # dropped (found by a black-box review).
+        missing_settings=list(exc.extras.get("missing_settings", [])),
     )
 
 
@@ -360,6 +363,13 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                     return _StepResult(
                         BriefingStep(name="plan", status="not_configured", detail=exc.detail, missing_settings=missing)
                     )
+                except ProblemError as exc:
+                    # Refused before any call (a prompt over MAX_INPUT_CHARS or every context window): the real
+                    # run's plan fails the same way and the briefing goes on. Raised, it took the whole rehearsal
+                    # down (a 413, and a failed `brief` command or BRIEFING_CRON under DRY_RUN).
+                    step = _failed_step(run, "plan", exc)
+                    await run.skip("ai_router", "generate", status="failed", error=step.detail)
+                    return _StepResult(step)
                 detail = f"dry run: no LLM call (would ask {chosen.provider} {chosen.model_used})"
                 await run.skip("ai_router", "generate", status="skipped", error=detail)
                 return _StepResult(BriefingStep(name="plan", status="skipped", detail=detail))

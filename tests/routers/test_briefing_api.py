@@ -222,6 +222,35 @@ async def test_a_dry_run_with_only_an_llm_answers_what_the_real_run_would(w, mak
     assert rehearsal.json()["steps"][0]["detail"] == f"dry run: no LLM call (would ask {model})"
 
 
+async def test_a_dry_run_whose_plan_the_router_refuses_answers_what_the_real_run_would(w, make_client):
+    """The router refuses the plan prompt before calling anyone (here it is over MAX_INPUT_CHARS; a local model's
+    small context window does the same): the real run reports the plan `failed` and still starts the timer and
+    posts, a 200 `partial`. The dry run's plan let that refusal escape the briefing: the whole rehearsal was a
+    413, and the `brief` command and BRIEFING_CRON under DRY_RUN failed outright (found by a dry-run review)."""
+    async with make_client(**w.settings(max_input_chars=60)) as client:
+        rehearsal = await client.post("/morning-briefing", json={"dry_run": True})
+        assert w.claude.requests == [] and w.toggl.starts == [] and w.slack.requests == []
+        real = await client.post("/morning-briefing", json={})
+        rehearsal_run = (await client.get(f"/runs/{rehearsal.json().get('run_id')}")).json()
+    assert rehearsal.status_code == real.status_code == 200, rehearsal.json()
+    assert rehearsal.json()["status"] == real.json()["status"] == "partial"
+    assert [(s["name"], s["status"]) for s in rehearsal.json()["steps"]] == [
+        (s["name"], s["status"]) for s in real.json()["steps"]
+    ]
+    plan = steps_by_name(rehearsal.json())["plan"]
+    assert plan["status"] == "failed"
+    assert plan["detail"] == steps_by_name(real.json())["plan"]["detail"]
+    assert plan["detail"].startswith("413 payload-too-large: text has")
+    assert rehearsal_run["status"] == "partial" and rehearsal_run["input_summary"]["dry_run"] is True
+    assert {a["operation"]: a["status"] for a in rehearsal_run["actions"]} == {
+        "generate": "failed",
+        "start_timer": "dry_run",
+        "post_message": "dry_run",
+    }
+    # Nothing was asked of the model in either run: the prompt never left the router.
+    assert w.claude.requests == [] and len(w.toggl.starts) == 1 and len(w.slack.posts) == 1
+
+
 async def test_idempotency_key_replays_instead_of_starting_a_second_timer(w, make_client):
     headers = {"Idempotency-Key": "briefing-2026-11-25"}
     async with make_client(**w.settings()) as client:
