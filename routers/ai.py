@@ -145,7 +145,8 @@ async def process_prompt(
     async with ledger.run(
         "ai.process",
         trigger="api",
-        input_summary=prompt_summary(body, store_prompts=store_prompts),
+        # dry_run recorded before the call, as `perform_action` does: a failed rehearsal is not a failed call.
+        input_summary=prompt_summary(body, store_prompts=store_prompts) | ({"dry_run": True} if dry_run else {}),
         durable_start=False,
     ) as run:
         async with run.action("ai", "generate") as action:

@@ -140,6 +140,7 @@ async def send_email(
                 html=request.html,
                 dry_run=dry_run,
             ),
+            dry_run=dry_run,
         )
         return SendEmailResponse(run_id=run_id, **outcome.model_dump())
 

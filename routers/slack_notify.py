@@ -123,6 +123,7 @@ async def slack_notify(
                 thread_ts=body.thread_ts,
                 dry_run=dry_run,
             ),
+            dry_run=dry_run,
         )
         return SlackNotifyResponse(run_id=run_id, dry_run=posted.dry_run, channel=posted.channel, ts=posted.ts)
 

@@ -139,8 +139,7 @@ async def start_timer(
             trigger="api",
             skill="toggl",
             operation="start_timer",
-            # dry_run recorded: the prune's recovery of an interrupted start must know a rehearsal from a start.
-            input_summary=request.model_dump(exclude_none=True) | ({"dry_run": True} if dry_run else {}),
+            input_summary=request.model_dump(exclude_none=True),
             call=lambda: skills.toggl.start_timer(
                 description=request.task_name,
                 workspace_id=request.workspace_id,
@@ -154,6 +153,8 @@ async def start_timer(
             # too. Saved after the run had finished `ok`, a worker killed in between left the timer running
             # for good: the prune only recovers runs still `running` (found by a code review).
             then=lambda run, started: plan_stop(workflows, run, started),
+            # Recorded in input_summary: the prune's recovery of an interrupted start must know a rehearsal.
+            dry_run=dry_run,
         )
         return StartTimerResponse(run_id=run_id, **outcome.model_dump())
 
@@ -272,6 +273,7 @@ async def stop_timer(
             operation="stop_timer",
             input_summary=request.model_dump(exclude_none=True),
             call=call,
+            dry_run=dry_run,
         )
         if not dry_run:
             await cancel_planned_stop(workflows, outcome.timer)

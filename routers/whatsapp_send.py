@@ -92,6 +92,7 @@ async def whatsapp_send(
             operation="send_message",
             input_summary={"to": body.to, "body_chars": len(body.body)},
             call=lambda: skills.whatsapp.send_message(to=body.to, body=body.body, dry_run=dry_run),
+            dry_run=dry_run,
         )
         return WhatsAppSendResponse(run_id=run_id, dry_run=sent.dry_run, to=sent.to, sids=sent.sids, parts=sent.parts)
 

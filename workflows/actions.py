@@ -22,8 +22,12 @@ async def perform_action(
     input_summary: Mapping[str, Any],
     call: Callable[[], Awaitable[O]],
     then: Callable[[RunHandle, O], Awaitable[None]] | None = None,
+    dry_run: bool = False,
 ) -> tuple[str, O]:
     """Record a run with one action around `call`; return the run id and the outcome.
+
+    `dry_run` is recorded in the run's `input_summary` before anything runs, so a rehearsal that fails (nothing
+    configured, say) is not read as a failed real action: before, only a successful one said so, by its status.
 
     `then` runs inside the run once the action succeeded, before the run can finish `ok`: what must be
     recorded with the action (a started timer's planned stop), not after it.
@@ -34,7 +38,8 @@ async def perform_action(
     """
     run_id: str | None = None
     try:
-        async with ledger.run(kind, trigger=trigger, input_summary=input_summary) as run:
+        summary = {**input_summary, "dry_run": True} if dry_run else input_summary
+        async with ledger.run(kind, trigger=trigger, input_summary=summary) as run:
             run_id = run.id
             async with run.action(skill, operation) as action:
                 outcome = await call()
