@@ -233,6 +233,9 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("Could not stop the timer", exc)
+        if dry_run:
+            # Also when nothing runs, as POST /stop-timer records it: it read `ok`, as if a real stop had run.
+            run.status = "dry_run"
         if stopped is None:
             run.result = {"stopped": None}
             return "No timer is running."
@@ -240,7 +243,6 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
         run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
         name = f"'{stopped.description}'" if stopped.description else "the timer"
         if dry_run:
-            run.status = "dry_run"
             return f"{_dry(dry_run)}Would stop {name} (entry {stopped.entry_id})."
         if stopped.elapsed_seconds is None:  # Toggl found it already stopped and did not return it
             return f"Stopped {name}."

@@ -476,6 +476,24 @@ async def test_a_dry_run_stop_keeps_the_real_timers_planned_stop(w, make_client)
     assert [(job["id"], job["status"]) for job in schedule["stops"]] == [("stop:9001", "pending")]
 
 
+async def test_a_dry_run_stop_with_nothing_running_answers_as_the_real_one_and_is_recorded_dry_run(
+    w, make_client, tmp_path
+):
+    """The reply is the real one's ("No timer is running."), and the run says `dry_run` as POST /stop-timer's
+    does: it read `ok` beside its `dry_run` action, as if a real stop had run (found by a dry-run review)."""
+    replies, runs = {}, {}
+    for dry_run in (True, False):
+        database = f"sqlite+aiosqlite:///{tmp_path}/{dry_run}.db"
+        async with make_client(**w.settings(dry_run=dry_run, database_url=database)) as client:
+            [replies[dry_run]] = messages(await post_whatsapp(client, whatsapp_form("stop")))
+            [runs[dry_run]] = await runs_of(client, "command.stop")
+    assert replies[True] == replies[False] == "No timer is running."
+    assert (runs[True]["status"], runs[False]["status"]) == ("dry_run", "ok")
+    assert runs[True]["input_summary"]["dry_run"] is True
+    assert [a["status"] for a in runs[True]["actions"]] == ["dry_run"]
+    assert w.toggl.stops == []
+
+
 async def test_stop_of_a_timer_started_elsewhere_without_description(w, make_client):
     # A timer started in Toggl's own app may have no description.
     w.toggl.running = {
