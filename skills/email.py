@@ -38,8 +38,13 @@ LEDGER_EXCERPT_CHARS = 500
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; a longer subject would have to be folded anyway.
 
 
-def _sender_missing(settings: Settings) -> list[str]:
-    return [] if (settings.smtp_from or settings.smtp_user) else ["SMTP_FROM"]
+def _also_missing(settings: Settings) -> list[str]:
+    """A sender (SMTP_FROM, else SMTP_USER), and a password for the login SMTP_USER asks for: without one the
+    login was tried with an empty password, refused by the server, while a dry run answered 200."""
+    missing = [] if (settings.smtp_from or settings.smtp_user) else ["SMTP_FROM"]
+    if settings.smtp_user and settings.smtp_password is None:
+        missing.append("SMTP_PASSWORD")
+    return missing
 
 
 INTEGRATION = Integration(
@@ -49,7 +54,7 @@ INTEGRATION = Integration(
     required=("SMTP_HOST",),
     optional=("SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_SECURITY", "SMTP_CA_FILE"),
     operations=("send_email",),
-    extra_check=_sender_missing,
+    extra_check=_also_missing,
 )
 
 

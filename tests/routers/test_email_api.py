@@ -250,6 +250,21 @@ async def test_unconfigured_is_503_naming_variables(make_client):
     assert response.json()["missing_settings"] == ["SMTP_HOST", "SMTP_FROM"]
 
 
+async def test_a_login_without_a_password_is_not_configured_in_a_dry_run_and_a_real_one(make_client, smtp, cert):
+    """SMTP_USER makes the service log in, so without SMTP_PASSWORD it logged in with an empty one: the real send
+    was the server's 502 "refused the login" while its dry run answered 200, and /health called email configured.
+    The service knows before connecting: both are the 503 naming SMTP_PASSWORD (found by a dry-run review)."""
+    async with make_client(**config(smtp.port, cert, smtp_password=None)) as client:
+        rehearsal = await client.post("/send-email?dry_run=true", json=MAIL)
+        real = await client.post("/send-email", json=MAIL)
+        health = (await client.get("/health")).json()
+    assert rehearsal.status_code == real.status_code == 503, rehearsal.json()
+    assert rehearsal.json()["type"] == real.json()["type"] == "/problems/not-configured"
+    assert rehearsal.json()["missing_settings"] == real.json()["missing_settings"] == ["SMTP_PASSWORD"]
+    assert health["integrations"]["email"]["missing_settings"] == ["SMTP_PASSWORD"]
+    assert smtp.connections == 0 and smtp.messages == []
+
+
 async def test_same_key_sends_once_and_other_body_is_422(make_client, smtp, cert):
     headers = {"Idempotency-Key": "mail-1"}
     async with make_client(**config(smtp.port, cert)) as client:
