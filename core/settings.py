@@ -195,6 +195,21 @@ class Settings(BaseSettings):
             raise ValueError("must be an address such as bot@example.com or 'Bot <bot@example.com>'")
         return value.strip()
 
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: str | None) -> str | None:
+        # Read only once TLS starts, a missing file made the send a 503 "the SMTP server could not be reached"
+        # naming neither the file nor the cause, while a dry run answered 200 (found by a dry-run review).
+        if value is None or not value.strip():
+            return None
+        import ssl
+
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=value)
+        except OSError as exc:  # ssl.SSLError is an OSError: a file that is not PEM certificates
+            raise ValueError(f"must be a readable file of PEM CA certificates ({exc.strerror or exc})") from None
+        return value
+
     @field_validator("twilio_whatsapp_number")
     @classmethod
     def _whatsapp_sender(cls, value: str) -> str:

@@ -157,6 +157,28 @@ def test_a_sender_that_is_not_an_address_stops_start_up(monkeypatch, name, value
         load_settings(_env_file=None)
 
 
+@pytest.mark.parametrize("content", [None, "not a certificate\n"], ids=["missing", "not-pem"])
+def test_a_ca_file_that_cannot_be_read_stops_start_up(monkeypatch, tmp_path, content):
+    """SMTP_CA_FILE is read only when TLS starts: a missing file let a dry run of /send-email answer 200 while the
+    real send was a 503 "the SMTP server could not be reached: check SMTP_HOST and SMTP_PORT", naming neither the
+    file nor the cause. The service can tell without connecting, so it says so at start-up, as for SMTP_FROM
+    (found by a dry-run review)."""
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("SMTP_CA_FILE", str(path))
+    with pytest.raises(ConfigurationError, match="SMTP_CA_FILE: must be a readable file of PEM CA certificates"):
+        load_settings(_env_file=None)
+
+
+def test_a_readable_ca_file_is_kept(monkeypatch, tmp_path):
+    from tests.fakes.smtp import make_certificate
+
+    cert = make_certificate(tmp_path)
+    monkeypatch.setenv("SMTP_CA_FILE", str(cert.cert_path))
+    assert load_settings(_env_file=None).smtp_ca_file == str(cert.cert_path)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "stored"),
     [
