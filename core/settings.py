@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
@@ -202,8 +203,6 @@ class Settings(BaseSettings):
         # naming neither the file nor the cause, while a dry run answered 200 (found by a dry-run review).
         if value is None or not value.strip():
             return None
-        import ssl
-
         try:
             ssl.create_default_context().load_verify_locations(cafile=value)
         except OSError as exc:  # ssl.SSLError is an OSError: a file that is not PEM certificates

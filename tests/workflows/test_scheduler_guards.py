@@ -213,3 +213,18 @@ async def test_the_claim_lease_never_drops_below_its_floor_with_short_timeouts(m
     assert w.toggl.stops == ["9001"]
     assert (within_lease, past_lease, row.status) == (False, True, "done")
     assert scheduler.claim_lease == STOP_CLAIM_LEASE == LEASE_FLOOR
+
+
+async def test_under_dry_run_a_stop_planned_by_an_earlier_real_start_still_stops_the_real_timer(make_client):
+    """DRY_RUN=true after a real start (a restart with it set) must not strand the real timer: its planned stop
+    is a real PATCH, recorded as a real stop (README, "Dry run")."""
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as real, make_client(**settings, dry_run=True) as rehearsing:
+            await post_whatsapp(real, whatsapp_form("start sprint for 1 min"))
+            assert await rehearsing.app.state.scheduler.sync_stops() == 1
+            assert await rehearsing.app.state.scheduler.fire_stop("stop:9001") is True
+            row = await stop_row(rehearsing)
+            [run] = await runs_of(rehearsing, "schedule.stop_timer")
+    assert w.toggl.stops == ["9001"] and w.toggl.running is None
+    assert (row.status, run["status"]) == ("done", "ok")
