@@ -23,6 +23,7 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from core.upstream import MAX_RESPONSE_BYTES
 from skills.whatsapp import ATTEMPTS, MAX_BODY_CHARS, WhatsAppSkill, split_message, whatsapp_address
 
 SID = "AC0123456789abcdef0123456789abcdef"
@@ -122,6 +123,9 @@ async def test_prefixed_recipient_and_configured_sender(skill, twilio):
         # A trailing newline passed (`$` matches before it) and reached Twilio (found by a black-box review).
         "+15551234567\n",
         "whatsapp:+15551234567\n",
+        # E.164: at most 15 digits, and none shorter than 7 is accepted.
+        "+1234567890123456",
+        "+123456",
     ],
 )
 async def test_invalid_recipient_is_422_and_nothing_is_sent(skill, twilio, to):
@@ -175,16 +179,29 @@ async def test_a_failed_later_part_reports_what_was_already_sent(skill, twilio):
     with pytest.raises(UpstreamError) as caught:
         await skill().send_message(to="+15551234567", body="a " * 1000)
     assert caught.value.extras["sent_sids"] == ["SM1"]
-    assert "Parts 1-1 of 2 were sent" in caught.value.detail
+    assert caught.value.detail.endswith(" Parts 1-1 of 2 were sent; part 2 failed.")
+
+
+async def test_a_failed_later_part_leaves_the_sent_sids_on_the_ledger_action(client, skill, twilio):
+    """Part 1's status callbacks must find this run even though the send failed (workflows.deliveries)."""
+    twilio.post(URL).mock(side_effect=[_created("SM1"), _twilio_error(21611, message="queue full")])
+    ledger = client.app.state.resources.ledger
+    with pytest.raises(UpstreamError):
+        async with ledger.run("whatsapp.send", trigger="api") as run:
+            async with run.action("whatsapp", "send_message") as action:
+                await skill().send_message(to="+15551234567", body="a " * 1000)
+    assert action.external_id == "SM1"
+    assert [m["Body"] for m in action.request["messages"]] == split_message("a " * 1000)
 
 
 @pytest.mark.parametrize(
     "reply",
     [
         httpx.Response(201, json={"status": "queued"}),
+        httpx.Response(201, json={"sid": "", "status": "queued"}),
         httpx.Response(200, text="<html>proxy</html>", headers={"content-type": "text/html"}),
     ],
-    ids=["no-sid", "html"],
+    ids=["no-sid", "empty-sid", "html"],
 )
 async def test_a_2xx_without_a_sid_says_the_outcome_is_unknown_and_is_not_retried(skill, twilio, reply):
     """Found by a black-box review: a plain 502 that invited a resend, though Twilio most likely sent it."""
@@ -195,6 +212,16 @@ async def test_a_2xx_without_a_sid_says_the_outcome_is_unknown_and_is_not_retrie
     assert caught.value.extras["outcome_unknown"] is True
     assert caught.value.detail.startswith(f"Twilio answered HTTP {reply.status_code} without a message SID.")
     assert "The outcome is unknown: the message may have been sent; check Twilio's message log" in caught.value.detail
+
+
+async def test_a_2xx_too_large_to_read_says_the_outcome_is_unknown_and_is_not_retried(skill, twilio):
+    route = twilio.post(URL).mock(return_value=httpx.Response(201, content=b" " * (MAX_RESPONSE_BYTES + 1)))
+    with pytest.raises(UpstreamError) as caught:
+        await skill().send_message(to="+15551234567", body="hi")
+    assert route.call_count == 1
+    assert caught.value.extras["outcome_unknown"] is True
+    assert caught.value.detail.startswith("Twilio answered with a body that could not be read (")
+    assert "The outcome is unknown: the message may have been sent" in caught.value.detail
 
 
 async def test_too_many_parts_is_422(skill, twilio):
@@ -238,6 +265,15 @@ def test_split_prefers_the_last_space_within_the_limit():
 def test_split_at_a_space_right_after_the_limit():
     body = "a" * 1600 + " tail"
     assert split_message(body) == ["a" * 1600, "tail"]
+
+
+def test_split_drops_all_the_whitespace_at_a_cut():
+    assert split_message("a" * 1600 + "   \n tail") == ["a" * 1600, "tail"]
+    assert split_message("a" * 1598 + "  " + "b" * 10) == ["a" * 1598, "b" * 10]
+
+
+def test_split_cuts_on_a_tab():
+    assert split_message("a" * 1595 + "\t" + "b" * 10) == ["a" * 1595, "b" * 10]
 
 
 def test_split_keeps_newlines_inside_parts_and_cuts_on_them():
@@ -294,6 +330,9 @@ def test_split_small_limit_and_empty_input():
 def test_whatsapp_address_normalises():
     assert whatsapp_address("+15551234567") == "whatsapp:+15551234567"
     assert whatsapp_address("whatsapp:+15551234567") == "whatsapp:+15551234567"
+    # The longest and shortest numbers accepted: 15 digits (E.164's maximum) and 7.
+    assert whatsapp_address("+123456789012345") == "whatsapp:+123456789012345"
+    assert whatsapp_address("+1234567") == "whatsapp:+1234567"
 
 
 # --- Twilio errors ---------------------------------------------------------------------
@@ -310,6 +349,10 @@ def test_whatsapp_address_normalises():
         (20003, 401, UpstreamError, 502, "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"),
         (20404, 404, UpstreamError, 502, "TWILIO_ACCOUNT_SID"),
         (63007, 400, UpstreamError, 502, "TWILIO_WHATSAPP_NUMBER"),
+        (21606, 400, UpstreamError, 502, "TWILIO_WHATSAPP_NUMBER"),
+        (21212, 400, UpstreamError, 502, "TWILIO_WHATSAPP_NUMBER"),
+        (21617, 400, InvalidInput, 422, "exceeds 1,600 characters"),
+        (21408, 400, InvalidInput, 422, "Geo permissions"),
         (30000, 400, UpstreamError, 502, "Twilio refused the message"),
     ],
 )
@@ -328,11 +371,28 @@ async def test_error_codes_get_a_human_hint_and_are_not_retried(
     assert AUTH_TOKEN not in caught.value.detail
 
 
-async def test_401_without_a_body_names_the_credentials(skill, twilio):
-    twilio.post(URL).mock(return_value=httpx.Response(401))
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_or_403_without_a_body_names_the_credentials(skill, twilio, status):
+    twilio.post(URL).mock(return_value=httpx.Response(status))
     with pytest.raises(UpstreamError) as caught:
         await skill().send_message(to="+15551234567", body="hi")
     assert caught.value.extras["settings"] == ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+    assert caught.value.detail == "Twilio refused the credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN."
+
+
+async def test_404_without_a_code_names_the_account_sid(skill, twilio):
+    twilio.post(URL).mock(return_value=httpx.Response(404, text="Not Found"))
+    with pytest.raises(UpstreamError) as caught:
+        await skill().send_message(to="+15551234567", body="hi")
+    assert caught.value.extras["settings"] == ["TWILIO_ACCOUNT_SID"]
+    assert caught.value.detail == "Twilio does not know this account: check TWILIO_ACCOUNT_SID."
+
+
+async def test_a_refusal_without_a_code_still_shows_twilios_message(skill, twilio):
+    twilio.post(URL).mock(return_value=httpx.Response(400, json={"message": "Missing required parameter To"}))
+    with pytest.raises(UpstreamError) as caught:
+        await skill().send_message(to="+15551234567", body="hi")
+    assert caught.value.detail == "Twilio refused the message. (Missing required parameter To)"
 
 
 async def test_429_waits_out_retry_after_then_succeeds(skill, twilio):
@@ -370,6 +430,16 @@ async def test_429_with_long_retry_after_is_passed_on_at_once(skill, twilio):
         await skill().send_message(to="+15551234567", body="hi")
     assert route.call_count == 1
     assert caught.value.headers["Retry-After"] == "300"
+
+
+async def test_code_20429_is_a_rate_limit_whatever_the_http_status(skill, twilio):
+    route = twilio.post(URL).mock(
+        return_value=httpx.Response(400, headers={"Retry-After": "0"}, json={"code": 20429, "message": "Too Many"})
+    )
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await skill().send_message(to="+15551234567", body="hi")
+    assert route.call_count == ATTEMPTS  # refused, not processed: retried like a 429
+    assert caught.value.headers["Retry-After"] == "0"
 
 
 _UNKNOWN = (
@@ -415,6 +485,17 @@ async def test_5xx_is_sent_once_and_says_the_outcome_is_unknown(skill, twilio, r
     assert caught.value.retryable is False
     assert caught.value.extras["upstream_status"] == response.status_code
     assert caught.value.detail == f"{lead} {_UNKNOWN}"
+
+
+async def test_a_503_retry_after_is_passed_on_without_sending_again(skill, twilio):
+    """Not retried (the message may exist), but the caller learns when Twilio will serve again."""
+    route = twilio.post(URL).mock(
+        side_effect=[httpx.Response(503, headers={"Retry-After": "120"}, json={"code": 20503}), _created()]
+    )
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await skill().send_message(to="+15551234567", body="hi")
+    assert route.call_count == 1
+    assert caught.value.headers["Retry-After"] == "120"
 
 
 async def test_a_5xx_on_a_later_part_stops_there_and_reports_what_was_sent(skill, twilio):
