@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from xml.etree import ElementTree
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.workflows.world import post_whatsapp, runs_of, whatsapp_form, world
+from tests.fakes.server import Reply
+from tests.workflows.world import OWNER, post_whatsapp, runs_of, whatsapp_form, world
 from workflows import commands
 from workflows.commands import Command, parse_command, strip_mentions
 
@@ -40,6 +42,8 @@ from workflows.commands import Command, parse_command, strip_mentions
         ("start 3 reviews for 25 min", Command("start", "3 reviews", 25)),
         ("start for 30 min", Command("start", None, 30)),
         ("start 2h", Command("start", None, 120)),
+        # A no-break space (phones insert them) is a blank in the task like any other.
+        ("start deep\u00a0 work for 25 min", Command("start", "deep work", 25)),
     ],
 )
 def test_commands(text, expected):
@@ -72,6 +76,15 @@ def test_commands(text, expected):
         "Start the oven\u2028I will wait for 20 min",  # Unicode's line separator (found by a review)
         "start a\u2029b for 5 min",
         "start a\x85b for 5 min",
+        # The file, group and record separators break a line too (str.splitlines); pinned by a mutation review.
+        "start a\x1cb for 5 min",
+        "Start the oven\x1dI will wait for 20 min",
+        "start a\x1eb for 5 min",
+        # A question is not a command: only "." and "!" may follow one (pinned by a mutation review).
+        "stop?",
+        "status?",
+        "start?",
+        "start writing for 10000 min",  # N has at most 4 digits
         "start writing for thirty min",
         "start writing for 30 days",
         "start writing for -5 min",
@@ -243,3 +256,138 @@ async def test_the_brief_command_says_whether_the_timer_started(w, make_client):
     assert [start["description"] for start in w.toggl.starts] == ["Deep Work", "Deep Work"]  # both asked Toggl
     assert w.toggl.running is not None and w.toggl.running["id"] == 9001  # only the second one started
     assert sorted(run["status"] for run in runs) == ["ok", "partial"]
+
+
+async def test_a_blank_message_gets_help_and_spends_no_llm_tokens(w, make_client):
+    """Blanks only (a photo's empty caption): the help, and nothing asked of the LLM (pinned by a mutation review:
+    nothing failed when only an empty text, not a blank one, got the help)."""
+    async with make_client(**w.settings()) as client:
+        [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form(" \n\t ")))
+        assert await runs_of(client, "inbound.chat") == []
+    assert reply.startswith("Send me a text message. Commands:")
+    assert w.claude.requests == []
+
+
+async def test_a_timer_of_exactly_24_hours_starts_and_slack_is_told_how_long(w, make_client):
+    """24 hours is the longest timer, and allowed; the announcement gives its length (pinned by a mutation review:
+    nothing failed when 24 h was refused, nor when the announcement read the minutes as seconds)."""
+    async with make_client(**w.settings()) as client:
+        [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("start marathon for 24 h")))
+        schedule = (await client.get("/schedule")).json()
+    assert reply.startswith("Started 'marathon' at ")
+    [started] = w.toggl.starts
+    [stop] = schedule["stops"]
+    planned = datetime.fromisoformat(stop["run_at"]) - datetime.fromisoformat(started["start"])
+    assert planned == timedelta(hours=24)
+    [announcement] = w.slack.posts
+    assert announcement["text"].endswith("(24 h 00 min).")
+
+
+async def test_the_runs_of_a_start_and_a_stop_record_what_they_did(w, make_client):
+    """The ledger is how GET /runs answers "what happened": the entry started and the Slack message posted, then
+    the entry stopped and how long it ran (pinned by a mutation review: nothing read either result)."""
+    async with make_client(**w.settings()) as client:
+        twiml_messages(await post_whatsapp(client, whatsapp_form("start focus for 10 min", sid="SM" + "1" * 32)))
+        twiml_messages(await post_whatsapp(client, whatsapp_form("stop", sid="SM" + "2" * 32)))
+        [start] = await runs_of(client, "command.start")
+        [stop] = await runs_of(client, "command.stop")
+    # FakeSlack answers its first post with this ts in #general's channel id.
+    assert start["result"] == {"entry_id": 9001, "slack_channel": "C0000000001", "slack_ts": "1732521600.000001"}
+    assert w.toggl.stops == ["9001"]
+    assert stop["result"]["entry_id"] == 9001 and 0 <= stop["result"]["elapsed_seconds"] < 60
+
+
+async def test_a_start_whose_stop_could_not_be_saved_tells_the_sender_how_to_stop_it(w, make_client, monkeypatch):
+    """The timer runs, but nothing would stop it until the prune saves the stop: the sender is told (pinned by a
+    mutation review: the reply read like any start when the sentence was dropped)."""
+    from sqlalchemy.exc import OperationalError
+
+    async with make_client(**w.settings()) as client:
+
+        async def schedule_stop(**_: object) -> str:
+            raise OperationalError("INSERT INTO scheduled_jobs", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(client.app.state.scheduler, "schedule_stop", schedule_stop)
+        [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("start focus for 10 min")))
+    assert len(w.toggl.starts) == 1
+    assert re.match(r"Started 'focus' at \d\d:\d\d Europe/Berlin; it stops at \d\d:\d\d Europe/Berlin\. ", reply)
+    assert "could not be saved yet" in reply and "database is locked" in reply
+    assert 'POST /stop-timer {"entry_id": 9001, "workspace_id": 4242}, or send "stop".' in reply
+
+
+async def test_under_dry_run_a_stop_and_a_chat_are_recorded_as_rehearsals(w, make_client):
+    """GET /runs must not show a rehearsal as a stop or an answer that happened (pinned by a mutation review: only
+    the dry-run start's run was read)."""
+    w.toggl.running = {
+        "id": 77,
+        "workspace_id": 4242,
+        "description": "Old",
+        "start": "2026-11-26T07:00:00Z",
+        "stop": None,
+        "duration": -1795676400,
+    }
+    async with make_client(**w.settings(dry_run=True)) as client:
+        twiml_messages(await post_whatsapp(client, whatsapp_form("stop", sid="SM" + "1" * 32)))
+        twiml_messages(await post_whatsapp(client, whatsapp_form("what first?", sid="SM" + "2" * 32)))
+        [stop] = await runs_of(client, "command.stop")
+        [chat] = await runs_of(client, "inbound.chat")
+    assert w.toggl.stops == [] and w.claude.requests == []
+    assert (stop["status"], stop["input_summary"]) == ("dry_run", {"command": "stop", "sender": OWNER, "dry_run": True})
+    assert (chat["status"], chat["input_summary"]) == ("dry_run", {"sender": OWNER, "dry_run": True})
+
+
+async def test_a_chat_without_a_language_model_says_so_and_is_a_failed_run(w, make_client):
+    """Pinned by a mutation review: the run read `ok` when the assistant could not be asked."""
+    async with make_client(**w.settings(anthropic_api_key=None)) as client:
+        [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("what first?")))
+        [run] = await runs_of(client, "inbound.chat")
+    assert reply.startswith("The assistant is not configured: ")
+    assert run["status"] == "failed"
+    assert w.claude.requests == []
+
+
+async def test_a_chat_the_llm_refused_is_the_reply_and_a_failed_run(w, make_client):
+    """Pinned by a mutation review: the run read `ok` when the assistant could not answer."""
+    w.claude.fail = Reply(400, json={"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}})
+    async with make_client(**w.settings()) as client:
+        [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("what first?")))
+        [run] = await runs_of(client, "inbound.chat")
+    assert reply.startswith("The assistant could not answer: ")
+    assert run["status"] == "failed"
+    assert len(w.claude.requests) == 1
+
+
+async def test_an_answer_cut_by_the_models_safety_checks_says_so(w, make_client):
+    """A refusal after some text: the text, flagged (pinned by a mutation review: nothing failed without the flag)."""
+    w.claude.fail = Reply(
+        200,
+        json={
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-haiku-4-5",
+            "content": [{"type": "text", "text": "Here is the first part"}],
+            "stop_reason": "refusal",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        },
+    )
+    async with make_client(**w.settings()) as client:
+        [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("what first?")))
+        [run] = await runs_of(client, "inbound.chat")
+    assert reply == "Here is the first part [the assistant's safety checks stopped this answer]"
+    assert run["result"]["refused"] is True
+
+
+async def test_a_chat_with_no_language_model_at_all_gets_the_help(w, make_client):
+    """Workflows built without an AIRouter (the app always has one) answer chat with the help and record nothing."""
+    import dataclasses
+
+    from workflows.briefing import WorkflowDeps
+
+    async with make_client(**w.settings()) as client:
+        deps = dataclasses.replace(WorkflowDeps.from_app(client.app), ai_router=None)
+        reply = await commands.respond(deps, "what first?", trigger="whatsapp", sender=OWNER)
+        assert await runs_of(client, "inbound.chat") == []
+    assert reply.startswith("The assistant is not configured (no language model). Commands:")
+    assert w.claude.requests == []
