@@ -129,9 +129,14 @@ async def test_a_502_that_says_nothing_was_sent_releases_the_key(client):
 
 
 async def test_key_is_validated(client):
-    _install(client)
+    calls = _install(client)
     response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "x" * 300})
     assert response.status_code == 422
+    # The column holds 255 characters; visible ASCII only (pinned by a mutation review: neither bound was tried).
+    for key, status in [("x" * 255, 201), ("y" * 256, 422), ("two words", 422)]:
+        response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": key})
+        assert response.status_code == status, key
+    assert calls == ["a"]
 
 
 async def test_a_claim_left_by_a_dead_worker_is_answered_at_once_and_never_rerun(client):
@@ -213,7 +218,234 @@ async def test_a_problem_is_answered_as_itself_when_settling_its_key_fails_too(c
         (502, {"nothing_sent": True}, False),
         (504, {"nothing_sent": True}, False),
         (422, {}, False),
+        # Pinned by a mutation review: a 400 is a refusal too, and an empty `sent_sids` names nothing sent.
+        (400, {}, False),
+        (429, {"sent_sids": []}, False),
     ],
 )
 def test_which_answers_a_key_keeps_for_its_replays(status, body, kept):
     assert _stores_outcome(status, body) is kept
+
+
+# --- Pinned by a mutation review ---------------------------------------------------------------
+
+
+async def _store_key(client, key: str, *, age, state: str = "done", text: str = "a", body=None) -> None:
+    """A row for `key` as a request for POST /act with `text` left it, `age` ago."""
+    from core.idempotency import request_fingerprint
+    from core.store import IdempotencyKey, utcnow
+
+    async with client.app.state.resources.sessions.begin() as session:
+        session.add(
+            IdempotencyKey(
+                scope="*",
+                key=key,
+                request_hash=request_fingerprint("POST", "/act", Body(text=text)),
+                state=state,
+                created_at=utcnow() - age,
+                response_status=201 if state == "done" else None,
+                response_body=body if state == "done" else None,
+                response_headers={} if state == "done" else None,
+            )
+        )
+
+
+def _columns(row) -> dict:
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+
+
+async def test_a_key_reused_with_another_method_on_the_same_path_is_422(client):
+    """The fingerprint holds the method too: PUT /act is another request than POST /act."""
+    calls = _install(client)
+    put: list[str] = []
+
+    async def replace(body: Body, idem: IdempotencyDep):
+        async def side_effect():
+            put.append(body.text)
+            return {"put": body.text}
+
+        return await idem.execute(body, side_effect)
+
+    client.app.add_api_route("/act", replace, methods=["PUT"])
+    await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-method"})
+    response = await client.put("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-method"})
+    assert response.status_code == 422
+    assert (calls, put) == (["a"], [])
+
+
+async def test_a_key_past_24_hours_runs_afresh_and_one_within_them_replays(client):
+    from datetime import timedelta
+
+    calls = _install(client)
+    await _store_key(client, "k-expired", age=timedelta(hours=24, minutes=1), body={"echo": "stale"})
+    await _store_key(client, "k-kept", age=timedelta(hours=23, minutes=30), body={"echo": "kept"})
+    expired = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-expired"})
+    kept = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-kept"})
+    assert (expired.status_code, expired.json()) == (201, {"echo": "a", "call": 1})
+    assert "idempotent-replayed" not in expired.headers
+    assert (kept.status_code, kept.json(), kept.headers["idempotent-replayed"]) == (201, {"echo": "kept"}, "true")
+    assert calls == ["a"]
+
+
+async def test_a_finished_key_older_than_the_abandoned_cutoff_still_replays(client):
+    """The cutoff is for claims never finished; a finished answer replays for the key's 24 hours."""
+    calls = _install(client)
+    age = client.app.state.settings.abandoned_after * 2
+    await _store_key(client, "k-done-long-ago", age=age, body={"echo": "first"})
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-done-long-ago"})
+    assert (response.status_code, response.json()) == (201, {"echo": "first"})
+    assert response.headers["idempotent-replayed"] == "true"
+    assert calls == []
+
+
+async def test_a_claim_younger_than_the_configured_cutoff_is_waited_for_not_declared_dead(make_client, monkeypatch):
+    """ABANDONED_AFTER is only the default: with slow timeouts a live request may run past 10 minutes, and must
+    not be taken for dead (its retry would be told "never finished" while it may still act)."""
+    from datetime import timedelta
+
+    from core import idempotency
+
+    monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.2)
+    async with make_client(llm_timeout_seconds=120, llm_max_attempts=3, http_timeout_seconds=60) as client:
+        assert client.app.state.settings.abandoned_after > idempotency.ABANDONED_AFTER + timedelta(minutes=5)
+        calls = _install(client)
+        await _store_key(client, "k-slow", age=idempotency.ABANDONED_AFTER + timedelta(minutes=5), state="in_progress")
+        response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-slow"})
+    assert response.status_code == 409
+    assert response.json()["detail"] == "A request with this Idempotency-Key is still in progress; retry shortly."
+    assert response.headers["retry-after"] == "1"
+    assert calls == []
+
+
+async def test_a_waiter_on_a_first_request_refused_without_effect_is_told_to_send_it_again(client):
+    """The first request was refused (its key released) while a duplicate waited on it: the duplicate acts on
+    nothing and says to send it again."""
+    calls = _install(client, fail_with=UpstreamRateLimited("slow down", upstream="slack", retry_after=5), delay=0.3)
+    first, waiter = await asyncio.gather(
+        client.post("/act", json={"text": "e"}, headers={"Idempotency-Key": "k-refused"}),
+        client.post("/act", json={"text": "e"}, headers={"Idempotency-Key": "k-refused"}),
+    )
+    statuses = sorted([first, waiter], key=lambda response: response.status_code)
+    assert [response.status_code for response in statuses] == [409, 429]
+    assert "was refused without effect; send it again" in statuses[0].json()["detail"]
+    assert statuses[0].headers["retry-after"] == "0"
+    assert calls == ["e"]
+
+
+async def test_a_replayed_refusal_is_a_problem_keeping_its_location_and_not_its_retry_after(client):
+    """A 429 naming parts already sent is kept; its replay is a problem (application/problem+json), with the
+    Location it had and without Retry-After (a replay is final for its key)."""
+    from core.errors import ProblemError
+
+    sent_before = ProblemError(
+        "The second part was rate limited.",
+        status=429,
+        headers={"Location": "/runs/r1", "Retry-After": "5"},
+        sent_sids=["SM" + "a" * 32],
+    )
+    calls = _install(client, fail_with=sent_before)
+    first = await client.post("/act", json={"text": "g"}, headers={"Idempotency-Key": "k-sent"})
+    replay = await client.post("/act", json={"text": "g"}, headers={"Idempotency-Key": "k-sent"})
+    assert (first.status_code, first.headers["retry-after"]) == (429, "5")
+    assert (replay.status_code, replay.headers["idempotent-replayed"]) == (429, "true")
+    assert replay.headers["content-type"] == "application/problem+json"
+    assert replay.headers["location"] == "/runs/r1"
+    assert "retry-after" not in replay.headers
+    assert replay.json()["sent_sids"] == ["SM" + "a" * 32]
+    assert calls == ["g"]
+
+
+async def test_a_crash_keeps_the_key_as_a_500_so_a_retry_never_acts_again(client):
+    """Its outcome is unknown: the retry gets the 500 replayed, not a second run."""
+    from core.idempotency import Idempotency
+
+    sessions = client.app.state.resources.sessions
+    calls: list[str] = []
+
+    async def crashes():
+        calls.append("run")
+        raise RuntimeError("bug mid-action")
+
+    with pytest.raises(RuntimeError):
+        await Idempotency(sessions, key="k-crash", method="POST", path="/act").execute(Body(text="a"), crashes)
+    replay = await Idempotency(sessions, key="k-crash", method="POST", path="/act").execute(Body(text="a"), crashes)
+    assert (replay.status_code, replay.headers["idempotent-replayed"]) == (500, "true")
+    assert calls == ["run"]
+
+
+async def test_a_request_cancelled_twice_still_settles_its_key(client):
+    """Cancelled again while it settles (a cancel scope cancels every await after the first): the key is still
+    kept as an unknown outcome, not left in progress for its retries to wait on."""
+    from core.idempotency import Idempotency
+    from core.store import IdempotencyKey
+
+    sessions = client.app.state.resources.sessions
+    started = asyncio.Event()
+
+    async def slow():
+        started.set()
+        await asyncio.sleep(3600)
+
+    request = asyncio.create_task(
+        Idempotency(sessions, key="k-cancelled", method="POST", path="/act").execute(Body(text="a"), slow)
+    )
+    await started.wait()
+    request.cancel()
+    await asyncio.sleep(0)  # now settling the key
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    async with asyncio.timeout(5):
+        while True:
+            async with sessions() as session:
+                row = await session.get(IdempotencyKey, ("*", "k-cancelled"))
+            if row.state == "done":
+                break
+            await asyncio.sleep(0.01)
+    assert row.response_status == 500
+
+
+async def test_a_claim_released_between_its_insert_and_its_read_is_tried_again(client, monkeypatch):
+    """The other request's row vanished before it could be read: claim again, never run without a claim."""
+    from core.idempotency import Idempotency
+
+    calls = _install(client)
+    await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-vanished"})
+    load = Idempotency._load
+    reads: list[str] = []
+
+    async def vanished_once(self):
+        reads.append(self.key)
+        return None if len(reads) == 1 else await load(self)
+
+    monkeypatch.setattr(Idempotency, "_load", vanished_once)
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-vanished"})
+    assert response.headers["idempotent-replayed"] == "true"
+    assert calls == ["a"]
+    assert reads == ["k-vanished", "k-vanished"]
+
+
+async def test_an_expired_key_read_before_another_request_renewed_it_deletes_nothing(client, monkeypatch):
+    """Two requests find one expired key; the other replaces it first. This one's delete names the expired row's
+    time, so it leaves the renewed answer alone instead of deleting it and acting a second time."""
+    from datetime import timedelta
+
+    from core.idempotency import Idempotency
+    from core.store import IdempotencyKey, utcnow
+
+    calls = _install(client)
+    await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-renewed"})
+    load = Idempotency._load
+    reads: list[str] = []
+
+    async def stale_once(self):
+        row = await load(self)
+        reads.append(self.key)
+        if len(reads) == 1:  # as read just before the other request renewed it
+            return IdempotencyKey(**{**_columns(row), "created_at": utcnow() - timedelta(hours=25)})
+        return row
+
+    monkeypatch.setattr(Idempotency, "_load", stale_once)
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-renewed"})
+    assert (response.status_code, response.headers["idempotent-replayed"]) == (201, "true")
+    assert calls == ["a"]
