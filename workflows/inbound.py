@@ -180,19 +180,6 @@ class BackgroundTasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def adopt(
-        self, task: asyncio.Task[Any], *, kind: str, trigger: str, input_summary: Mapping[str, Any] | None = None
-    ) -> asyncio.Task[Any]:
-        """Take over an already running task (one a webhook started but stopped waiting for)."""
-
-        async def wait() -> Any:
-            return await task
-
-        tracked = self.spawn(wait(), kind=kind, trigger=trigger, input_summary=input_summary)
-        # Cancelling the tracker's wrapper must cancel the work itself too.
-        tracked.add_done_callback(lambda done: task.cancel() if done.cancelled() else None)
-        return tracked
-
     async def _guard(self, coro: Coroutine[Any, Any, Any], *, kind: str, trigger: str, summary: dict[str, Any]) -> Any:
         try:
             return await coro
