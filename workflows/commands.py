@@ -11,7 +11,7 @@ decides to act, only this grammar does.
     start [for] <N> <unit>                  BRIEFING_TASK for N
     stop | status | brief | briefing | help
 
-N has 1-4 digits; unit is m|min|mins|minute(s)|h|hr|hrs|hour(s).
+N has 1-4 ASCII digits; keywords and units are ASCII (any case); unit is m|min|mins|minute(s)|h|hr|hrs|hour(s).
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ MAX_MINUTES = 24 * 60
 
 # Trailing punctuation is tolerated ("stop!"), nothing else may follow a command word.
 _END = r"[.!]*"
-_SIMPLE = re.compile(rf"(?P<word>start|stop|status|brief|briefing|help){_END}", re.IGNORECASE)
+# Keywords, units and digits match as ASCII only (`(?a:...)`): under Unicode rules IGNORECASE also matched the
+# long s and the dotless i ("ſtart" parsed as a command named "ſtart", which ran the briefing), and `\d` matched
+# any script's digits ("start for ٣٠ min"); found by a review. A task may still be written in any script.
+_SIMPLE = re.compile(rf"(?P<word>(?a:start|stop|status|brief|briefing|help)){_END}", re.IGNORECASE)
 # One line, and a task only before "for": "Start the oven and wait 10 min" and "Start\nI will be done in
 # 20 min" are sentences, not commands (both started timers before a review found them). Without a task,
 # "start 2h" and "start for 30 min" mean BRIEFING_TASK.
@@ -52,8 +55,8 @@ _BLANK_RUN = re.compile(_BLANK)
 # (U+2028 let "Start the oven\u2028I will wait for 20 min" through; found by a review).
 _LINE_BREAKS = r"\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
 _TIMED_START = re.compile(
-    rf"start(?:{_BLANK}(?P<task>[^{_LINE_BREAKS}]*?\S){_BLANK}for|(?:{_BLANK}for)?){_BLANK}(?P<amount>\d{{1,4}})[ \t]*"
-    rf"(?P<unit>m|min|mins|minutes?|h|hrs?|hours?){_END}",
+    rf"(?a:start)(?:{_BLANK}(?P<task>[^{_LINE_BREAKS}]*?\S){_BLANK}(?a:for)|(?:{_BLANK}(?a:for))?){_BLANK}"
+    rf"(?P<amount>[0-9]{{1,4}})[ \t]*(?P<unit>(?a:m|min|mins|minutes?|h|hrs?|hours?)){_END}",
     re.IGNORECASE,
 )
 _ALIASES: dict[str, CommandName] = {"briefing": "brief"}

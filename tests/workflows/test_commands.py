@@ -92,6 +92,15 @@ def test_commands(text, expected):
         "   ",
         "🚀 start",
         "/start",
+        # Unicode case folding and other scripts' digits (found by a review): "ſtart" parsed as a command
+        # named "ſtart" and ran the briefing; "٣٠" was read as 30.
+        "ſtart",
+        "ſtop",
+        "ſtatus",
+        "brıef",
+        "ſtart for 30 min",
+        "start writing for ٣٠ min",
+        "start writing for 30 mın",
     ],
 )
 def test_near_misses_are_not_commands(text):
@@ -126,6 +135,28 @@ def test_arbitrary_text_parses_only_when_it_starts_with_a_command_word(text):
     command = parse_command(text)
     if command is not None:
         assert first_word(text) in COMMAND_WORDS
+
+
+# Unicode case folding pairs these with ASCII letters of the grammar: the long s and the dotless i.
+FOLDING_LOOKALIKES = {"s": "ſ", "i": "ı"}
+
+
+@st.composite
+def folded_commands(draw):
+    """A valid command with some of its foldable letters swapped for their Unicode lookalikes, and whether any was."""
+    text = draw(st.sampled_from([*sorted(COMMAND_WORDS), "start for 30 mins", "start work for 2 hrs"]))
+    letters = [FOLDING_LOOKALIKES[c] if c in FOLDING_LOOKALIKES and draw(st.booleans()) else c for c in text]
+    return "".join(letters), letters != list(text)
+
+
+@given(folded_commands())
+def test_only_ascii_keywords_are_commands(case):
+    text, folded = case
+    command = parse_command(text)
+    if folded:
+        assert command is None
+    else:
+        assert command is not None and command.name in {"start", "stop", "status", "brief", "help"}
 
 
 @given(st.text(min_size=1), st.sampled_from(sorted(COMMAND_WORDS)))
