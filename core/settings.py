@@ -43,6 +43,16 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
+def is_mail_address(value: str) -> bool:
+    """Whether `value` is shaped like a sender: `local@domain`, or `Name <local@domain>`. Only the shape: a relay's
+    own names (bot@localhost, bot@mailhog, bot@corp.local) are fine."""
+    from email.utils import parseaddr
+
+    address = parseaddr(value)[1]
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and not any(ch.isspace() or not ch.isprintable() for ch in address)
+
+
 class Settings(BaseSettings):
     """All settings. Field names are the environment variable names, lower-cased."""
 
@@ -188,11 +198,7 @@ class Settings(BaseSettings):
         # email-validator refuses those special-use domains whatever its options (found by a code review).
         if value is None or not value.strip():
             return None
-        from email.utils import parseaddr
-
-        address = parseaddr(value)[1]
-        local, at, domain = address.rpartition("@")
-        if not (at and local and domain) or any(ch.isspace() or not ch.isprintable() for ch in address):
+        if not is_mail_address(value):
             raise ValueError("must be an address such as bot@example.com or 'Bot <bot@example.com>'")
         return value.strip()
 

@@ -28,7 +28,7 @@ from core.ledger import note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
-from core.settings import Settings
+from core.settings import Settings, is_mail_address
 from core.upstream import with_retries
 
 UPSTREAM = "smtp"
@@ -39,9 +39,11 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; a longer subject would have to
 
 
 def _also_missing(settings: Settings) -> list[str]:
-    """A sender (SMTP_FROM, else SMTP_USER), and a password for the login SMTP_USER asks for: without one the
-    login was tried with an empty password, refused by the server, while a dry run answered 200."""
-    missing = [] if (settings.smtp_from or settings.smtp_user) else ["SMTP_FROM"]
+    """A sender (SMTP_FROM, else SMTP_USER when that is an address), and a password for the login SMTP_USER asks
+    for: without one the login was tried with an empty password, refused by the server, while a dry run answered
+    200. A login that is not an address (SendGrid's `apikey`) went out as `From: apikey` and `MAIL FROM:<apikey>`."""
+    user_is_sender = bool(settings.smtp_user) and is_mail_address(settings.smtp_user or "")
+    missing = [] if (settings.smtp_from or user_is_sender) else ["SMTP_FROM"]
     if settings.smtp_user and settings.smtp_password is None:
         missing.append("SMTP_PASSWORD")
     return missing
@@ -156,7 +158,7 @@ class EmailSkill:
         html = effective_html(html)
         check_content(body, html)
         sender = self.settings.smtp_from or self.settings.smtp_user
-        assert sender is not None  # INTEGRATION.require checked SMTP_FROM or SMTP_USER
+        assert sender is not None  # INTEGRATION.require checked SMTP_FROM, or SMTP_USER as an address
         envelope_from = parseaddr(sender)[1]  # "Name <addr>" -> addr, for MAIL FROM and the Message-ID domain
         message = self._build(sender, envelope_from, recipients, subject, body, html)
         payload = self._payload(message, envelope_from, recipients, body, html)

@@ -175,6 +175,27 @@ async def test_unconfigured_names_the_variables(cert):
     assert caught.value.extras["missing_settings"] == ["SMTP_HOST", "SMTP_FROM"]
 
 
+async def test_a_login_that_is_not_an_address_needs_smtp_from(make_skill, smtp):
+    # SendGrid's login is the word "apikey": as the fallback sender it went out as `From: apikey` and
+    # `MAIL FROM:<apikey>`. Without SMTP_FROM, email is not configured, for a dry run too, and nothing connects.
+    for dry_run in (True, False):
+        with pytest.raises(NotConfigured) as caught:
+            await make_skill(smtp_user="apikey", smtp_from=None).send_email(
+                to="a@example.com", subject="s", body="b", dry_run=dry_run
+            )
+        assert caught.value.extras["missing_settings"] == ["SMTP_FROM"]
+    assert smtp.connections == 0
+
+    smtp.users["apikey"] = PASSWORD
+    await make_skill(smtp_user="apikey", smtp_from="Bot <bot@example.com>").send_email(
+        to="a@example.com", subject="s", body="b"
+    )
+    [received] = smtp.messages
+    assert received.login == "apikey"
+    assert received.mail_from == "bot@example.com"
+    assert received.message["From"] == "Bot <bot@example.com>"
+
+
 # --- Validation before any connection -----------------------------------------------------
 
 
