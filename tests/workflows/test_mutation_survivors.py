@@ -7,14 +7,21 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
+import time_machine
+
 from core.errors import UpstreamError
 from core.registry import Registry
+from core.store import ScheduledJob
 from services import PROVIDERS
 from skills import SKILLS
 from skills.slack import SlackPosted
 from skills.toggl import TimerStarted, TimerStopped
+from tests.workflows.world import FakeToggl, finished_runs, post_whatsapp, wait_for, whatsapp_form, world
 from workflows.briefing import BriefingRequest, WorkflowDeps, run_briefing
 from workflows.commands import respond
+from workflows.inbound import BackgroundTasks
+from workflows.scheduler import JobScheduler
 
 START = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -144,3 +151,59 @@ async def test_a_real_stop_command_cancels_the_planned_stop_of_the_entry_it_stop
     deps = deps_for(make_settings, ledger, scheduler=scheduler)
     await respond(deps, "stop", trigger="whatsapp", sender="+15551230001")
     assert scheduler.cancelled == [77]
+
+
+# --- scheduler.py ----------------------------------------------------------------------
+
+
+async def test_a_late_stop_whose_correction_failed_says_why_in_its_run(make_client, monkeypatch):
+    """Mutant `if stopped.backdate_error:` -> `if False:` survived: the run of a late planned stop lost the
+    reason its entry still shows the late stop time, the one thing saying it must be corrected by hand."""
+    monkeypatch.setattr(FakeToggl, "_update", lambda self, request: httpx.Response(400, json="Stop time is invalid"))
+    async with world() as w:
+        settings = w.settings()
+        async with make_client(**settings) as client:
+            await post_whatsapp(client, whatsapp_form("start report for 5 min"))
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10), tick=True):
+            async with make_client(**settings) as client:
+                await wait_for(lambda: w.toggl.stops == ["9001"])
+                [run] = await finished_runs(client, "schedule.stop_timer")
+    assert run["status"] == "ok" and run["result"]["entry_id"] == 9001
+    assert "stopped_late_at" in run["result"]
+    assert "Stop time is invalid" in run["result"]["backdate_error"]
+
+
+class UnsavableScheduler(Scheduler):
+    """Its database went away when the timer started: the stop could not be saved."""
+
+    async def schedule_stop(self, **kwargs: Any) -> str:
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("INSERT INTO scheduled_jobs", {}, Exception("database is locked"))
+
+
+async def test_the_prune_saving_an_unsaved_stop_never_resets_one_that_already_fired(make_settings, sessions, ledger):
+    """Mutant `only_if_absent=True` -> `False` in the prune's recoveries survived (only `schedule_stop` itself
+    was tested). The stop of entry 77 was saved and fired meanwhile (another worker's prune): saving it again
+    must not set it back to `pending`, which would stop the entry a second time."""
+    deps = deps_for(make_settings, ledger, scheduler=UnsavableScheduler())
+    report = await run_briefing(deps, BriefingRequest(task="Writing", duration_minutes=30), trigger="api")
+    run = await ledger.get_run(report.run_id)
+    assert [(a.operation, a.status) for a in run.actions if a.skill == "scheduler"] == [("plan_stop", "failed")]
+
+    scheduler = JobScheduler(
+        settings=deps.settings, sessions=sessions, ledger=ledger, tasks=BackgroundTasks(ledger), deps=lambda: deps
+    )
+    at = START + timedelta(minutes=30)
+    await scheduler.schedule_stop(entry_id=77, workspace_id=1, description="Writing", at=at)
+    async with sessions.begin() as session:
+        (await session.get(ScheduledJob, "stop:77")).status = "done"
+
+    await scheduler.prune()
+
+    async with sessions() as session:
+        row = await session.get(ScheduledJob, "stop:77")
+    assert (row.status, row.run_at.replace(tzinfo=UTC)) == ("done", at)
+    run = await ledger.get_run(report.run_id)
+    [plan] = [a for a in run.actions if a.skill == "scheduler"]
+    assert plan.external_id == "stop:77"  # settled by the prune
