@@ -367,3 +367,129 @@ async def test_a_configured_secret_is_scrubbed_from_keys_too(client):
         pass
     stored = (await _detail(client, run.id))["input_summary"]
     assert "hunter2-secret-value" not in str(stored) and list(stored.values()) == ["x"]
+
+
+# --- Rate limit -----------------------------------------------------------------------------------------------
+
+
+async def test_retry_after_is_rounded_up_not_down(monkeypatch):
+    """Mutants: `int` for `math.ceil`, and one second added: a reset 30.5 s away must say 31 (30 invites a retry
+    that is refused again)."""
+    import time
+
+    from limits.util import WindowStats
+
+    from core.errors import RateLimited
+    from core.ratelimit import ClientRateLimiter
+
+    limiter = ClientRateLimiter(1)
+    await limiter.hit("ip:203.0.113.7", "/spend")
+
+    async def stats(*_args: object) -> WindowStats:
+        return WindowStats(reset_time=time.time() + 30.5, remaining=0)
+
+    monkeypatch.setattr(limiter._limiter, "get_window_stats", stats)
+    with pytest.raises(RateLimited) as caught:
+        await limiter.hit("ip:203.0.113.7", "/spend")
+    assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (31, "31")
+
+
+async def test_an_idempotency_lookup_that_fails_refuses_the_costly_call(monkeypatch):
+    """Mutant: a failed replay lookup taken as "not a replay": the costly call then ran (counted, in memory)
+    although its Idempotency-Key could not be checked. It is a 503, fail closed, like a rate-limit store down."""
+    from types import SimpleNamespace
+
+    import httpx
+    from fastapi import FastAPI
+
+    from core import ratelimit
+    from core.errors import add_exception_handlers
+    from core.settings import Settings
+
+    async def down(*_args: object, **_kwargs: object) -> bool:
+        raise OperationalError("SELECT idempotency_keys", {}, ConnectionRefusedError("refused"))
+
+    monkeypatch.setattr(ratelimit, "key_already_answered", down)
+    app = FastAPI()
+    app.state.settings = Settings(_env_file=None, rate_limit_per_minute=5)
+    app.state.resources = SimpleNamespace(sessions=None, engine=None)
+    add_exception_handlers(app)
+    spent: list[int] = []
+
+    @app.post("/spend", dependencies=[ratelimit.RateLimitDep])
+    async def spend() -> dict[str, bool]:
+        spent.append(1)
+        return {"ok": True}
+
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 51000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.post("/spend", headers={"Idempotency-Key": "k-1"})
+    assert response.status_code == 503 and response.json()["type"] == "/problems/store-unavailable"
+    assert spent == []
+
+
+async def test_the_previous_windows_count_still_weighs_late_in_the_next_window(database_url, monkeypatch):
+    """Mutant: counters kept one window instead of two: a counter started early in a window expired during the
+    next one, its weight vanished, and a client got more than its limit."""
+    from limits import RateLimitItemPerMinute
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from core import ratelimit_store
+    from core.store import create_engine, migrate
+
+    engine = create_engine(database_url)
+    await migrate(engine)
+    try:
+        now = [1_800_000_000.0 + 5]  # 5 s into a window
+        monkeypatch.setattr(ratelimit_store.time, "time", lambda: now[0])
+        limiter = SlidingWindowCounterRateLimiter(ratelimit_store.DatabaseStorage(engine))
+        item = RateLimitItemPerMinute(6)
+        assert all([await limiter.hit(item, "spend", "c") for _ in range(6)])
+        now[0] += 60 + 30 - 5  # half way through the next window: the previous one still weighs 6 x 1/2 = 3
+        allowed = [await limiter.hit(item, "spend", "c") for _ in range(6)]
+        assert allowed == [True, True, True, False, False, False]
+    finally:
+        await engine.dispose()
+
+
+# --- Upstream calls -------------------------------------------------------------------------------------------
+
+
+def test_a_create_that_may_have_been_sent_is_flagged_outcome_unknown():
+    """Mutant: the `outcome_unknown` member dropped from a transport failure of a create: without it an
+    Idempotency-Key does not keep the answer, and a retry with the key could post the message twice."""
+    import httpx
+
+    from core.upstream import transport_error
+
+    error = transport_error(httpx.ReadTimeout("slow"), upstream="slack", replay_safe=False)
+    assert error.extras.get("outcome_unknown") is True and not error.retryable
+    assert "outcome_unknown" not in transport_error(httpx.ReadTimeout("slow"), upstream="slack").extras
+
+
+def test_a_5xx_passes_its_retry_after_on():
+    """Mutant: `server_error` dropping `retry_after`: a Toggl 503 "Retry-After: 120" was answered without one."""
+    from core.upstream import server_error
+
+    error = server_error(503, "Toggl answered 503.", upstream="toggl", replay_safe=True, retry_after=120)
+    assert error.retry_after == 120 and error.headers.get("Retry-After") == "120"
+
+
+async def test_with_retries_waits_the_retry_after_it_was_given():
+    """Mutant: the wait ignoring Retry-After (full-jitter backoff of at most 0.25 s instead)."""
+    from core.errors import UpstreamUnavailable
+    from core.upstream import with_retries
+
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def call() -> str:
+        calls.append(loop.time())
+        if len(calls) == 1:
+            error = UpstreamUnavailable("busy", upstream="toggl", retryable=True)
+            error.wait(1.0)
+            raise error
+        return "ok"
+
+    assert await with_retries(call, attempts=2) == "ok"
+    assert calls[1] - calls[0] >= 1.0
