@@ -493,3 +493,98 @@ async def test_with_retries_waits_the_retry_after_it_was_given():
 
     assert await with_retries(call, attempts=2) == "ok"
     assert calls[1] - calls[0] >= 1.0
+
+
+async def test_each_retry_is_counted_on_the_ledger_action(client):
+    """Mutant: `with_retries` not calling `note_attempt`: a call retried once read one attempt in GET /runs."""
+    from core.errors import UpstreamUnavailable
+    from core.upstream import with_retries
+
+    calls: list[int] = []
+
+    async def call() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            error = UpstreamUnavailable("busy", upstream="toggl", retryable=True)
+            error.wait(0.01)
+            raise error
+        return "ok"
+
+    ledger = client.app.state.resources.ledger
+    async with ledger.run("toggl.start_timer", trigger="api") as run:
+        async with run.action("toggl", "start_timer"):
+            await with_retries(call)
+    assert [a["attempts"] for a in (await _detail(client, run.id))["actions"]] == [2]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_every_redirect_status_is_refused(status):
+    """Mutants: 307 left out of the refused statuses, and no status refused: a 307 from a *_BASE_URL host sent
+    the API key and the prompt on to the host it named."""
+    from types import SimpleNamespace
+
+    from core.upstream import RedirectRefused, refuse_redirects
+
+    released: list[bool] = []
+    answer = SimpleNamespace(
+        status=status,
+        headers={"Location": "https://elsewhere.example/steal"},
+        request_info=SimpleNamespace(real_url="https://api.example/v1"),
+        release=lambda: released.append(True),
+    )
+
+    async def handler(_request: object) -> SimpleNamespace:
+        return answer
+
+    with pytest.raises(RedirectRefused, match=r"a redirect to elsewhere\.example"):
+        await refuse_redirects(None, handler)  # type: ignore[arg-type]
+    assert released == [True]
+    ok = SimpleNamespace(status=200, headers={}, request_info=None, release=lambda: None)
+
+    async def fine(_request: object) -> SimpleNamespace:
+        return ok
+
+    assert await refuse_redirects(None, fine) is ok  # type: ignore[arg-type]
+
+
+async def test_a_decoded_answer_does_not_keep_the_wire_length():
+    """Mutant: Content-Length kept on the answer rebuilt from the decoded body: it then named the compressed size."""
+    import gzip
+
+    import httpx
+
+    from core.upstream import bounded_request
+    from tests.fakes.raw_http import raw_http_server
+
+    payload = b'{"ok": true, "padding": "' + b"x" * 200 + b'"}'
+    async with raw_http_server(gzip.compress(payload), headers={"Content-Encoding": "gzip"}) as url:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            response = await bounded_request(http, "GET", url, deadline=5.0)
+    assert response.content == payload
+    assert response.headers.get("content-length") in (None, str(len(payload)))
+
+
+# --- Request context --------------------------------------------------------------------------------------------
+
+
+async def test_the_request_id_is_echoed_only_when_wholly_safe(client):
+    """Mutants: the X-Request-ID header not added to answers, and the caller's id checked with `match` (a safe
+    prefix let the rest, spaces or a forged log field, into the logs and the header)."""
+    import re
+
+    safe = await client.get("/health", headers={"X-Request-ID": "abc-123.x:y"})
+    assert safe.headers["x-request-id"] == "abc-123.x:y"
+    unsafe = await client.get("/health", headers={"X-Request-ID": "abc status=200 user=admin"})
+    assert re.fullmatch(r"[0-9a-f]{32}", unsafe.headers["x-request-id"])
+
+
+async def test_an_unhandled_error_is_a_500_problem_quoting_the_request_id(client):
+    """Mutant: the last-resort answer's status changed (502): a bug of ours read as an upstream's failure."""
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    client.app.add_api_route("/boom", boom, methods=["GET"])
+    response = await client.get("/boom", headers={"X-Request-ID": "req-77"})
+    assert response.status_code == 500 and response.json()["status"] == 500
+    assert response.json()["type"] == "/problems/internal-error" and "req-77" in response.json()["detail"]
