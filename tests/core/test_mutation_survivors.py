@@ -120,6 +120,15 @@ async def test_a_failed_run_whose_start_and_finish_share_a_batch_keeps_its_error
     assert detail["result"] == {"partial": "the first half"}
 
 
+async def test_a_run_that_ends_without_an_exception_keeps_the_error_it_set(client):
+    """Mutant: `handle.error` dropped: a briefing whose steps all failed read `failed` with no reason."""
+    ledger = client.app.state.resources.ledger
+    async with ledger.run("briefing", trigger="api") as run:
+        run.status, run.error = "failed", "every step failed"
+    detail = await _detail(client, run.id)
+    assert (detail["status"], detail["error"]) == ("failed", "every step failed")
+
+
 async def test_a_read_waits_for_a_batch_already_being_written(client):
     """Mutant: `flush` waiting only when writes are queued, not when the drain has taken them and is writing:
     GET /runs/{id} read `running` for a run whose finish was on its way to the database."""
