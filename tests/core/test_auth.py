@@ -75,6 +75,10 @@ async def test_an_unparseable_body_without_the_key_is_a_401_not_a_422(make_clien
         right = await client.post(
             "/slack-notify", content=body, headers={"Content-Type": content_type, "Authorization": "Bearer " + "k" * 32}
         )
+        # The scheme is case-insensitive (RFC 9110), as FastAPI's HTTPBearer reads a parseable body's request.
+        lower_scheme = await client.post(
+            "/slack-notify", content=body, headers={"Content-Type": content_type, "Authorization": "bearer " + "k" * 32}
+        )
         # The right key under another scheme is not the key (as for a parseable body); pinned by a mutation review.
         other_scheme = await client.post(
             "/slack-notify", content=body, headers={"Content-Type": content_type, "Authorization": "Basic " + "k" * 32}
@@ -83,6 +87,7 @@ async def test_an_unparseable_body_without_the_key_is_a_401_not_a_422(make_clien
     assert anonymous.headers["www-authenticate"] == "Bearer"
     assert "needs the API key" in anonymous.json()["detail"] and "wrong" in wrong.json()["detail"]
     assert right.status_code in (400, 422)  # with the key, the body's own problem
+    assert lower_scheme.status_code == right.status_code
 
 
 async def test_public_routes_still_report_their_body_problem_without_a_key(make_client):
