@@ -102,11 +102,11 @@ def _json_body(result: Any) -> Any:
     return jsonable_encoder(result)
 
 
-async def key_already_answered(sessions: async_sessionmaker, *, method: str, path: str, key: str) -> bool:
-    """Whether (method path, key) has a stored answer: the request will replay it (or be refused for another
-    body), acting on nothing, so the rate limiter does not count it (a client retrying for its stored answer
-    was refused 429). Only `done` counts: an in-progress claim can still be released (a refusal), and the
-    request waiting on it would then run, uncounted."""
+async def key_already_answered(sessions: async_sessionmaker, *, key: str) -> bool:
+    """Whether `key` has a stored answer: the request will replay it (or be refused for another request or
+    body: every key shares one scope), acting on nothing, so the rate limiter does not count it (a client
+    retrying for its stored answer was refused 429). Only `done` counts: an in-progress claim can still be
+    released (a refusal), and the request waiting on it would then run, uncounted."""
     async with sessions() as session:
         answered = await session.scalar(
             select(IdempotencyKey.key).where(

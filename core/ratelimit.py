@@ -188,9 +188,7 @@ async def enforce_rate_limit(
     resources = getattr(request.app.state, "resources", None)
     if key and resources is not None:
         try:
-            answered = await key_already_answered(
-                resources.sessions, method=request.method, path=request.url.path, key=key
-            )
+            answered = await key_already_answered(resources.sessions, key=key)
         except (SQLAlchemyError, OSError) as exc:
             raise store_unavailable(exc) from exc
         if answered:
