@@ -352,16 +352,14 @@ async def test_an_answer_trickled_past_the_timeout_is_cut_at_llm_timeout_seconds
     from tests.fakes.raw_http import raw_http_server
 
     body = json.dumps(anthropic_message("a plan")).encode()
-    async with raw_http_server(body, pieces=10, pause=0.25) as url:  # 2.25 s in all, each read well under 0.5 s
-        router = await make_router(
-            transport="httpx", llm_max_attempts=1, llm_timeout_seconds=0.5, anthropic_base_url=url
-        )
+    async with raw_http_server(body, pieces=20, pause=0.2) as url:  # 3.8 s in all, each read well under 1 s
+        router = await make_router(transport="httpx", llm_max_attempts=1, llm_timeout_seconds=1, anthropic_base_url=url)
         with pytest.raises(AllProvidersFailed) as caught:
             await router.generate(text="hi", provider="claude")
 
     [failure] = caught.value.extras["providers"]
     assert (failure["status"], failure["error"]) == (504, "upstream-timeout")
-    assert failure["detail"] == "claude did not answer within LLM_TIMEOUT_SECONDS=0.5."
+    assert failure["detail"] == "claude did not answer within LLM_TIMEOUT_SECONDS=1."
 
 
 async def test_a_claude_error_page_that_is_not_json_is_quoted_in_the_detail(make_router, fakes):
