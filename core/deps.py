@@ -65,6 +65,18 @@ async def get_dry_run(
     Given twice with different values (`?dry_run=true&dry_run=false`) it is refused: the last one would
     win, and a request meant as a rehearsal must never act for real (found by a review).
     """
+    # Every action's only query parameter is dry_run, and an unknown one was ignored: `?DRY_RUN=true` or
+    # `?dry-run=true`, meant as a rehearsal, started a real timer (found by a black-box review). Refused
+    # like an unknown body member is.
+    unknown = sorted({name for name in request.query_params if name != "dry_run"})
+    if unknown:
+        raise InvalidInput(
+            f"Unknown query parameter {', '.join(unknown)}; this endpoint takes only dry_run.",
+            errors=[
+                {"field": f"query.{name}", "message": "unknown query parameter", "type": "extra_forbidden"}
+                for name in unknown
+            ],
+        )
     given = request.query_params.getlist("dry_run")
     # Compared as the booleans FastAPI reads them as (`true` and `1` agree); an unreadable one is its 422.
     if len(given) > 1 and len({_QUERY_BOOLS.get(value.strip().lower(), value) for value in given}) > 1:

@@ -1,0 +1,55 @@
+"""Problems a black-box review found by using the running service with curl, each pinned through the real app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from core.errors import PROBLEM_CONTENT_TYPE
+
+TOGGL = "https://toggl.test/api/v9"
+WID = 4242
+TOGGL_CONFIG: dict[str, Any] = {
+    "toggl_api_token": "tok-abcdef123456",
+    "toggl_workspace_id": WID,
+    "toggl_base_url": TOGGL,
+}
+
+
+@pytest.fixture
+def toggl() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=TOGGL, assert_all_called=False) as router:
+        router.get("/me/time_entries/current").mock(
+            return_value=httpx.Response(200, content=b"null", headers={"content-type": "application/json"})
+        )
+        yield router
+
+
+# --- A mistyped dry_run acted for real ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["DRY_RUN=true", "dry-run=true", "dryrun=1", "dry_run=true&DRY_RUN=true"])
+async def test_an_unknown_query_parameter_on_an_action_is_a_422_and_nothing_is_sent(make_client, toggl, query):
+    """`?DRY_RUN=true` (the setting's spelling) was ignored as unknown and started a real Toggl timer."""
+    create = toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(200, json={"id": 1}))
+    async with make_client(**TOGGL_CONFIG) as client:
+        response = await client.post(f"/start-timer?{query}", json={"task_name": "Rehearsal"})
+        runs = (await client.get("/runs")).json()
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert "takes only dry_run" in response.json()["detail"]
+    assert not create.called
+    assert runs["total"] == 0
+
+
+async def test_dry_run_alone_is_still_accepted(make_client, toggl):
+    create = toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(200, json={"id": 1}))
+    async with make_client(**TOGGL_CONFIG) as client:
+        response = await client.post("/start-timer?dry_run=true", json={"task_name": "Rehearsal"})
+    assert response.status_code == 200, response.text
+    assert response.json()["dry_run"] is True
+    assert not create.called
