@@ -289,6 +289,15 @@ async def get_idempotency(
         ),
     ] = None,
 ) -> Idempotency:
+    # Only the first header was read: a client whose retry layer adds its own key before the caller's sent
+    # `Idempotency-Key: a` and `Idempotency-Key: b`, and a retry carrying the same `b` acted again (found by
+    # a black-box review). Which one names the request is ambiguous, so two different ones are refused.
+    given = set(request.headers.getlist("Idempotency-Key"))
+    if len(given) > 1:
+        raise InvalidInput(
+            f"Idempotency-Key is given {len(given)} times with different values; give one key.",
+            errors=[{"field": "header.Idempotency-Key", "message": "given more than once with different values"}],
+        )
     return Idempotency(
         resources.sessions,
         key=idempotency_key,

@@ -53,3 +53,37 @@ async def test_dry_run_alone_is_still_accepted(make_client, toggl):
     assert response.status_code == 200, response.text
     assert response.json()["dry_run"] is True
     assert not create.called
+
+
+# --- Two Idempotency-Key headers -----------------------------------------------------------------------------------
+
+
+async def test_two_different_idempotency_keys_are_a_422_and_nothing_is_sent(make_client, toggl):
+    """Only the first key was read, so a retry carrying the second one started a second timer."""
+    create = toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(200, json={"id": 1}))
+    async with make_client(**TOGGL_CONFIG) as client:
+        both = await client.post(
+            "/start-timer",
+            json={"task_name": "Once"},
+            headers=[("Idempotency-Key", "retry-layer-1"), ("Idempotency-Key", "caller-key")],
+        )
+        runs = (await client.get("/runs")).json()
+    assert both.status_code == 422, both.text
+    assert both.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    assert not create.called
+    assert runs["total"] == 0
+
+
+async def test_the_same_idempotency_key_twice_is_one_key(make_client, toggl):
+    toggl.post(f"/workspaces/{WID}/time_entries").mock(return_value=httpx.Response(200, json={"id": 1}))
+    async with make_client(**TOGGL_CONFIG) as client:
+        twice = await client.post(
+            "/start-timer?dry_run=true",
+            json={"task_name": "Once"},
+            headers=[("Idempotency-Key", "k-1"), ("Idempotency-Key", "k-1")],
+        )
+        replay = await client.post(
+            "/start-timer?dry_run=true", json={"task_name": "Once"}, headers={"Idempotency-Key": "k-1"}
+        )
+    assert twice.status_code == 200, twice.text
+    assert replay.headers["idempotent-replayed"] == "true"
