@@ -23,6 +23,10 @@ def key_refusal(settings: Settings, supplied: str | None) -> Unauthorized | None
     expected = settings.app_api_key
     if expected is None:
         return None  # development without a key: open, as documented
+    # Whitespace around a header value is not part of it (RFC 9110 5.5), and the Bearer form was already
+    # stripped; uvicorn's httptools parser keeps a trailing space, so `X-API-Key: <key> ` was "wrong" while
+    # `Authorization: Bearer <key> ` passed (found by a black-box review).
+    supplied = (supplied.strip(" \t") or None) if supplied is not None else None
     if supplied is None:
         return Unauthorized(
             "This endpoint needs the API key: send it as X-API-Key: <key> or Authorization: Bearer <key>.",

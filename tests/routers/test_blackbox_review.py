@@ -87,3 +87,21 @@ async def test_the_same_idempotency_key_twice_is_one_key(make_client, toggl):
         )
     assert twice.status_code == 200, twice.text
     assert replay.headers["idempotent-replayed"] == "true"
+
+
+# --- Whitespace around X-API-Key ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sent", ["k-123456 ", " k-123456", "k-123456\t"])
+async def test_whitespace_around_x_api_key_is_not_part_of_the_key(make_client, sent):
+    """uvicorn's httptools keeps a trailing space: the right key was answered "The API key is wrong"."""
+    async with make_client(app_api_key="k-123456") as client:
+        response = await client.get("/runs", headers={"X-API-Key": sent})
+    assert response.status_code == 200, response.text
+
+
+async def test_a_blank_x_api_key_is_missing_not_wrong(make_client):
+    async with make_client(app_api_key="k-123456") as client:
+        response = await client.get("/runs", headers={"X-API-Key": "  "})
+    assert response.status_code == 401
+    assert "needs the API key" in response.json()["detail"]
