@@ -185,7 +185,9 @@ async def process_prompt(
     "/ai-process",
     summary="Generate text with Gemini or Claude (routed by prompt length)",
     response_model=AIProcessResponse,
-    responses=problem_responses(401, 413, 422, 429, 502, 503, 504),
+    # 409: the Idempotency-Key answers of core.idempotency (a duplicate still running past its wait, or a first
+    # request that never finished); an LLM call can outlast the 30 s wait, so a client retry meets it.
+    responses=problem_responses(401, 409, 413, 422, 429, 502, 503, 504),
 )
 async def ai_process(
     body: AIProcessRequest,

@@ -105,3 +105,20 @@ async def test_a_blank_x_api_key_is_missing_not_wrong(make_client):
         response = await client.get("/runs", headers={"X-API-Key": "  "})
     assert response.status_code == 401
     assert "needs the API key" in response.json()["detail"]
+
+
+# --- 409 missing from /ai-process's OpenAPI ------------------------------------------------------------------------
+
+
+async def test_every_operation_taking_an_idempotency_key_documents_its_409(client):
+    """/ai-process answered 409 "still in progress" to a retry while the first LLM call ran past the 30 s wait,
+    a status its OpenAPI did not list."""
+    schema = (await client.get("/openapi.json")).json()
+    undocumented = [
+        f"{method.upper()} {path}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if any(parameter["name"] == "Idempotency-Key" for parameter in operation.get("parameters", []))
+        and "409" not in operation["responses"]
+    ]
+    assert undocumented == []
