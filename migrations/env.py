@@ -27,6 +27,11 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         if connection.dialect.name == "postgresql":
             # Several workers may start together; only one migrates at a time.
             connection.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+        elif connection.dialect.name == "sqlite":
+            # The same on SQLite: take its write lock before reading the revision. Without it, `uvicorn main:app
+            # --workers 2` on a new database had both workers create `runs`, and one stopped start-up with
+            # "table runs already exists" (found by a black-box review). The driver's busy timeout waits.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         context.run_migrations()
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -10,6 +13,7 @@ import pytest
 import respx
 
 from core.errors import PROBLEM_CONTENT_TYPE
+from core.store import create_engine, current_revision, migrate
 
 TOGGL = "https://toggl.test/api/v9"
 WID = 4242
@@ -122,3 +126,39 @@ async def test_every_operation_taking_an_idempotency_key_documents_its_409(clien
         and "409" not in operation["responses"]
     ]
     assert undocumented == []
+
+
+# --- uvicorn --workers on a new SQLite database ---------------------------------------------------------------------
+
+
+async def test_a_worker_migrating_a_new_sqlite_database_waits_for_the_one_already_migrating(tmp_path):
+    """`uvicorn main:app --workers 2` on the default SQLite database, first start: both workers saw no tables,
+    both created `runs`, and one stopped start-up with "table runs already exists".
+
+    Another worker, midway through its migration, is played by a connection that holds SQLite's write lock
+    and has created every table, uncommitted; it commits once this worker's migration has begun."""
+    template = tmp_path / "template.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{template}")
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    with closing(sqlite3.connect(template)) as source:
+        schema = [line for line in source.iterdump() if line not in ("BEGIN TRANSACTION;", "COMMIT;")]
+
+    fresh = tmp_path / "workers.db"
+    other_worker = sqlite3.connect(fresh, isolation_level=None, timeout=30)
+    engine = create_engine(f"sqlite+aiosqlite:///{fresh}")
+    try:
+        other_worker.execute("PRAGMA journal_mode=WAL")
+        other_worker.execute("BEGIN IMMEDIATE")
+        for statement in schema:
+            other_worker.execute(statement)
+        this_worker = asyncio.create_task(migrate(engine))
+        await asyncio.sleep(1.0)
+        other_worker.execute("COMMIT")
+        await asyncio.wait_for(this_worker, 30)
+        assert await current_revision(engine) is not None
+    finally:
+        other_worker.close()
+        await engine.dispose()
