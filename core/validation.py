@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,3 +37,18 @@ def json_depth(value: Any) -> int:
         deepest = max(deepest, depth)
         pending.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def has_non_finite_number(value: Any) -> bool:
+    """Whether `value` (parsed JSON) holds NaN or an infinity. Python's json reads `NaN`, `Infinity` and `1e400`
+    although JSON has no such numbers, and writes them back as those same invalid literals."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
-from core.validation import json_depth
+from core.validation import has_non_finite_number, json_depth
 from routers.deps import SkillsDep
 from skills.slack import MAX_BLOCKS
 from workflows.actions import perform_action
@@ -67,6 +67,10 @@ class SlackNotifyRequest(BaseModel):
         # unreadable (found by a code review).
         if value is not None and (depth := json_depth(value)) > MAX_BLOCK_DEPTH:
             raise ValueError(f"nest {depth} levels deep; Block Kit needs at most {MAX_BLOCK_DEPTH}")
+        # `NaN`, `Infinity` or `1e400` in a block was posted to Slack as that literal, a body that is not JSON,
+        # while the ledger recorded null for it (found by a black-box review).
+        if value is not None and has_non_finite_number(value):
+            raise ValueError("contain NaN or an infinity (such as 1e400), which JSON cannot carry; send finite numbers")
         return value
 
 

@@ -14,6 +14,7 @@ import respx
 
 from core.errors import PROBLEM_CONTENT_TYPE
 from core.store import create_engine, current_revision, migrate
+from tests.fakes.slack import FakeSlack
 
 TOGGL = "https://toggl.test/api/v9"
 WID = 4242
@@ -162,3 +163,25 @@ async def test_a_worker_migrating_a_new_sqlite_database_waits_for_the_one_alread
     finally:
         other_worker.close()
         await engine.dispose()
+
+
+# --- NaN in Slack blocks --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+async def test_a_non_finite_number_in_slack_blocks_is_a_422_and_nothing_is_posted(make_client, number):
+    """Python's json reads these; the block went to Slack as `"x": NaN` (not JSON) and the ledger said null."""
+    body = f'{{"message": "m", "blocks": [{{"type": "section", "x": {number}}}]}}'
+    async with FakeSlack(token="xoxb-1") as slack:
+        settings = {"slack_bot_token": "xoxb-1", "slack_base_url": slack.base_url, "slack_default_channel": "#general"}
+        async with make_client(**settings) as client:
+            response = await client.post(
+                "/slack-notify?dry_run=false",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            runs = (await client.get("/runs")).json()
+        assert slack.calls() == []
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "body.blocks"
+    assert runs["total"] == 0
