@@ -39,6 +39,8 @@ def _http_url(value: str) -> str:
 HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
+#: The shortest APP_API_KEY accepted where the service is exposed (APP_ENV=production or a public PUBLIC_BASE_URL).
+MIN_API_KEY_CHARS = 16
 #: A Slack member ID: U (or W, on Enterprise Grid) and upper-case letters and digits.
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
@@ -248,7 +250,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APP_API_KEY must be set when APP_ENV=production: every action endpoint would be open to anyone"
             )
-        if self.public_base_url and not _is_loopback(urlsplit(self.public_base_url).hostname) and not self.app_api_key:
+        if self.public_base_url_is_remote and not self.app_api_key:
             # The documented ngrok set-up published every action endpoint and /runs to whoever found the tunnel,
             # with nothing said (found by a security review): binding to 127.0.0.1 does not help behind ngrok.
             raise ValueError(
@@ -257,6 +259,17 @@ class Settings(BaseSettings):
                 "be open to anyone who finds the URL. Set APP_API_KEY to a long random value, e.g. the output of "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
+        exposed = "APP_ENV=production" if self.app_env == "production" else "PUBLIC_BASE_URL names another host"
+        if self.app_api_key and (self.app_env == "production" or self.public_base_url_is_remote):
+            # A key is only a guard if it cannot be guessed: the README's `change-me` or a one-letter key started
+            # in production (found by a black-box review). Length is the one property checked.
+            length = len(self.app_api_key.get_secret_value().strip())
+            if length < MIN_API_KEY_CHARS:
+                raise ValueError(
+                    f"APP_API_KEY is too short for {exposed} ({length} characters; at least {MIN_API_KEY_CHARS}): "
+                    "set it to a long random value, e.g. the output of "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
         if self.app_env == "production" and self.twilio_auth_token and not self.whatsapp_allowed_senders:
             raise ValueError(
                 "WHATSAPP_ALLOWED_SENDERS must list the E.164 numbers allowed to command the service "
@@ -271,6 +284,11 @@ class Settings(BaseSettings):
         return self
 
     # --- Derived values ----------------------------------------------------
+    @property
+    def public_base_url_is_remote(self) -> bool:
+        """PUBLIC_BASE_URL names a host other than this machine: the service is reachable from the internet."""
+        return bool(self.public_base_url) and not _is_loopback(urlsplit(self.public_base_url).hostname)
+
     @property
     def unguarded_on_network(self) -> bool:
         """Listening beyond this machine with no APP_API_KEY: said at start-up (PUBLIC_BASE_URL is refused)."""

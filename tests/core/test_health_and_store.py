@@ -53,7 +53,9 @@ async def test_the_webhooks_with_nothing_set_name_what_health_names(make_client)
 
 async def test_health_gives_no_proxy_advice_once_the_public_url_is_set(make_client):
     async with make_client(
-        public_base_url="https://abc.ngrok.app", app_api_key="k-public-url", whatsapp_allowed_senders="+15551234567"
+        public_base_url="https://abc.ngrok.app",
+        app_api_key="k-public-url-0000",
+        whatsapp_allowed_senders="+15551234567",
     ) as client:
         health = (await client.get("/health")).json()["integrations"]
     assert health["whatsapp_webhook"]["advice"] == []

@@ -111,6 +111,36 @@ def test_a_public_url_without_an_api_key_refuses_to_start(monkeypatch):
     assert load_settings(_env_file=None).app_api_key is None
 
 
+@pytest.mark.parametrize(
+    ("exposed", "value", "named"),
+    [
+        ("APP_ENV", "production", "APP_ENV=production"),
+        ("PUBLIC_BASE_URL", "https://abc123.ngrok.app", "PUBLIC_BASE_URL names another host"),
+    ],
+)
+def test_an_exposed_service_refuses_a_short_api_key(monkeypatch, exposed, value, named):
+    """Found by a black-box review: APP_ENV=production started with APP_API_KEY=change-me (the README's
+    example) or a one-letter key. The error names the length, not the key."""
+    monkeypatch.setenv(exposed, value)
+    # 15 characters, and 13 padded to 23 with blanks (compared as the key is: stripped).
+    for weak in ("change-me", "k", "fifteen-chars-x", "thirteen-char" + " " * 10):
+        monkeypatch.setenv("APP_API_KEY", weak)
+        with pytest.raises(ConfigurationError) as refused:
+            load_settings(_env_file=None)
+        message = str(refused.value)
+        assert f"APP_API_KEY is too short for {named}" in message and "at least 16" in message
+        assert len(weak) == 1 or weak.strip() not in message
+    monkeypatch.setenv("APP_API_KEY", "x" * 16)
+    assert load_settings(_env_file=None).app_api_key.get_secret_value() == "x" * 16
+
+
+def test_a_short_api_key_is_fine_on_this_machine(monkeypatch):
+    # The README's local walk-through (KEY=change-me) keeps working in development without a public URL.
+    monkeypatch.setenv("APP_API_KEY", "change-me")
+    monkeypatch.setenv("PUBLIC_BASE_URL", "http://localhost:8000")
+    assert load_settings(_env_file=None).app_api_key.get_secret_value() == "change-me"
+
+
 def test_production_with_whatsapp_needs_an_allowlist(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("APP_API_KEY", "k" * 20)
