@@ -94,10 +94,16 @@ class RequestContextMiddleware:
             await send(message)
 
         declared = headers.get(b"content-length")
+        encoding = headers.get(b"content-encoding", b"").strip().lower()
         try:
             if declared is not None and declared.isdigit() and int(declared) > max_body:
                 # Refused before reading a byte of it.
                 await self._too_large(scope, max_body)(scope, receive, send_with_id)
+                return
+            if encoding not in (b"", b"identity") and (declared not in (None, b"0") or b"transfer-encoding" in headers):
+                # Nothing here decodes a compressed body: a gzipped JSON body was a 400 "must be UTF-8", naming
+                # the wrong cause (found by a black-box review). RFC 9110 15.5.16: 415, and say what is accepted.
+                await self._compressed(scope, encoding)(scope, receive, send_with_id)
                 return
             await self.app(scope, limited_receive, send_with_id)
         except _BodyRefused:
@@ -129,6 +135,18 @@ class RequestContextMiddleware:
             type_="/problems/payload-too-large",
             instance=scope.get("path"),
             extras={"limit_bytes": limit},
+        )
+
+    @staticmethod
+    def _compressed(scope: Scope, encoding: bytes) -> Response:
+        return problem_response(
+            status=415,
+            title="Unsupported Content-Encoding",
+            detail=f"The body is sent with Content-Encoding: {encoding.decode('latin-1')[:40]}; this service reads "
+            "only uncompressed bodies. Send it without a Content-Encoding header.",
+            type_="/problems/unsupported-content-encoding",
+            instance=scope.get("path"),
+            headers={"Accept-Encoding": "identity"},
         )
 
     def _too_slow(self, scope: Scope) -> Response:

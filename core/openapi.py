@@ -9,6 +9,11 @@ from fastapi import FastAPI
 from core.errors import PROBLEM_CONTENT_TYPE, ProblemDetails
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
+#: What core/middleware.py answers for any request body, before a route sees it.
+_BODY_REFUSALS = {
+    "408": "The request body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS; nothing ran",
+    "415": "The body was sent compressed (Content-Encoding); send it uncompressed",
+}
 
 
 def install_problem_schema(app: FastAPI) -> None:
@@ -28,6 +33,9 @@ def install_problem_schema(app: FastAPI) -> None:
         schemas["ProblemDetails"] = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                if "requestBody" in operation:
+                    for code, description in _BODY_REFUSALS.items():
+                        operation.setdefault("responses", {}).setdefault(code, {"description": description})
                 for code, response in operation.get("responses", {}).items():
                     if code.startswith(("4", "5")):
                         response["content"] = {PROBLEM_CONTENT_TYPE: {"schema": _PROBLEM_REF}}

@@ -79,6 +79,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "Send less, or raise the limit (`limit_bytes` gives the body's, `limit_chars` the prompt's).",
         ),
         ProblemType(
+            "unsupported-content-encoding",
+            "Unsupported Content-Encoding",
+            (415,),
+            "The body was sent compressed (Content-Encoding: gzip, say); the service reads only uncompressed bodies.",
+            "Send the body uncompressed, without a Content-Encoding header (or with Content-Encoding: identity).",
+        ),
+        ProblemType(
             "llm-prompt-too-large",
             "Prompt too large for the model",
             (413,),

@@ -108,6 +108,47 @@ async def test_declared_oversize_body_is_refused_everywhere(hostile_client):
         assert response.json()["limit_bytes"] == LIMIT
 
 
+async def test_a_compressed_body_is_415_everywhere_and_nothing_runs(hostile_client, vendors):
+    """Found by a black-box review: a gzipped JSON body was a 400 "it must be UTF-8", naming the wrong cause.
+    Refused before a byte is read, with or without the key, and before any upstream or ledger write."""
+    import gzip
+
+    body = gzip.compress(b'{"message": "hi", "task_name": "x", "text": "hi"}')
+    for method, path in _body_routes(hostile_client.app):
+        for key in (API_KEY, None):
+            headers = {"Content-Type": "application/json", "Content-Encoding": "GZip "}
+            if key is None:
+                headers["X-API-Key"] = ""
+            response = await hostile_client.request(method, path, content=body, headers=headers)
+            assert response.status_code == 415, f"{method} {path}: {response.status_code} {response.text[:200]}"
+            _assert_problem(response, method, path)
+            assert response.json()["type"] == "/problems/unsupported-content-encoding"
+            assert "Content-Encoding: gzip" in response.json()["detail"]
+            assert response.headers["accept-encoding"] == "identity"
+    _, counts = vendors
+    assert counts == {}
+    assert (await hostile_client.get("/runs")).json()["total"] == 0
+
+
+async def test_an_identity_encoding_or_an_empty_compressed_body_is_not_refused(hostile_client):
+    ok = {"Content-Type": "application/json", "Content-Encoding": "identity"}
+    response = await hostile_client.post("/ai-process", json={"text": "hi"}, headers=ok)
+    assert response.status_code != 415
+    # No body at all: nothing to decode, so the route's own answer (here the missing body's 422).
+    response = await hostile_client.post("/ai-process", headers={"Content-Encoding": "gzip", "Content-Length": "0"})
+    assert response.status_code == 422
+
+
+def test_every_operation_taking_a_body_documents_the_middlewares_408_and_415(hostile_client):
+    schema = hostile_client.app.openapi()
+    for template, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                for code in ("408", "415"):
+                    assert code in operation["responses"], f"{method} {template} lacks {code}"
+                    assert PROBLEM_CONTENT_TYPE in operation["responses"][code]["content"]
+
+
 async def _chunks(total: int, size: int = 1000) -> AsyncIterator[bytes]:
     sent = 0
     while sent < total:

@@ -19,6 +19,7 @@ HANDLER_TYPES = {
     "internal-error",
     "payload-too-large",
     "request-timeout",
+    "unsupported-content-encoding",
 }
 
 
