@@ -128,6 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # No 307 from /x/ to /x: Starlette builds its Location from the request, so behind a TLS proxy or ngrok
+        # it said http://, and a client following it (curl -L) re-sent the API key in clear text (found by a
+        # black-box review). A trailing slash is a 404 that names the endpoint instead (core/errors.py).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.registry = registry

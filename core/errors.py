@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.context import current_request_id
 from core.problem_types import PROBLEM_TYPES
@@ -374,6 +375,12 @@ def database_failed(exc: BaseException, *, acted: bool = True) -> StoreUnavailab
     )
 
 
+def _routed(request: Request, path: str) -> bool:
+    """Whether some route answers `path` (with any method): Starlette's own matching, as the router does it."""
+    scope = {**request.scope, "path": path}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     """Install the mapping. Unexpected exceptions are handled by RequestContextMiddleware."""
 
@@ -433,6 +440,9 @@ def add_exception_handlers(app: FastAPI) -> None:
             )
         if exc.status_code == 404 and detail is None:
             detail = f"No route matches {request.url.path}. See /docs for the available endpoints."
+            bare = request.url.path.rstrip("/")
+            if bare and bare != request.url.path and _routed(request, bare):
+                detail = f"No route matches {request.url.path}: the endpoint is {bare}, without the trailing slash."
         elif exc.status_code == 405 and detail is None:
             allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
             detail = f"{request.method} is not allowed on {request.url.path}" + (

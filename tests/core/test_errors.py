@@ -37,6 +37,20 @@ async def test_unknown_route_is_404(client):
     assert "/docs" in body["detail"]
 
 
+async def test_a_trailing_slash_is_a_404_naming_the_endpoint_not_a_redirect(client):
+    """Found by a black-box review: /slack-notify/ was a 307 whose Location Starlette built from the request,
+    http:// behind a TLS proxy or ngrok, so a client following it re-sent the API key in clear text."""
+    response = await client.post("/slack-notify/", json={"message": "hi"}, headers={"X-Forwarded-Proto": "https"})
+    body = _assert_problem(response, 404)
+    assert "location" not in response.headers
+    assert (
+        body["detail"] == "No route matches /slack-notify/: the endpoint is /slack-notify, without the trailing slash."
+    )
+    assert (await client.get("/runs")).json()["total"] == 0
+    # A path that is not an endpoint with a slash added keeps the general advice.
+    assert "/docs" in _assert_problem(await client.get("/no-such-thing/"), 404)["detail"]
+
+
 async def test_wrong_method_is_405_with_allow(client):
     response = await client.delete("/health")
     body = _assert_problem(response, 405)
