@@ -19,9 +19,11 @@ from tests.fakes.llm import (
     OPENAI_PATH,
     anthropic_error,
     anthropic_message,
+    gemini_content,
+    openai_completion,
     openai_error,
 )
-from tests.fakes.server import Reply
+from tests.fakes.server import FakeUpstream, Reply
 
 
 def words(count: int) -> str:
@@ -374,3 +376,121 @@ async def test_a_claude_error_page_that_is_not_json_is_quoted_in_the_detail(make
     [failure] = caught.value.extras["providers"]
     assert failure["detail"] == f"claude failed (502: {HTML_ERROR_PAGE})."
     assert len(fakes.claude.calls()) == 1
+
+
+# --- Mutants run by a second pass of the review ----------------------------------------------------------------
+
+
+async def test_the_system_text_counts_towards_the_context_guard(make_router, fakes):
+    """Mutant: the estimate left `system` out, so a system text that overflows the window was sent anyway."""
+    router = await make_router(local=True, local_llm_context_tokens=512)
+
+    with pytest.raises(PayloadTooLarge) as caught:
+        await router.generate(text="hi", system="s" * 2000, provider="local", max_tokens=100)
+
+    assert caught.value.extras["estimated_tokens"] == 0 + 500 + 100
+    assert fakes.local.calls() == []
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_from_gemini_on_the_httpx_transport_is_not_followed(make_router, fakes, status):
+    """Mutant: the router's httpx client built with `follow_redirects=True`. The redirect test runs on the aiohttp
+    transport only; on httpx the request was sent on to the host the 3xx named (a 307 with the prompt)."""
+    async with FakeUpstream() as elsewhere:
+        fakes.gemini.route(
+            "POST", fakes.gemini.path, lambda _: Reply(status, headers={"Location": f"{elsewhere.url}/steal"})
+        )
+        router = await make_router(transport="httpx", llm_max_attempts=1)
+
+        with pytest.raises(AllProvidersFailed) as caught:
+            await router.generate(text="secret plans", provider="gemini")
+
+        assert elsewhere.requests == []
+    assert len(fakes.gemini.calls()) == 1
+    [failure] = caught.value.extras["providers"]
+    assert str(status) in failure["detail"]
+
+
+async def test_a_403_says_our_credentials_were_refused(make_router, fakes):
+    """Mutant: 403 dropped from the 401/403 branch; it read "answered 403" instead of naming the key to check."""
+    fakes.claude.route(
+        "POST", ANTHROPIC_PATH, lambda _: anthropic_error(403, "permission_error", "Your API key lacks permission.")
+    )
+    router = await make_router()
+
+    with pytest.raises(AllProvidersFailed) as caught:
+        await router.generate(text="plan", provider="claude")
+
+    [failure] = caught.value.extras["providers"]
+    assert failure["detail"] == (
+        "claude refused our credentials (403: Your API key lacks permission.). Check ANTHROPIC_API_KEY and "
+        "CLAUDE_MODEL."
+    )
+    assert len(fakes.claude.calls()) == 1  # not retried
+
+
+async def test_an_answer_of_only_whitespace_is_unusable_and_the_next_provider_answers(make_router, fakes):
+    """Mutant: `first_text` took any non-empty string, so a blank answer was returned as the response."""
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=anthropic_message(" \n\t ")))
+    router = await make_router()
+
+    result = await router.generate(text=words(600))
+
+    assert (result.provider, result.routing.fallback_from) == ("gemini", "claude")
+    assert result.response == "gemini: 600 words received"
+    assert result.routing.reason == "600 words > 500: claude; claude failed (upstream-error); fell back to gemini"
+    assert len(fakes.claude.calls()) == 1 and len(fakes.gemini.calls()) == 1
+
+
+async def test_gemini_api_version_in_the_environment_does_not_move_the_endpoint(make_router, fakes, monkeypatch):
+    """Mutant: `api_version` not pinned. The SDK's default is v1 too, so nothing else noticed; but then
+    GOOGLE_GENAI_API_VERSION=beta in the environment sent prompts to /v1beta/..."""
+    monkeypatch.setenv("GOOGLE_GENAI_API_VERSION", "beta")
+    router = await make_router(llm_max_attempts=1)
+
+    result = await router.generate(text="hello", provider="gemini")
+
+    assert result.provider == "gemini"
+    assert [call.path for call in fakes.gemini.calls()] == [fakes.gemini.path]
+
+
+@pytest.mark.parametrize(
+    ("provider", "answered"),
+    [
+        ("gemini", "gemini-3.8-flash-001"),
+        ("claude", "claude-haiku-4-5-20251001"),
+        ("local", "llama3.2:latest"),
+    ],
+)
+async def test_model_used_is_the_model_that_answered(make_router, fakes, provider, answered):
+    """Mutants: `model_used` always the configured model name; the fakes answered with that same name, so the
+    version the vendor actually served (an alias resolved to a snapshot) was never checked."""
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini_content("ok", model=answered)))
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=anthropic_message("ok", model=answered)))
+    fakes.local.queue("POST", OPENAI_PATH, Reply(200, json=openai_completion("ok", model=answered)))
+    router = await make_router(local=True)
+
+    result = await router.generate(text="hello", provider=provider)
+
+    assert (result.provider, result.model_used) == (provider, answered)
+
+
+async def test_an_answer_decoded_by_the_capped_transport_does_not_keep_the_compressed_length():
+    """Mutant: only Content-Encoding dropped. The SDK saw the decoded body under the compressed Content-Length
+    (and Transfer-Encoding), headers that no longer describe it; no other test looked at them."""
+    import gzip
+
+    decoded = b'{"content": [], "note": "' + b"x" * 200 + b'"}'
+    body = gzip.compress(decoded)
+
+    class Gzipped(_InnerTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            headers = {"Content-Encoding": "gzip", "Content-Length": str(len(body)), "Transfer-Encoding": "identity"}
+            return httpx2.Response(200, headers=headers, stream=_Pieces((body,)), request=request)
+
+    transport = CappedTransport(Gzipped(), upstream="claude", setting="ANTHROPIC_BASE_URL")
+
+    response = await transport.handle_async_request(httpx2.Request("POST", "http://claude.test/v1/messages"))
+
+    assert b"".join([chunk async for chunk in response.stream]) == decoded
+    assert not {"content-encoding", "content-length", "transfer-encoding"} & set(response.headers.keys())
