@@ -41,6 +41,9 @@ HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
 #: The shortest APP_API_KEY accepted where the service is exposed (APP_ENV=production or a public PUBLIC_BASE_URL).
 MIN_API_KEY_CHARS = 16
+_A_LONG_RANDOM_KEY = (
+    "a long random value, e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+)
 #: A Slack member ID: U (or W, on Enterprise Grid) and upper-case letters and digits.
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
@@ -256,8 +259,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APP_API_KEY must be set when PUBLIC_BASE_URL names another host: the service is reachable "
                 "from the internet there, and every action endpoint (email, WhatsApp, timers) and /runs would "
-                "be open to anyone who finds the URL. Set APP_API_KEY to a long random value, e.g. the output of "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                f"be open to anyone who finds the URL. Set APP_API_KEY to {_A_LONG_RANDOM_KEY}"
             )
         exposed = "APP_ENV=production" if self.app_env == "production" else "PUBLIC_BASE_URL names another host"
         if self.app_api_key and (self.app_env == "production" or self.public_base_url_is_remote):
@@ -267,8 +269,7 @@ class Settings(BaseSettings):
             if length < MIN_API_KEY_CHARS:
                 raise ValueError(
                     f"APP_API_KEY is too short for {exposed} ({length} characters; at least {MIN_API_KEY_CHARS}): "
-                    "set it to a long random value, e.g. the output of "
-                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                    f"set it to {_A_LONG_RANDOM_KEY}"
                 )
         if self.app_env == "production" and self.twilio_auth_token and not self.whatsapp_allowed_senders:
             raise ValueError(
