@@ -4,13 +4,11 @@ found unchecked: each one fails with the mutant it names and passes on the real 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 
-from tests.fakes.smtp import Certificate, SmtpServer, make_certificate
 from tests.workflows.world import finished_runs, wait_for, world
 
 
@@ -45,31 +43,14 @@ async def test_stopping_an_entry_whose_planned_stop_already_fired_keeps_that_sto
 
 # --- routers/email.py -------------------------------------------------------------------
 
-SMTP_USER, SMTP_PASSWORD = "bot@example.com", "smtp-pass-987654"
 MAIL = {"to_address": "ann@example.com", "subject": "Plan", "body": "Deep work first."}
 
 
-@pytest.fixture
-def smtp(tmp_path) -> Iterator[tuple[SmtpServer, Certificate]]:
-    cert = make_certificate(tmp_path)
-    with SmtpServer(mode="starttls", cert=cert, users={SMTP_USER: SMTP_PASSWORD}) as server:
-        yield server, cert
-
-
-async def test_a_dry_run_email_is_never_replayed_for_the_real_send_with_the_same_key(make_client, smtp):
+async def test_a_dry_run_email_is_never_replayed_for_the_real_send_with_the_same_key(make_client, smtp_login):
     """Mutant dropping `dry_run` from /send-email's idempotency fingerprint survived (POST /start-timer has this
     test, /send-email had none): the real send with the key of a rehearsal replayed the rehearsal's 200, and
     the email was never sent."""
-    server, cert = smtp
-    settings = {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": server.port,
-        "smtp_user": SMTP_USER,
-        "smtp_password": SMTP_PASSWORD,
-        "smtp_from": "Orchestrator <bot@example.com>",
-        "smtp_ca_file": str(cert.cert_path),
-        "smtp_timeout_seconds": 5,
-    }
+    server, settings = smtp_login
     headers = {"Idempotency-Key": "mail-dry-then-real"}
     async with make_client(**settings) as client:
         dry = await client.post("/send-email?dry_run=true", json=MAIL, headers=headers)

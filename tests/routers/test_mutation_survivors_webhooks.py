@@ -4,13 +4,11 @@ unchecked: each one fails with the mutant it names and passes on the real code."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from routers.whatsapp_webhook import FAILED, INTERRUPTED, WORKING
 from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS
-from tests.fakes.smtp import Certificate, SmtpServer, make_certificate
 from tests.routers.test_slack_events import callback, mention, post
 from tests.routers.test_whatsapp_status import PUBLIC, post_status, send_one, status_form
 from tests.routers.test_whatsapp_webhook import messages
@@ -184,34 +182,13 @@ async def test_a_mention_by_the_member_who_installed_the_app_is_answered(w, make
 
 # --- routers/email.py -------------------------------------------------------------------
 
-SMTP_USER, SMTP_PASSWORD = "bot@example.com", "smtp-pass-987654"
 
-
-@pytest.fixture
-def smtp(tmp_path) -> Iterator[tuple[SmtpServer, Certificate]]:
-    cert = make_certificate(tmp_path)
-    with SmtpServer(mode="starttls", cert=cert, users={SMTP_USER: SMTP_PASSWORD}) as server:
-        yield server, cert
-
-
-def smtp_settings(server: SmtpServer, cert: Certificate) -> dict:
-    return {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": server.port,
-        "smtp_user": SMTP_USER,
-        "smtp_password": SMTP_PASSWORD,
-        "smtp_from": "Orchestrator <bot@example.com>",
-        "smtp_ca_file": str(cert.cert_path),
-        "smtp_timeout_seconds": 5,
-    }
-
-
-async def test_a_blank_html_part_is_recorded_as_no_html(make_client, smtp):
+async def test_a_blank_html_part_is_recorded_as_no_html(make_client, smtp_login):
     """Mutant recording `html` as `request.html is not None` survived: a blank HTML part, which is not sent, was
     recorded in the run as sent."""
-    server, cert = smtp
+    server, settings = smtp_login
     mail = {"to_address": "ann@example.com", "subject": "Plan", "body": "Deep work first.", "html": "  \n"}
-    async with make_client(**smtp_settings(server, cert)) as client:
+    async with make_client(**settings) as client:
         response = await client.post("/send-email", json=mail)
         run = (await client.get(f"/runs/{response.json()['run_id']}")).json()
     assert response.status_code == 200, response.text
