@@ -20,6 +20,7 @@ IMAGE = ROOT / "docs" / "img" / "benchmark.png"
 COLOURS = {
     "direct fake": "#9e9e9e",
     "service /ai-process": "#1565c0",
+    "service /ai-process local": "#90caf9",
     "httpx passthrough": "#43a047",
     "aiohttp passthrough": "#fb8c00",
     "LiteLLM proxy": "#8e24aa",
@@ -69,10 +70,15 @@ def markdown(results: dict[str, Any]) -> str:
             )
     service = table.get("service /ai-process", {})
     lines += ["", "| Ratio (service / other), same concurrency | 1 | 16 | 64 |", "|---|---:|---:|---:|"]
-    for other in ("httpx passthrough", "aiohttp passthrough", "LiteLLM proxy"):
-        if other in table:
-            cells = [f"{service[c]['rps'] / table[other][c]['rps']:.2f}x" for c in ("1", "16", "64")]
-            lines.append(f"| vs {other} | " + " | ".join(cells) + " |")
+    for mine in ("service /ai-process", "service /ai-process local"):
+        for other in ("httpx passthrough", "aiohttp passthrough", "LiteLLM proxy"):
+            if mine in table and other in table:
+                cells = [f"{table[mine][c]['rps'] / table[other][c]['rps']:.2f}x" for c in ("1", "16", "64")]
+                lines.append(
+                    f"| {mine.removeprefix('service /ai-process').strip() or 'claude'} vs {other} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
     if "direct fake" in table and "16" in service:
         direct = table["direct fake"]["16"]
         lines += [

@@ -334,6 +334,14 @@ def measure_overhead(bench: Bench, *, with_litellm: bool, targets: list[str] | N
             "body": json.dumps({"text": PROMPT, "provider": "claude"}),
             "headers": {"Content-Type": "application/json", "X-API-Key": API_KEY},
         },
+        # The same endpoint on the SDK-free provider (OpenAI-compatible JSON over the router's aiohttp session):
+        # everything the service does per request, without the Anthropic SDK's CPU. Not a target of its own;
+        # it separates the service's overhead from the SDK's (docs/benchmarks.md).
+        "service /ai-process local": {
+            "url": service_url + "/ai-process",
+            "body": json.dumps({"text": PROMPT, "provider": "local"}),
+            "headers": {"Content-Type": "application/json", "X-API-Key": API_KEY},
+        },
         "httpx passthrough": {
             "url": bench.app("passthrough-httpx", "bench.apps:httpx_app", fake_url) + "/ai-process",
             "body": json.dumps({"text": PROMPT}),
