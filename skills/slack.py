@@ -257,9 +257,9 @@ def _may_have_posted(channel: str) -> str:
 def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
     """Map one SlackApiError (an `ok: false` body or a non-200 answer) to a domain error.
 
-    Posting is not replay-safe: only answers that Slack documents as "not done" are retried (429 /
-    `ratelimited`, `request_timeout`). Every 5xx, and `fatal_error` / `internal_error` / `service_unavailable`
-    in any status, says the outcome is unknown and is not retried.
+    Posting is not replay-safe: only answers that Slack documents as "not done" are retried (429 or
+    `ratelimited` in any status, `request_timeout`). Every other 5xx, and `fatal_error` / `internal_error` /
+    `service_unavailable` in any status, says the outcome is unknown and is not retried.
     """
     response = exc.response
     # A SlackResponse has status_code/data; for an unparseable body the SDK passes the raw aiohttp response.
@@ -268,9 +268,11 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
     headers = getattr(response, "headers", None) or {}
     error = data.get("error") if isinstance(data, dict) else None
 
-    if status == 429:
+    if status == 429 or error == "ratelimited":
         # https://api.slack.com/docs/rate-limits: over the limit Slack answers 429 with Retry-After, "the number
-        # of seconds until you can retry": the request was refused, not performed, so it is retried.
+        # of seconds until you can retry": the request was refused, not performed, so it is retried. The
+        # `ratelimited` error means the same whatever status carries it ("Refer to the Retry-After header for
+        # when to retry the request"), so its Retry-After is honoured too.
         retry_after = parse_retry_after(headers.get("Retry-After"))
         return UpstreamRateLimited(
             "Slack's rate limit was reached (about one message per second per channel)."
@@ -346,9 +348,6 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
         )
     if error in _INPUT_ERRORS:
         return InvalidInput(_INPUT_ERRORS[error], upstream=UPSTREAM, slack_error=error)
-    if error == "ratelimited":
-        # "The request has been ratelimited. Refer to the Retry-After header for when to retry the request."
-        return UpstreamRateLimited("Slack's rate limit was reached.", upstream=UPSTREAM, slack_error=error)
     if error == "request_timeout":
         # "The method was called via a POST request, but the POST data was either missing or truncated": Slack
         # never had the whole message, so nothing was posted and a retry is safe.

@@ -271,6 +271,21 @@ async def test_ratelimited_on_an_http_200_is_retried_like_a_429(fake, slack_sett
     assert len(fake.posts) == 2
 
 
+@pytest.mark.parametrize("status", [200, 503])
+async def test_ratelimited_in_any_status_passes_on_a_long_retry_after(fake, slack_settings, status):
+    """`ratelimited` refers to Retry-After whatever the status: a long one is passed on, not ignored or retried."""
+    ratelimited = Reply(status, json={"ok": False, "error": "ratelimited"}, headers={"Retry-After": "120"})
+    fake.queue("POST", CHAT_POST_MESSAGE, ratelimited)
+    async with opened(slack_settings()) as skill:
+        started = time.monotonic()
+        with pytest.raises(UpstreamRateLimited) as caught:
+            await skill.post_message(text="hello")
+    assert time.monotonic() - started < 2
+    assert len(fake.posts) == 1
+    assert caught.value.headers["Retry-After"] == "120"
+    assert "Slack asks to wait 120 s" in caught.value.detail
+
+
 # --- Faults ----------------------------------------------------------------------------------
 
 
