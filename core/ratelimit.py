@@ -2,8 +2,10 @@
 
 OWASP API4 (unrestricted resource consumption): one leaked key or one looping
 script must not be able to burn through LLM credit or Twilio balance. The
-limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint over a sliding
-60-second window (sliding-window counter) from the `limits` library.
+limit is `RATE_LIMIT_PER_MINUTE` requests per client per endpoint in any 60
+seconds: an exact moving window (the `limits` library's `MovingWindowRateLimiter`
+over the storages in core/ratelimit_store.py), so no burst across a minute's
+boundary gets more than the limit.
 
 Where the counts live is `RATE_LIMIT_STORAGE`: in the worker's memory (the
 default on SQLite, a single worker), or in the database, where every worker
@@ -32,29 +34,29 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import RateLimited, StoreUnavailable
 from core.idempotency import key_already_answered
+from core.ratelimit_store import DatabaseStorage, MemoryStorage
 from core.settings import Settings
 
 _STATE_ATTRIBUTE = "client_rate_limiter"
 
 
 class ClientRateLimiter:
-    """A sliding-window limit of `per_minute` hits per (client, endpoint)."""
+    """At most `per_minute` hits per (client, endpoint) in any 60 seconds."""
 
     def __init__(self, per_minute: int, storage: Storage | None = None) -> None:
         self.item = RateLimitItemPerMinute(per_minute)
         self.shared = storage is not None
-        # Sliding-window counter: a fixed window would let a client spend twice its
-        # budget across a boundary (60 at 0:59, 60 more at 1:00); an exact moving
-        # window keeps one timestamp per hit and its in-memory expiry makes a thread
-        # hop per request. The counter weighs the previous window: no burst, O(1).
-        self._limiter = SlidingWindowCounterRateLimiter(storage or MemoryStorage())
+        # A moving window: a fixed window, or limits' sliding-window counter (which weighs the previous
+        # minute as if its hits were spread evenly), lets a client that spends its budget at 0:59 spend
+        # nearly all of it again by 1:58. The storages keep each key's last `per_minute` hit times.
+        self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
 
     async def hit(self, client: str, endpoint: str) -> None:
         """Count one request; raise RateLimited (429 + Retry-After) when over the limit."""
@@ -162,8 +164,6 @@ def limiter_for(settings: Settings, engine: AsyncEngine | None) -> ClientRateLim
     if settings.shared_rate_limit:
         if engine is None:
             raise RuntimeError("RATE_LIMIT_STORAGE=database needs the app's database engine")
-        from core.ratelimit_store import DatabaseStorage
-
         return ClientRateLimiter(settings.rate_limit_per_minute, DatabaseStorage(engine))
     return ClientRateLimiter(settings.rate_limit_per_minute)
 

@@ -1,25 +1,22 @@
-"""A `limits` storage kept in the service's own database, so several workers share one rate-limit budget.
+"""Where rate-limit hits are kept: an exact moving window, in this worker's memory or in the shared database.
 
-`limits` ships in-memory, Redis, Memcached and MongoDB storages. In memory each
-worker counts alone, so four workers allow four times `RATE_LIMIT_PER_MINUTE`;
-the others would add a server this service does not otherwise need. The
-workers already share PostgreSQL, so the counters live there: one row per
-(client, endpoint, window), in the `rate_limit_counters` table.
+The limit is "at most `limit` hits in any `expiry` seconds" (the `limits` library's moving window,
+`MovingWindowRateLimiter`). Its two questions to a storage are: may this key take one more hit, taking it if
+so (`acquire_entry`); and when did the oldest hit still in the window happen, and how many are there
+(`get_moving_window`, for Retry-After).
 
-Only what `SlidingWindowCounterRateLimiter` needs is implemented, plus the
-`Storage` basics (`incr`, `get`, `clear`, ...). The algorithm stays the
-library's: this class only stores its two counters per key (the current and
-the previous window) and takes a hit atomically.
+Why not the library's own pieces: its sliding-window counter is O(1) but weighs the previous minute's hits as if
+they were spread evenly, so a client that spent its whole budget at the end of one minute got nearly all of it
+again in the next (109 LLM calls in 55 s with a limit of 60, found by a multi-worker review); and its in-memory
+moving window runs an expiry pass with a thread hop per key on every hit. Both storages here keep what an exact
+answer needs, each key's last `limit` hits, and nothing more:
 
-A hit is one transaction of one statement: an upsert that adds the hit to the
-current window's counter and returns the new count together with the previous
-window's (a subquery in RETURNING, which SQLite >= 3.35 and PostgreSQL accept). When
-the weighted count is over the limit the transaction is rolled back, so a
-refused hit is not counted. On PostgreSQL the upsert's row lock holds
-concurrent hits on the same key until the first commits or rolls back, and the
-second then adds to the committed count: two workers can never both take the
-last slot (tested in tests/core/test_ratelimit_store.py). On SQLite the
-database's single writer serialises them the same way.
+- `MemoryStorage`: a deque of expiry times per key (one worker; N workers allow N times the limit).
+- `DatabaseStorage`: a ring of `limit` slots per key in `rate_limit_hits`, so every worker sharing the
+  database draws on one budget.
+
+The rule is the same in both: hits are taken in time order, so a key has fewer than `limit` hits in the
+window exactly when the hit `limit` places back (if there is one) has left it.
 """
 
 from __future__ import annotations
@@ -27,61 +24,172 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from math import floor
+from collections import deque
 from typing import Any, ClassVar
 
-from limits.aio.storage.base import SlidingWindowCounterSupport, Storage
-from limits.storage.base import TimestampedSlidingWindow
-from sqlalchemy import bindparam, case, delete, select
+from limits.aio.storage.base import MovingWindowSupport, Storage
+from sqlalchemy import bindparam, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.store import RateLimitCounter
+from core.store import RateLimitCounter, RateLimitHit
 
 logger = logging.getLogger("orchestrator.ratelimit")
 
 #: Longest key stored as it is; longer ones (a long forwarded address, say) are stored hashed.
 MAX_KEY_CHARS = 200
-#: Expired counters are deleted at most this often per process (seconds).
+#: Expired hits are deleted at most this often per process (seconds).
 PURGE_EVERY_SECONDS = 60.0
 
+
+def _has_room(expiries: Any, limit: int, amount: int, now: float) -> bool:
+    """Whether `amount` more hits fit: `expiries` are a key's last hits' expiry times, oldest first.
+
+    The window keeps at most `limit - amount` hits exactly when the hit `limit - amount + 1` places back from
+    the newest (if any) has expired; the ones before it are older still.
+    """
+    if amount > limit:
+        return False
+    back = limit - amount + 1
+    return len(expiries) < back or expiries[len(expiries) - back] <= now
+
+
+# --- One worker ---------------------------------------------------------------------------------
+
+
+class MemoryStorage(Storage, MovingWindowSupport):
+    """Moving windows in this worker's memory: per key, a deque of its last `limit` hits' expiry times."""
+
+    STORAGE_SCHEME: ClassVar[list[str]] = ["orchestrator+memory"]
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(None, wrap_exceptions=False, **options)
+        self._expiries: dict[str, deque[float]] = {}
+        self._counters: dict[str, tuple[int, float]] = {}
+        self._last_purge = 0.0
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return ValueError  # nothing here talks to anything that can fail
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        now = time.time()
+        self._purge_expired(now)
+        expiries = self._expiries.get(key)
+        if expiries is None or expiries.maxlen != limit:
+            expiries = self._expiries[key] = deque(expiries or (), maxlen=limit)
+        if not _has_room(expiries, limit, amount, now):
+            return False
+        expiries.extend([now + expiry] * amount)  # the deque's maxlen drops the ones now `limit` places back
+        return True
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        live = [at for at in self._expiries.get(key, ()) if at > now]
+        return (live[0] - expiry, len(live)) if live else (now, 0)
+
+    # The `Storage` basics: a plain counter per key, for the fixed-window strategy (not used by the service).
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        count, expires_at = self._counters.get(key, (0, now))
+        count, expires_at = (count + amount, expires_at) if expires_at > now else (amount, now + expiry)
+        self._counters[key] = (count, expires_at)
+        return count
+
+    async def get(self, key: str) -> int:
+        count, expires_at = self._counters.get(key, (0, 0.0))
+        return count if expires_at > time.time() else 0
+
+    async def get_expiry(self, key: str) -> float:
+        now = time.time()
+        return max(self._counters.get(key, (0, now))[1], now)
+
+    async def clear(self, key: str) -> None:
+        self._expiries.pop(key, None)
+        self._counters.pop(key, None)
+
+    async def reset(self) -> int | None:
+        cleared = len(self._expiries) + len(self._counters)
+        self._expiries.clear()
+        self._counters.clear()
+        return cleared
+
+    async def check(self) -> bool:
+        return True
+
+    def _purge_expired(self, now: float) -> None:
+        """Forget keys whose every hit has expired, once a minute: one deque per client would otherwise stay."""
+        if now - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = now
+        for key in [key for key, expiries in self._expiries.items() if not expiries or expiries[-1] <= now]:
+            del self._expiries[key]
+        for key in [key for key, (_, expires_at) in self._counters.items() if expires_at <= now]:
+            del self._counters[key]
+
+
+# --- Every worker, through the database -----------------------------------------------------------
+
 _counters = RateLimitCounter.__table__
+_hits = RateLimitHit.__table__
 
 
-_LIVE = select(_counters.c.count, _counters.c.expires_at).where(
-    _counters.c.key == bindparam("key"), _counters.c.expires_at > bindparam("now")
-)
+def _take_statement(insert: Any, *, sliding: bool) -> Any:
+    """Add :amount to :key's counter (an expired one restarts at :amount) and return the new count.
 
-
-def _add_statement(insert: Any) -> Any:
-    """Add :amount to :key's live counter (a new or expired one restarts at :amount).
-
-    Returns the new count and, in the same round trip, the live count of :previous_key (None when absent).
+    `sliding`: the counter expires :expiry after its newest hit (a moving window's ring number); otherwise it
+    keeps the expiry of its first hit (a fixed window). The upsert's row lock holds concurrent hits on the key
+    until this transaction ends, on PostgreSQL; SQLite has one writer at a time anyway.
     """
     statement = insert(_counters).values(
         key=bindparam("key"), count=bindparam("amount"), expires_at=bindparam("expires_at")
     )
     expired = _counters.c.expires_at <= bindparam("now")
-    previous = _counters.alias("previous")
-    previous_count = (
-        select(previous.c.count)
-        .where(previous.c.key == bindparam("previous_key"), previous.c.expires_at > bindparam("now"))
-        .scalar_subquery()
-    )
+    kept_expiry = case((expired, statement.excluded.expires_at), else_=_counters.c.expires_at)
     return statement.on_conflict_do_update(
         index_elements=[_counters.c.key],
         set_={
             "count": case((expired, statement.excluded.count), else_=_counters.c.count + statement.excluded.count),
-            "expires_at": case((expired, statement.excluded.expires_at), else_=_counters.c.expires_at),
+            "expires_at": statement.excluded.expires_at if sliding else kept_expiry,
         },
-    ).returning(_counters.c.count, previous_count)
+    ).returning(_counters.c.count)
 
 
-# Built once: constructing a statement per hit cost more than running it (bench/ratelimit.py).
-_ADD = {"sqlite": _add_statement(sqlite.insert), "postgresql": _add_statement(postgresql.insert)}
-_DELETE_KEYS = delete(_counters).where(_counters.c.key.in_(bindparam("keys", expanding=True)))
-_PURGE = delete(_counters).where(_counters.c.expires_at <= bindparam("now"))
+def _slot_statement(insert: Any) -> Any:
+    """Put a hit in :key's ring slot :slot if the slot is empty or its hit has expired; a row back means it did."""
+    statement = insert(_hits).values(key=bindparam("key"), slot=bindparam("slot"), expires_at=bindparam("expires_at"))
+    return statement.on_conflict_do_update(
+        index_elements=[_hits.c.key, _hits.c.slot],
+        set_={"expires_at": statement.excluded.expires_at},
+        where=_hits.c.expires_at <= bindparam("now"),
+    ).returning(_hits.c.slot)
+
+
+# Built once per dialect: constructing a statement per hit cost more than running it (bench/ratelimit.py).
+_STATEMENTS = {
+    name: {
+        "count": _take_statement(insert, sliding=False),
+        "ring": _take_statement(insert, sliding=True),
+        "slot": _slot_statement(insert),
+    }
+    for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_LIVE_COUNTER = select(_counters.c.count, _counters.c.expires_at).where(
+    _counters.c.key == bindparam("key"), _counters.c.expires_at > bindparam("now")
+)
+_WINDOW = select(func.min(_hits.c.expires_at), func.count()).where(
+    _hits.c.key == bindparam("key"), _hits.c.expires_at > bindparam("now")
+)
+_DELETE_KEYS = (
+    delete(_counters).where(_counters.c.key.in_(bindparam("keys", expanding=True))),
+    delete(_hits).where(_hits.c.key.in_(bindparam("keys", expanding=True))),
+)
+_PURGE = (
+    delete(_counters).where(_counters.c.expires_at <= bindparam("now")),
+    delete(_hits).where(_hits.c.expires_at <= bindparam("now")),
+)
 
 
 def _stored_key(key: str) -> str:
@@ -90,16 +198,23 @@ def _stored_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-class DatabaseStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow):
-    """Rate-limit counters in the `rate_limit_counters` table (SQLite or PostgreSQL)."""
+class DatabaseStorage(Storage, MovingWindowSupport):
+    """Moving windows in `rate_limit_counters` and `rate_limit_hits` (SQLite or PostgreSQL), shared by workers.
+
+    A hit is one transaction: number it (the key's counter, whose row lock queues concurrent hits on that key),
+    then put it in its ring slot, `number % limit`, which succeeds only if the hit there, `limit` hits back, has
+    expired. A refused hit is rolled back, number and all, so refusals are never counted: a client over the
+    limit is not kept out for longer. Two workers can never both take the last slot (tested on PostgreSQL in
+    tests/core/test_ratelimit_store.py).
+    """
 
     STORAGE_SCHEME: ClassVar[list[str]] = ["orchestrator+database"]
 
     def __init__(self, engine: AsyncEngine, **options: Any) -> None:
-        if engine.dialect.name not in _ADD:
+        if engine.dialect.name not in _STATEMENTS:
             raise NotImplementedError("the database rate-limit storage supports SQLite and PostgreSQL")
         self._engine = engine
-        self._add_counter = _ADD[engine.dialect.name]
+        self._statements = _STATEMENTS[engine.dialect.name]
         self._last_purge = 0.0
         super().__init__(None, wrap_exceptions=False, **options)
 
@@ -107,31 +222,48 @@ class DatabaseStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWi
     def base_exceptions(self) -> type[Exception]:
         return SQLAlchemyError
 
-    # --- One counter -----------------------------------------------------------
+    # --- The moving window --------------------------------------------------------
 
-    async def _add(
-        self, conn: AsyncConnection, key: str, amount: int, expiry: float, now: float, previous_key: str = ""
-    ) -> tuple[int, int]:
-        """(new count of `key`, live count of `previous_key`) after adding `amount` to `key`."""
-        params = {
-            "key": _stored_key(key),
-            "amount": amount,
-            "expires_at": now + expiry,
-            "now": now,
-            "previous_key": _stored_key(previous_key),
-        }
-        count, previous = (await conn.execute(self._add_counter, params)).one()
-        return count, previous or 0
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        stored, expires_at = _stored_key(key), now + expiry
+        async with self._engine.connect() as conn:
+            taken = await self._count(conn, "ring", stored, amount, expires_at, now)
+            for number in range(taken - amount, taken):
+                slot = {"key": stored, "slot": number % limit, "expires_at": expires_at, "now": now}
+                if (await conn.execute(self._statements["slot"], slot)).first() is None:
+                    await conn.rollback()  # the hit `limit` back is still in the window: refused, not counted
+                    return False
+            await conn.commit()
+        await self._purge_expired(now)
+        return True
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        async with self._engine.connect() as conn:
+            oldest_expiry, count = (await conn.execute(_WINDOW, {"key": _stored_key(key), "now": now})).one()
+        return (oldest_expiry - expiry, count) if count else (now, 0)
+
+    # --- The `Storage` basics: a plain counter per key (the fixed-window strategy; not used by the service) ----
+
+    async def _count(
+        self, conn: AsyncConnection, kind: str, stored: str, amount: int, expires_at: float, now: float
+    ) -> int:
+        params = {"key": stored, "amount": amount, "expires_at": expires_at, "now": now}
+        return (await conn.execute(self._statements[kind], params)).scalar_one()
 
     @staticmethod
     async def _live(conn: AsyncConnection, key: str, now: float) -> tuple[int, float]:
         """(count, expires_at) of the key's counter, or (0, now) when it is absent or expired."""
-        row = (await conn.execute(_LIVE, {"key": _stored_key(key), "now": now})).first()
+        row = (await conn.execute(_LIVE_COUNTER, {"key": _stored_key(key), "now": now})).first()
         return (row[0], row[1]) if row else (0, now)
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
         async with self._engine.begin() as conn:
-            return (await self._add(conn, key, amount, expiry, time.time()))[0]
+            return await self._count(conn, "count", _stored_key(key), amount, now + expiry, now)
 
     async def get(self, key: str) -> int:
         async with self._engine.connect() as conn:
@@ -143,11 +275,12 @@ class DatabaseStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWi
 
     async def clear(self, key: str) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(_DELETE_KEYS, {"keys": [_stored_key(key)]})
+            for statement in _DELETE_KEYS:
+                await conn.execute(statement, {"keys": [_stored_key(key)]})
 
     async def reset(self) -> int | None:
         async with self._engine.begin() as conn:
-            return (await conn.execute(delete(_counters))).rowcount
+            return (await conn.execute(delete(_counters))).rowcount + (await conn.execute(delete(_hits))).rowcount
 
     async def check(self) -> bool:
         try:
@@ -157,55 +290,15 @@ class DatabaseStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWi
             return False
         return True
 
-    # --- Sliding window counter ------------------------------------------------
-
-    async def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        if amount > limit:
-            return False
-        now = time.time()
-        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-        async with self._engine.connect() as conn:
-            # One statement: the upsert, whose row lock makes concurrent hits on this key wait their turn, also
-            # returns the previous window's count. Twice the window, as limits' own storages do: the counter is
-            # read as "previous" for one more window.
-            current_count, previous_count = await self._add(conn, current_key, amount, 2 * expiry, now, previous_key)
-            weighted = previous_count * self._previous_ttl(previous_count, expiry, now) / expiry + current_count
-            if floor(weighted) > limit:
-                await conn.rollback()  # not counted: refused hits must not keep a client locked out for longer
-                return False
-            await conn.commit()
-        await self._purge_expired(now)
-        return True
-
-    async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
-        now = time.time()
-        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-        async with self._engine.connect() as conn:
-            previous_count, _ = await self._live(conn, previous_key, now)
-            current_count, _ = await self._live(conn, current_key, now)
-        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        return previous_count, self._previous_ttl(previous_count, expiry, now), current_count, current_ttl
-
-    async def clear_sliding_window(self, key: str, expiry: int) -> None:
-        previous_key, current_key = self.sliding_window_keys(key, expiry, time.time())
-        async with self._engine.begin() as conn:
-            await conn.execute(_DELETE_KEYS, {"keys": [_stored_key(previous_key), _stored_key(current_key)]})
-
-    @staticmethod
-    def _previous_ttl(previous_count: int, expiry: int, now: float) -> float:
-        """How much of the previous window still weighs on this one (limits.aio.storage.MemoryStorage's formula)."""
-        if previous_count == 0:
-            return 0.0
-        return (1 - (((now - expiry) / expiry) % 1)) * expiry
-
     async def _purge_expired(self, now: float) -> None:
-        """Delete counters past their expiry, once a minute per process: each window leaves one row per client."""
+        """Delete expired counters and hits, once a minute per process: each client leaves rows behind."""
         if now - self._last_purge < PURGE_EVERY_SECONDS:
             return
         self._last_purge = now
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(_PURGE, {"now": now})
+                for statement in _PURGE:
+                    await conn.execute(statement, {"now": now})
         except SQLAlchemyError as exc:
             # The hit that got here was allowed and counted: a failed clean-up must not turn it into a 503.
             # The rows stay until the next purge, a minute later.

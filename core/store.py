@@ -299,14 +299,30 @@ class JobFire(Base):
 
 
 class RateLimitCounter(Base):
-    """One rate-limit window's hit count for one (client, endpoint) key, shared by every worker.
+    """One (client, endpoint) key's hit count, shared by every worker.
 
-    Written by core.ratelimit_store.DatabaseStorage for `RATE_LIMIT_STORAGE=database`.
-    `expires_at` is epoch seconds, as the `limits` library counts time.
+    Written by core.ratelimit_store.DatabaseStorage for `RATE_LIMIT_STORAGE=database`. For a moving window
+    `count` is the hits taken since the key's window last emptied (which numbers the next slot of its ring in
+    `rate_limit_hits`) and `expires_at` is when its newest hit leaves the window. `expires_at` is epoch
+    seconds, as the `limits` library counts time.
     """
 
     __tablename__ = "rate_limit_counters"
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RateLimitHit(Base):
+    """One slot of a key's ring of its last `limit` hits: when the hit in it leaves the moving window.
+
+    A key has at most `limit` rows (slot 0 .. limit - 1); hit number n goes in slot n % limit, where it
+    replaces hit n - limit, so a hit is allowed exactly when the hit `limit` places back has expired.
+    """
+
+    __tablename__ = "rate_limit_hits"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
     expires_at: Mapped[float] = mapped_column(Float, index=True)

@@ -7,13 +7,20 @@ import re
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from limits.aio.storage import MemoryStorage
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
-from core.errors import PROBLEM_CONTENT_TYPE, add_exception_handlers
+from core.errors import PROBLEM_CONTENT_TYPE, RateLimited, add_exception_handlers
 from core.idempotency import IdempotencyDep
-from core.ratelimit import STRANGER_NOTICE, ClientRateLimiter, RateLimitDep, admit_chat_message, client_identity
+from core.ratelimit import (
+    STRANGER_NOTICE,
+    ClientRateLimiter,
+    RateLimitDep,
+    admit_chat_message,
+    client_identity,
+    limiter_for,
+)
+from core.ratelimit_store import MemoryStorage
 from core.settings import Settings
 
 
@@ -56,6 +63,45 @@ async def test_over_the_limit_is_a_429_problem_with_retry_after():
     assert body["retry_after"] == retry_after
     # The template, not the raw path: different path parameters share one budget.
     assert "/spend/{item}" in body["detail"]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "database"])
+async def test_a_budget_spent_at_the_end_of_a_minute_is_not_spent_again_in_the_next(monkeypatch, database_url, shared):
+    """At most RATE_LIMIT_PER_MINUTE in any 60 s. With the sliding-window counter before, 60 LLM calls at 0:54
+    and 49 more at 1:48 all went through (found by a multi-worker review); now the second burst is refused whole,
+    each refusal saying when the first burst's oldest call leaves the window."""
+    import time
+
+    from core.store import create_engine, migrate
+
+    now = [1_800_000_054.0]  # 0:54 of a minute
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    engine = create_engine(database_url)
+    await migrate(engine)
+    try:
+        limiter = limiter_for(
+            Settings(
+                _env_file=None,
+                database_url=database_url,
+                rate_limit_per_minute=60,
+                rate_limit_storage=("database" if shared else "memory"),
+            ),
+            engine,
+        )
+        assert limiter.shared is shared
+        for _ in range(60):
+            await limiter.hit("key:spender", "/ai-process")
+        now[0] += 54  # 1:48
+        refusals = []
+        for _ in range(60):
+            with pytest.raises(RateLimited) as refused:
+                await limiter.hit("key:spender", "/ai-process")
+            refusals.append(refused.value.retry_after)
+        assert set(refusals) == {6}  # the 0:54 calls leave the window at 1:54
+        now[0] += 6
+        await limiter.hit("key:spender", "/ai-process")
+    finally:
+        await engine.dispose()
 
 
 async def test_retry_after_is_never_below_one_second(monkeypatch):
@@ -260,11 +306,11 @@ class _DownStorage(MemoryStorage):
     async def incr(self, *args: object, **kwargs: object) -> int:
         raise OperationalError("UPDATE rate_limit_counters", {}, ConnectionRefusedError("refused"))
 
-    async def get_sliding_window(self, *args: object, **kwargs: object):  # type: ignore[override]
-        raise OperationalError("SELECT rate_limit_counters", {}, ConnectionRefusedError("refused"))
+    async def get_moving_window(self, *args: object, **kwargs: object):  # type: ignore[override]
+        raise OperationalError("SELECT rate_limit_hits", {}, ConnectionRefusedError("refused"))
 
-    async def acquire_sliding_window_entry(self, *args: object, **kwargs: object) -> bool:
-        raise OperationalError("UPDATE rate_limit_counters", {}, ConnectionRefusedError("refused"))
+    async def acquire_entry(self, *args: object, **kwargs: object) -> bool:
+        raise OperationalError("INSERT rate_limit_hits", {}, ConnectionRefusedError("refused"))
 
 
 async def test_a_chat_sender_over_the_limit_is_refused_and_told_once_a_minute():

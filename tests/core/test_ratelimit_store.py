@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import uuid
 from collections import Counter
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from limits import RateLimitItemPerMinute
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core import ratelimit_store
 from core.errors import PROBLEM_CONTENT_TYPE
 from core.ratelimit import limiter_for
-from core.ratelimit_store import MAX_KEY_CHARS, DatabaseStorage
-from core.store import RateLimitCounter, create_engine, migrate
+from core.ratelimit_store import MAX_KEY_CHARS, DatabaseStorage, MemoryStorage
+from core.store import RateLimitCounter, RateLimitHit, create_engine, migrate
 from tests.conftest import running_app
 
 KEY = {"X-API-Key": "k"}
@@ -42,7 +47,6 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    # 10 s into a 60-second window, so the previous window still weighs 5/6.
     fake = Clock(1_800_000_010.0)
     monkeypatch.setattr(ratelimit_store.time, "time", fake)
     return fake
@@ -53,81 +57,180 @@ async def _rows(engine) -> dict[str, int]:
         return dict((await conn.execute(select(RateLimitCounter.key, RateLimitCounter.count))).all())
 
 
+async def _slots(engine) -> set[tuple[str, int]]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(select(RateLimitHit.key, RateLimitHit.slot))).all())
+
+
 # --- The storage itself ---------------------------------------------------------------
 
 
+@pytest.fixture(params=["memory", "database"])
+def storage(request, engine):
+    """Each storage of core/ratelimit_store.py: the rule is the same in both."""
+    return MemoryStorage() if request.param == "memory" else DatabaseStorage(engine)
+
+
 async def test_hits_up_to_the_limit_then_refused_and_a_refusal_is_not_counted(engine, clock):
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
+    limiter = MovingWindowRateLimiter(DatabaseStorage(engine))
     item = RateLimitItemPerMinute(3)
     outcomes = [await limiter.hit(item, "/ai-process", "key:abc") for _ in range(5)]
     assert outcomes == [True, True, True, False, False]
+    # One counter, holding the three hits taken, and three ring slots: the two refusals were rolled back.
     rows = await _rows(engine)
-    # One row, the current window's, holding the three hits taken: the two refusals were rolled back.
     assert list(rows.values()) == [3]
     (key,) = rows
     assert "/ai-process" in key and "key:abc" in key
+    assert await _slots(engine) == {(key, 0), (key, 1), (key, 2)}
     # Another client, and another endpoint, have budgets of their own.
     assert await limiter.hit(item, "/ai-process", "key:other")
     assert await limiter.hit(item, "/send-email", "key:abc")
 
 
-async def test_the_previous_window_weighs_on_the_next_one(engine, clock):
-    """limits' sliding-window counter: 3 hits late in one window still count as 5/6 x 3 ten seconds into the next."""
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
+async def test_no_second_budget_across_a_minute_boundary(storage, clock):
+    """A client that spends its budget at 0:55 gets nothing more until those hits are 60 s old.
+
+    limits' sliding-window counter weighed the old minute as if its hits were spread evenly: one more hit fitted
+    15 s later, and by 1:54 nearly a whole second budget (109 calls in 55 s for a limit of 60, found by a
+    multi-worker review).
+    """
+    limiter = MovingWindowRateLimiter(storage)
     item = RateLimitItemPerMinute(3)
-    clock.now -= 15  # 55 s into the previous window
+    spent_at = clock.now = clock.now - 15  # 0:55
     assert [await limiter.hit(item, "/x", "c") for _ in range(3)] == [True, True, True]
-    clock.now += 15  # 10 s into the next: weighted count = 3 * 50/60 = 2.5, floor 2, so one more fits
+    for later in (15, 45, 59.9):  # 1:10, 1:40, 1:54.9
+        clock.now = spent_at + later
+        assert not await limiter.hit(item, "/x", "c"), f"a hit {later} s after the budget was spent"
+    clock.now = spent_at + 60  # exactly 60 s after them: the three have left the window
+    assert [await limiter.hit(item, "/x", "c") for _ in range(4)] == [True, True, True, False]
+
+
+async def test_window_stats_give_the_reset_time_used_for_retry_after(storage, clock):
+    limiter = MovingWindowRateLimiter(storage)
+    item = RateLimitItemPerMinute(2)
+    start = clock.now
+    assert await limiter.hit(item, "/x", "c")
+    clock.now += 10
+    assert await limiter.hit(item, "/x", "c")
+    clock.now += 10
+    assert not await limiter.hit(item, "/x", "c")
+    stats = await limiter.get_window_stats(item, "/x", "c")
+    assert (stats.reset_time, stats.remaining) == (pytest.approx(start + 60, abs=1e-3), 0)  # the oldest hit leaves then
+    clock.now = start + 60  # the first hit has left; the second (at +10) is still in
     assert await limiter.hit(item, "/x", "c")
     assert not await limiter.hit(item, "/x", "c")
     stats = await limiter.get_window_stats(item, "/x", "c")
-    assert stats.remaining == 0
-    clock.now += 50  # 60 s into the next window: the old one no longer weighs at all
-    assert await limiter.hit(item, "/x", "c")
+    assert (stats.reset_time, stats.remaining) == (pytest.approx(start + 70, abs=1e-3), 0)
+    stats = await limiter.get_window_stats(item, "/x", "someone else")
+    assert (stats.reset_time, stats.remaining) == (pytest.approx(clock.now + 60, abs=1e-3), 2)
 
 
-async def test_window_stats_give_the_reset_time_used_for_retry_after(engine, clock):
-    storage = DatabaseStorage(engine)
-    limiter = SlidingWindowCounterRateLimiter(storage)
-    item = RateLimitItemPerMinute(2)
-    await limiter.hit(item, "/x", "c")
-    previous, previous_ttl, current, current_ttl = await storage.get_sliding_window(item.key_for("/x", "c"), 60)
-    assert (previous, previous_ttl, current) == (0, 0.0, 1)
-    assert current_ttl == pytest.approx(110.0)  # 50 s left of this window, plus the next one
-    stats = await limiter.get_window_stats(item, "/x", "c")
-    assert stats.remaining == 1
+async def test_a_cost_above_one_takes_that_many_slots(storage, clock):
+    limiter = MovingWindowRateLimiter(storage)
+    item = RateLimitItemPerMinute(5)
+    assert await limiter.hit(item, "/x", "c", cost=3)
+    assert not await limiter.hit(item, "/x", "c", cost=3)  # 3 + 3 > 5, and the refusal takes nothing
+    assert await limiter.hit(item, "/x", "c", cost=2)
+    assert not await limiter.hit(item, "/x", "c")
+    assert not await limiter.hit(item, "/y", "c", cost=6)  # more than the whole limit never fits
+    assert (await limiter.get_window_stats(item, "/x", "c")).remaining == 0
 
 
-async def test_expired_counters_restart_and_are_purged(engine, clock):
+def _reference(times: list[float], limit: int, expiry: float) -> list[bool]:
+    """The moving window by definition: a hit is allowed when fewer than `limit` allowed hits are in (t - expiry, t]."""
+    allowed: list[float] = []
+    outcomes = []
+    for at in times:
+        fits = sum(1 for earlier in allowed if earlier > at - expiry) < limit
+        outcomes.append(fits)
+        if fits:
+            allowed.append(at)
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def migrated_url(tmp_path_factory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('ratelimit')}/property.db"
+
+    async def _migrate() -> None:
+        engine = create_engine(url)
+        await migrate(engine)
+        await engine.dispose()
+
+    asyncio.run(_migrate())
+    return url
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st.integers(1, 6),
+    gaps=st.lists(st.sampled_from([0.0, 0.5, 5.0, 20.0, 29.9, 30.0, 59.9, 60.0, 61.0]), min_size=1, max_size=40),
+    kind=st.sampled_from(["memory", "database"]),
+)
+def test_every_storage_matches_the_definition_of_a_moving_window(migrated_url, limit, gaps, kind):
+    """Whatever the spacing of the hits, each storage allows exactly what "at most `limit` in any 60 s" allows:
+    through the ring's wrap-around, an emptied window and hits at the same instant."""
+    times = list(itertools.accumulate(gaps, initial=1_800_000_000.0))[1:]
+    clock = Clock(times[0])
+
+    async def scenario() -> list[bool]:
+        engine = create_engine(migrated_url)
+        try:
+            limiter = MovingWindowRateLimiter(MemoryStorage() if kind == "memory" else DatabaseStorage(engine))
+            item, client = RateLimitItemPerMinute(limit), uuid.uuid4().hex
+            outcomes = []
+            for at in times:
+                clock.now = at
+                outcomes.append(await limiter.hit(item, "/x", client))
+            return outcomes
+        finally:
+            await engine.dispose()
+
+    with mock.patch.object(ratelimit_store.time, "time", clock):
+        outcomes = asyncio.run(scenario())
+    assert outcomes == _reference(times, limit, 60.0)
+
+
+async def test_expired_counters_and_hits_are_purged(engine, clock):
     storage = DatabaseStorage(engine)
     assert await storage.incr("k", 60) == 1
     assert await storage.incr("k", 60) == 2
     assert await storage.get("k") == 2
-    assert await storage.get_expiry("k") == pytest.approx(clock.now + 60)
+    assert await storage.get_expiry("k") == pytest.approx(clock.now + 60, abs=1e-3)
     clock.now += 61
     assert await storage.get("k") == 0  # expired: reads as absent
     assert await storage.incr("k", 60) == 1  # and restarts rather than adding to the stale count
-    # An old window's row is deleted by the next successful hit once a purge is due.
-    await storage.incr("old", 1)
+    limiter = MovingWindowRateLimiter(storage)
+    assert await limiter.hit(RateLimitItemPerMinute(5), "/old", "c")
+    # Expired rows are deleted by the next successful hit once a purge is due.
     clock.now += ratelimit_store.PURGE_EVERY_SECONDS + 1
-    limiter = SlidingWindowCounterRateLimiter(storage)
     assert await limiter.hit(RateLimitItemPerMinute(5), "/x", "c")
-    keys = set(await _rows(engine))
-    assert "old" not in keys and "k" not in keys
-    assert len(keys) == 1
+    (key,) = await _rows(engine)
+    assert "/x" in key
+    assert await _slots(engine) == {(key, 0)}
 
 
-async def test_clear_reset_and_check(engine, clock):
-    storage = DatabaseStorage(engine)
-    limiter = SlidingWindowCounterRateLimiter(storage)
+async def test_memory_forgets_a_client_whose_hits_have_all_expired(clock):
+    storage = MemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    assert await limiter.hit(RateLimitItemPerMinute(5), "/x", "gone")
+    clock.now += ratelimit_store.PURGE_EVERY_SECONDS + 1
+    assert await limiter.hit(RateLimitItemPerMinute(5), "/x", "new")
+    assert [key for key in storage._expiries if "gone" in key] == []
+    assert [key for key in storage._expiries if "new" in key] != []
+
+
+async def test_clear_reset_and_check(storage, clock):
+    limiter = MovingWindowRateLimiter(storage)
     item = RateLimitItemPerMinute(1)
     assert await limiter.hit(item, "/x", "c")
     assert not await limiter.hit(item, "/x", "c")
     await limiter.clear(item, "/x", "c")
     assert await limiter.hit(item, "/x", "c")
-    await storage.incr("other", 60)
-    assert await storage.reset() == 2
-    assert await _rows(engine) == {}
+    assert await storage.incr("other", 60) == 1
+    assert await storage.reset() >= 2
+    assert await limiter.hit(item, "/x", "c")  # nothing left of the window after a reset
+    assert await storage.get("other") == 0
     assert await storage.check()
 
 
@@ -136,12 +239,14 @@ async def test_an_overlong_key_is_stored_hashed(engine, clock):
     long_key = "ip:" + "f" * (MAX_KEY_CHARS + 50)
     assert await storage.incr(long_key, 60) == 1
     assert await storage.incr(long_key, 60) == 2
-    (stored,) = await _rows(engine)
-    assert stored.startswith("sha256:") and len(stored) < MAX_KEY_CHARS
+    assert await storage.acquire_entry(long_key + "/ring", 2, 60)
+    stored = set(await _rows(engine)) | {key for key, _ in await _slots(engine)}
+    assert len(stored) == 2
+    assert all(key.startswith("sha256:") and len(key) < MAX_KEY_CHARS for key in stored)
 
 
 async def test_concurrent_hits_never_take_more_than_the_limit(engine):
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
+    limiter = MovingWindowRateLimiter(DatabaseStorage(engine))
     item = RateLimitItemPerMinute(5)
     outcomes = await asyncio.gather(*(limiter.hit(item, "/x", "c") for _ in range(30)))
     assert outcomes.count(True) == 5
@@ -230,16 +335,37 @@ async def test_postgres_workers_share_the_budget_under_concurrency(postgres_url,
         )
         async with app_a.state.resources.sessions() as session:
             stored = (await session.execute(select(func.sum(RateLimitCounter.count)))).scalar_one()
+            slots = (await session.execute(select(func.count()).select_from(RateLimitHit))).scalar_one()
     assert Counter(response.status_code for response in responses) == {503: 7, 429: 33}
-    assert stored == 7  # refusals were rolled back, not counted
+    assert (stored, slots) == (7, 7)  # refusals were rolled back, not counted
+
+
+@pytest.mark.postgres
+async def test_the_ring_on_postgres_matches_the_definition_of_a_moving_window(postgres_url, clock):
+    """The same rule on PostgreSQL's upserts: hits that wrap the ring several times, empty it and refill it."""
+    engine = create_engine(postgres_url)
+    await migrate(engine)
+    try:
+        limiter = MovingWindowRateLimiter(DatabaseStorage(engine))
+        start = clock.now
+        times = [start + at for at in (0, 0, 10, 30, 59.9, 60, 60, 61, 70, 119.9, 120, 125, 200, 200, 200, 200)]
+        outcomes = []
+        for at in times:
+            clock.now = at
+            outcomes.append(await limiter.hit(RateLimitItemPerMinute(3), "/x", "c"))
+    finally:
+        await engine.dispose()
+    assert outcomes == _reference(times, 3, 60.0)
+    assert outcomes.count(False) >= 4  # the scenario does reach the limit
 
 
 async def test_a_failed_purge_does_not_refuse_an_allowed_hit(engine, monkeypatch, caplog):
     """The purge runs after the hit is committed: its failure used to turn an allowed, counted hit into a 503."""
     from sqlalchemy import text
 
-    monkeypatch.setattr(ratelimit_store, "_PURGE", text("DELETE FROM no_such_table"))
-    limiter = SlidingWindowCounterRateLimiter(DatabaseStorage(engine))
+    monkeypatch.setattr(ratelimit_store, "_PURGE", (text("DELETE FROM no_such_table"),))
+    limiter = MovingWindowRateLimiter(DatabaseStorage(engine))
     assert await limiter.hit(RateLimitItemPerMinute(5), "/x", "c")
     assert "rate-limit counters not purged" in caplog.text
     assert list((await _rows(engine)).values()) == [1]
+    assert len(await _slots(engine)) == 1
