@@ -104,9 +104,14 @@ class _MessageClaims:
 
 
 async def _insert_new(session: AsyncSession, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Insert the (source, message_id) rows not yet stored; return the ones this call inserted."""
+    """Insert the (source, message_id) rows not yet stored; return the ones this call inserted.
+
+    In sorted order: two workers' batches that share keys then take the rows' locks in the same order, so one
+    waits for the other. In arrival order each could hold the row the other needs next, and PostgreSQL would
+    abort one batch as a deadlock, failing every webhook in it.
+    """
     now = utcnow()
-    rows = [{"source": source, "message_id": message_id, "received_at": now} for source, message_id in keys]
+    rows = [{"source": source, "message_id": message_id, "received_at": now} for source, message_id in sorted(keys)]
     dialect = session.get_bind().dialect.name
     insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
     if insert is not None:

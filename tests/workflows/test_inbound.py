@@ -169,6 +169,32 @@ async def test_batched_claims_and_finishes_on_postgresql(postgres_url):
         await engine.dispose()
 
 
+async def test_every_batch_inserts_its_rows_in_one_global_order(database_url):
+    """Two workers' batches holding the same MessageSids in opposite orders must take the rows' locks in the same
+    order: else each can hold the row the other needs next, PostgreSQL aborts one batch as a deadlock and its
+    webhooks get a 500 (a risk raised by a multi-worker review). So rows go in sorted, whatever the arrival order."""
+    from sqlalchemy import event
+
+    from core.store import create_engine, migrate, session_factory
+
+    engine = create_engine(database_url)
+    sent: list[object] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: sent.append(args[3]))
+    try:
+        await migrate(engine)
+        sessions = session_factory(engine)
+        arrived = [("whatsapp", "SM-c"), ("slack", "Ev-9"), ("whatsapp", "SM-a"), ("whatsapp", "SM-b")]
+        sent.clear()
+        async with sessions.begin() as session:
+            inserted = await inbound._insert_new(session, arrived)
+    finally:
+        await engine.dispose()
+    assert inserted == set(arrived)
+    (parameters,) = [params for params in sent if params and "SM-a" in str(params)]
+    ids = [value for value in parameters if isinstance(value, str) and value.startswith(("SM-", "Ev-"))]
+    assert ids == ["Ev-9", "SM-a", "SM-b", "SM-c"]  # by (source, message_id): slack before whatsapp
+
+
 async def test_the_apps_shutdown_waits_shutdown_grace_seconds_for_a_late_answer(make_settings):
     """A late WhatsApp answer still running at shutdown: it finishes within SHUTDOWN_GRACE_SECONDS, not cut at 5 s."""
     from tests.conftest import running_app
