@@ -317,6 +317,31 @@ async def test_a_claim_younger_than_the_configured_cutoff_is_waited_for_not_decl
     assert calls == []
 
 
+async def test_a_claim_older_than_any_live_request_is_answered_at_once_with_when_to_come_back(client):
+    """Between the longest a request can run and the abandoned cutoff the first worker is most likely dead: each
+    retry used to wait 30 s for a 409 "still in progress; retry shortly" with Retry-After: 1, for minutes (found
+    by a multi-worker review). Now at once, with Retry-After up to the cutoff, and still never a second run."""
+    import time
+    from datetime import timedelta
+
+    settings = client.app.state.settings
+    longest = timedelta(seconds=settings.longest_request_seconds)
+    assert longest + timedelta(minutes=2) < settings.abandoned_after  # the defaults leave room for this case
+    calls = _install(client)
+    await _store_key(client, "k-dead", age=longest + timedelta(minutes=1), state="in_progress")
+    began = time.monotonic()
+    response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-dead"})
+    assert time.monotonic() - began < 5
+    assert response.status_code == 409
+    expected_wait = (settings.abandoned_after - longest - timedelta(minutes=1)).total_seconds()
+    assert abs(int(response.headers["retry-after"]) - expected_wait) <= 5
+    detail = response.json()["detail"]
+    assert "most likely stopped" in detail and f"({settings.longest_request_seconds:.0f} s)" in detail
+    assert f"in {response.headers['retry-after']} s" in detail and "GET /runs" in detail
+    assert "outcome_unknown" not in response.json()  # the verdict is the cutoff's, not yet
+    assert calls == []
+
+
 async def test_a_waiter_on_a_first_request_refused_without_effect_is_told_to_send_it_again(client):
     """The first request was refused (its key released) while a duplicate waited on it: the duplicate acts on
     nothing and says to send it again."""
