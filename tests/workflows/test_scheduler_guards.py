@@ -215,6 +215,33 @@ async def test_the_claim_lease_never_drops_below_its_floor_with_short_timeouts(m
     assert scheduler.claim_lease == STOP_CLAIM_LEASE == LEASE_FLOOR
 
 
+async def test_taking_over_a_dead_workers_claim_touches_that_fire_time_only(make_client):
+    """The takeover is a compare-and-set on one claim: the stop's own fire time. Another stale claim of the same
+    job (an earlier attempt's, say) must neither be moved nor keep the takeover from counting as one row, or the
+    stop is never taken over and the timer runs on (survivor of a mutation review)."""
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            scheduler = client.app.state.scheduler
+            await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
+            fire_time = (await stop_row(client)).run_at
+            earlier = fire_time - timedelta(minutes=30)
+            now = datetime.now(UTC).replace(microsecond=0)
+            stale = now - LEASE_FLOOR - timedelta(minutes=5)
+            async with client.app.state.resources.sessions.begin() as session:
+                for when in (earlier, fire_time):
+                    session.add(JobFire(job_id="stop:9001", fire_time=when, worker="dead-worker", claimed_at=stale))
+
+            with time_machine.travel(now, tick=False):
+                fired = await scheduler.fire_stop("stop:9001")
+                claims = sorted(await claims_on_stop(client), key=lambda claim: claim[1])
+                row = await stop_row(client)
+    assert fired is True and w.toggl.stops == ["9001"] and row.status == "done"
+    assert claims == [
+        ("stop:9001", earlier, "dead-worker", stale),
+        ("stop:9001", fire_time, scheduler.worker_id, now),
+    ]
+
+
 async def test_under_dry_run_a_stop_planned_by_an_earlier_real_start_still_stops_the_real_timer(make_client):
     """DRY_RUN=true after a real start (a restart with it set) must not strand the real timer: its planned stop
     is a real PATCH, recorded as a real stop (README, "Dry run")."""
