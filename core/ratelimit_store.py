@@ -15,8 +15,9 @@ answer needs, each key's last `limit` hits, and nothing more:
 - `DatabaseStorage`: a ring of `limit` slots per key in `rate_limit_hits`, so every worker sharing the
   database draws on one budget.
 
-The rule is the same in both: hits are taken in time order, so a key has fewer than `limit` hits in the
-window exactly when the hit `limit` places back (if there is one) has left it.
+The rule is the same in both: a key's hits are stamped in the order they are taken, so it has fewer than
+`limit` hits in the window exactly when the hit `limit` places back (if there is one) has left it. Workers on
+several hosts must keep their clocks in sync (NTP): a clock S seconds ahead frees a slot up to S seconds early.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections import deque
 from typing import Any, ClassVar
 
 from limits.aio.storage.base import MovingWindowSupport, Storage
-from sqlalchemy import bindparam, case, delete, func, select
+from sqlalchemy import bindparam, case, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -136,25 +137,31 @@ _counters = RateLimitCounter.__table__
 _hits = RateLimitHit.__table__
 
 
-def _take_statement(insert: Any, *, sliding: bool) -> Any:
-    """Add :amount to :key's counter (an expired one restarts at :amount) and return the new count.
-
-    `sliding`: the counter expires :expiry after its newest hit (a moving window's ring number); otherwise it
-    keeps the expiry of its first hit (a fixed window). The upsert's row lock holds concurrent hits on the key
-    until this transaction ends, on PostgreSQL; SQLite has one writer at a time anyway.
-    """
+def _count_statement(insert: Any) -> Any:
+    """Add :amount to :key's counter (an expired one restarts at :amount) and return the new count (a fixed window)."""
     statement = insert(_counters).values(
         key=bindparam("key"), count=bindparam("amount"), expires_at=bindparam("expires_at")
     )
     expired = _counters.c.expires_at <= bindparam("now")
-    kept_expiry = case((expired, statement.excluded.expires_at), else_=_counters.c.expires_at)
     return statement.on_conflict_do_update(
         index_elements=[_counters.c.key],
         set_={
             "count": case((expired, statement.excluded.count), else_=_counters.c.count + statement.excluded.count),
-            "expires_at": statement.excluded.expires_at if sliding else kept_expiry,
+            "expires_at": case((expired, statement.excluded.expires_at), else_=_counters.c.expires_at),
         },
     ).returning(_counters.c.count)
+
+
+def _lock_statement(insert: Any) -> Any:
+    """Lock :key's counter row, creating it empty, and return (hits taken, when the newest leaves the window).
+
+    The no-op update takes the row lock on PostgreSQL (concurrent hits on the key queue behind it until this
+    transaction ends) and SQLite's write lock, before the hit reads the clock.
+    """
+    statement = insert(_counters).values(key=bindparam("key"), count=0, expires_at=0.0)
+    return statement.on_conflict_do_update(
+        index_elements=[_counters.c.key], set_={"count": _counters.c.count}
+    ).returning(_counters.c.count, _counters.c.expires_at)
 
 
 def _slot_statement(insert: Any) -> Any:
@@ -167,15 +174,26 @@ def _slot_statement(insert: Any) -> Any:
     ).returning(_hits.c.slot)
 
 
+def _purge_statement(table: Any, *primary_key: Any) -> Any:
+    """Delete expired rows, skipping those an in-flight hit holds (PostgreSQL's SKIP LOCKED; SQLite has one writer).
+
+    Waiting for them instead could deadlock with a hit that takes several slots: it locks them in slot order, the
+    purge in scan order.
+    """
+    expired = select(*primary_key).where(table.c.expires_at <= bindparam("now")).with_for_update(skip_locked=True)
+    return delete(table).where(tuple_(*primary_key).in_(expired))
+
+
 # Built once per dialect: constructing a statement per hit cost more than running it (bench/ratelimit.py).
 _STATEMENTS = {
-    name: {
-        "count": _take_statement(insert, sliding=False),
-        "ring": _take_statement(insert, sliding=True),
-        "slot": _slot_statement(insert),
-    }
+    name: {"count": _count_statement(insert), "lock": _lock_statement(insert), "slot": _slot_statement(insert)}
     for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
+_SET_COUNTER = (
+    update(_counters)
+    .where(_counters.c.key == bindparam("counter_key"))
+    .values(count=bindparam("taken"), expires_at=bindparam("window_ends"))
+)
 _LIVE_COUNTER = select(_counters.c.count, _counters.c.expires_at).where(
     _counters.c.key == bindparam("key"), _counters.c.expires_at > bindparam("now")
 )
@@ -186,10 +204,7 @@ _DELETE_KEYS = (
     delete(_counters).where(_counters.c.key.in_(bindparam("keys", expanding=True))),
     delete(_hits).where(_hits.c.key.in_(bindparam("keys", expanding=True))),
 )
-_PURGE = (
-    delete(_counters).where(_counters.c.expires_at <= bindparam("now")),
-    delete(_hits).where(_hits.c.expires_at <= bindparam("now")),
-)
+_PURGE = (_purge_statement(_counters, _counters.c.key), _purge_statement(_hits, _hits.c.key, _hits.c.slot))
 
 
 def _stored_key(key: str) -> str:
@@ -227,15 +242,24 @@ class DatabaseStorage(Storage, MovingWindowSupport):
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
             return False
-        now = time.time()
-        stored, expires_at = _stored_key(key), now + expiry
+        stored = _stored_key(key)
         async with self._engine.connect() as conn:
-            taken = await self._count(conn, "ring", stored, amount, expires_at, now)
-            for number in range(taken - amount, taken):
-                slot = {"key": stored, "slot": number % limit, "expires_at": expires_at, "now": now}
+            taken, window_ends = (await conn.execute(self._statements["lock"], {"key": stored})).one()
+            # The clock is read only now, with the key locked: a hit that waited for a pooled connection or for
+            # another worker's hit is stamped when it is taken. Stamped when it asked, it would free its slot
+            # early and let a later hit in (found by a review: two hits 2.3 s apart through a limit of 1 in 5 s).
+            now = time.time()
+            if window_ends <= now:
+                taken = 0  # every hit has left the window: number the ring afresh
+            for number in range(taken, taken + amount):
+                slot = {"key": stored, "slot": number % limit, "expires_at": now + expiry, "now": now}
                 if (await conn.execute(self._statements["slot"], slot)).first() is None:
                     await conn.rollback()  # the hit `limit` back is still in the window: refused, not counted
                     return False
+            # Never earlier than it was: a worker whose clock is behind must not end the window while hits stamped
+            # by another are still in it, or the ring would be numbered afresh over live slots.
+            counter = {"counter_key": stored, "taken": taken + amount, "window_ends": max(window_ends, now + expiry)}
+            await conn.execute(_SET_COUNTER, counter)
             await conn.commit()
         await self._purge_expired(now)
         return True
@@ -248,12 +272,6 @@ class DatabaseStorage(Storage, MovingWindowSupport):
 
     # --- The `Storage` basics: a plain counter per key (the fixed-window strategy; not used by the service) ----
 
-    async def _count(
-        self, conn: AsyncConnection, kind: str, stored: str, amount: int, expires_at: float, now: float
-    ) -> int:
-        params = {"key": stored, "amount": amount, "expires_at": expires_at, "now": now}
-        return (await conn.execute(self._statements[kind], params)).scalar_one()
-
     @staticmethod
     async def _live(conn: AsyncConnection, key: str, now: float) -> tuple[int, float]:
         """(count, expires_at) of the key's counter, or (0, now) when it is absent or expired."""
@@ -262,8 +280,9 @@ class DatabaseStorage(Storage, MovingWindowSupport):
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
+        params = {"key": _stored_key(key), "amount": amount, "expires_at": now + expiry, "now": now}
         async with self._engine.begin() as conn:
-            return await self._count(conn, "count", _stored_key(key), amount, now + expiry, now)
+            return (await conn.execute(self._statements["count"], params)).scalar_one()
 
     async def get(self, key: str) -> int:
         async with self._engine.connect() as conn:

@@ -303,8 +303,8 @@ class RateLimitCounter(Base):
 
     Written by core.ratelimit_store.DatabaseStorage for `RATE_LIMIT_STORAGE=database`. For a moving window
     `count` is the hits taken since the key's window last emptied (which numbers the next slot of its ring in
-    `rate_limit_hits`) and `expires_at` is when its newest hit leaves the window. `expires_at` is epoch
-    seconds, as the `limits` library counts time.
+    `rate_limit_hits`) and `expires_at` is when the last of them leaves the window (never moved earlier).
+    `expires_at` is epoch seconds, as the `limits` library counts time.
     """
 
     __tablename__ = "rate_limit_counters"

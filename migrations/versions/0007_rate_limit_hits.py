@@ -4,7 +4,8 @@ The sliding-window counter before this weighed the previous minute's hits as if 
 client that spent its whole budget at the end of one minute got nearly all of it again in the next (109 calls
 in 55 s with a limit of 60, found by a multi-worker review). A moving window needs each key's last `limit`
 hit times: one row per slot of a ring. Counter rows written before the upgrade expire within two minutes and
-are purged; nothing needs converting.
+are purged; nothing needs converting. Stop the older release's workers before starting this one: they count
+under other keys (`.../<window number>`), so while both run a client has a budget with each.
 
 Revision ID: 0007
 Revises: 0006

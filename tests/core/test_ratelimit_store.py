@@ -191,6 +191,40 @@ def test_every_storage_matches_the_definition_of_a_moving_window(migrated_url, l
     assert outcomes == _reference(times, limit, 60.0)
 
 
+async def test_a_hit_that_waited_for_the_database_is_stamped_when_it_is_taken(engine, clock):
+    """A hit queued behind the process's one SQLite connection (or another worker's hit on the key) for 30 s is
+    stamped when it gets in, not when it asked: stamped early, it would leave the window early and let the next hit
+    through within 60 s of it (found by a review: two hits 2.3 s apart through a limit of 1 in 5 s)."""
+    limiter = MovingWindowRateLimiter(DatabaseStorage(engine))
+    item = RateLimitItemPerMinute(1)
+    asked = clock.now
+    async with engine.connect() as holder:
+        await holder.execute(select(1))  # holds the pool's only connection
+        waiting = asyncio.create_task(limiter.hit(item, "/x", "c"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        clock.now = asked + 30
+    assert await waiting
+    clock.now = asked + 61  # 61 s after it asked, 31 s after it was taken
+    assert not await limiter.hit(item, "/x", "c")
+    clock.now = asked + 90
+    assert await limiter.hit(item, "/x", "c")
+
+
+async def test_a_worker_whose_clock_is_behind_does_not_end_the_window_early(engine, clock):
+    """The counter's window end never moves back. A hit stamped 4 s in the past by a worker whose clock is behind
+    used to end the key's window at that hit's expiry, while the other hits were still in it: the ring was numbered
+    afresh over live slots and allowed hits were refused (found by a review)."""
+    limiter = MovingWindowRateLimiter(DatabaseStorage(engine))
+    item = RateLimitItemPerMinute(3)
+    start = clock.now
+    assert await limiter.hit(item, "/x", "c")  # worker A
+    clock.now = start - 4  # worker B, 5 s behind A, one second later
+    assert await limiter.hit(item, "/x", "c")
+    clock.now = start + 57  # A again: B's hit has left the window, A's has not; two of three are free
+    assert await limiter.hit(item, "/x", "c")
+
+
 async def test_expired_counters_and_hits_are_purged(engine, clock):
     storage = DatabaseStorage(engine)
     assert await storage.incr("k", 60) == 1
@@ -357,6 +391,30 @@ async def test_the_ring_on_postgres_matches_the_definition_of_a_moving_window(po
         await engine.dispose()
     assert outcomes == _reference(times, 3, 60.0)
     assert outcomes.count(False) >= 4  # the scenario does reach the limit
+
+
+@pytest.mark.postgres
+async def test_the_purge_skips_rows_an_in_flight_hit_holds(postgres_url, clock):
+    """A hit holds its ring slots' row locks until it commits; a purge that waited for them could deadlock with a
+    hit taking several slots (each locks in its own order, found by a review on PostgreSQL). It skips them."""
+    engine = create_engine(postgres_url)
+    await migrate(engine)
+    try:
+        storage = DatabaseStorage(engine)
+        assert await storage.acquire_entry("k", 1, 60)
+        clock.now += 61  # the hit has expired: the purge's to delete
+        async with engine.connect() as in_flight:
+            # What a hit taking this slot again does, without committing: the row stays locked.
+            await in_flight.execute(
+                ratelimit_store._STATEMENTS["postgresql"]["slot"],
+                {"key": "k", "slot": 0, "expires_at": clock.now + 60, "now": clock.now},
+            )
+            storage._last_purge = 0.0
+            await asyncio.wait_for(storage._purge_expired(clock.now), 5)  # did not wait for the lock
+            await in_flight.commit()
+        assert await _slots(engine) == {("k", 0)}  # the taken slot survived the purge
+    finally:
+        await engine.dispose()
 
 
 async def test_a_failed_purge_does_not_refuse_an_allowed_hit(engine, monkeypatch, caplog):
