@@ -66,8 +66,10 @@ class ClientRateLimiter:
             stats = await self._limiter.get_window_stats(self.item, endpoint, client)
         except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg's refused connection is not wrapped
             raise store_unavailable(exc) from exc
-        # reset_time is when the oldest hit in the window expires: the earliest a retry can succeed.
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        # reset_time is when the oldest hit in the window expires: the earliest a retry can succeed. If it expired
+        # between the refusal and this look (the window has room again, and reads as starting now), that is now.
+        wait = 1 if stats.remaining > 0 else math.ceil(stats.reset_time - time.time())
+        retry_after = max(1, wait)
         raise RateLimited(
             f"Rate limit of {self.item.amount} requests per minute on {endpoint} reached for this client. "
             f"Retry after {retry_after} s.",

@@ -153,7 +153,7 @@ def _count_statement(insert: Any) -> Any:
 
 
 def _lock_statement(insert: Any) -> Any:
-    """Lock :key's counter row, creating it empty, and return (hits taken, when the newest leaves the window).
+    """Lock :key's counter row, creating it empty, and return (its next ring slot, when its window empties).
 
     The no-op update takes the row lock on PostgreSQL (concurrent hits on the key queue behind it until this
     transaction ends) and SQLite's write lock, before the hit reads the clock.
@@ -192,7 +192,7 @@ _STATEMENTS = {
 _SET_COUNTER = (
     update(_counters)
     .where(_counters.c.key == bindparam("counter_key"))
-    .values(count=bindparam("taken"), expires_at=bindparam("window_ends"))
+    .values(count=bindparam("next_slot"), expires_at=bindparam("window_ends"))
 )
 _LIVE_COUNTER = select(_counters.c.count, _counters.c.expires_at).where(
     _counters.c.key == bindparam("key"), _counters.c.expires_at > bindparam("now")
@@ -216,11 +216,11 @@ def _stored_key(key: str) -> str:
 class DatabaseStorage(Storage, MovingWindowSupport):
     """Moving windows in `rate_limit_counters` and `rate_limit_hits` (SQLite or PostgreSQL), shared by workers.
 
-    A hit is one transaction: number it (the key's counter, whose row lock queues concurrent hits on that key),
-    then put it in its ring slot, `number % limit`, which succeeds only if the hit there, `limit` hits back, has
-    expired. A refused hit is rolled back, number and all, so refusals are never counted: a client over the
-    limit is not kept out for longer. Two workers can never both take the last slot (tested on PostgreSQL in
-    tests/core/test_ratelimit_store.py).
+    A hit is one transaction: lock the key's counter row (concurrent hits on the key queue behind it), read the
+    clock, then put the hit in the counter's next ring slot, which succeeds only if the hit there, `limit` hits
+    back, has expired, and move the counter on. A refused hit is rolled back, counter and all, so refusals are
+    never counted: a client over the limit is not kept out for longer. Two workers can never both take the last
+    slot (tested on PostgreSQL in tests/core/test_ratelimit_store.py).
     """
 
     STORAGE_SCHEME: ClassVar[list[str]] = ["orchestrator+database"]
@@ -244,21 +244,27 @@ class DatabaseStorage(Storage, MovingWindowSupport):
             return False
         stored = _stored_key(key)
         async with self._engine.connect() as conn:
-            taken, window_ends = (await conn.execute(self._statements["lock"], {"key": stored})).one()
+            next_slot, window_ends = (await conn.execute(self._statements["lock"], {"key": stored})).one()
             # The clock is read only now, with the key locked: a hit that waited for a pooled connection or for
             # another worker's hit is stamped when it is taken. Stamped when it asked, it would free its slot
             # early and let a later hit in (found by a review: two hits 2.3 s apart through a limit of 1 in 5 s).
             now = time.time()
             if window_ends <= now:
-                taken = 0  # every hit has left the window: number the ring afresh
-            for number in range(taken, taken + amount):
+                next_slot = 0  # every hit has left the window: start the ring afresh
+            for number in range(next_slot, next_slot + amount):
                 slot = {"key": stored, "slot": number % limit, "expires_at": now + expiry, "now": now}
                 if (await conn.execute(self._statements["slot"], slot)).first() is None:
                     await conn.rollback()  # the hit `limit` back is still in the window: refused, not counted
                     return False
             # Never earlier than it was: a worker whose clock is behind must not end the window while hits stamped
             # by another are still in it, or the ring would be numbered afresh over live slots.
-            counter = {"counter_key": stored, "taken": taken + amount, "window_ends": max(window_ends, now + expiry)}
+            # The slot number is kept modulo `limit`: a count of every hit ever taken would outgrow its column
+            # on a key that is never idle for a minute.
+            counter = {
+                "counter_key": stored,
+                "next_slot": (next_slot + amount) % limit,
+                "window_ends": max(window_ends, now + expiry),
+            }
             await conn.execute(_SET_COUNTER, counter)
             await conn.commit()
         await self._purge_expired(now)

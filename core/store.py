@@ -302,8 +302,9 @@ class RateLimitCounter(Base):
     """One (client, endpoint) key's hit count, shared by every worker.
 
     Written by core.ratelimit_store.DatabaseStorage for `RATE_LIMIT_STORAGE=database`. For a moving window
-    `count` is the hits taken since the key's window last emptied (which numbers the next slot of its ring in
-    `rate_limit_hits`) and `expires_at` is when the last of them leaves the window (never moved earlier).
+    `count` is the slot of the key's ring in `rate_limit_hits` that its next hit takes (the hits taken since its
+    window last emptied, modulo the limit) and `expires_at` is when the last of them leaves the window (never
+    moved earlier).
     `expires_at` is epoch seconds, as the `limits` library counts time.
     """
 

@@ -125,6 +125,25 @@ async def test_retry_after_is_never_below_one_second(monkeypatch):
     assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (1, "1")
 
 
+async def test_a_window_that_emptied_since_the_refusal_says_retry_in_one_second(monkeypatch):
+    """The oldest hit left the window between the refusal and the look at the window, which then reads as empty
+    and starting now: its reset is a minute away, but a retry fits at once (found by a review: Retry-After 60)."""
+    import time
+
+    from limits.util import WindowStats
+
+    limiter = ClientRateLimiter(1)
+    await limiter.hit("ip:203.0.113.7", "/spend/{item}")
+
+    async def emptied(*_args: object) -> WindowStats:
+        return WindowStats(reset_time=time.time() + 60, remaining=1)
+
+    monkeypatch.setattr(limiter._limiter, "get_window_stats", emptied)
+    with pytest.raises(RateLimited) as caught:
+        await limiter.hit("ip:203.0.113.7", "/spend/{item}")
+    assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (1, "1")
+
+
 async def test_each_client_ip_has_its_own_budget():
     app = _app(1)
     async with _client(app, "203.0.113.7") as first, _client(app, "198.51.100.2") as second:
