@@ -236,6 +236,21 @@ async def test_a_key_never_idle_keeps_its_counter_below_the_limit(engine, clock)
     assert list((await _rows(engine)).values()) == [10 % 3]
 
 
+async def test_chat_notices_are_one_slot_rings_in_the_shared_store(engine, clock):
+    """ "Told once a minute" and a stranger's "told once an hour" live in the same tables when the budget is shared."""
+    from core.ratelimit import CHAT_NOTICE, STRANGER_NOTICE, ClientRateLimiter
+
+    limiter = ClientRateLimiter(2, DatabaseStorage(engine))
+    start = clock.now
+    assert await limiter.first_in(STRANGER_NOTICE, "chat:whatsapp", "whatsapp:+15550001")
+    assert await limiter.first_in(CHAT_NOTICE, "chat:whatsapp", "whatsapp:+15550001")
+    clock.now = start + 61
+    assert await limiter.first_in(CHAT_NOTICE, "chat:whatsapp", "whatsapp:+15550001")  # a minute on: again
+    assert not await limiter.first_in(STRANGER_NOTICE, "chat:whatsapp", "whatsapp:+15550001")
+    clock.now = start + 3600
+    assert await limiter.first_in(STRANGER_NOTICE, "chat:whatsapp", "whatsapp:+15550001")  # an hour on: again
+
+
 async def test_expired_counters_and_hits_are_purged(engine, clock):
     storage = DatabaseStorage(engine)
     assert await storage.incr("k", 60) == 1
