@@ -49,6 +49,7 @@ from core.errors import (
     from_the_database,
     problem_body,
 )
+from core.secrets import current_scrubber
 from core.store import IdempotencyKey, utcnow
 
 logger = logging.getLogger("orchestrator.idempotency")
@@ -98,11 +99,14 @@ def request_fingerprint(method: str, path: str, payload: Any) -> str:
 
 
 def _json_body(result: Any) -> Any:
-    """The JSON-able form of a route's result. A pydantic model is dumped by pydantic-core directly:
-    `jsonable_encoder` walks it again in Python, ~2 % of /ai-process's CPU (docs/benchmarks.md)."""
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json", by_alias=True)
-    return jsonable_encoder(result)
+    """The JSON-able form of a route's result, configured secrets scrubbed, as problem bodies are.
+
+    A result carries upstream text (an LLM's answer, a Toggl description) and the caller's own, and this is the
+    body answered, stored for replays and replayed: a success echoing a key was all three (found by a security
+    review). A pydantic model is dumped by pydantic-core directly: `jsonable_encoder` walks it again in Python,
+    ~2 % of /ai-process's CPU (docs/benchmarks.md)."""
+    body = result.model_dump(mode="json", by_alias=True) if isinstance(result, BaseModel) else jsonable_encoder(result)
+    return current_scrubber().scrub_value(body)
 
 
 async def key_already_answered(sessions: async_sessionmaker, *, key: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -165,12 +165,19 @@ async def ensure_reachable(engine: AsyncEngine, within_seconds: float = 15.0) ->
         async with asyncio.timeout(within_seconds), engine.connect():
             pass
     except (OSError, DBAPIError, TimeoutError) as exc:
-        where = engine.url.render_as_string(hide_password=True)
+        where = shown_url(engine.url)
         cause = type(exc).__name__ if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {_first_line(exc)}"
         raise DatabaseUnreachable(
             f"Cannot reach the database at {where} ({cause}). Check DATABASE_URL and that the server is running "
             "and accepts connections from this host."
         ) from None
+
+
+def shown_url(url: URL) -> str:
+    """A database URL as the service prints it: the password hidden, in the user part or a `?password=`."""
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return url.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
@@ -265,6 +265,7 @@ class AIRouter:
                 reason = f"{reason}; {'; '.join(notes)}; fell back to {candidate.name}"
             return _generation(
                 completion,
+                scrub=self.settings.secret_scrubber.scrub,
                 provider=candidate.name,
                 routing=Routing(
                     word_count=word_count, threshold=threshold, rule=rule, fallback_from=fallback_from, reason=reason
@@ -350,10 +351,15 @@ def _short(exc: ProblemError) -> str:
     return f"{upstream_status} {exc.slug}" if upstream_status else exc.slug
 
 
-def _generation(completion: Completion, *, provider: str, routing: Routing, latency_ms: int) -> Generation:
+def _generation(
+    completion: Completion, *, scrub: Callable[[str], str], provider: str, routing: Routing, latency_ms: int
+) -> Generation:
+    # The answer is upstream text like any error message: an endpoint or gateway that echoes the request headers
+    # in it (found by a security review) put the provider's key into the /ai-process answer, the stored
+    # Idempotency-Key replay and the briefing's Slack post, which sent one vendor's key to another.
     return Generation(
-        response=completion.text,
-        model_used=completion.model,
+        response=scrub(completion.text),
+        model_used=scrub(completion.model),
         provider=provider,
         routing=routing,
         usage=Usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),

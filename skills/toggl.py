@@ -368,7 +368,7 @@ class TogglSkill:
             confirmed_after_error=confirmed,
             entry_id=entry.id,
             workspace_id=entry.workspace_id,
-            description=entry.description if entry.description is not None else description,
+            description=self._shown(entry.description if entry.description is not None else description),
             start=entry.start,
             planned_stop=_planned_stop(entry.start, duration_minutes),
             project_id=entry.project_id,
@@ -411,7 +411,7 @@ class TogglSkill:
                 payload=request,
                 entry_id=entry_id,
                 workspace_id=wid,
-                description=running.description if running else None,
+                description=self._shown(running.description) if running else None,
                 start=running.start if running else None,
                 stop=now if running else None,
                 elapsed_seconds=running.elapsed_seconds if running else None,
@@ -426,7 +426,7 @@ class TogglSkill:
                 payload=request,
                 entry_id=entry_id,
                 workspace_id=wid,
-                description=running.description if running else None,
+                description=self._shown(running.description) if running else None,
                 start=running.start if running else None,
                 elapsed_seconds=running.elapsed_seconds if running else None,
                 already_stopped=True,
@@ -444,7 +444,7 @@ class TogglSkill:
             payload=request,
             entry_id=entry.id,
             workspace_id=entry.workspace_id,
-            description=entry.description,
+            description=self._shown(entry.description),
             start=entry.start,
             stop=entry.stop,
             elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
@@ -510,12 +510,19 @@ class TogglSkill:
         return RunningTimer(
             entry_id=entry.id,
             workspace_id=entry.workspace_id,
-            description=entry.description,
+            description=self._shown(entry.description),
             start=entry.start,
             elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
             project_id=entry.project_id,
-            tags=entry.tags,
+            tags=[self._shown(tag) for tag in entry.tags] if entry.tags is not None else None,
         )
+
+    def _shown(self, text: str | None) -> str | None:
+        """Text Toggl sends back, as this service shows it (answers, replies, the briefing's Slack post): configured
+        secrets scrubbed. An entry's description is the caller's text or whatever Toggl returns; either may carry
+        a key, which the ledger already hid but the answer and the stop's row did not (found by a security review).
+        """
+        return None if text is None else self.settings.secret_scrubber.scrub(text)
 
     # --- HTTP -----------------------------------------------------------------------
 

@@ -275,7 +275,12 @@ class JobScheduler:
         workers run at once); None when one exists. Otherwise a second plan for the entry replaces the first.
         """
         job_id = stop_job_id(entry_id)
-        payload = {"entry_id": entry_id, "workspace_id": workspace_id, "description": description}
+        # The description is shown by GET /schedule: scrubbed like the ledger's copy (found by a security review).
+        payload = {
+            "entry_id": entry_id,
+            "workspace_id": workspace_id,
+            "description": self.ledger.scrubber.scrub(description),
+        }
         try:
             async with self.sessions.begin() as session:
                 session.add(

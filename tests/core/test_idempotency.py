@@ -474,3 +474,25 @@ async def test_an_expired_key_read_before_another_request_renewed_it_deletes_not
     response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-renewed"})
     assert (response.status_code, response.headers["idempotent-replayed"]) == (201, "true")
     assert calls == ["a"]
+
+
+@pytest.mark.parametrize("key", [None, "k-secret"])
+async def test_a_success_body_is_scrubbed_in_the_answer_and_the_stored_replay(make_client, key):
+    """Problem bodies were scrubbed, success bodies not: a caller's text or an upstream's answer holding a
+    configured secret was answered, stored for replays and replayed raw (found by a security review)."""
+    from sqlalchemy import select
+
+    from core.store import IdempotencyKey
+
+    token = "xoxb-scrubbed-in-success-0001"
+    async with make_client(slack_bot_token=token) as client:
+        calls = _install(client)
+        headers = {"Idempotency-Key": key} if key else {}
+        first = await client.post("/act", json={"text": f"rotate {token}"}, headers=headers)
+        replay = await client.post("/act", json={"text": f"rotate {token}"}, headers=headers)
+        async with client.app.state.resources.sessions() as session:
+            stored = [row.response_body for row in await session.scalars(select(IdempotencyKey))]
+    assert first.json() == {"echo": "rotate ***", "call": 1}
+    assert token not in replay.text and token not in repr(stored)
+    assert stored == ([{"echo": "rotate ***", "call": 1}] if key else [])
+    assert calls == [f"rotate {token}"] * (1 if key else 2)  # the action itself got what was asked

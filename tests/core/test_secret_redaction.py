@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -145,6 +146,55 @@ async def test_toggl_echoing_the_basic_credentials(make_client, toggl, database_
         run=json.dumps(run),
         database=dump_database(database_url),
         logs=logged,
+    )
+
+
+async def test_a_toggl_success_and_a_callers_description_carrying_secrets_are_scrubbed(
+    make_client, toggl, database_url
+):
+    """Not an error: Toggl answers 200 with an entry whose description carries its Basic credentials (a gateway
+    echoing headers), and the caller's own task name holds the Slack token. The ledger hid both, but the answer,
+    its stored replay, the planned stop's row and GET /schedule and /timers/current did not (found by a security
+    review)."""
+    description = f"rotate {SLACK_TOKEN}"
+
+    def entry(request: httpx.Request) -> httpx.Response:
+        echoed = f"{description} / Authorization: {request.headers['authorization']}"
+        return httpx.Response(
+            200,
+            json={
+                "id": 9001,
+                "workspace_id": WID,
+                "description": echoed,
+                "start": datetime.now(UTC).isoformat(),  # its planned stop is 30 minutes away
+                "duration": -1,
+                "tags": [f"tag {TOGGL_BASIC}"],
+            },
+        )
+
+    started = toggl.post(f"/workspaces/{WID}/time_entries").mock(side_effect=entry)
+    toggl.get("/me/time_entries/current").mock(side_effect=entry)
+    settings = {"toggl_api_token": TOGGL_TOKEN, "toggl_workspace_id": WID, "toggl_base_url": TOGGL_BASE}
+    async with make_client(slack_bot_token=SLACK_TOKEN, **settings) as client:
+        answer = await client.post(
+            "/start-timer",
+            json={"task_name": description, "duration_minutes": 30},
+            headers={"Idempotency-Key": "start-with-secret"},
+        )
+        schedule = await client.get("/schedule")
+        current = await client.get("/timers/current")
+    assert json.loads(started.calls.last.request.content)["description"] == description  # Toggl got what was asked
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["description"] == "rotate *** / Authorization: Basic ***"
+    assert current.json()["timer"]["description"] == "rotate *** / Authorization: Basic ***"
+    assert current.json()["timer"]["tags"] == ["tag ***"]
+    assert [stop["description"] for stop in schedule.json()["stops"]] == ["rotate *** / Authorization: Basic ***"]
+    assert_nowhere(
+        [SLACK_TOKEN, TOGGL_TOKEN, TOGGL_BASIC, TOGGL_BASIC.rstrip("=")],
+        answer=answer.text,
+        schedule=schedule.text,
+        current=current.text,
+        database=dump_database(database_url),
     )
 
 

@@ -319,3 +319,52 @@ def test_an_allowed_sender_without_its_plus_is_refused_at_start_up(monkeypatch):
     monkeypatch.setenv("WHATSAPP_ALLOWED_SENDERS", "15551234567")
     with pytest.raises(ConfigurationError, match="WHATSAPP_ALLOWED_SENDERS"):
         load_settings(_env_file=None)
+
+
+# --- The database URL's password -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://orch:PGPASS-SEKRIT-0011@127.0.0.1:9/orch",
+        "postgresql+asyncpg://orch@127.0.0.1:9/orch?password=PGPASS-SEKRIT-0011",
+        "postgresql+asyncpg://orch@127.0.0.1:9/orch?ssl=disable&password=PGPASS-SEKRIT-0011",
+    ],
+    ids=["user-part", "query", "query-among-others"],
+)
+async def test_the_database_password_is_a_secret_wherever_the_url_puts_it(url):
+    """DATABASE_URL is a plain string. A password given as `?password=` (asyncpg accepts it) was printed whole at
+    start-up when the database could not be reached, and scrubbed nowhere (found by a security review)."""
+    from core.store import DatabaseUnreachable, create_engine, ensure_reachable
+
+    settings = Settings(_env_file=None, database_url=url)
+    assert settings.secret_values() == ["PGPASS-SEKRIT-0011"]
+    assert settings.secret_scrubber.scrub(f"connect {url}") == f"connect {url.replace('PGPASS-SEKRIT-0011', '***')}"
+    engine = create_engine(url)
+    try:
+        with pytest.raises(DatabaseUnreachable) as caught:
+            await ensure_reachable(engine, within_seconds=5)
+    finally:
+        await engine.dispose()
+    assert "PGPASS-SEKRIT-0011" not in str(caught.value)
+    assert "127.0.0.1:9/orch" in str(caught.value) and "***" in str(caught.value)
+
+
+def test_an_at_sign_in_the_database_password_is_refused_without_echoing_it():
+    """Unencoded, `@` ends the password early: the rest was read as the host and printed in errors."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(_env_file=None, database_url="postgresql+asyncpg://orch:PG@SS-SEKRIT-0012@127.0.0.1/orch")
+    message = str(caught.value)
+    assert "DATABASE_URL" in message and "%40" in message
+    assert "SEKRIT" not in message
+
+
+def test_a_secrets_surrounding_whitespace_is_dropped_and_a_blank_one_is_not_set():
+    """A key read from a file or a Kubernetes secret ends in a newline; sent in a header it failed as a 500."""
+    settings = Settings(
+        _env_file=None, local_llm_api_key="local-key-0001\n", anthropic_api_key="  sk-ant-0001 ", slack_bot_token=" \n"
+    )
+    assert settings.local_llm_api_key.get_secret_value() == "local-key-0001"
+    assert settings.anthropic_api_key.get_secret_value() == "sk-ant-0001"
+    assert settings.slack_bot_token is None

@@ -567,3 +567,26 @@ async def test_a_cancelled_handler_cancels_its_llm_call(make_client, fakes):
             for task in (handler, *_tasks_running("AIRouter.generate")):
                 task.cancel()
     assert len(fakes.gemini.calls()) == 1 and fakes.claude.calls() == []  # no retry, no fallback
+
+
+async def test_an_answer_echoing_the_providers_key_is_scrubbed_everywhere_it_goes(make_client, fakes, database_url):
+    """A gateway or endpoint that echoes the request's headers in a 200 answer (found by a security review): the
+    key reached the /ai-process answer, its stored Idempotency-Key replay, and (through the plan) the briefing's
+    Slack post. The answer and the model name are upstream text like any error message, and are scrubbed."""
+    from tests.core.test_secret_redaction import assert_nowhere, dump_database
+
+    def echo(request) -> Reply:
+        sent = request.headers.get("x-goog-api-key", "")
+        return Reply(200, json=gemini_content(f"you sent x-goog-api-key: {sent}", model=f"gemini-{sent}"))
+
+    fakes.gemini.route("POST", fakes.gemini.path, echo)
+    headers = {"Idempotency-Key": "echo-1"}
+    async with make_client(**fakes.settings()) as client:
+        first = await client.post("/ai-process", json={"text": "hello", "provider": "gemini"}, headers=headers)
+        replay = await client.post("/ai-process", json={"text": "hello", "provider": "gemini"}, headers=headers)
+    assert fakes.gemini.calls()[0].headers["x-goog-api-key"] == GEMINI_KEY  # what was echoed is the real key
+    assert first.status_code == 200, first.text
+    assert first.json()["response"] == "you sent x-goog-api-key: ***"
+    assert first.json()["model_used"] == "gemini-***"
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json() == first.json()
+    assert_nowhere([GEMINI_KEY], answer=first.text, replay=replay.text, database=dump_database(database_url))

@@ -1474,3 +1474,19 @@ async def test_every_gemini_safety_stop_is_a_flagged_refusal_not_a_fallback(make
 
     assert (result.provider, result.response, result.refused) == ("gemini", "half a pl", True)
     assert fakes.claude.calls() == []
+
+
+# --- An answer echoing a key ------------------------------------------------------------
+
+
+async def test_an_answer_echoing_a_configured_key_is_scrubbed_before_anyone_uses_it(make_router, fakes):
+    """The generation feeds the /ai-process answer, the briefing's Slack post and chat replies: an endpoint that
+    echoed the request's headers sent Gemini's key on to Slack (found by a security review)."""
+    echoed = f"x-goog-api-key: {GEMINI_KEY}; and Claude's {ANTHROPIC_KEY}"
+    fakes.gemini.route("POST", fakes.gemini.path, lambda _: Reply(200, json=gemini_content(echoed, model=GEMINI_KEY)))
+    router = await make_router()
+
+    generation = await router.generate(text="hello", provider="gemini")
+
+    assert generation.response == "x-goog-api-key: ***; and Claude's ***"
+    assert generation.model_used == "***"

@@ -807,3 +807,20 @@ async def test_a_recovery_never_resets_a_stop_that_another_worker_planned_or_tha
     async with sessions() as session:
         row = await session.get(ScheduledJob, "stop:77")
     assert (row.status, row.run_at.replace(tzinfo=UTC)) == ("done", at)
+
+
+async def test_a_planned_stops_description_is_stored_scrubbed(make_settings, sessions):
+    """GET /schedule shows the stop row's description: a configured secret in it (the caller's task name, or a
+    Toggl entry's description read back by the prune's recovery) is stored as the ledger stores it: `***`."""
+    from core.ledger import Ledger
+    from core.secrets import SecretScrubber
+
+    token = "xoxb-planned-stop-secret-0001"
+    ledger = Ledger(sessions, scrubber=SecretScrubber([token]))
+    scheduler = scheduler_for(make_settings(), sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    await scheduler.schedule_stop(
+        entry_id=9001, workspace_id=1, description=f"rotate {token}", at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    async with sessions() as session:
+        (row,) = (await session.scalars(select(ScheduledJob))).all()
+    assert row.payload["description"] == "rotate ***"
