@@ -345,13 +345,18 @@ def test_log_lines_and_json_extras_are_scrubbed_of_every_form(capsys):
     configure_logging(level="INFO", fmt="json", secrets=scrubber)
     try:
         log = logging.getLogger("orchestrator.test")
-        log.warning("upstream said Authorization: Basic %s", TOGGL_BASIC, extra={"upstream_said": TOGGL_TOKEN})
+        log.warning(
+            "upstream said Authorization: Basic %s",
+            TOGGL_BASIC,
+            extra={"upstream_said": TOGGL_TOKEN, "upstream_body": {"errors": [f"token {TOGGL_TOKEN}"]}},
+        )
         log.warning("url %s", quote(f"{TOGGL_TOKEN}/x", safe=""))
     finally:
         configure_logging(level="INFO", fmt="json", secrets=[])
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [line["message"] for line in lines] == [f"upstream said Authorization: Basic {REDACTED}", "url ***%2Fx"]
     assert lines[0]["upstream_said"] == REDACTED
+    assert lines[0]["upstream_body"] == {"errors": [f"token {REDACTED}"]}  # nested extras too
 
 
 # --- Each form, one by one ---------------------------------------------------------------------
