@@ -9,8 +9,8 @@
   replay it, or get a 409 if it is still running after `WAIT_SECONDS`.
 - A claim still in progress after `ABANDONED_AFTER` was left by a worker that
   died: a 409 at once says its outcome is unknown (never a second run). Older
-  than the longest a request can run but not yet that old: a 409 at once says
-  the worker most likely stopped, with Retry-After until that verdict.
+  than the longest a request usually runs but not yet that old: after the wait,
+  a 409 says the worker most likely stopped, with Retry-After until that verdict.
 
 What is stored: a success, and any failure whose outcome upstream is unknown
 (502, 504, 500: the action may have happened). A refusal that certainly did
@@ -49,7 +49,7 @@ from core.errors import (
     from_the_database,
     problem_body,
 )
-from core.secrets import current_scrubber
+from core.secrets import NO_SECRETS, SecretScrubber
 from core.store import IdempotencyKey, utcnow
 
 logger = logging.getLogger("orchestrator.idempotency")
@@ -98,15 +98,15 @@ def request_fingerprint(method: str, path: str, payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _json_body(result: Any) -> Any:
-    """The JSON-able form of a route's result, configured secrets scrubbed, as problem bodies are.
+def _json_body(result: Any, scrubber: SecretScrubber) -> Any:
+    """The JSON-able form of a route's result, configured secrets scrubbed (`Settings.answer_scrubber`).
 
     A result carries upstream text (an LLM's answer, a Toggl description) and the caller's own, and this is the
     body answered, stored for replays and replayed: a success echoing a key was all three (found by a security
     review). A pydantic model is dumped by pydantic-core directly: `jsonable_encoder` walks it again in Python,
     ~2 % of /ai-process's CPU (docs/benchmarks.md)."""
     body = result.model_dump(mode="json", by_alias=True) if isinstance(result, BaseModel) else jsonable_encoder(result)
-    return current_scrubber().scrub_value(body)
+    return scrubber.scrub_value(body)
 
 
 async def key_already_answered(sessions: async_sessionmaker, *, key: str) -> bool:
@@ -138,9 +138,11 @@ class Idempotency:
         path: str,
         abandoned_after: timedelta = ABANDONED_AFTER,
         longest_request: timedelta | None = None,
+        scrubber: SecretScrubber = NO_SECRETS,
     ) -> None:
         self.sessions = sessions
         self.abandoned_after = abandoned_after
+        self.scrubber = scrubber
         #: The longest a live request can run (Settings.longest_request_seconds); half the cutoff by default.
         self.longest_request = abandoned_after / 2 if longest_request is None else longest_request
         self.key = key
@@ -153,7 +155,7 @@ class Idempotency:
     ) -> JSONResponse:
         """Run `action` (returning a pydantic model or JSON-able value) under the key."""
         if self.key is None:
-            return JSONResponse(_json_body(await action()), status_code=status_code)
+            return JSONResponse(_json_body(await action(), self.scrubber), status_code=status_code)
 
         fingerprint = request_fingerprint(self.method, self.path, payload)
         try:
@@ -186,7 +188,7 @@ class Idempotency:
             )
             await asyncio.shield(self._settle(500, crashed, {}))
             raise
-        body = _json_body(result)
+        body = _json_body(result, self.scrubber)
         await self._settle(status_code, body, {})
         return JSONResponse(body, status_code=status_code)
 
@@ -232,29 +234,10 @@ class Idempotency:
                 idempotency_key=self.key,
                 outcome_unknown=True,  # the member every "it may have happened" answer carries (docs/errors.md)
             )
-        if row.state != "done" and utcnow() - row.created_at > self.longest_request:
-            # Past the longest a live request can run, so the worker running it most likely died; the verdict
-            # "outcome unknown" still waits for `abandoned_after` (its margin for clocks and slow event loops).
-            # Until then say so, and when to come back, instead of holding the caller 30 s to say "retry
-            # shortly" for minutes (found by a multi-worker review: a 409 every 30 s for 13 minutes).
-            known_at = row.created_at + self.abandoned_after
-            wait = max(1, math.ceil((known_at - utcnow()).total_seconds()))
-            raise Conflict(
-                f"The first request with this Idempotency-Key started at {row.created_at.isoformat()} and has run "
-                f"longer than any request can with these timeouts ({self.longest_request.total_seconds():.0f} s), "
-                "so the service most likely stopped while it ran. From "
-                f"{known_at.isoformat()} (in {wait} s) a retry is told that its outcome is unknown; until then, "
-                "GET /runs shows what it did.",
-                headers={"Retry-After": str(wait)},
-                idempotency_key=self.key,
-            )
         deadline = time.monotonic() + WAIT_SECONDS
         while row.state != "done":
             if time.monotonic() > deadline:
-                raise Conflict(
-                    "A request with this Idempotency-Key is still in progress; retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
+                raise self._still_in_progress(row)
             await asyncio.sleep(POLL_SECONDS)
             reloaded = await self._load()
             if reloaded is None:
@@ -272,6 +255,30 @@ class Idempotency:
             # the first request's id stays findable too.
             body = {**body, "request_id": current_request_id(), "original_request_id": body["request_id"]}
         return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
+
+    def _still_in_progress(self, row: IdempotencyKey) -> Conflict:
+        """The 409 for a first request still running after WAIT_SECONDS.
+
+        Past the longest a request usually runs with these timeouts, its worker most likely died, and "retry
+        shortly" sent clients back every 30 s for minutes (found by a multi-worker review). So it says so, with
+        Retry-After up to `abandoned_after`, when a retry is told the outcome is unknown; a first request that
+        does finish meanwhile is replayed to that retry as usual. Only after the wait: a long WhatsApp send (ten
+        parts, each retried) can outrun the estimate while alive (found by a review).
+        """
+        if utcnow() - row.created_at <= self.longest_request:
+            return Conflict(
+                "A request with this Idempotency-Key is still in progress; retry shortly.", headers={"Retry-After": "1"}
+            )
+        known_at = row.created_at + self.abandoned_after
+        wait = max(1, math.ceil((known_at - utcnow()).total_seconds()))
+        return Conflict(
+            f"The first request with this Idempotency-Key started at {row.created_at.isoformat()} and has run "
+            f"longer than a request usually can with these timeouts ({self.longest_request.total_seconds():.0f} s), "
+            "so the service most likely stopped while it ran. Retry after Retry-After: the stored answer if it "
+            f"finished, else, from {known_at.isoformat()}, that its outcome is unknown. GET /runs shows what it did.",
+            headers={"Retry-After": str(wait)},
+            idempotency_key=self.key,
+        )
 
     async def _settle(self, status: int, body: Any, headers: dict[str, str]) -> None:
         if not _stores_outcome(status, body):
@@ -331,6 +338,7 @@ async def get_idempotency(
         path=request.url.path,
         abandoned_after=resources.settings.abandoned_after,
         longest_request=timedelta(seconds=resources.settings.longest_request_seconds),
+        scrubber=resources.settings.answer_scrubber,
     )
 
 

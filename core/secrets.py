@@ -99,7 +99,8 @@ class SecretScrubber:
         self._any = re.compile("|".join(map(re.escape, every))) if every else None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SecretScrubber:
+    def from_settings(cls, settings: Settings, *, min_length: int = 4) -> SecretScrubber:
+        """Every configured secret of at least `min_length` characters, and the credentials built from them."""
         credentials: list[bytes] = []
         if settings.toggl_api_token is not None:
             # skills/toggl.py: httpx.BasicAuth(token, "api_token").
@@ -113,7 +114,7 @@ class SecretScrubber:
             # AUTH LOGIN sends base64(password) on its own, a form every secret already has.
             user, password = settings.smtp_user, settings.smtp_password.get_secret_value()
             credentials.append(f"\0{user}\0{password}".encode())
-        return cls(settings.secret_values(), credentials=credentials)
+        return cls(settings.secret_values(min_length=min_length), credentials=credentials)
 
     def __bool__(self) -> bool:
         return bool(self.forms)

@@ -41,6 +41,9 @@ HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
 #: The shortest APP_API_KEY accepted where the service is exposed (APP_ENV=production or a public PUBLIC_BASE_URL).
 MIN_API_KEY_CHARS = 16
+#: Shortest secret scrubbed out of answers (`Settings.answer_scrubber`); logs, errors and the ledger take every
+#: secret of 4 characters or more.
+ANSWER_SECRET_MIN_CHARS = 12
 _A_LONG_RANDOM_KEY = (
     "a long random value, e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 )
@@ -161,27 +164,32 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        if value.startswith("postgresql") and value.partition("://")[2].count("@") > 1:
+            # An "@" in the password ends it early: the rest was read as the host, path or query and printed in
+            # errors, most of the password with it (found by two reviews). A file path may hold one (SQLite).
+            raise ValueError("has more than one '@': percent-encode an '@' in the user, password or options as %40")
         try:
             url = make_url(value)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:
+            # Not the parser's message: for "user:pa@ss:word@host" it quoted part of the password (a bad port).
             raise ValueError("must be an SQLAlchemy URL such as sqlite+aiosqlite:///./data/app.db") from exc
         if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("must use an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://")
-        if url.host and "@" in url.host:
-            # An "@" in the password ends it early: the rest was read as the host and printed in errors, and the
-            # part taken for the password is too short to be scrubbed (found by a security review).
-            raise ValueError("has an '@' in its user or password: percent-encode it as %40")
         return value
 
     @field_validator("*")
     @classmethod
-    def _strip_secrets(cls, value: object) -> object:
-        """A secret's surrounding whitespace is never part of it: a key file or a Kubernetes secret ends in a
-        newline, which went out in a header and failed as a 500 (found by a security review). Blank: not set."""
+    def _strip_line_breaks_from_secrets(cls, value: object) -> object:
+        """A key file or a Kubernetes secret ends in a newline, which is never part of the secret: it went out in
+        a header and failed as a 500 (found by a security review). Only line breaks: a password may begin or end
+        with a space. Nothing but line breaks is an error, not "not set", which would drop APP_API_KEY's lock."""
         if isinstance(value, SecretStr):
             raw = value.get_secret_value()
-            if raw != raw.strip():
-                return SecretStr(raw.strip()) if raw.strip() else None
+            stripped = raw.strip("\r\n")
+            if not stripped:
+                raise ValueError("is only line breaks: give the secret, or leave the variable empty to unset it")
+            if stripped != raw:
+                return SecretStr(stripped)
         return value
 
     @field_validator("whatsapp_allowed_senders", "slack_allowed_users", mode="before")
@@ -345,34 +353,27 @@ class Settings(BaseSettings):
             return self.smtp_port
         return {"starttls": 587, "tls": 465, "none": 25}[self.smtp_security]
 
-    def secret_values(self) -> list[str]:
-        """Every configured secret, unwrapped; used only to scrub them (`secret_scrubber`).
-
-        The database's password too: DATABASE_URL is a plain string (it is printed, password hidden, when the
-        database cannot be reached), and a password given as `?password=` was printed whole (found by a security
-        review).
-        """
+    def secret_values(self, *, min_length: int = 4) -> list[str]:
+        """Every configured secret of at least `min_length` characters, unwrapped; used only to scrub them."""
         values = [
             value.get_secret_value()
             for value in (getattr(self, name) for name in type(self).model_fields)
             if isinstance(value, SecretStr)
         ]
-        return [raw for raw in [*values, *database_passwords(self.database_url)] if len(raw) >= 4]
+        return [raw for raw in values if len(raw) >= min_length]
 
     @cached_property
     def secret_scrubber(self) -> SecretScrubber:
         """Every form of the configured secrets (core/secrets.py): one for the logs, errors and the ledger."""
         return SecretScrubber.from_settings(self)
 
-
-def database_passwords(database_url: str) -> list[str]:
-    """The passwords a database URL carries: its user part's and a `password` query parameter's."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    in_query = url.query.get("password")
-    found = [url.password, *(in_query if isinstance(in_query, tuple) else [in_query])]
-    return [str(password) for password in found if password]
+    @cached_property
+    def answer_scrubber(self) -> SecretScrubber:
+        """The same, for text people read as an answer (an LLM's, a Toggl description, an action's result) or that
+        goes on to another service (the briefing's Slack post): only secrets of at least ANSWER_SECRET_MIN_CHARS.
+        A short one (an SMTP password "password", a development APP_API_KEY "test") would garble ordinary words;
+        vendor keys and tokens are all longer (found by a review)."""
+        return SecretScrubber.from_settings(self, min_length=ANSWER_SECRET_MIN_CHARS)
 
 
 def env_name(field: str) -> str:

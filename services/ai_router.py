@@ -265,7 +265,7 @@ class AIRouter:
                 reason = f"{reason}; {'; '.join(notes)}; fell back to {candidate.name}"
             return _generation(
                 completion,
-                scrub=self.settings.secret_scrubber.scrub,
+                scrub=self.settings.answer_scrubber.scrub,
                 provider=candidate.name,
                 routing=Routing(
                     word_count=word_count, threshold=threshold, rule=rule, fallback_from=fallback_from, reason=reason

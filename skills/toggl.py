@@ -522,7 +522,7 @@ class TogglSkill:
         secrets scrubbed. An entry's description is the caller's text or whatever Toggl returns; either may carry
         a key, which the ledger already hid but the answer and the stop's row did not (found by a security review).
         """
-        return None if text is None else self.settings.secret_scrubber.scrub(text)
+        return None if text is None else self.settings.answer_scrubber.scrub(text)
 
     # --- HTTP -----------------------------------------------------------------------
 

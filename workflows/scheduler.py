@@ -279,7 +279,7 @@ class JobScheduler:
         payload = {
             "entry_id": entry_id,
             "workspace_id": workspace_id,
-            "description": self.ledger.scrubber.scrub(description),
+            "description": self.settings.answer_scrubber.scrub(description),
         }
         try:
             async with self.sessions.begin() as session:

@@ -294,6 +294,19 @@ async def test_stop_409_means_already_stopped(make_skill, toggl):
     assert stopped.entry_id == 5
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_a_stopped_entrys_description_is_shown_scrubbed(make_skill, toggl, dry_run):
+    """Toggl's description is upstream text: one echoing the API token (a gateway echoing headers) reached the
+    answer and the chat replies raw on the stop paths (found by a review)."""
+    echoed = entry(description=f"Deep work; Authorization: {TOKEN}")
+    toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=echoed))
+    toggl.patch(f"/workspaces/{WID}/time_entries/987654321/stop").mock(
+        return_value=httpx.Response(200, json={**echoed, "stop": "2026-11-25T09:30:00Z", "duration": 60})
+    )
+    stopped = await make_skill().stop_timer(dry_run=dry_run)
+    assert stopped is not None and stopped.description == "Deep work; Authorization: ***"
+
+
 async def test_stop_dry_run_reads_but_never_patches(make_skill, toggl):
     toggl.get("/me/time_entries/current").mock(return_value=httpx.Response(200, json=entry()))
     patch = toggl.patch(f"/workspaces/{WID}/time_entries/987654321/stop")

@@ -813,11 +813,10 @@ async def test_a_planned_stops_description_is_stored_scrubbed(make_settings, ses
     """GET /schedule shows the stop row's description: a configured secret in it (the caller's task name, or a
     Toggl entry's description read back by the prune's recovery) is stored as the ledger stores it: `***`."""
     from core.ledger import Ledger
-    from core.secrets import SecretScrubber
 
     token = "xoxb-planned-stop-secret-0001"
-    ledger = Ledger(sessions, scrubber=SecretScrubber([token]))
-    scheduler = scheduler_for(make_settings(), sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    settings = make_settings(slack_bot_token=token)
+    scheduler = scheduler_for(settings, sessions, Ledger(sessions), slack=RecordingSlack(), worker_id="w1")
     await scheduler.schedule_stop(
         entry_id=9001, workspace_id=1, description=f"rotate {token}", at=datetime.now(UTC) + timedelta(hours=1)
     )
