@@ -104,30 +104,21 @@ async def test_a_budget_spent_at_the_end_of_a_minute_is_not_spent_again_in_the_n
         await engine.dispose()
 
 
-async def test_retry_after_is_never_below_one_second(monkeypatch):
-    """A window whose reset is already past (a clock step, a shared store's lag) must not say "Retry-After: 0",
-    which invites a retry loop (the floor was unpinned, found by a mutation review)."""
-    import time
-
-    from limits.util import WindowStats
-
-    from core.errors import RateLimited
-
-    limiter = ClientRateLimiter(1)
-    await limiter.hit("ip:203.0.113.7", "/spend/{item}")
-
-    async def stale(*_args: object) -> WindowStats:
-        return WindowStats(reset_time=time.time() - 5, remaining=0)
-
-    monkeypatch.setattr(limiter._limiter, "get_window_stats", stale)
-    with pytest.raises(RateLimited) as caught:
-        await limiter.hit("ip:203.0.113.7", "/spend/{item}")
-    assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (1, "1")
-
-
-async def test_a_window_that_emptied_since_the_refusal_says_retry_in_one_second(monkeypatch):
-    """The oldest hit left the window between the refusal and the look at the window, which then reads as empty
-    and starting now: its reset is a minute away, but a retry fits at once (found by a review: Retry-After 60)."""
+@pytest.mark.parametrize(
+    ("reset_in", "remaining", "retry_after"),
+    [
+        # Rounded up, not down: 30 invites a retry that is refused again (survivor of a mutation review).
+        (30.5, 0, 31),
+        # A reset already past (a clock step, a shared store's lag) never says "Retry-After: 0", which invites a
+        # retry loop (the floor was unpinned, found by a mutation review).
+        (-5, 0, 1),
+        # The oldest hit left the window between the refusal and this look, which then reads as empty and
+        # starting now: its "reset" is a minute away, but a retry fits at once (found by a review: it said 60).
+        (60, 1, 1),
+    ],
+    ids=["rounded-up", "never-below-one", "window-emptied-since"],
+)
+async def test_retry_after_is_when_the_oldest_hit_leaves_the_window(monkeypatch, reset_in, remaining, retry_after):
     import time
 
     from limits.util import WindowStats
@@ -135,13 +126,13 @@ async def test_a_window_that_emptied_since_the_refusal_says_retry_in_one_second(
     limiter = ClientRateLimiter(1)
     await limiter.hit("ip:203.0.113.7", "/spend/{item}")
 
-    async def emptied(*_args: object) -> WindowStats:
-        return WindowStats(reset_time=time.time() + 60, remaining=1)
+    async def stats(*_args: object) -> WindowStats:
+        return WindowStats(reset_time=time.time() + reset_in, remaining=remaining)
 
-    monkeypatch.setattr(limiter._limiter, "get_window_stats", emptied)
+    monkeypatch.setattr(limiter._limiter, "get_window_stats", stats)
     with pytest.raises(RateLimited) as caught:
         await limiter.hit("ip:203.0.113.7", "/spend/{item}")
-    assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (1, "1")
+    assert (caught.value.retry_after, caught.value.headers["Retry-After"]) == (retry_after, str(retry_after))
 
 
 async def test_each_client_ip_has_its_own_budget():
