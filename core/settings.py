@@ -187,7 +187,7 @@ class Settings(BaseSettings):
             raw = value.get_secret_value()
             stripped = raw.strip("\r\n")
             if not stripped:
-                raise ValueError("is only line breaks: give the secret, or leave the variable empty to unset it")
+                raise ValueError("is empty or only line breaks: give the secret, or leave the variable unset")
             if stripped != raw:
                 return SecretStr(stripped)
         return value
