@@ -93,7 +93,7 @@ async def test_a_late_answer_longer_than_ten_messages_is_cut_to_fit_them_not_los
     w.claude.answer = ("word " * 4000).strip()
     async with make_client(**w.settings()) as client:
         assert messages(await post_whatsapp(client, whatsapp_form("tell me everything"))) == [WORKING]
-        [run] = await finished_runs(client, "whatsapp.reply", timeout=10)
+        [run] = await finished_runs(client, "whatsapp.reply")
     assert run["status"] == "ok"
     bodies = [sent["Body"] for sent in w.twilio.sent]
     assert 1 < len(bodies) <= MAX_PARTS and bodies[-1].endswith("…")

@@ -26,6 +26,7 @@ from skills.toggl import RunningTimer
 from tests.workflows.test_briefing import RecordingSlack, SlowRouter, SlowToggl
 from tests.workflows.world import (
     TOGGL_BASE,
+    WAIT_SECONDS,
     WORKSPACE,
     World,
     finished_runs,
@@ -614,7 +615,7 @@ class TogglStopOutage:
 
 async def stop_row(client, *, until: Callable[[ScheduledJob], bool] = lambda row: True) -> ScheduledJob:
     """The stop:9001 row, once `until(row)` holds (the firing runs in the background)."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_SECONDS
     while True:
         async with client.app.state.resources.sessions() as session:
             row = await session.get(ScheduledJob, "stop:9001")

@@ -260,7 +260,12 @@ def slack_headers(body: bytes, *, secret: str = SLACK_SECRET, timestamp: int | N
     return {"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+# Generous on purpose: a passing test returns as soon as the work is done, and a loaded CI machine (or a
+# mutation run beside the suite) once took more than 5 s to finish a handful of background answers.
+WAIT_SECONDS = 20.0
+
+
+async def wait_for(predicate: Any, timeout: float = WAIT_SECONDS) -> None:
     """Poll until `predicate()` is true: background work finishes after the webhook answered."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -274,7 +279,9 @@ async def runs_of(client: httpx.AsyncClient, kind: str) -> list[dict[str, Any]]:
     return [(await client.get(f"/runs/{item['id']}")).json() for item in page["items"]]
 
 
-async def finished_runs(client: httpx.AsyncClient, kind: str, count: int = 1, timeout: float = 5.0) -> list[dict]:
+async def finished_runs(
+    client: httpx.AsyncClient, kind: str, count: int = 1, timeout: float = WAIT_SECONDS
+) -> list[dict]:
     """The runs of `kind` once `count` of them have finished (background work records them late)."""
     deadline = time.monotonic() + timeout
     while True:
