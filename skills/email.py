@@ -422,6 +422,15 @@ def sending_error(exc: Exception) -> ProblemError:
             retryable=False,
             outcome_unknown=True,
         )
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 200:
+        # aiosmtplib's -1: a reply that is not SMTP or is too long to read. It refused nothing we can tell, and
+        # the server may have queued the message (found by a crash-consistency review: it read "refused").
+        return UpstreamError(
+            "The SMTP server's reply could not be read while the message was sent; it may or may not have been "
+            "delivered.",
+            upstream=UPSTREAM,
+            outcome_unknown=True,
+        )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return UpstreamError(f"The SMTP server refused the message ({exc.code}).", upstream=UPSTREAM)
     if isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)):

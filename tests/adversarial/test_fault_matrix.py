@@ -640,3 +640,34 @@ async def test_smtp_failure_before_data_is_not_an_unknown_outcome(make_client, f
     assert len(seen) == connections
     assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
     assert len(seen_by_retry) == 1
+
+
+#: Failures once the message was handed over (after the final "."): the server may have queued it.
+AFTER_HANDOVER: dict[str, Step] = {
+    "reset-after-data": "reset",
+    "silent-after-data": "silent",
+    "garbage-after-data": b"<html><body>502 Bad Gateway</body></html>\r\n",
+    "too-long-after-data": b"250-" + b"x" * 9000 + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("fault", list(AFTER_HANDOVER))
+async def test_an_smtp_failure_after_the_message_is_an_unknown_outcome_and_never_sent_again(make_client, fault):
+    """Found by a crash-consistency review: an unreadable reply to the message (not SMTP, or too long) read "the
+    SMTP server refused the message (-1)", though the server may well have queued it."""
+    headers = {"Idempotency-Key": f"smtp-after-{fault}"}
+    async with scripted_smtp({"END": AFTER_HANDOVER[fault]}) as (port, seen):
+        async with make_client(**smtp_settings(port, timeout=0.5)) as client:
+            first = await client.post("/send-email", json=MAIL, headers=headers)
+            retry = await client.post("/send-email", json=MAIL, headers=headers)
+            run = await only_run(client, "email.send")
+    body = first.json()
+    assert first.status_code in (502, 504), body
+    assert body["outcome_unknown"] is True
+    assert "may or may not have been delivered" in body["detail"]
+    assert "refused" not in body["detail"]
+    assert len(seen) == 1  # never retried: a second connection could deliver it twice
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["original_request_id"] == body["request_id"]
+    assert retry.json()["detail"] == body["detail"]
+    assert run["status"] == "failed" and "may or may not have been delivered" in run["error"]
