@@ -9,7 +9,7 @@ APScheduler as day names, which both read the same way.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -18,6 +18,9 @@ DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 #: fire time is stepped over: well past the longest repeated hour anywhere (2 h). Once a year, ~50 us a step.
 _STEP = timedelta(minutes=1)
 _MAX_STEPS = 6 * 60
+#: The longest jump forward of any zone's clocks (Antarctica/Troll's, 2 h): how far back a fire time in the hour
+#: they skip is looked for.
+_LONGEST_GAP = timedelta(hours=2)
 
 
 class WallClockCronTrigger(CronTrigger):
@@ -33,6 +36,24 @@ class WallClockCronTrigger(CronTrigger):
     """
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is None and self._clocks_went_forward_before(now):
+            # A fire time in the hour the clocks skipped (02:30 in Berlin in spring) is due an hour on (03:30 CEST),
+            # but asked from 03:10 APScheduler looks for hour 2 from 03:10 and answers the next day: a worker
+            # started (or a catch-up asked) between the jump and that time skipped the day's briefing (found by a
+            # review). So the fire times are walked from before the jump, to the first one not before `now`.
+            # Compared in UTC: within one zone Python compares wall times, and the skipped 02:30 is before 03:10.
+            due = self._forward(None, now.astimezone(UTC) - _LONGEST_GAP)
+            while due is not None and due.astimezone(UTC) < now.astimezone(UTC):
+                due = self._forward(due, now)
+            return due
+        return self._forward(previous_fire_time, now)
+
+    def _clocks_went_forward_before(self, now: datetime) -> bool:
+        before = (now.astimezone(UTC) - _LONGEST_GAP).astimezone(self.timezone)
+        offset, earlier = now.astimezone(self.timezone).utcoffset(), before.utcoffset()
+        return offset is not None and earlier is not None and earlier < offset
+
+    def _forward(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         candidate = super().get_next_fire_time(previous_fire_time, now)
         stuck = candidate
         for _ in range(_MAX_STEPS):

@@ -38,7 +38,7 @@ import os
 import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -119,8 +119,13 @@ def missed_briefing(trigger: BaseTrigger, now: datetime) -> datetime | None:
     and catching it up ran a stale briefing next to the current one (found by a review).
     """
     latest = None
+    # The window is in real time: `now - 5 min` on a TIMEZONE datetime is wall-clock arithmetic, which reached back
+    # an hour in the hour the clocks repeat (a briefing caught up an hour late) and, just after they skip one, to a
+    # time after `now` (the occurrence was missed, and a late worker claimed the minute it ran in: a second
+    # briefing); found by a review.
+    now = now.astimezone(UTC)  # and compared in UTC: within one zone Python compares wall times, ignoring DST
     due = trigger.get_next_fire_time(None, now - timedelta(seconds=BRIEFING_GRACE_SECONDS))
-    while due is not None and due <= now:
+    while due is not None and due.astimezone(UTC) <= now:
         latest = due
         due = trigger.get_next_fire_time(due, due + timedelta(seconds=1))
     return latest
