@@ -181,15 +181,19 @@ def gave_up_error(
     payload: dict[str, Any],
     why: Literal["window", "retry-after", "final"] = "window",
     retry_after: float | None = None,
+    zone: tzinfo = UTC,
 ) -> str:
     """The `error` of a stop that will not be tried again: why, that the timer may still run, and how to stop it.
 
     `why`: the retry window is used up, Toggl's Retry-After points past it, or the answer is final (a 403).
+    `zone`: TIMEZONE, in which GET /schedule shows every time (the planned stop was given in UTC next to its
+    own `planned_stop` in TIMEZONE; found by a review).
     """
     body = {"entry_id": payload.get("entry_id")}
     if payload.get("workspace_id") is not None:
         body["workspace_id"] = payload["workspace_id"]
-    window = f"{STOP_RETRY_WINDOW.total_seconds() / 3600:g} hours after the planned stop at {planned.isoformat()}"
+    hours, planned_at = STOP_RETRY_WINDOW.total_seconds() / 3600, planned.astimezone(zone).isoformat()
+    window = f"{hours:g} hours after the planned stop at {planned_at}"
     if why == "final":
         reason = "Not tried again: waiting would not change this answer."
     elif why == "retry-after":
@@ -420,6 +424,7 @@ class JobScheduler:
                     payload=payload,
                     why="retry-after" if too_long else "window" if waits else "final",
                     retry_after=exc.retry_after,
+                    zone=self.settings.zone,
                 )
             if retry_at is not None:
                 logger.warning("planned stop %s failed (attempt %d), next at %s: %s", job_id, attempt, retry_at, error)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 
 from core.cron import crontab_trigger
+from core.errors import UpstreamRateLimited
+from core.store import ScheduledJob
 from tests.workflows.test_briefing import RecordingSlack
 from tests.workflows.test_scheduler import BERLIN, assert_one_briefing_run_claimed_by_w1_for, scheduler_for
 from workflows.scheduler import briefing_fire_time, missed_briefing
@@ -101,3 +103,26 @@ async def test_a_briefing_in_the_skipped_hour_missed_while_down_runs_at_start_up
             await scheduler.shutdown()
     assert len(slack.posts) == 1
     await assert_one_briefing_run_claimed_by_w1_for(utc("2026-03-29T01:30"), sessions, ledger)
+
+
+class QuotaToggl:
+    """Toggl refusing every stop for longer than the retry window (Retry-After: 50,000 s)."""
+
+    async def stop_timer(self, **kwargs):
+        raise UpstreamRateLimited("Toggl's rate limit was reached (429).", upstream="toggl", retry_after=50_000)
+
+
+async def test_a_given_up_stop_names_its_planned_time_in_timezone(make_settings, sessions, ledger):
+    """GET /schedule gives every time in TIMEZONE (docs/inbound-and-briefing.md); a stop given up said when it
+    was planned for in UTC ("...the planned stop at 2026-11-25T09:00:00+00:00") next to Berlin times."""
+    settings = make_settings(timezone="Europe/Berlin")
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    scheduler.deps().skills.toggl = QuotaToggl()
+    planned = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    await scheduler.schedule_stop(entry_id=5, workspace_id=7, description="Deep Work", at=planned)
+    with time_machine.travel(planned + timedelta(seconds=1), tick=False):
+        assert await scheduler.fire_stop("stop:5")
+    async with sessions() as session:
+        stop = await session.get(ScheduledJob, "stop:5")
+    assert stop.status == "failed"
+    assert "past the 12 hours after the planned stop at 2026-11-25T10:00:00+01:00." in stop.error
