@@ -94,12 +94,22 @@ class WorkflowDeps:
 
 
 def local_time(moment: datetime | str | None, settings: Settings) -> str:
-    """`09:30 Europe/Berlin`: every time a person reads is shown in TIMEZONE."""
+    """`09:30 Europe/Berlin`: every time a person reads is shown in TIMEZONE.
+
+    A wall time the clocks show twice (the autumn hour they repeat) also says which one it is, `02:10
+    Europe/Berlin (CET, UTC+01:00)`: a 30-minute timer started at 02:40 CEST was confirmed as "started at 02:40;
+    it stops at 02:10" (found by a review).
+    """
     if moment is None:
         return "?"
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    return f"{moment.astimezone(settings.zone):%H:%M} {settings.timezone}"
+    local = moment.astimezone(settings.zone)
+    shown = f"{local:%H:%M} {settings.timezone}"
+    if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
+        offset = f"{local:%z}"
+        shown += f" ({local:%Z}, UTC{offset[:3]}:{offset[3:]})"
+    return shown
 
 
 def human_duration(seconds: float) -> str:

@@ -11,8 +11,12 @@ import time_machine
 from core.cron import crontab_trigger
 from core.errors import UpstreamRateLimited
 from core.store import ScheduledJob
-from tests.workflows.test_briefing import RecordingSlack
+from skills.slack import SlackPosted
+from skills.toggl import TimerStarted
+from tests.workflows.test_briefing import RecordingScheduler, RecordingSlack, make_deps
 from tests.workflows.test_scheduler import BERLIN, assert_one_briefing_run_claimed_by_w1_for, scheduler_for
+from workflows.briefing import local_time
+from workflows.commands import respond
 from workflows.scheduler import briefing_fire_time, missed_briefing
 
 
@@ -126,3 +130,35 @@ async def test_a_given_up_stop_names_its_planned_time_in_timezone(make_settings,
         stop = await session.get(ScheduledJob, "stop:5")
     assert stop.status == "failed"
     assert "past the 12 hours after the planned stop at 2026-11-25T10:00:00+01:00." in stop.error
+
+
+class AutumnToggl:
+    """A timer started at 02:40 CEST on 25 October 2026, in the hour Berlin's clocks repeat."""
+
+    async def start_timer(self, **kwargs):
+        start = datetime(2026, 10, 25, 0, 40, tzinfo=UTC)
+        return TimerStarted(
+            entry_id=77,
+            workspace_id=1,
+            description=kwargs["description"],
+            start=start,
+            planned_stop=start + timedelta(minutes=kwargs["duration_minutes"]),
+            payload={"json": {"duration": -1}},
+        )
+
+
+class AnySlack:
+    async def post_message(self, **kwargs):
+        return SlackPosted(channel="C1", ts="1.000001", payload={"text": kwargs["text"]})
+
+
+async def test_a_timer_in_the_repeated_hour_is_not_confirmed_as_stopping_before_it_started(make_settings, ledger):
+    """ "Started 'x' at 02:40 Europe/Berlin; it stops at 02:10 Europe/Berlin.": 30 minutes on, across the fall-back,
+    the reply read as a stop before the start. A wall time the clocks show twice now says which one it is."""
+    deps = make_deps(make_settings, ledger, toggl=AutumnToggl(), slack=AnySlack(), scheduler=RecordingScheduler())
+    reply = await respond(deps, "start x for 30 min", trigger="whatsapp")
+    assert reply.startswith(
+        "Started 'x' at 02:40 Europe/Berlin (CEST, UTC+02:00); it stops at 02:10 Europe/Berlin (CET, UTC+01:00)."
+    ), reply
+    # Any other time reads as before.
+    assert local_time(datetime(2026, 10, 25, 8, 0, tzinfo=UTC), deps.settings) == "09:00 Europe/Berlin"
