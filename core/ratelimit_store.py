@@ -42,6 +42,11 @@ logger = logging.getLogger("orchestrator.ratelimit")
 MAX_KEY_CHARS = 200
 #: Expired hits are deleted at most this often per process (seconds).
 PURGE_EVERY_SECONDS = 60.0
+#: The in-memory windows' clock. Monotonic, because nothing outside this process reads it: a step of the system
+#: clock (NTP at boot, a date set by hand) one hour back had every recent client refused for an hour ("Retry after
+#: 3660 s"), and one forward handed every client a fresh budget at once (found by a review). The database storage
+#: keeps wall-clock times, which every worker on every host can compare.
+monotonic = time.monotonic
 
 
 def _has_room(expiries: Any, limit: int, amount: int, now: float) -> bool:
@@ -75,7 +80,7 @@ class MemoryStorage(Storage, MovingWindowSupport):
         return ValueError  # nothing here talks to anything that can fail
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        now = time.time()
+        now = monotonic()
         self._purge_expired(now)
         expiries = self._expiries.get(key)
         if expiries is None or expiries.maxlen != limit:
@@ -86,11 +91,13 @@ class MemoryStorage(Storage, MovingWindowSupport):
         return True
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        now = time.time()
+        """The window's start as a wall-clock time (the limiter compares it with time.time()), and its hits."""
+        now, wall_now = monotonic(), time.time()
         live = [at for at in self._expiries.get(key, ()) if at > now]
-        return (live[0] - expiry, len(live)) if live else (now, 0)
+        return (wall_now - (now - (live[0] - expiry)), len(live)) if live else (wall_now, 0)
 
-    # The `Storage` basics: a plain counter per key, for the fixed-window strategy (not used by the service).
+    # The `Storage` basics: a plain counter per key, for the fixed-window strategy (not used by the service), in
+    # wall-clock time as `get_expiry` answers.
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
@@ -127,7 +134,8 @@ class MemoryStorage(Storage, MovingWindowSupport):
         self._last_purge = now
         for key in [key for key, expiries in self._expiries.items() if not expiries or expiries[-1] <= now]:
             del self._expiries[key]
-        for key in [key for key, (_, expires_at) in self._counters.items() if expires_at <= now]:
+        wall_now = time.time()
+        for key in [key for key, (_, expires_at) in self._counters.items() if expires_at <= wall_now]:
             del self._counters[key]
 
 

@@ -72,10 +72,12 @@ async def test_a_budget_spent_at_the_end_of_a_minute_is_not_spent_again_in_the_n
     each refusal saying when the first burst's oldest call leaves the window."""
     import time
 
+    from core import ratelimit_store
     from core.store import create_engine, migrate
 
     now = [1_800_000_054.0]  # 0:54 of a minute
     monkeypatch.setattr(time, "time", lambda: now[0])
+    monkeypatch.setattr(ratelimit_store, "monotonic", lambda: now[0])
     engine = create_engine(database_url)
     await migrate(engine)
     try:
@@ -346,3 +348,19 @@ async def test_a_chat_message_that_cannot_be_counted_is_refused_with_an_apology(
     assert not admission.allowed
     assert admission.notice == "Sorry, this message could not be handled right now. Try again in a minute."
     assert await limiter.first_in(STRANGER_NOTICE, "chat:whatsapp", "whatsapp:+1555") is False
+
+
+@pytest.mark.parametrize("step", [-3600, 3600], ids=["clock-set-back", "clock-set-forward"])
+async def test_a_step_of_the_system_clock_neither_locks_clients_out_nor_frees_their_budget(monkeypatch, step):
+    """Found by a time review: the in-memory windows ran on time.time(), so a clock set back an hour refused every
+    recent client for an hour ("Retry after 3660 s"), and one set forward gave each a fresh budget at once."""
+    import time
+
+    limiter = ClientRateLimiter(2)
+    await limiter.hit("ip:203.0.113.7", "/ai-process")
+    await limiter.hit("ip:203.0.113.7", "/ai-process")
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + step)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.hit("ip:203.0.113.7", "/ai-process")
+    assert 55 <= refused.value.retry_after <= 60

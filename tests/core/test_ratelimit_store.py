@@ -36,7 +36,7 @@ async def engine(database_url):
 
 
 class Clock:
-    """time.time() for the storage, moved by hand."""
+    """The storages' clocks, moved by hand: time.time() (the database's) and the memory storage's monotonic one."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -49,6 +49,7 @@ class Clock:
 def clock(monkeypatch):
     fake = Clock(1_800_000_010.0)
     monkeypatch.setattr(ratelimit_store.time, "time", fake)
+    monkeypatch.setattr(ratelimit_store, "monotonic", fake)
     return fake
 
 
@@ -186,7 +187,7 @@ def test_every_storage_matches_the_definition_of_a_moving_window(migrated_url, l
         finally:
             await engine.dispose()
 
-    with mock.patch.object(ratelimit_store.time, "time", clock):
+    with mock.patch.object(ratelimit_store.time, "time", clock), mock.patch.object(ratelimit_store, "monotonic", clock):
         outcomes = asyncio.run(scenario())
     assert outcomes == _reference(times, limit, 60.0)
 
