@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI
@@ -104,7 +104,7 @@ def local_time(moment: datetime | str | None, settings: Settings) -> str:
         return "?"
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    local = moment.astimezone(settings.zone)
+    local = moment.astimezone(UTC).astimezone(settings.zone)  # through UTC: a time in a skipped hour is normalised
     shown = f"{local:%H:%M} {settings.timezone}"
     if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
         offset = f"{local:%z}"

@@ -699,7 +699,9 @@ class JobScheduler:
         zone = self.settings.zone
 
         def local(moment: datetime | None) -> datetime | None:
-            return moment.astimezone(zone) if moment is not None else None
+            # Through UTC: astimezone() into the zone a time already has returns it untouched, and APScheduler's
+            # fire time in the hour the clocks skip reads 02:30+01:00, a time that never happens that day.
+            return moment.astimezone(UTC).astimezone(zone) if moment is not None else None
 
         jobs = [
             {

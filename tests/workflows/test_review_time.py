@@ -162,3 +162,17 @@ async def test_a_timer_in_the_repeated_hour_is_not_confirmed_as_stopping_before_
     ), reply
     # Any other time reads as before.
     assert local_time(datetime(2026, 10, 25, 8, 0, tzinfo=UTC), deps.settings) == "09:00 Europe/Berlin"
+
+
+async def test_the_schedule_shows_the_skipped_hours_briefing_at_a_time_that_exists(make_settings, sessions, ledger):
+    """On the spring-forward day GET /schedule showed `30 2 * * *`'s next run as 02:30+01:00, a Berlin time that
+    never happens that day (the right instant, the wrong words): now 03:30+02:00."""
+    settings = make_settings(briefing_cron="30 2 * * *", timezone="Europe/Berlin")
+    scheduler = scheduler_for(settings, sessions, ledger, slack=RecordingSlack(), worker_id="w1")
+    with time_machine.travel(utc("2026-03-28T23:00:00"), tick=False):  # 00:00 CET, before the jump
+        await scheduler.start()
+        try:
+            [job] = (await scheduler.describe())["jobs"]
+        finally:
+            await scheduler.shutdown()
+    assert job["next_run_time"].isoformat() == "2026-03-29T03:30:00+02:00"
