@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import (
     InvalidInput,
@@ -106,8 +106,9 @@ class TogglEntry(BaseModel):
     id: int
     workspace_id: int
     description: str | None = None
-    start: datetime
-    stop: datetime | None = None
+    # Aware only: a time without an offset cannot be placed, and subtracting it from "now" was a 500.
+    start: AwareDatetime
+    stop: AwareDatetime | None = None
     duration: int
     project_id: int | None = None
     tags: list[str] | None = None

@@ -824,3 +824,17 @@ async def test_stop_running_timer_that_was_stopped_meanwhile(make_skill, toggl):
     assert stopped.already_stopped is True
     assert stopped.start is not None
     assert stopped.elapsed_seconds is not None and 300 <= stopped.elapsed_seconds <= 303
+
+
+@pytest.mark.parametrize("field", ["start", "stop"])
+async def test_an_entry_time_without_an_offset_is_502_not_a_crash(make_skill, toggl, field):
+    """Found by a time review: a naive `start` (no offset) was accepted, and subtracting it from an aware "now"
+    was a TypeError, so a 500. Toggl always sends an offset; a gateway in front of it might not."""
+    times = {"start": "2026-11-25T09:00:00Z", "stop": None, field: "2026-11-25T09:30:00"}
+    toggl.get("/me/time_entries/current").mock(
+        return_value=httpx.Response(200, json=entry(start=times["start"], stop=times["stop"], duration=-1))
+    )
+    with pytest.raises(UpstreamError) as caught:
+        await make_skill().current_timer()
+    assert caught.value.status == 502
+    assert "cannot read" in caught.value.detail
