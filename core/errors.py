@@ -404,7 +404,9 @@ def add_exception_handlers(app: FastAPI) -> None:
         # a durable run start) the refusal is raised as a StoreUnavailable with `nothing_sent` there instead.
         if isinstance(exc, OSError) and not from_the_database(exc):
             raise exc  # another OSError: a bug, answered as a 500 by RequestContextMiddleware
-        return await _problem(request, database_failed(exc))
+        # A read (GET /runs, /schedule) acted on nothing: it told the caller its outcome was unknown and to check
+        # GET /runs before retrying, on GET /runs itself (found by a user review). A plain retry is safe.
+        return await _problem(request, database_failed(exc, acted=request.method not in ("GET", "HEAD")))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
