@@ -54,7 +54,9 @@ INTEGRATION = Integration(
     kind="skill",
     description="Send plain-text (and optional HTML) email over SMTP.",
     required=("SMTP_HOST",),
-    optional=("SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_SECURITY", "SMTP_CA_FILE"),
+    # SMTP_FROM is needed unless SMTP_USER is an address (`_also_missing`): listed, or GET /skills named it only
+    # once missing, never among the settings to set (found by a user review).
+    optional=("SMTP_FROM", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_SECURITY", "SMTP_CA_FILE"),
     operations=("send_email",),
     extra_check=_also_missing,
 )

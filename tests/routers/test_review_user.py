@@ -33,3 +33,13 @@ async def test_a_read_that_meets_the_database_down_acted_on_nothing(make_client,
     assert body["nothing_sent"] is True and "outcome_unknown" not in body
     assert response.headers["retry-after"] == "5"
     assert "outcome is unknown" not in body["detail"]
+
+
+async def test_every_setting_skills_says_is_missing_is_one_it_lists(make_client):
+    """GET /skills with nothing set: email's missing_settings named SMTP_FROM, which neither its required_settings
+    (SMTP_HOST) nor its optional_settings listed, so a reader setting what /skills lists still had no email."""
+    async with make_client() as client:
+        skills = (await client.get("/skills")).json()["skills"]
+    for skill in skills:
+        listed = set(skill["required_settings"]) | set(skill["optional_settings"])
+        assert set(skill["missing_settings"]) <= listed, skill
