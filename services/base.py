@@ -119,6 +119,7 @@ def status_error(
     message: str,
     retry_after: float | None = None,
     hint: str = "",
+    endpoint_setting: str = "",
 ) -> ProblemError:
     """Map one non-2xx answer to the domain error the router understands.
 
@@ -173,8 +174,11 @@ def status_error(
     if status in (401, 403):
         return account_refused(upstream=upstream, status=status, message=said, fix=hint)
     if status == 404:
+        # The endpoint is the base URL's: a gateway path that 404s was told to check only the key and the model
+        # (found by a user review).
+        endpoint = f" The endpoint comes from {endpoint_setting}: check it too." if endpoint_setting else ""
         return UpstreamError(
-            f"{upstream} does not know the model or endpoint ({said}).{suffix}",
+            f"{upstream} does not know the model or endpoint ({said}).{suffix}{endpoint}",
             upstream=upstream,
             upstream_status=status,
         )

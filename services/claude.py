@@ -118,7 +118,12 @@ class ClaudeProvider:
                     upstream=UPSTREAM, status=400, message=said, fix=_FIX_ORGANIZATION, refused="to serve our account"
                 ) from None
             raise status_error(
-                upstream=UPSTREAM, status=exc.status_code, message=said, retry_after=retry_after, hint=_KEY_HINT
+                upstream=UPSTREAM,
+                status=exc.status_code,
+                message=said,
+                retry_after=retry_after,
+                hint=_KEY_HINT,
+                endpoint_setting="ANTHROPIC_BASE_URL",
             ) from None
         except anthropic.APITimeoutError:
             raise UpstreamTimeout("claude did not answer in time.", upstream=UPSTREAM) from None

@@ -224,7 +224,14 @@ def _api_error(exc: genai_errors.APIError) -> Exception:
     refused = _account_refused(exc, status, message)
     if refused is not None:
         return refused
-    return status_error(upstream=UPSTREAM, status=status, message=message, retry_after=retry_after, hint=_KEY_HINT)
+    return status_error(
+        upstream=UPSTREAM,
+        status=status,
+        message=message,
+        retry_after=retry_after,
+        hint=_KEY_HINT,
+        endpoint_setting="GEMINI_BASE_URL",
+    )
 
 
 def _account_refused(exc: genai_errors.APIError, status: int, message: str) -> Exception | None:

@@ -43,3 +43,25 @@ async def test_every_setting_skills_says_is_missing_is_one_it_lists(make_client)
     for skill in skills:
         listed = set(skill["required_settings"]) | set(skill["optional_settings"])
         assert set(skill["missing_settings"]) <= listed, skill
+
+
+@pytest.mark.parametrize(
+    ("provider", "settings", "setting"),
+    [
+        ("gemini", {"gemini_api_key": "g" * 20}, "GEMINI_BASE_URL"),
+        ("claude", {"anthropic_api_key": "a" * 20}, "ANTHROPIC_BASE_URL"),
+    ],
+)
+async def test_a_404_from_the_vendor_names_the_base_url_setting(make_client, provider, settings, setting):
+    """A gateway path given as GEMINI_BASE_URL that answers 404 said "gemini does not know the model or endpoint
+    (...). Check GEMINI_API_KEY and GEMINI_MODEL": the setting that decides the endpoint was not named."""
+    from tests.fakes.server import FakeUpstream
+
+    async with FakeUpstream() as gateway:  # no routes: every path is a 404
+        base = {"gemini": "gemini_base_url", "claude": "anthropic_base_url"}[provider]
+        async with make_client(**settings, **{base: gateway.url + "/wrong/path"}, llm_max_attempts=1) as client:
+            response = await client.post("/ai-process", json={"text": "hi", "provider": provider})
+    assert response.status_code == 502
+    [failure] = response.json()["providers"]
+    assert "does not know the model or endpoint" in failure["detail"]
+    assert setting in failure["detail"]
