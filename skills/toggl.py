@@ -256,7 +256,12 @@ def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Call
             error.retryable = False
         return error
     if status == 404:
-        return NotFound("Toggl has no such workspace or time entry (404)." + suffix, upstream=UPSTREAM)
+        # Also what a TOGGL_BASE_URL without its /api/v9 answers, to every call (found by a user review).
+        return NotFound(
+            "Toggl has no such workspace or time entry (404); if every Toggl call answers this, check TOGGL_BASE_URL "
+            "(the API v9 base, https://api.track.toggl.com/api/v9)." + suffix,
+            upstream=UPSTREAM,
+        )
     if 400 <= status < 500:
         return InvalidInput(f"Toggl rejected the request ({status})." + suffix, upstream=UPSTREAM)
     if status >= 500:

@@ -65,3 +65,16 @@ async def test_a_404_from_the_vendor_names_the_base_url_setting(make_client, pro
     [failure] = response.json()["providers"]
     assert "does not know the model or endpoint" in failure["detail"]
     assert setting in failure["detail"]
+
+
+async def test_a_toggl_404_names_toggl_base_url(make_client):
+    """TOGGL_BASE_URL without its /api/v9 (https://api.track.toggl.com) made GET /timers/current, which names no
+    workspace and no entry, answer "Toggl has no such workspace or time entry (404)": nothing said which setting
+    was wrong."""
+    from tests.fakes.server import FakeUpstream
+
+    async with FakeUpstream() as toggl:  # no routes: every path is a 404
+        async with make_client(toggl_api_token="t" * 32, toggl_base_url=toggl.url) as client:
+            response = await client.get("/timers/current")
+    assert response.status_code == 404
+    assert "TOGGL_BASE_URL" in response.json()["detail"]
