@@ -78,3 +78,17 @@ async def test_a_toggl_404_names_toggl_base_url(make_client):
             response = await client.get("/timers/current")
     assert response.status_code == 404
     assert "TOGGL_BASE_URL" in response.json()["detail"]
+
+
+async def test_a_twilio_404_that_is_not_twilios_names_twilio_base_url(make_client):
+    """TWILIO_BASE_URL pointing at something that is not Twilio's REST root (a 404 without Twilio's JSON error
+    code) said "Twilio does not know this account: check TWILIO_ACCOUNT_SID", a SID that was right."""
+    from tests.fakes.server import FakeUpstream
+
+    async with FakeUpstream() as twilio:  # no routes: every path is a 404 without a Twilio code
+        settings = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "t" * 32}
+        async with make_client(**settings, twilio_base_url=twilio.url + "/2010-04-01") as client:
+            response = await client.post("/whatsapp-send", json={"to": "+15551234567", "body": "hi"})
+    assert response.status_code == 502
+    assert "TWILIO_BASE_URL" in response.json()["detail"]
+    assert "TWILIO_BASE_URL" in response.json()["settings"]

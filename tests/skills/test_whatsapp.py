@@ -380,12 +380,15 @@ async def test_401_or_403_without_a_body_names_the_credentials(skill, twilio, st
     assert caught.value.detail == "Twilio refused the credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN."
 
 
-async def test_404_without_a_code_names_the_account_sid(skill, twilio):
+async def test_404_without_a_code_names_the_base_url_and_the_account_sid(skill, twilio):
     twilio.post(URL).mock(return_value=httpx.Response(404, text="Not Found"))
     with pytest.raises(UpstreamError) as caught:
         await skill().send_message(to="+15551234567", body="hi")
-    assert caught.value.extras["settings"] == ["TWILIO_ACCOUNT_SID"]
-    assert caught.value.detail == "Twilio does not know this account: check TWILIO_ACCOUNT_SID."
+    assert caught.value.extras["settings"] == ["TWILIO_BASE_URL", "TWILIO_ACCOUNT_SID"]
+    assert caught.value.detail == (
+        "Twilio answered 404 without its error code: check TWILIO_BASE_URL (the REST API root, "
+        "https://api.twilio.com) and TWILIO_ACCOUNT_SID."
+    )
 
 
 async def test_a_refusal_without_a_code_still_shows_twilios_message(skill, twilio):
