@@ -306,8 +306,13 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
                 status=status,
                 check=_may_have_posted(channel),
             )
+        # Slack's Web API answers its errors as {"ok": false}: this came from something else, most likely a
+        # SLACK_BASE_URL that is not the API root (a 404 page named no setting; found by a user review).
         return UpstreamError(
-            f"Slack answered HTTP {status} without a usable JSON body.", upstream=UPSTREAM, upstream_status=status
+            f"Slack answered HTTP {status} without a usable JSON body: check SLACK_BASE_URL (the Web API root, "
+            "https://slack.com/api/).",
+            upstream=UPSTREAM,
+            upstream_status=status,
         )
     return _mapped_ok_false(str(error), data, channel=channel)
 

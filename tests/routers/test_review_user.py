@@ -92,3 +92,19 @@ async def test_a_twilio_404_that_is_not_twilios_names_twilio_base_url(make_clien
     assert response.status_code == 502
     assert "TWILIO_BASE_URL" in response.json()["detail"]
     assert "TWILIO_BASE_URL" in response.json()["settings"]
+
+
+async def test_a_slack_4xx_that_is_not_slacks_names_slack_base_url(make_client):
+    """SLACK_BASE_URL without its api/ (https://slack.com/) is a 404 page: /slack-notify said "Slack answered HTTP
+    404 without a usable JSON body", naming no setting."""
+    from tests.fakes.server import FakeUpstream, Reply
+
+    async with FakeUpstream() as slack:
+        slack.queue(
+            "POST", "/chat.postMessage", Reply(404, text="<html>Page not found</html>", content_type="text/html")
+        )
+        settings = {"slack_bot_token": "xoxb-" + "1" * 20, "slack_default_channel": "#general"}
+        async with make_client(**settings, slack_base_url=slack.url + "/") as client:
+            response = await client.post("/slack-notify", json={"message": "hi"})
+    assert response.status_code == 502
+    assert "SLACK_BASE_URL" in response.json()["detail"]
