@@ -61,6 +61,7 @@ class AIProcessResponse(Generation):
             "example": {
                 **Generation.model_config["json_schema_extra"]["example"],  # type: ignore[index,dict-item]
                 "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",
+                "dry_run": False,
             }
         }
     )

@@ -102,6 +102,8 @@ class Generation(BaseModel):
                 },
                 "usage": {"input_tokens": 1093, "output_tokens": 214},
                 "latency_ms": 2310,
+                "truncated": False,
+                "refused": False,
             }
         }
     )

@@ -189,6 +189,8 @@ class BriefingReport(BaseModel):
                         "detail": "502 upstream-error: gemini answered 500",
                         "external_id": None,
                         "duration_ms": 812,
+                        "missing_settings": [],
+                        "outcome_unknown": False,
                     },
                     {
                         "name": "timer",
@@ -196,6 +198,8 @@ class BriefingReport(BaseModel):
                         "detail": "'Deep Work' started 08:00 UTC, stops 09:30 UTC",
                         "external_id": "3456789012",
                         "duration_ms": 240,
+                        "missing_settings": [],
+                        "outcome_unknown": False,
                     },
                     {
                         "name": "slack",
@@ -203,6 +207,8 @@ class BriefingReport(BaseModel):
                         "detail": "posted to C0123456789",
                         "external_id": "1764057600.000100",
                         "duration_ms": 130,
+                        "missing_settings": [],
+                        "outcome_unknown": False,
                     },
                 ],
                 "plan": None,

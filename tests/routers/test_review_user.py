@@ -108,3 +108,29 @@ async def test_a_slack_4xx_that_is_not_slacks_names_slack_base_url(make_client):
             response = await client.post("/slack-notify", json={"message": "hi"})
     assert response.status_code == 502
     assert "SLACK_BASE_URL" in response.json()["detail"]
+
+
+async def test_swagger_response_examples_show_every_field_with_a_value(client):
+    """The /ai-process response example in /docs had no `truncated` or `refused`, the two flags the README says to
+    read (an answer cut short, a safety refusal), nor `dry_run`; the briefing's steps had no `outcome_unknown`."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+
+    def missing(example, schema, where):
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+        if isinstance(example, list):
+            return [gap for item in example for gap in missing(item, schema.get("items", {}), where + "[]")]
+        if not isinstance(example, dict) or "properties" not in schema:
+            return []
+        gaps = [
+            f"{where}.{name}"
+            for name, prop in schema["properties"].items()
+            if prop.get("default") is not None and name not in example  # FastAPI drops nulls from examples
+        ]
+        for name, value in example.items():
+            prop = schema["properties"].get(name, {})
+            for option in prop.get("anyOf", [prop]):
+                gaps += missing(value, option, f"{where}.{name}")
+        return gaps
+
+    gaps = [gap for name, schema in schemas.items() for gap in missing(schema.get("example"), schema, name)]
+    assert gaps == []
