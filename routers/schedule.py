@@ -47,7 +47,7 @@ class ScheduleOut(BaseModel):
                     {
                         "id": "morning-briefing",
                         "name": "Morning briefing (BRIEFING_CRON)",
-                        "trigger": "cron[month='*', day='*', day_of_week='1-5', hour='8', minute='0']",
+                        "trigger": "cron[month='*', day='*', day_of_week='mon,tue,wed,thu,fri', hour='8', minute='0']",
                         "next_run_time": "2026-11-26T08:00:00+01:00",
                     }
                 ],
@@ -56,8 +56,8 @@ class ScheduleOut(BaseModel):
                         "id": "stop:3456789012",
                         "entry_id": 3456789012,
                         "description": "Deep Work",
-                        "run_at": "2026-11-25T09:31:02Z",
-                        "planned_stop": "2026-11-25T09:30:00Z",
+                        "run_at": "2026-11-25T10:31:02+01:00",
+                        "planned_stop": "2026-11-25T10:30:00+01:00",
                         "attempts": 1,
                         "status": "pending",
                         "run_id": "8c4f0e5a9d2b4e7f8a1c3d5e7f9b1a2c",

@@ -134,3 +134,16 @@ async def test_swagger_response_examples_show_every_field_with_a_value(client):
 
     gaps = [gap for name, schema in schemas.items() for gap in missing(schema.get("example"), schema, name)]
     assert gaps == []
+
+
+async def test_the_schedule_example_is_what_get_schedule_shows(make_client):
+    """GET /schedule gives every time in TIMEZONE with its offset, and the cron job's days as names; the /docs
+    example, in Europe/Berlin, gave its stop's times in UTC ("...Z") and the days as "1-5"."""
+    async with make_client(timezone="Europe/Berlin", briefing_cron="0 8 * * 1-5") as client:
+        example = (await client.get("/openapi.json")).json()["components"]["schemas"]["ScheduleOut"]["example"]
+        real = (await client.get("/schedule")).json()
+    assert example["timezone"] == real["timezone"] and example["briefing_cron"] == real["briefing_cron"]
+    [job] = [job for job in real["jobs"] if job["id"] == "morning-briefing"]
+    assert example["jobs"][0]["trigger"] == job["trigger"]
+    for stop in example["stops"]:
+        assert not stop["run_at"].endswith("Z") and not stop["planned_stop"].endswith("Z")
