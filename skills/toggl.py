@@ -47,8 +47,8 @@ def _workspace_advice(settings: Settings) -> list[str]:
     if settings.toggl_api_token is None or settings.toggl_workspace_id is not None:
         return []  # unconfigured: missing_settings says what to set first
     return [
-        "TOGGL_WORKSPACE_ID is not set: POST /start-timer and /stop-timer need a workspace_id in each request, and "
-        "the briefing and the chat `start` command cannot start a timer."
+        "TOGGL_WORKSPACE_ID is not set: POST /start-timer, and POST /stop-timer with an entry_id, need a "
+        "workspace_id in each request, and the briefing and the chat `start` command cannot start a timer."
     ]
 
 

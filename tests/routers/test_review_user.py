@@ -147,3 +147,18 @@ async def test_the_schedule_example_is_what_get_schedule_shows(make_client):
     assert example["jobs"][0]["trigger"] == job["trigger"]
     for stop in example["stops"]:
         assert not stop["run_at"].endswith("Z") and not stop["planned_stop"].endswith("Z")
+
+
+async def test_the_workspace_advice_does_not_claim_every_stop_needs_one(make_client):
+    """/health said, while TOGGL_WORKSPACE_ID is unset, that "POST /start-timer and /stop-timer need a workspace_id
+    in each request", but POST /stop-timer without a body stops the running timer in its own workspace."""
+    from tests.fakes.server import FakeUpstream, Reply
+
+    async with FakeUpstream() as toggl:
+        toggl.queue("GET", "/me/time_entries/current", Reply(200, json=None))
+        async with make_client(toggl_api_token="t" * 32, toggl_base_url=toggl.url) as client:
+            stop = await client.post("/stop-timer")
+            [advice] = (await client.get("/health")).json()["integrations"]["toggl"]["advice"]
+    assert stop.status_code == 200 and stop.json()["stopped"] is False
+    assert "/stop-timer need a workspace_id in each request" not in advice
+    assert "entry_id" in advice

@@ -150,8 +150,8 @@ async def test_missing_workspace_is_503_naming_the_setting_and_recorded(make_cli
     assert "TOGGL_WORKSPACE_ID" in run["actions"][0]["error"]
     assert toggl_health["configured"] is True
     assert toggl_health["advice"] == [
-        "TOGGL_WORKSPACE_ID is not set: POST /start-timer and /stop-timer need a workspace_id in each request, and "
-        "the briefing and the chat `start` command cannot start a timer."
+        "TOGGL_WORKSPACE_ID is not set: POST /start-timer, and POST /stop-timer with an entry_id, need a "
+        "workspace_id in each request, and the briefing and the chat `start` command cannot start a timer."
     ]
 
 
