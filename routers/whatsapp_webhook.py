@@ -151,10 +151,20 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     signature = request.headers.get("x-twilio-signature")
     url = public_url(request, settings)
     if not signature or not RequestValidator(token.get_secret_value()).validate(url, _Params(fields), signature):
-        logger.warning("rejected a %s with a %s signature", what, "bad" if signature else "missing")
+        logger.warning(
+            "rejected a %s with a %s signature (checked for %s)", what, "bad" if signature else "missing", url
+        )
+        if settings.public_base_url:
+            # "Set PUBLIC_BASE_URL" told a user whose tunnel had a new host to set what was set, and never named the
+            # token (found by a user review). The URL checked is in the log line above.
+            raise Forbidden(
+                "X-Twilio-Signature is missing or does not match: check that PUBLIC_BASE_URL is the URL Twilio calls "
+                "(the webhook URL in the Twilio console, without the path) and that TWILIO_AUTH_TOKEN is that "
+                "account's."
+            )
         raise Forbidden(
             "X-Twilio-Signature is missing or does not match. Behind ngrok or a proxy, set PUBLIC_BASE_URL "
-            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called."
+            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called; check TWILIO_AUTH_TOKEN too."
         )
     return FormData(fields)
 

@@ -162,3 +162,27 @@ async def test_the_workspace_advice_does_not_claim_every_stop_needs_one(make_cli
     assert stop.status_code == 200 and stop.json()["stopped"] is False
     assert "/stop-timer need a workspace_id in each request" not in advice
     assert "entry_id" in advice
+
+
+async def test_a_bad_twilio_signature_with_public_base_url_set_says_what_to_check(make_client, caplog):
+    """With PUBLIC_BASE_URL set, a signature that did not match (a new ngrok host, another account's token) was
+    told to "set PUBLIC_BASE_URL", already set, and never to check TWILIO_AUTH_TOKEN; the log did not say which
+    URL was checked against what Twilio signed."""
+    settings = {
+        "public_base_url": "https://old-tunnel.ngrok.app",
+        "app_api_key": "k" * 24,
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": "t" * 32,
+        "whatsapp_allowed_senders": "+15551234567",
+    }
+    async with make_client(**settings) as client:
+        response = await client.post(
+            "/whatsapp-webhook",
+            data={"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+15551234567", "Body": "status"},
+            headers={"X-Twilio-Signature": "c2lnbmVkIGJ5IGFub3RoZXIgdG9rZW4="},
+        )
+    assert response.status_code == 403
+    detail = response.json()["detail"]
+    assert "TWILIO_AUTH_TOKEN" in detail
+    assert "set PUBLIC_BASE_URL" not in detail and "PUBLIC_BASE_URL" in detail
+    assert "https://old-tunnel.ngrok.app/whatsapp-webhook" in caplog.text
