@@ -151,8 +151,9 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     signature = request.headers.get("x-twilio-signature")
     url = public_url(request, settings)
     if not signature or not RequestValidator(token.get_secret_value()).validate(url, _Params(fields), signature):
+        checked = url.partition("?")[0]  # without the query: some put a token of their own in the webhook URL
         logger.warning(
-            "rejected a %s with a %s signature (checked for %s)", what, "bad" if signature else "missing", url
+            "rejected a %s with a %s signature (checked for %s)", what, "bad" if signature else "missing", checked
         )
         if settings.public_base_url:
             # "Set PUBLIC_BASE_URL" told a user whose tunnel had a new host to set what was set, and never named the

@@ -177,7 +177,7 @@ async def test_a_bad_twilio_signature_with_public_base_url_set_says_what_to_chec
     }
     async with make_client(**settings) as client:
         response = await client.post(
-            "/whatsapp-webhook",
+            "/whatsapp-webhook?hook_token=users-own-webhook-secret",
             data={"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+15551234567", "Body": "status"},
             headers={"X-Twilio-Signature": "c2lnbmVkIGJ5IGFub3RoZXIgdG9rZW4="},
         )
@@ -185,4 +185,5 @@ async def test_a_bad_twilio_signature_with_public_base_url_set_says_what_to_chec
     detail = response.json()["detail"]
     assert "TWILIO_AUTH_TOKEN" in detail
     assert "set PUBLIC_BASE_URL" not in detail and "PUBLIC_BASE_URL" in detail
-    assert "https://old-tunnel.ngrok.app/whatsapp-webhook" in caplog.text
+    assert "checked for https://old-tunnel.ngrok.app/whatsapp-webhook)" in caplog.text
+    assert "users-own-webhook-secret" not in caplog.text  # a token of the user's own in the webhook URL

@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 import pytest
-import time_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +28,7 @@ from tests.workflows.world import (
     STRANGER,
     TWILIO_TOKEN,
     finished_runs,
+    later,
     post_whatsapp,
     runs_of,
     twilio_signature,
@@ -299,7 +299,7 @@ async def test_a_stranger_is_told_once_an_hour_and_each_stranger_on_their_own(w,
             for i in range(3)
         ]
         second_stranger = messages(await post_whatsapp(client, whatsapp_form("hi", sid="SM" + "e" * 32, sender=other)))
-        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=61), tick=True):
+        with later(timedelta(minutes=61)):
             an_hour_later = messages(
                 await post_whatsapp(client, whatsapp_form("hi", sid="SM" + "f" * 32, sender=STRANGER))
             )
@@ -319,8 +319,8 @@ async def test_a_sender_over_the_rate_limit_is_told_once_and_nothing_runs(w, mak
         other_sender = messages(
             await post_whatsapp(client, whatsapp_form("help", sid="SM" + "c" * 32, sender=SECOND_SENDER))
         )
-        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=3), tick=True):
-            later = messages(await post_whatsapp(client, whatsapp_form("start writing for 5 min", sid="SM" + "d" * 32)))
+        with later(timedelta(minutes=3)):
+            after = messages(await post_whatsapp(client, whatsapp_form("start writing for 5 min", sid="SM" + "d" * 32)))
     assert all("Commands:" in reply[0] for reply in replies)
     [notice] = over
     assert re.fullmatch(
@@ -333,7 +333,7 @@ async def test_a_sender_over_the_rate_limit_is_told_once_and_nothing_runs(w, mak
     assert w.claude.requests == []
     [start] = w.toggl.starts  # only the one sent after the window
     assert start["description"] == "writing"
-    assert later[0].startswith("Started 'writing'")
+    assert after[0].startswith("Started 'writing'")
 
 
 async def test_an_empty_allowlist_allows_no_one_and_says_how_to_fix_it(w, make_client, caplog):

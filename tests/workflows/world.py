@@ -14,18 +14,20 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import respx
+import time_machine
 from slack_sdk.signature import SignatureVerifier
 from twilio.request_validator import RequestValidator
 
+from core import ratelimit_store
 from tests.fakes.server import FakeUpstream, Recorded, Reply
 from tests.fakes.slack import FakeSlack
 
@@ -291,3 +293,16 @@ async def finished_runs(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {count} finished {kind} run(s)")
         await asyncio.sleep(0.05)
+
+
+@contextmanager
+def later(delta: timedelta) -> Iterator[None]:
+    """Everything `delta` from now: the wall clock (time_machine) and the in-memory rate limit's monotonic clock,
+    which time_machine leaves alone."""
+    real = ratelimit_store.monotonic
+    ratelimit_store.monotonic = lambda: real() + delta.total_seconds()
+    try:
+        with time_machine.travel(datetime.now(UTC) + delta, tick=True):
+            yield
+    finally:
+        ratelimit_store.monotonic = real
