@@ -328,7 +328,12 @@ def connection_error(exc: Exception) -> ProblemError:
             upstream=UPSTREAM,
         )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError):
-        return UpstreamTimeout("The SMTP server did not answer in time (SMTP_TIMEOUT_SECONDS).", upstream=UPSTREAM)
+        return UpstreamTimeout(
+            "The SMTP server did not answer within SMTP_TIMEOUT_SECONDS. Check SMTP_HOST, SMTP_PORT and SMTP_SECURITY: "
+            "a server that is silent from the start is often on the wrong port or mode (port 465 expects "
+            "SMTP_SECURITY=tls; an HTTP server waits for a request).",
+            upstream=UPSTREAM,
+        )
     if _is_tls_failure(exc):
         return UpstreamError(
             "TLS with the SMTP server failed: check SMTP_SECURITY and SMTP_PORT (465 is tls, 587 is starttls) "

@@ -390,6 +390,10 @@ async def test_silent_server_is_504_after_bounded_retries(cert):
             await skill.send_email(to="a@example.com", subject="s", body="b")
     assert caught.value.status == 504
     assert len(connections) == 3
+    # A silent server is most often the wrong port or mode (465 expects TLS first; an HTTP server waits for a
+    # request): a user review found the 504 named only SMTP_TIMEOUT_SECONDS, and the docs promised a 502 for it.
+    for setting in ("SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "SMTP_TIMEOUT_SECONDS"):
+        assert setting in caught.value.detail
 
 
 async def test_connection_reset_at_greeting_is_503(cert):
