@@ -45,6 +45,23 @@ from core.upstream import (
     with_retries,
 )
 
+
+def _channel_advice(settings: Settings) -> list[str]:
+    """Configured without a default channel, the chat `start` and a scheduled briefing had nowhere to post, and
+    only their replies said so (found by a user review)."""
+    if settings.slack_bot_token is None or settings.slack_default_channel:
+        return []  # unconfigured: missing_settings says what to set first
+    briefing = (
+        ""
+        if settings.briefing_channel
+        else " The morning briefing posts its summary only where a request's `channel` or BRIEFING_CHANNEL says."
+    )
+    return [
+        "SLACK_DEFAULT_CHANNEL is not set: POST /slack-notify needs a `channel` in each request, and the chat "
+        f"`start` command cannot announce its timer.{briefing}"
+    ]
+
+
 INTEGRATION = Integration(
     name="slack",
     kind="skill",
@@ -52,6 +69,7 @@ INTEGRATION = Integration(
     required=("SLACK_BOT_TOKEN",),
     optional=("SLACK_DEFAULT_CHANNEL", "SLACK_SIGNING_SECRET", "SLACK_BASE_URL"),
     operations=("post_message",),
+    advice=_channel_advice,
 )
 
 UPSTREAM = "slack"

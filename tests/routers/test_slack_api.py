@@ -325,3 +325,18 @@ async def test_block_depth_limit_is_exact_16_posted_17_refused(slack_client, fak
     assert posted.status_code == 200, posted.text
     assert [request.json["blocks"] for request in fake.calls("POST", CHAT_POST_MESSAGE)] == [at_limit]
     assert runs["total"] == 1  # the refused request opened no run
+
+
+@pytest.mark.parametrize("briefing_channel", [None, "#daily"])
+async def test_health_advises_a_default_channel_when_slack_has_none(slack_client, briefing_channel):
+    """Found by a user review: without SLACK_DEFAULT_CHANNEL the chat `start` could not announce its timer (and a
+    scheduled briefing without BRIEFING_CHANNEL had nowhere to post), and /health said nothing of it."""
+    async with slack_client(slack_default_channel=None, briefing_channel=briefing_channel) as client:
+        slack = (await client.get("/health")).json()["integrations"]["slack"]
+    async with slack_client() as client:
+        with_channel = (await client.get("/health")).json()["integrations"]["slack"]
+    assert slack["configured"] is True
+    [advice] = slack["advice"]
+    assert advice.startswith("SLACK_DEFAULT_CHANNEL is not set: POST /slack-notify needs a `channel` in each request")
+    assert ("BRIEFING_CHANNEL" in advice) is (briefing_channel is None)
+    assert with_channel["advice"] == []
