@@ -61,8 +61,12 @@ class WallClockCronTrigger(CronTrigger):
                 _second_occurrence(candidate) or (previous_fire_time is not None and candidate <= previous_fire_time)
             ):
                 return candidate
-            # Asked afresh from a minute on (with a previous fire time, APScheduler never looks past it + 1 us).
-            stuck += _STEP
+            # Asked afresh from a minute on (with a previous fire time, APScheduler never looks past it + 1 us), in
+            # real time: `stuck + 1 min` on the wall clock drops the fold, so from a repeated hour's second
+            # occurrence it went back to the first, and a fire time an hour before `now` was answered ("*/15" asked
+            # at 02:50 CEST on the fall-back day answered 02:15 CEST, and the start-up catch-up ran a briefing
+            # from 02:45, past its grace).
+            stuck = (stuck.astimezone(UTC) + _STEP).astimezone(self.timezone)
             candidate = super().get_next_fire_time(None, stuck)
         return None  # never seen; better no firing than a spinning event loop
 
