@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 from functools import lru_cache
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import FormData
@@ -151,7 +151,10 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     signature = request.headers.get("x-twilio-signature")
     url = public_url(request, settings)
     if not signature or not RequestValidator(token.get_secret_value()).validate(url, _Params(fields), signature):
-        checked = url.partition("?")[0]  # without the query: some put a token of their own in the webhook URL
+        # Without the query (some put a token of their own in the webhook URL) nor user:password@ (Twilio's HTTP
+        # basic auth, which a PUBLIC_BASE_URL may carry for the status callback): any unsigned POST logs this.
+        parts = urlsplit(url)
+        checked = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
         logger.warning(
             "rejected a %s with a %s signature (checked for %s)", what, "bad" if signature else "missing", checked
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -46,3 +47,26 @@ def test_the_start_up_catch_up_before_a_fall_back_stays_within_the_grace(cron, n
     answered one up to an hour old, and a worker starting then ran that stale briefing."""
     trigger = crontab_trigger(cron, timezone=BERLIN)
     assert missed_briefing(trigger, utc(now).astimezone(BERLIN)) is None
+
+
+async def test_the_rejected_signature_log_does_not_show_credentials_in_public_base_url(make_client, caplog):
+    """The new warning logs the URL checked, without its query; PUBLIC_BASE_URL may carry Twilio's HTTP basic-auth
+    credentials (https://user:password@host, so that the status callback authenticates), and any unsigned POST
+    wrote that password into the log."""
+    settings = {
+        "public_base_url": "https://twilio:hunter2-basic-auth@hooks.example.com",
+        "app_api_key": "k" * 24,
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": "t" * 32,
+        "whatsapp_allowed_senders": "+15551234567",
+    }
+    caplog.set_level(logging.WARNING)
+    async with make_client(**settings) as client:
+        response = await client.post(
+            "/whatsapp-webhook",
+            data={"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+15551234567", "Body": "status"},
+            headers={"X-Twilio-Signature": "c2lnbmVkIGJ5IGFub3RoZXIgdG9rZW4="},
+        )
+    assert response.status_code == 403
+    assert "hunter2-basic-auth" not in caplog.text
+    assert "https://hooks.example.com/whatsapp-webhook" in caplog.text
