@@ -377,8 +377,13 @@ def envelope_error(exc: Exception) -> ProblemError:
     )
     if replied or isinstance(exc, ValueError):
         error = sending_error(exc)
-    elif isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)) and not isinstance(exc, TimeoutError):
-        # (TimeoutError is an OSError, and aiosmtplib's SMTPTimeoutError a TimeoutError: a stall is a 504 below.)
+    elif isinstance(exc, TimeoutError):  # aiosmtplib's SMTPTimeoutError is one (and an OSError)
+        # Not connection_error's "silent from the start: check the port": this server greeted (found by a review).
+        error = UpstreamTimeout(
+            "The SMTP server stopped answering (SMTP_TIMEOUT_SECONDS) before the message was handed over.",
+            upstream=UPSTREAM,
+        )
+    elif isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)):
         error = UpstreamUnavailable(
             "The SMTP server closed the connection before the message was handed over.", upstream=UPSTREAM
         )

@@ -671,3 +671,18 @@ async def test_an_smtp_failure_after_the_message_is_an_unknown_outcome_and_never
     assert retry.json()["original_request_id"] == body["request_id"]
     assert retry.json()["detail"] == body["detail"]
     assert run["status"] == "failed" and "may or may not have been delivered" in run["error"]
+
+
+@pytest.mark.parametrize("verb", ["EHLO", "MAIL", "RCPT"])
+async def test_an_smtp_stall_after_the_greeting_says_nothing_was_handed_over(make_client, verb):
+    """Found by a review: a stall at EHLO, MAIL FROM or RCPT TO got the connect-time 504 about a server "silent from
+    the start" and a wrong port, though the server had greeted; the docs promise "before the message was handed
+    over"."""
+    async with scripted_smtp({verb: (1.0, _NORMAL[verb])}) as (port, seen):
+        async with make_client(**smtp_settings(port)) as client:
+            response = await client.post("/send-email", json=MAIL)
+    body = response.json()
+    assert response.status_code == 504, body
+    assert "before the message was handed over" in body["detail"]
+    assert "silent from the start" not in body["detail"]
+    assert body["nothing_sent"] is True and len(seen) == 3
