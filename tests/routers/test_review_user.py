@@ -169,7 +169,9 @@ async def test_a_bad_twilio_signature_with_public_base_url_set_says_what_to_chec
     told to "set PUBLIC_BASE_URL", already set, and never to check TWILIO_AUTH_TOKEN; the log did not say which
     URL was checked against what Twilio signed."""
     settings = {
-        "public_base_url": "https://old-tunnel.ngrok.app",
+        # With Twilio's HTTP basic auth in it (so that status callbacks authenticate): a review of the log line
+        # found any unsigned POST wrote that password into the log.
+        "public_base_url": "https://twilio:hunter2-basic-auth@old-tunnel.ngrok.app",
         "app_api_key": "k" * 24,
         "twilio_account_sid": "AC" + "0" * 32,
         "twilio_auth_token": "t" * 32,
@@ -187,3 +189,4 @@ async def test_a_bad_twilio_signature_with_public_base_url_set_says_what_to_chec
     assert "set PUBLIC_BASE_URL" not in detail and "PUBLIC_BASE_URL" in detail
     assert "checked for https://old-tunnel.ngrok.app/whatsapp-webhook)" in caplog.text
     assert "users-own-webhook-secret" not in caplog.text  # a token of the user's own in the webhook URL
+    assert "hunter2-basic-auth" not in caplog.text

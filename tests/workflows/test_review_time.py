@@ -176,3 +176,37 @@ async def test_the_schedule_shows_the_skipped_hours_briefing_at_a_time_that_exis
         finally:
             await scheduler.shutdown()
     assert job["next_run_time"].isoformat() == "2026-03-29T03:30:00+02:00"
+
+
+# --- From a review of these fixes: the fall-back side -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cron", "now", "next_fire"),
+    [
+        # 25 October 2026, Berlin: 03:00 CEST (01:00 UTC) -> 02:00 CET. The next `*/15` time after 02:50 CEST is
+        # the repeated 02:00 (CET), skipped, so 03:00 CET; stepping past it on the wall clock dropped the fold and
+        # went back to 02:01 CEST, answering 02:15 CEST, 35 minutes before `now`.
+        ("*/15 * * * *", "2026-10-25T00:50:12", "2026-10-25T02:00"),
+        ("0,30 * * * *", "2026-10-25T00:59:00", "2026-10-25T02:00"),
+        ("* * * * *", "2026-10-25T00:59:30", "2026-10-25T02:00"),
+    ],
+)
+def test_the_next_fire_time_before_a_fall_back_is_never_in_the_past(cron, now, next_fire):
+    trigger = crontab_trigger(cron, timezone=BERLIN)
+    moment = utc(now).astimezone(BERLIN)
+    assert trigger.get_next_fire_time(None, moment).astimezone(UTC) == utc(next_fire)
+
+
+@pytest.mark.parametrize(
+    ("cron", "now"),
+    [
+        ("*/15 * * * *", "2026-10-25T00:50:12"),  # 02:45 CEST is 5 min 12 s old
+        ("0,30 * * * *", "2026-10-25T00:59:00"),  # 02:30 CEST is 29 minutes old
+    ],
+)
+def test_the_start_up_catch_up_before_a_fall_back_stays_within_the_grace(cron, now):
+    """missed_briefing promises the latest cron time in the last five real minutes; just before the fall-back it
+    answered one up to an hour old, and a worker starting then ran that stale briefing."""
+    trigger = crontab_trigger(cron, timezone=BERLIN)
+    assert missed_briefing(trigger, utc(now).astimezone(BERLIN)) is None
