@@ -7,11 +7,16 @@ google-genai uses aiohttp whenever aiohttp is importable, and slack_sdk
 brings aiohttp in. Rather than inherit that by accident, the router hands
 this provider its own `aiohttp.ClientSession` (`HttpOptions.aiohttp_client`),
 opened and closed in the lifespan, or an httpx client when asked
-(`HttpOptions.httpx_async_client`). Two SDK defaults are switched off:
+(`HttpOptions.httpx_async_client`). Three SDK defaults are switched off:
 
 - retries: `HttpRetryOptions(attempts=1)`. Without explicit retry options the
   SDK's aiohttp path silently sleeps 1-10 s and retries once on a refused or
   reset connection; the router owns retries.
+- continuation: `automatic_continuation=False`. The SDK otherwise answers a
+  `CONTINUATION` finish reason by sending the request again with the
+  continuation token until the model finishes, each hop billed with its own
+  `max_output_tokens`: one attempt became a loop. Such an answer is flagged
+  `truncated` instead.
 - environment: `vertexai=False`, so a stray GOOGLE_GENAI_USE_VERTEXAI cannot
   send prompts to another backend.
 """
@@ -146,7 +151,9 @@ class GeminiProvider:
         await self._client.aio.aclose()
 
     async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion:
-        config = self._types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens)
+        config = self._types.GenerateContentConfig(
+            system_instruction=system, max_output_tokens=max_tokens, automatic_continuation=False
+        )
         try:
             response = await self._client.aio.models.generate_content(model=self.model, contents=text, config=config)
         except self._errors.APIError as exc:
@@ -177,13 +184,16 @@ class GeminiProvider:
             model=response.model_version or self.model,
             input_tokens=token_count(usage.prompt_token_count) if usage else None,
             output_tokens=_billed_output(usage),
-            truncated=reason == "MAX_TOKENS",
+            truncated=reason in _CUT_SHORT,
             refused=refused,
         )
 
 
 #: How `_finish_reason` names a prompt Gemini blocked before answering (`promptFeedback.blockReason`): a refusal.
 _PROMPT_BLOCKED = "prompt blocked: "
+#: Gemini finish reasons that mean the answer stopped before the model finished: at `max_output_tokens`, or at the
+#: per-request limit with generation to continue (`CONTINUATION`, never followed: see the module docstring).
+_CUT_SHORT = frozenset({"MAX_TOKENS", "CONTINUATION"})
 #: Gemini finish reasons that mean its safety or policy checks stopped the answer.
 _REFUSED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 

@@ -1,0 +1,26 @@
+"""API-fact review of the LLM providers: each test pins a vendor behaviour read in the installed SDK's source."""
+
+from __future__ import annotations
+
+import base64
+
+from tests.fakes.llm import gemini_content
+from tests.fakes.server import Reply
+
+
+async def test_a_gemini_continuation_is_one_request_flagged_truncated(make_router, fakes):
+    """google-genai continues a `CONTINUATION` answer on its own by default (GenerateContentConfig
+    `automatic_continuation`: "the SDK sends the same request again with the response's continuation token until
+    the model finishes. Timeouts, retries and billing apply to each request"): one attempt became a loop of billed
+    requests. One attempt is one request; a continued answer is cut short, so it is flagged."""
+    first = gemini_content("the first half of the plan")
+    first["candidates"][0]["finishReason"] = "CONTINUATION"
+    first["candidates"][0]["continuationToken"] = base64.b64encode(b"resume-here").decode()
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=first))
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini_content(" and the second half")))
+    router = await make_router()
+
+    result = await router.generate(text="plan my day", provider="gemini")
+
+    assert len(fakes.gemini.calls()) == 1
+    assert (result.response, result.truncated) == ("the first half of the plan", True)
