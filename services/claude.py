@@ -47,6 +47,9 @@ _KEY_HINT = "Check ANTHROPIC_API_KEY and CLAUDE_MODEL."
 #: Anthropic answers a disabled organization with a 400 invalid_request_error ("This organization has been
 #: disabled."): our account's fault, not the caller's, so another provider may answer.
 _ORGANIZATION_DISABLED = re.compile(r"organization has been disabled", re.IGNORECASE)
+#: Stop reasons that mean the model stopped before it finished: at `max_tokens`, or at the model's context window
+#: (`model_context_window_exceeded`, when the prompt and `max_tokens` together pass it).
+_CUT_SHORT = frozenset({"max_tokens", "model_context_window_exceeded"})
 _FIX_ORGANIZATION = (
     "The Anthropic organization of ANTHROPIC_API_KEY has been disabled: resolve it in the Anthropic Console, "
     "or set ANTHROPIC_API_KEY to a key of another organization and restart."
@@ -161,7 +164,7 @@ class ClaudeProvider:
             model=model if isinstance(model, str) and model else self.model,
             input_tokens=token_count(usage.get("input_tokens")),
             output_tokens=token_count(usage.get("output_tokens")),
-            truncated=message.get("stop_reason") == "max_tokens",
+            truncated=message.get("stop_reason") in _CUT_SHORT,
             refused=refused,
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.fakes.llm import gemini_content
+from tests.fakes.llm import ANTHROPIC_PATH, anthropic_message, gemini_content
 from tests.fakes.server import Reply
 
 
@@ -24,3 +24,17 @@ async def test_a_gemini_continuation_is_one_request_flagged_truncated(make_route
 
     assert len(fakes.gemini.calls()) == 1
     assert (result.response, result.truncated) == ("the first half of the plan", True)
+
+
+async def test_a_claude_answer_stopped_at_the_context_window_is_flagged_truncated(make_router, fakes):
+    """anthropic's StopReason includes `model_context_window_exceeded` ("we exceeded the model's context window",
+    anthropic/types/message.py): the model stopped before it finished, as at `max_tokens`. It came back as a whole
+    answer."""
+    body = anthropic_message("half a pl")
+    body["stop_reason"] = "model_context_window_exceeded"
+    fakes.claude.queue("POST", ANTHROPIC_PATH, Reply(200, json=body))
+    router = await make_router()
+
+    result = await router.generate(text="plan my day", provider="claude")
+
+    assert (result.response, result.truncated, result.refused) == ("half a pl", True, False)
