@@ -87,7 +87,8 @@ def _has_line_break_or_control(value: str) -> bool:
 
 
 def normalise_recipients(to: str | list[str]) -> list[str]:
-    """Validate each address (syntax only, no DNS: no blocking lookups) and return them normalised."""
+    """Validate each address (syntax only, no DNS: no blocking lookups) and return them normalised, an
+    internationalised domain as its ASCII (IDNA) form."""
     addresses = [to] if isinstance(to, str) else list(to)
     if not addresses:
         raise InvalidInput("Give at least one recipient address.")
@@ -106,8 +107,12 @@ def normalise_recipients(to: str | list[str]) -> list[str]:
             valid = validate_email(address, check_deliverability=False)
         except EmailNotValidError as exc:
             raise InvalidInput(f"{address!r} is not a valid email address: {exc}") from None
-        if valid.normalized not in normalised:
-            normalised.append(valid.normalized)
+        # An internationalised domain travels as its IDNA A-label (xn--...): only a non-ASCII local part needs
+        # SMTPUTF8 (RFC 6531), and aiosmtplib converts nothing, so anna@bücher.example was refused by every server
+        # without SMTPUTF8 (found by an API review). `ascii_email` is None when the local part is not ASCII.
+        address = valid.ascii_email or valid.normalized
+        if address not in normalised:
+            normalised.append(address)
     return normalised
 
 
