@@ -116,8 +116,9 @@ class Generation(BaseModel):
     latency_ms: int
     truncated: bool = Field(
         False,
-        description="The provider stopped at `max_tokens`, so `response` is cut short. Send a larger `max_tokens` "
-        "for the whole answer.",
+        description="The provider stopped before the answer was finished, so `response` is cut short: at "
+        "`max_tokens` (send a larger one for the whole answer), at the model's context window (Claude "
+        "`model_context_window_exceeded`: shorten the prompt), or at Gemini's per-request limit (`CONTINUATION`).",
     )
     refused: bool = Field(
         False,
