@@ -30,7 +30,7 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from core.errors import UpstreamTimeout
+from core.errors import UpstreamError, UpstreamTimeout
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import (
@@ -173,6 +173,15 @@ class GeminiProvider:
         refused = reason in _REFUSED or (reason or "").startswith(_PROMPT_BLOCKED)
         answer = first_text(_text_of(response))
         if answer is None:
+            thoughts = token_count(response.usage_metadata.thoughts_token_count) if response.usage_metadata else None
+            if reason == "MAX_TOKENS" and thoughts:
+                # Gemini 3 models think by default, and max_output_tokens caps thoughts and answer together: a short
+                # budget can go on thinking alone (googleapis/python-genai#2062). Said as such, not "no text".
+                raise UpstreamError(
+                    f"gemini spent its whole output budget on {thoughts} thinking tokens and wrote no answer: send a "
+                    "larger max_tokens (or raise LLM_MAX_TOKENS).",
+                    upstream=UPSTREAM,
+                )
             if not refused:
                 raise unusable_answer(UPSTREAM, f"no text; finish reason {reason}" if reason else "no text")
             # Refused outright (no text at all): an answer, flagged, not a failure. As a failure the router sent

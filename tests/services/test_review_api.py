@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
+from core.errors import ProblemError
 from tests.fakes.llm import ANTHROPIC_PATH, anthropic_message, gemini_content
 from tests.fakes.server import Reply
 
@@ -38,3 +41,22 @@ async def test_a_claude_answer_stopped_at_the_context_window_is_flagged_truncate
     result = await router.generate(text="plan my day", provider="claude")
 
     assert (result.response, result.truncated, result.refused) == ("half a pl", True, False)
+
+
+async def test_a_gemini_answer_whose_budget_went_on_thinking_says_so(make_router, fakes):
+    """Gemini 3 models think by default, and `max_output_tokens` caps thoughts and answer together
+    (googleapis/python-genai#2062): a short `max_tokens` can be spent on thinking alone, leaving no text. That read
+    "an answer we cannot use (no text; finish reason MAX_TOKENS)", which says nothing of why or what to change."""
+    body = gemini_content("unused")
+    body["candidates"][0]["content"]["parts"] = []
+    body["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    body["usageMetadata"] = {"promptTokenCount": 12, "candidatesTokenCount": 0, "thoughtsTokenCount": 300}
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=body))
+    router = await make_router()
+
+    with pytest.raises(ProblemError) as caught:
+        await router.generate(text="plan my day", provider="gemini", max_tokens=300)
+
+    detail = caught.value.detail
+    assert "300 thinking tokens" in detail and "max_tokens" in detail, detail
+    assert len(fakes.gemini.calls()) == 1  # the same budget would be spent the same way: not retried
