@@ -1,15 +1,18 @@
-"""API-key authentication for every endpoint except health, docs and signed webhooks."""
+"""API-key authentication for every endpoint except health, docs and signed webhooks (and, without a key, the
+Host check that keeps those endpoints to this machine)."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from core.deps import SettingsDep
-from core.errors import Unauthorized
+from core.errors import Forbidden, Unauthorized
 from core.settings import Settings
 
 # auto_error=False: we raise our own problem-details 401, and the schemes still
@@ -39,12 +42,43 @@ def key_refusal(settings: Settings, supplied: str | None) -> Unauthorized | None
     return None
 
 
+def host_refusal(settings: Settings, host: str | None) -> Forbidden | None:
+    """Without APP_API_KEY, the 403 for a request addressed to a DNS name that may not be this machine's.
+
+    Open without a key was meant as open to this machine only, but any web page the owner visits could use it:
+    DNS rebinding points the page's own name at 127.0.0.1, and the browser then sends the page's requests here,
+    same-origin, able to read GET /runs and to send email and WhatsApp (found by a security review). Such a
+    request names the page's domain in Host. An IP address, a single-label name (`localhost`, a LAN host's
+    name) and `*.localhost` are no domain an attacker's DNS answers, so those are still served.
+    """
+    if settings.app_api_key is not None or not host:
+        return None
+    name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    if not name or "." not in name or name.endswith(".localhost") or name == "localhost.localdomain":
+        return None
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    if name == settings.api_host.lower() or name == (urlsplit(settings.public_base_url or "").hostname or ""):
+        return None
+    return Forbidden(
+        "Without APP_API_KEY this service answers only requests addressed to this machine by an IP address or "
+        "localhost, not by a domain name, which a web page could point at it (DNS rebinding). Use "
+        "http://127.0.0.1:<port>, or set APP_API_KEY."
+    )
+
+
 async def require_api_key(
+    request: Request,
     settings: SettingsDep,
     api_key: Annotated[str | None, Security(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> None:
-    refusal = key_refusal(settings, api_key or (bearer.credentials if bearer else None))
+    refusal = key_refusal(settings, api_key or (bearer.credentials if bearer else None)) or host_refusal(
+        settings, request.headers.get("host")
+    )
     if refusal is not None:
         raise refusal
 

@@ -42,9 +42,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "forbidden",
             "Forbidden",
             (403,),
-            "A webhook's signature is missing or does not match.",
+            "A webhook's signature is missing or does not match; or, without APP_API_KEY, the request was addressed "
+            "to a domain name (its Host), which a web page could have pointed at this machine (DNS rebinding).",
             "Check TWILIO_AUTH_TOKEN or SLACK_SIGNING_SECRET, and that PUBLIC_BASE_URL is the exact public URL the "
-            "sender calls (Twilio signs that URL).",
+            "sender calls (Twilio signs that URL). Without a key, call the service as 127.0.0.1 or localhost, or "
+            "set APP_API_KEY.",
         ),
         ProblemType(
             "not-found",
