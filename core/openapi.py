@@ -15,6 +15,9 @@ _BODY_REFUSALS = {
     "415": "The body was sent compressed (Content-Encoding); send it uncompressed",
 }
 
+#: What core.auth answers on a key-protected route when no APP_API_KEY is set and Host is a domain name.
+_HOST_REFUSAL = "Without APP_API_KEY: the request was addressed to a domain name, not to 127.0.0.1 or localhost"
+
 
 def install_problem_schema(app: FastAPI) -> None:
     """Register ProblemDetails and make FastAPI's automatic 422 entries say problem+json.
@@ -36,6 +39,8 @@ def install_problem_schema(app: FastAPI) -> None:
                 if "requestBody" in operation:
                     for code, description in _BODY_REFUSALS.items():
                         operation.setdefault("responses", {}).setdefault(code, {"description": description})
+                if operation.get("security"):  # the API key's routes: core.auth.host_refusal's 403
+                    operation.setdefault("responses", {}).setdefault("403", {"description": _HOST_REFUSAL})
                 for code, response in operation.get("responses", {}).items():
                     if code.startswith(("4", "5")):
                         response["content"] = {PROBLEM_CONTENT_TYPE: {"schema": _PROBLEM_REF}}

@@ -55,3 +55,19 @@ async def test_docs_pages_load_every_asset_from_the_service_itself(client, page)
         response = await client.get(asset)
         assert response.status_code == 200, asset
         assert len(response.content) > 10_000, asset  # the real bundle, not an error page
+
+
+async def test_every_key_protected_operation_documents_the_host_refusal(client):
+    """core.auth's 403 (no APP_API_KEY, Host a domain name: the DNS-rebinding guard) can come from every route that
+    takes the key; undocumented, Swagger UI and schemathesis were told it cannot happen."""
+    schema = (await client.get("/openapi.json")).json()
+    protected = [
+        (method, path, operation)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security")
+    ]
+    assert len(protected) >= 10
+    for method, path, operation in protected:
+        assert "403" in operation["responses"], f"{method.upper()} {path}"
+        assert "application/problem+json" in operation["responses"]["403"]["content"]
