@@ -12,6 +12,7 @@ detail may quote an upstream that echoed the credential it was sent.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -300,6 +301,16 @@ def problem_response(
 SEND_JSON = "Send a JSON object with Content-Type: application/json."
 
 
+def _unparsable_because(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body (it chains the cause): every case read "it must be UTF-8", also deep
+    nesting and a 5,000-digit number (found by a security review)."""
+    if isinstance(cause, RecursionError):
+        return "it is nested more deeply than the JSON parser allows"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"it has a number with more than {sys.get_int_max_str_digits()} digits"
+    return "it must be UTF-8"
+
+
 def _validation_errors(errors: Iterable[dict[str, Any]], *, content_type: str = "") -> list[dict[str, Any]]:
     # Only location, message and type: echoing the rejected input could echo a secret.
     return [_validation_error(error, content_type) for error in errors]
@@ -436,7 +447,7 @@ def add_exception_handlers(app: FastAPI) -> None:
             return problem_response(
                 status=400,
                 title="Malformed request",
-                detail=f"The body could not be parsed (it must be UTF-8). {SEND_JSON}",
+                detail=f"The body could not be parsed ({_unparsable_because(exc.__cause__)}). {SEND_JSON}",
                 type_=PROBLEM_BASE + "bad-request",
                 instance=request.url.path,
             )

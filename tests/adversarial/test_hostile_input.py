@@ -342,3 +342,22 @@ async def test_a_body_trickled_past_the_deadline_is_408_before_the_key_is_checke
     assert took < 3  # not the 5 s the trickle would take
     assert slow_answer.status_code == 200, slow_answer.text
     assert counts == {"gemini": 1}  # only the second request reached an upstream
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        pytest.param(b"[" * 5000 + b"]" * 5000, "nested more deeply than the JSON parser allows", id="deep-nesting"),
+        pytest.param(b'{"message": ' + b"9" * 5000 + b"}", "a number with more than 4300 digits", id="huge-number"),
+    ],
+)
+async def test_a_body_python_cannot_parse_names_the_real_cause(make_client, body, cause):
+    """Found by a security review: deep nesting and a 5,000-digit number were a 400 "it must be UTF-8"."""
+    async with make_client(app_api_key=API_KEY) as client:  # the default MAX_BODY_BYTES: hostile_client's is 4 KiB
+        response = await client.post(
+            "/slack-notify", content=body, headers={"Content-Type": "application/json", "X-API-Key": API_KEY}
+        )
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert cause in detail, detail
+    assert "UTF-8" not in detail
