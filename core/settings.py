@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
     gemini_model: str = "gemini-3.8-flash"  # GA Flash; 1.5/2.0 Flash and 3 Flash preview are retired
     gemini_base_url: HttpUrlStr = "https://generativelanguage.googleapis.com"
+    # Unset: the model's own default. Gemini 3 models think, and max_output_tokens caps thoughts and answer together.
+    gemini_thinking_level: Literal["minimal", "low", "medium", "high"] | None = None
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CLAUDE_API_KEY")
     )

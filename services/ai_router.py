@@ -465,6 +465,7 @@ async def build_ai_router(
             api_key=settings.gemini_api_key,
             model=settings.gemini_model,
             base_url=settings.gemini_base_url,
+            thinking_level=settings.gemini_thinking_level,
             timeout_seconds=timeout,
             session=aiohttp_session() if transport == "aiohttp" else None,
             http=httpx_client() if transport == "httpx" else None,

@@ -52,7 +52,7 @@ INTEGRATION = Integration(
     kind="llm",
     description="Google Gemini: short prompts (at or below ROUTER_WORD_THRESHOLD words).",
     required=("GEMINI_API_KEY",),
-    optional=("GEMINI_MODEL", "GEMINI_BASE_URL"),
+    optional=("GEMINI_MODEL", "GEMINI_BASE_URL", "GEMINI_THINKING_LEVEL"),
     operations=("generate",),
 )
 
@@ -124,6 +124,7 @@ class GeminiProvider:
         session: aiohttp.ClientSession | None = None,
         http: httpx.AsyncClient | None = None,
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        thinking_level: str | None = None,
     ) -> None:
         if (session is None) == (http is None):
             raise ValueError("give exactly one transport: an aiohttp session or an httpx client")
@@ -135,6 +136,8 @@ class GeminiProvider:
         self._errors, self._types = errors, types
         self.model = model
         self.context_tokens = context_tokens
+        # GEMINI_THINKING_LEVEL: sent only when set, since models differ in the levels they take (a 400 otherwise).
+        self._thinking = types.ThinkingConfig(thinking_level=thinking_level.upper()) if thinking_level else None
         options = types.HttpOptions(
             base_url=base_url,
             # Pinned, so GOOGLE_GENAI_API_VERSION in the environment cannot change the endpoint under us.
@@ -152,7 +155,10 @@ class GeminiProvider:
 
     async def generate(self, *, text: str, system: str | None, max_tokens: int) -> Completion:
         config = self._types.GenerateContentConfig(
-            system_instruction=system, max_output_tokens=max_tokens, automatic_continuation=False
+            system_instruction=system,
+            max_output_tokens=max_tokens,
+            automatic_continuation=False,
+            thinking_config=self._thinking,
         )
         try:
             response = await self._client.aio.models.generate_content(model=self.model, contents=text, config=config)
@@ -179,7 +185,7 @@ class GeminiProvider:
                 # budget can go on thinking alone (googleapis/python-genai#2062). Said as such, not "no text".
                 raise UpstreamError(
                     f"gemini spent its whole output budget on {thoughts} thinking tokens and wrote no answer: send a "
-                    "larger max_tokens (or raise LLM_MAX_TOKENS).",
+                    "larger max_tokens (or raise LLM_MAX_TOKENS), or set GEMINI_THINKING_LEVEL=low (or minimal).",
                     upstream=UPSTREAM,
                 )
             if not refused:

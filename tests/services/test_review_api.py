@@ -60,3 +60,18 @@ async def test_a_gemini_answer_whose_budget_went_on_thinking_says_so(make_router
     detail = caught.value.detail
     assert "300 thinking tokens" in detail and "max_tokens" in detail, detail
     assert len(fakes.gemini.calls()) == 1  # the same budget would be spent the same way: not retried
+
+
+# google-genai copies ThinkingConfig through with its Python field names; the API's JSON parser takes proto field
+# names as well as camelCase ones (proto3 JSON mapping).
+@pytest.mark.parametrize(("level", "sent"), [(None, None), ("minimal", {"thinking_level": "MINIMAL"})])
+async def test_gemini_thinking_level_is_sent_only_when_set(make_router, fakes, level, sent):
+    """GEMINI_THINKING_LEVEL: the way out of a budget spent on thinking. Unset, no thinkingConfig is sent (models
+    differ in the levels they take, and a level a model does not take is a 400)."""
+    fakes.gemini.queue("POST", fakes.gemini.path, Reply(200, json=gemini_content("ok")))
+    router = await make_router(gemini_thinking_level=level)
+
+    await router.generate(text="plan my day", provider="gemini")
+
+    [call] = fakes.gemini.calls()
+    assert call.json["generationConfig"].get("thinkingConfig") == sent
