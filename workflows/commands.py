@@ -12,6 +12,7 @@ decides to act, only this grammar does.
     stop | status | brief | briefing | help
 
 N has 1-4 ASCII digits; keywords and units are ASCII (any case); unit is m|min|mins|minute(s)|h|hr|hrs|hour(s).
+Blanks are spaces and tabs, Unicode's no-break and other spaces included.
 """
 
 from __future__ import annotations
@@ -49,14 +50,17 @@ _SIMPLE = re.compile(rf"(?P<word>(?a:start|stop|status|brief|briefing|help)){_EN
 # One line, and a task only before "for": "Start the oven and wait 10 min" and "Start\nI will be done in
 # 20 min" are sentences, not commands (both started timers before a review found them). Without a task,
 # "start 2h" and "start for 30 min" mean BRIEFING_TASK.
-_BLANK = r"[ \t]+"
+# A blank is a space or a tab, or any of Unicode's other spaces (category Zs: the no-break space, the narrow and
+# thin ones, ...), which a chat app shows as a space: Slack sends "start\u00a0writing for 25 min" for a copied or
+# edited message, and it was chat (found by a review). None of them breaks a line.
+_BLANK = r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+"
 _BLANK_RUN = re.compile(_BLANK)
 # Every character that starts a new line somewhere: CR, LF, VT, FF, the C1 NEL and Unicode's separators
 # (U+2028 let "Start the oven\u2028I will wait for 20 min" through; found by a review).
 _LINE_BREAKS = r"\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
 _TIMED_START = re.compile(
     rf"(?a:start)(?:{_BLANK}(?P<task>[^{_LINE_BREAKS}]*?\S){_BLANK}(?a:for)|(?:{_BLANK}(?a:for))?){_BLANK}"
-    rf"(?P<amount>[0-9]{{1,4}})[ \t]*(?P<unit>(?a:m|min|mins|minutes?|h|hrs?|hours?)){_END}",
+    rf"(?P<amount>[0-9]{{1,4}})(?:{_BLANK})?(?P<unit>(?a:m|min|mins|minutes?|h|hrs?|hours?)){_END}",
     re.IGNORECASE,
 )
 _ALIASES: dict[str, CommandName] = {"briefing": "brief"}
