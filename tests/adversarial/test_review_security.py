@@ -53,6 +53,6 @@ def test_slack_mention_stripping_is_linear() -> None:
     text = "<@U|" * 10_000
     started = time.perf_counter()
     strip_mentions(text)
-    assert time.perf_counter() - started < 0.2
+    assert time.perf_counter() - started < 1.0  # linear: about 1 ms; the quadratic pattern took about 2 s
     assert strip_mentions("<@U12AB|ann>: status") == "status"
     assert strip_mentions("<@U12AB> <@U9|x|y> start") == "start"
