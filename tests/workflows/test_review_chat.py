@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skills.slack import unescape_text
+from tests.workflows.test_commands import _Recording as Recording
 from workflows import commands
 from workflows.commands import Command, parse_command, strip_mentions
 
@@ -95,19 +96,10 @@ def test_a_message_parses_the_same_whatever_spaces_it_is_typed_with(sample, data
     assert parse_command(spaced) == parse_command(sample)
 
 
-class _Recording:
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self.pattern, self.seen = pattern, []
-
-    def fullmatch(self, text: str):
-        self.seen.append(text)
-        return self.pattern.fullmatch(text)
-
-
 def test_a_run_of_unicode_spaces_is_collapsed_before_the_timed_start_pattern(monkeypatch):
     """The pattern backtracks in quadratic time against a long run of blanks; runs of these spaces are collapsed
     like runs of ASCII ones, so it never sees one."""
-    recording = _Recording(commands._TIMED_START)
+    recording = Recording(commands._TIMED_START)
     monkeypatch.setattr(commands, "_TIMED_START", recording)
     assert parse_command("start" + "\u00a0" * 40_000 + "x") is None
     assert parse_command("start\u00a0\u2009 x \u202f for 5 min") == Command("start", "x", 5)
