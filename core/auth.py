@@ -53,7 +53,10 @@ def host_refusal(settings: Settings, host: str | None) -> Forbidden | None:
     """
     if settings.app_api_key is not None or not host:
         return None
-    name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    except ValueError:  # "[abc" cannot be read as a host at all (it was a 500): refused like a domain name
+        return _host_refused()
     if not name or "." not in name or name.endswith(".localhost") or name == "localhost.localdomain":
         return None
     try:
@@ -63,6 +66,10 @@ def host_refusal(settings: Settings, host: str | None) -> Forbidden | None:
         pass
     if name == settings.api_host.lower() or name == (urlsplit(settings.public_base_url or "").hostname or ""):
         return None
+    return _host_refused()
+
+
+def _host_refused() -> Forbidden:
     return Forbidden(
         "Without APP_API_KEY this service answers only requests addressed to this machine by an IP address or "
         "localhost, not by a domain name, which a web page could point at it (DNS rebinding). Use "

@@ -56,3 +56,12 @@ def test_slack_mention_stripping_is_linear() -> None:
     assert time.perf_counter() - started < 1.0  # linear: about 1 ms; the quadratic pattern took about 2 s
     assert strip_mentions("<@U12AB|ann>: status") == "status"
     assert strip_mentions("<@U12AB> <@U9|x|y> start") == "start"
+
+
+@pytest.mark.parametrize("host", ["[abc", "[::1", "[", "evil.example]"])
+async def test_a_malformed_host_is_refused_not_a_crash(make_client, host) -> None:
+    """A Host urlsplit cannot read ("[abc": "Invalid IPv6 URL") was a ValueError inside the check, so a 500."""
+    async with make_client() as client:
+        response = await client.get("/runs", headers={"Host": host})
+    assert response.status_code == 403, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
