@@ -28,7 +28,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "bad-request",
             "Malformed request",
             (400,),
-            "The body could not be parsed at all: invalid UTF-8, a broken form.",
+            "The body could not be parsed at all: invalid UTF-8, JSON nested too deeply for the parser or with a "
+            "number of more than 4,300 digits (the detail says which), a broken form.",
             "Send a UTF-8 JSON object with Content-Type: application/json.",
         ),
         ProblemType(
@@ -52,8 +53,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "not-found",
             "Not found",
             (404,),
-            "No run with that id, or no such route.",
-            "List runs with GET /runs; see /docs for the routes.",
+            "No run with that id, or no such route; or, with `upstream` set, the upstream has no such thing (a "
+            "Slack channel, a Toggl workspace or time entry).",
+            "List runs with GET /runs; see /docs for the routes. For an upstream's 404, check the channel or id; if "
+            "every Toggl call answers it, check TOGGL_BASE_URL (the API v9 base).",
         ),
         ProblemType(
             "request-timeout",
@@ -188,7 +191,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "Upstream service timed out",
             (504,),
             "The upstream (or a gateway in front of it) did not answer in time.",
-            "For a create the outcome is unknown: check the upstream (the detail says where) before retrying.",
+            "Retry later. With `outcome_unknown: true` (a create that may have happened) check the upstream first "
+            "(the detail says where). With `nothing_sent: true` nothing was sent: check the settings the detail "
+            "names (an SMTP server silent from the start is often on the wrong port or mode).",
         ),
     )
 }
