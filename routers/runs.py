@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.deps import LedgerDep
 from core.errors import NotFound, problem_responses
 
-router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422))
+router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422, 503))
 
 # Every value the ledger writes: a filter outside these is a typo, answered with a 422 listing them
 # rather than an empty page that looks like "no such runs".

@@ -78,7 +78,7 @@ class ScheduleOut(BaseModel):
     "/schedule",
     summary="Scheduled jobs and planned timer stops",
     response_model=ScheduleOut,
-    responses=problem_responses(401),
+    responses=problem_responses(401, 503),
 )
 async def get_schedule(request: Request) -> ScheduleOut:
     scheduler: JobScheduler = request.app.state.scheduler

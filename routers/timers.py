@@ -311,7 +311,7 @@ class CurrentTimerResponse(BaseModel):
     "/timers/current",
     summary="The running Toggl timer, if any",
     response_model=CurrentTimerResponse,
-    responses=problem_responses(401, 429, 502, 503, 504),
+    responses=problem_responses(401, 404, 429, 502, 503, 504),
 )
 async def current_timer(skills: SkillsDep) -> CurrentTimerResponse:
     """A read: it changes nothing, so it is not recorded in the ledger. Each call uses Toggl's `/me`
