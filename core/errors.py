@@ -386,6 +386,21 @@ def database_failed(exc: BaseException, *, acted: bool = True) -> StoreUnavailab
     )
 
 
+def delivery_database_failed(exc: BaseException, *, delivery: str, redelivery: str) -> StoreUnavailable:
+    """The 503 for a webhook delivery whose claim the database did not take: nothing ran, since the claim comes
+    first. `redelivery` says what a resend of it will meet.
+
+    The generic mapping of a database error on a POST said "the outcome is unknown: check GET /runs", for a
+    delivery that had done nothing and left nothing in GET /runs (found by a review).
+    """
+    return StoreUnavailable(
+        f"The service's database did not answer ({type(exc).__name__}) before the {delivery} could be acted on, "
+        f"so nothing was done. {redelivery}",
+        retry_after=5,
+        nothing_sent=True,
+    )
+
+
 def _routed(request: Request, path: str) -> bool:
     """Whether some route answers `path` (with any method): Starlette's own matching, as the router does it."""
     scope = {**request.scope, "path": path}

@@ -14,9 +14,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from slack_sdk.signature import SignatureVerifier
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.deps import ResourcesDep, SettingsDep
-from core.errors import BadRequest, Forbidden, NotConfigured, ProblemError, problem_responses
+from core.errors import (
+    BadRequest,
+    Forbidden,
+    NotConfigured,
+    ProblemError,
+    delivery_database_failed,
+    problem_responses,
+)
 from core.ledger import encodable
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.registry import Integration
@@ -48,6 +56,18 @@ INTEGRATION = Integration(
             "(your timers, your LLM credit), guests and Slack Connect users included: list the member IDs who may."
         ]
     ),
+)
+
+#: What the resend of an event the database could not claim meets (`delivery_database_failed`). Slack resends
+#: an event it got no 2xx for, three times over about five minutes, with the same event_id.
+SLACK_RESENDS = (
+    "Slack resends the event (up to three times, over about five minutes); one that arrives once the database "
+    "is back is answered."
+)
+#: ... when the event was claimed but its claim could not be given back: its resend is taken for a redelivery.
+SLACK_RESEND_IGNORED = (
+    "Its claim could not be given back either, so Slack's resend will be ignored as a redelivery: the message "
+    "will not be answered, and has to be sent again once the database is back."
 )
 
 #: The reply, at most once an hour per person, to a mention from someone not in SLACK_ALLOWED_USERS.
@@ -234,7 +254,11 @@ async def slack_events(
         )
         return SlackEventsAck()
     event_id = callback.event_id
-    if not await claim_message(resources.sessions, source="slack", message_id=event_id):
+    try:
+        first_delivery = await claim_message(resources.sessions, source="slack", message_id=event_id)
+    except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg's refused connection is not wrapped
+        raise delivery_database_failed(exc, delivery=f"Slack event {event_id}", redelivery=SLACK_RESENDS) from exc
+    if not first_delivery:
         logger.info(
             "Slack event %s is a redelivery (retry %s): ignored", event_id, request.headers.get("x-slack-retry-num")
         )
@@ -242,10 +266,16 @@ async def slack_events(
     if event is not None and should_act(callback, event):
         try:
             first = await _first_event_for_message(resources, event)
-        except Exception:
+        except Exception as exc:
             # Nothing ran: give the event back, or Slack's retry (same event_id) would be taken for a
             # redelivery and the message never answered.
-            await release_message(resources.sessions, source="slack", message_id=event_id)
+            given_back = await _give_back(resources, event_id)
+            if isinstance(exc, (SQLAlchemyError, OSError)):
+                raise delivery_database_failed(
+                    exc,
+                    delivery=f"Slack event {event_id}",
+                    redelivery=SLACK_RESENDS if given_back else SLACK_RESEND_IGNORED,
+                ) from exc
             raise
         if not first:
             logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.ts)
@@ -275,6 +305,20 @@ async def slack_events(
             return SlackEventsAck()
         tasks.spawn(_answer(deps, event), kind="slack.event", trigger="slack", input_summary=summary)
     return SlackEventsAck()
+
+
+async def _give_back(resources: Resources, event_id: str) -> bool:
+    """Release the event's claim after a failure before anything ran; False when the database refused that too."""
+    try:
+        await release_message(resources.sessions, source="slack", message_id=event_id)
+    except (SQLAlchemyError, OSError):
+        logger.exception(
+            "Slack event %s: its claim could not be given back, so Slack's retry of it will be ignored as a "
+            "redelivery and the message will not be answered",
+            event_id,
+        )
+        return False
+    return True
 
 
 async def _first_event_for_message(resources: Resources, event: SlackMessageEvent) -> bool:

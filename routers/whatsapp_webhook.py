@@ -15,12 +15,20 @@ from functools import lru_cache
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import FormData
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from core.deps import ResourcesDep, SettingsDep
-from core.errors import Forbidden, NotConfigured, PayloadTooLarge, ProblemError, problem_responses
+from core.errors import (
+    Forbidden,
+    NotConfigured,
+    PayloadTooLarge,
+    ProblemError,
+    delivery_database_failed,
+    problem_responses,
+)
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.registry import Integration
 from core.settings import Settings
@@ -78,6 +86,12 @@ MAX_FORM_BYTES = 64 * 1024
 #: ("SM…" + "MessageTypetext", that field dropped) kept its signature and passed for a new message: a replay
 #: that acted again (found by a security review). Every re-cut that keeps the format keeps the SID, claimed.
 MESSAGE_SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
+#: What the resend of a message the database could not claim meets (`delivery_database_failed`). Whether Twilio
+#: resends one it got a 5xx for depends on the webhook URL's retry settings, so the sender may have to.
+TWILIO_RESENDS = (
+    "A resend of this MessageSid once the database is back is acted on; if Twilio does not resend it, the "
+    "sender has to send the message again."
+)
 REFUSAL = "Sorry, this number is not allowed to use this service."
 WORKING = "Working on it; the answer follows in a moment."
 FAILED = "Sorry, something went wrong; it has been logged."
@@ -247,7 +261,13 @@ async def whatsapp_webhook(
     if not MESSAGE_SID.fullmatch(message_sid):
         logger.warning("WhatsApp webhook with a MessageSid that is not a Twilio SID (a re-cut replay?): ignored")
         return twiml()
-    if not await claim_message(resources.sessions, source="whatsapp", message_id=message_sid):
+    try:
+        first_delivery = await claim_message(resources.sessions, source="whatsapp", message_id=message_sid)
+    except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg's refused connection is not wrapped
+        raise delivery_database_failed(
+            exc, delivery=f"WhatsApp message {message_sid}", redelivery=TWILIO_RESENDS
+        ) from exc
+    if not first_delivery:
         logger.info("WhatsApp message %s is a redelivery: ignored", message_sid)
         return twiml()
     sender = str(form.get("From") or "")
