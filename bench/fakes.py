@@ -1,7 +1,9 @@
 """Vendor-shaped fake upstreams: Gemini, Anthropic, an OpenAI-compatible local LLM, Slack, Toggl, Twilio, SMTP.
 
 One aiohttp app answers every vendor's paths with a well-formed success body,
-after a configurable per-vendor latency. Used by the benchmark (as a separate
+after a configurable per-vendor latency. Toggl keeps the entries it started
+(`TogglEntries`), so a stop or an update answers that entry, and a second stop
+of it is Toggl's 409. Used by the benchmark (as a separate
 process: `python -m bench.fakes --port 9000 --latency anthropic=0.05`) and by
 the adversarial tests (in-process), so both exercise the real client code.
 
@@ -16,8 +18,10 @@ import asyncio
 import itertools
 import json
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +52,33 @@ class Latencies:
         return cls(per_vendor)
 
 
+@dataclass
+class TogglEntries:
+    """The time entries the fake Toggl started, so that a stop and an update answer that entry (its real start),
+    as Toggl does: the service's late-stop correction reads the stop Toggl reports, and needs the start it sent.
+
+    Bounded (the oldest are forgotten): a benchmark starts one entry per briefing. An id the fake did not start,
+    or has forgotten, is still answered with a well-formed entry, like every other path here.
+    """
+
+    limit: int = 10_000
+    entries: OrderedDict[int, dict[str, Any]] = field(default_factory=OrderedDict)
+    running_id: int | None = None
+    #: (entry id, body) of the latest update PUTs, for tests to assert on what the service sent.
+    updates: deque[tuple[int, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=100))
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries[entry["id"]] = entry
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
+        if entry["stop"] is None:
+            self.running_id = entry["id"]
+
+    def running(self) -> dict[str, Any] | None:
+        entry = self.entries.get(self.running_id) if self.running_id is not None else None
+        return entry if entry is not None and entry["stop"] is None else None
+
+
 _ids = itertools.count(1)
 
 
@@ -55,9 +86,35 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
 
-def build_vendor_app(latencies: Latencies | None = None, *, counts: dict[str, int] | None = None) -> web.Application:
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _epoch(value: Any, default: int) -> int:
+    """An RFC 3339 time as whole epoch seconds; `default` for anything else."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return default
+    return int(moment.timestamp()) if moment.tzinfo is not None else default
+
+
+def _set_times(entry: dict[str, Any], *, start: int, stop: int | None) -> None:
+    """`start`, `stop` and `duration` consistent, as Toggl answers them: running is `duration = -start`."""
+    entry["start"] = _iso(start)
+    entry["stop"] = None if stop is None else _iso(stop)
+    entry["duration"] = -start if stop is None else stop - start
+
+
+def build_vendor_app(
+    latencies: Latencies | None = None,
+    *,
+    counts: dict[str, int] | None = None,
+    toggl: TogglEntries | None = None,
+) -> web.Application:
     latencies = latencies or Latencies()
     seen = counts if counts is not None else {}
+    toggl_entries = toggl if toggl is not None else TogglEntries()
 
     def vendor(name: str) -> Callable[[Handler], Handler]:
         def wrap(handler: Handler) -> Handler:
@@ -170,23 +227,73 @@ def build_vendor_app(latencies: Latencies | None = None, *, counts: dict[str, in
     async def toggl_create(request: web.Request) -> web.Response:
         workspace_id = int(request.match_info["wid"])
         body = await request.json()
-        return _json(
-            _entry(
-                workspace_id,
-                description=body.get("description"),
-                duration=body.get("duration", 0) if body.get("duration", -1) >= 0 else -int(time.time()),
-                tags=body.get("tags") or [],
-                project_id=body.get("project_id"),
-            )
+        entry = _entry(
+            workspace_id,
+            description=body.get("description"),
+            tags=body.get("tags") or [],
+            project_id=body.get("project_id"),
         )
+        # The start the caller sent (the service fixes it before the POST); a negative duration is a running timer.
+        start = _epoch(body.get("start"), default=int(time.time()))
+        duration = body.get("duration", -1)
+        running = not isinstance(duration, int) or duration < 0
+        _set_times(entry, start=start, stop=None if running else start + duration)
+        toggl_entries.add(entry)
+        return _json(entry)
 
     @vendor("toggl")
     async def toggl_stop(request: web.Request) -> web.Response:
-        return _json(_entry(int(request.match_info["wid"]), id=int(request.match_info["id"]), duration=60))
+        entry_id, now = int(request.match_info["id"]), int(time.time())
+        entry = toggl_entries.entries.get(entry_id)
+        if entry is None:  # not started here: a minute-long entry of that id, stopped now
+            entry = _entry(int(request.match_info["wid"]), id=entry_id)
+            _set_times(entry, start=now - 60, stop=now)
+            return _json(entry)
+        if entry["stop"] is not None:
+            return _json("Time entry already stopped", status=409)  # Toggl's errors are bare JSON strings
+        _set_times(entry, start=_epoch(entry["start"], default=now), stop=now)
+        entry["at"] = _iso(now)
+        return _json(entry)
+
+    @vendor("toggl")
+    async def toggl_update(request: web.Request) -> web.Response:
+        """`PUT /workspaces/{wid}/time_entries/{id}`: the fields sent replace the entry's; the entry comes back.
+
+        Start, stop and duration stay consistent: a `stop` sets the duration from the start, a `duration` alone
+        sets the stop (a negative one makes it a running timer again). The service sends `stop` with the matching
+        `duration` to set a late planned stop back to the planned time.
+        """
+        entry_id, now = int(request.match_info["id"]), int(time.time())
+        body = await request.json()
+        if not isinstance(body, dict):
+            return _json("The body must be a JSON object", status=400)
+        toggl_entries.updates.append((entry_id, body))
+        duration = body.get("duration")
+        duration = duration if isinstance(duration, int) else None
+        entry = toggl_entries.entries.get(entry_id)
+        if entry is None:  # not started here: a stopped entry of that id, as long as the duration sent
+            entry = _entry(int(request.match_info["wid"]), id=entry_id)
+            stop = _epoch(body.get("stop"), default=now)
+            _set_times(entry, start=stop - (duration if duration is not None and duration >= 0 else 60), stop=stop)
+        for name in ("description", "project_id", "task_id", "billable", "tags", "tag_ids"):
+            if name in body:
+                entry[name] = body[name]
+        start = _epoch(body.get("start"), default=_epoch(entry["start"], default=now))
+        stop: int | None = _epoch(entry["stop"], default=now) if entry["stop"] is not None else None
+        if body.get("stop") is not None:
+            stop = _epoch(body["stop"], default=now)
+        elif duration is not None:
+            stop = start + duration if duration >= 0 else None
+        _set_times(entry, start=start, stop=stop)
+        entry["at"] = _iso(now)
+        if entry["stop"] is None:
+            toggl_entries.add(entry)  # running (again): the timer GET /me/time_entries/current answers
+        return _json(entry)
 
     @vendor("toggl")
     async def toggl_current(request: web.Request) -> web.Response:
-        return _json(_entry(1))
+        # The entry started last while it runs; else a fresh one, so a stop without an id always finds a timer.
+        return _json(toggl_entries.running() or _entry(1))
 
     @vendor("toggl")
     async def toggl_me(request: web.Request) -> web.Response:
@@ -228,6 +335,7 @@ def build_vendor_app(latencies: Latencies | None = None, *, counts: dict[str, in
     app.router.add_route("*", "/api/{method}", slack)
     app.router.add_post("/api/v9/workspaces/{wid}/time_entries", toggl_create)
     app.router.add_patch("/api/v9/workspaces/{wid}/time_entries/{id}/stop", toggl_stop)
+    app.router.add_put("/api/v9/workspaces/{wid}/time_entries/{id}", toggl_update)
     app.router.add_get("/api/v9/me/time_entries/current", toggl_current)
     app.router.add_get("/api/v9/me", toggl_me)
     app.router.add_get("/api/v9/workspaces/{wid}/projects", toggl_list)
