@@ -2,7 +2,7 @@
 
 Usage, from a router or workflow:
 
-    async with ledger.run("slack.notify", trigger="api", input_summary={...}) as run:
+    async with ledger.run(RunKind.SLACK_NOTIFY, trigger="api", input_summary={...}) as run:
         async with run.action("slack", "post_message") as action:
             result = await slack.post_message(...)
             action.external_id = result.ts
@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
@@ -44,6 +45,41 @@ from core.secrets import NO_SECRETS, REDACTED, SecretScrubber
 from core.store import Action, Run, utcnow
 
 logger = logging.getLogger("orchestrator.ledger")
+
+
+# Every kind of run the service records, in one place: code that records a run names its kind from here, and
+# `GET /runs?kind=` accepts exactly these (a typo is a 422 listing them, not an empty page that reads as "no such
+# runs"). tests/routers/test_runs_kind_filter.py checks that every call site uses a member and every current
+# member is used. A kind no longer recorded is kept, in RETIRED_RUN_KINDS, because older rows still carry it.
+# A kind given to BackgroundTasks.spawn is recorded only when that task failed or was cut off at shutdown (the
+# work inside records its own runs): schedule.briefing, slack.event, slack.notice and whatsapp.message only so.
+class RunKind(StrEnum):
+    """What a run did. `schedule.prune` is no longer recorded; older runs may carry it."""
+
+    AI_PROCESS = "ai.process"
+    BRIEFING = "briefing"  # POST /morning-briefing, BRIEFING_CRON and the `brief` command alike
+    COMMAND_START = "command.start"  # from a WhatsApp or Slack message, as are command.stop and inbound.chat
+    COMMAND_STOP = "command.stop"
+    EMAIL_SEND = "email.send"
+    INBOUND_CHAT = "inbound.chat"
+    SCHEDULE_BRIEFING = "schedule.briefing"
+    SCHEDULE_STOP_TIMER = "schedule.stop_timer"
+    SLACK_EVENT = "slack.event"
+    SLACK_NOTICE = "slack.notice"
+    SLACK_NOTIFY = "slack.notify"
+    SLACK_REPLY = "slack.reply"
+    TOGGL_START_TIMER = "toggl.start_timer"
+    TOGGL_STOP_TIMER = "toggl.stop_timer"
+    WHATSAPP_DELIVERY = "whatsapp.delivery"  # a status callback saying a sent message failed
+    WHATSAPP_MESSAGE = "whatsapp.message"
+    WHATSAPP_REPLY = "whatsapp.reply"
+    WHATSAPP_SEND = "whatsapp.send"
+    # Retired, last so the 422 lists the current kinds first.
+    SCHEDULE_PRUNE = "schedule.prune"  # the start-up prune's background task, until commit 0b6e554
+
+
+#: Kinds older releases recorded and this one no longer does: still accepted by `GET /runs?kind=`.
+RETIRED_RUN_KINDS = frozenset({RunKind.SCHEDULE_PRUNE})
 
 # A key that names a credential: `token`, `slack_bot_token`, `X-API-Key`, `Authorization`...
 # but not a count such as `input_tokens` or `max_tokens` (the match is anchored at the end).
@@ -531,7 +567,7 @@ class Ledger:
     @asynccontextmanager
     async def run(
         self,
-        kind: str,
+        kind: RunKind,
         *,
         trigger: str,
         input_summary: Mapping[str, Any] | None = None,
@@ -566,7 +602,7 @@ class Ledger:
 
     async def start_run(
         self,
-        kind: str,
+        kind: RunKind,
         *,
         trigger: str,
         input_summary: Mapping[str, Any] | None = None,
@@ -577,7 +613,7 @@ class Ledger:
         run_id = run_id or uuid.uuid4().hex
         row = {
             "id": run_id,
-            "kind": kind,
+            "kind": str(kind),  # what the row holds and queries compare is the plain value, never the enum
             "trigger": trigger,
             "status": "running",
             "created_at": utcnow(),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from core.deps import DryRunDep, LedgerDep, SettingsDep
 from core.errors import ProblemError, problem_responses
 from core.idempotency import IdempotencyDep
-from core.ledger import Ledger
+from core.ledger import Ledger, RunKind
 from routers.deps import AIRouterDep
 from services.ai_router import AIRouter, Generation, ProviderChoice
 
@@ -144,7 +144,7 @@ async def process_prompt(
     # Generating text acts on no one's account, so the start need not be committed before the call:
     # the finish commits the whole run, and the hot path skips one database round trip.
     async with ledger.run(
-        "ai.process",
+        RunKind.AI_PROCESS,
         trigger="api",
         # dry_run recorded before the call, as `perform_action` does: a failed rehearsal is not a failed call.
         input_summary=prompt_summary(body, store_prompts=store_prompts) | ({"dry_run": True} if dry_run else {}),

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.ledger import RunKind
 from core.validation import skill_check
 from routers.deps import SkillsDep
 from skills.email import MAX_RECIPIENTS, effective_html, normalise_recipients, normalise_subject
@@ -128,7 +129,7 @@ async def send_email(
     async def run() -> SendEmailResponse:
         run_id, outcome = await perform_action(
             ledger,
-            kind="email.send",
+            kind=RunKind.EMAIL_SEND,
             trigger="api",
             skill="email",
             operation="send_email",

@@ -10,14 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.deps import LedgerDep
 from core.errors import NotFound, problem_responses
+from core.ledger import RunKind
 
 router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422, 503))
 
-# Every value the ledger writes: a filter outside these is a typo, answered with a 422 listing them
-# rather than an empty page that looks like "no such runs".
+# Every value the ledger writes (its kinds are core.ledger.RunKind): a filter outside these is a typo, answered
+# with a 422 listing them rather than an empty page that looks like "no such runs".
 RunStatus = Literal["running", "ok", "partial", "failed", "dry_run", "cancelled"]
 RunTrigger = Literal["api", "whatsapp", "slack", "schedule"]
-# Ids and kinds are printable ASCII: a NUL reached PostgreSQL and came back as a 500.
+# Ids are printable ASCII: a NUL reached PostgreSQL and came back as a 500.
 _PRINTABLE = r"^[\x21-\x7e]+$"
 
 
@@ -91,7 +92,7 @@ class RunPage(BaseModel):
 @router.get("/runs", summary="List runs, newest first", response_model=RunPage)
 async def list_runs(
     ledger: LedgerDep,
-    kind: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE, description="e.g. slack.notify")] = None,
+    kind: Annotated[RunKind | None, Query(description="Only runs of this kind, e.g. slack.notify.")] = None,
     status: Annotated[RunStatus | None, Query(description="Only runs with this status.")] = None,
     trigger: Annotated[RunTrigger | None, Query(description="Only runs started this way.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -25,7 +25,7 @@ from core.errors import (
     delivery_database_failed,
     problem_responses,
 )
-from core.ledger import encodable
+from core.ledger import RunKind, encodable
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.registry import Integration
 from core.resources import Resources
@@ -289,7 +289,7 @@ async def slack_events(
             logger.warning("Slack event %s from a user not in SLACK_ALLOWED_USERS: refused", event_id)
             if await limiter.first_in(STRANGER_NOTICE, "chat:slack", f"slack:{event.user}"):
                 tasks.spawn(
-                    _post_reply(deps, event, REFUSAL), kind="slack.notice", trigger="slack", input_summary=summary
+                    _post_reply(deps, event, REFUSAL), kind=RunKind.SLACK_NOTICE, trigger="slack", input_summary=summary
                 )
             return SlackEventsAck()
         admission = await admit_chat_message(limiter, source="slack", sender=event.user)
@@ -298,12 +298,12 @@ async def slack_events(
             if admission.notice:
                 tasks.spawn(
                     _post_reply(deps, event, admission.notice),
-                    kind="slack.notice",
+                    kind=RunKind.SLACK_NOTICE,
                     trigger="slack",
                     input_summary=summary,
                 )
             return SlackEventsAck()
-        tasks.spawn(_answer(deps, event), kind="slack.event", trigger="slack", input_summary=summary)
+        tasks.spawn(_answer(deps, event), kind=RunKind.SLACK_EVENT, trigger="slack", input_summary=summary)
     return SlackEventsAck()
 
 
@@ -347,7 +347,7 @@ async def _post_reply(deps: WorkflowDeps, event: SlackMessageEvent, reply: str) 
     thread_ts = event.thread_ts or event.ts
     try:
         async with deps.ledger.run(
-            "slack.reply", trigger="slack", input_summary={"channel": event.channel, "thread_ts": thread_ts}
+            RunKind.SLACK_REPLY, trigger="slack", input_summary={"channel": event.channel, "thread_ts": thread_ts}
         ) as run:
             async with run.action("slack", "post_message") as action:
                 posted = await deps.skills.slack.post_message(

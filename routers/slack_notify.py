@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.ledger import RunKind
 from core.validation import has_non_finite_number, json_depth
 from routers.deps import SkillsDep
 from skills.slack import MAX_BLOCKS
@@ -110,7 +111,7 @@ async def slack_notify(
     async def act() -> SlackNotifyResponse:
         run_id, posted = await perform_action(
             ledger,
-            kind="slack.notify",
+            kind=RunKind.SLACK_NOTIFY,
             trigger="api",
             skill="slack",
             operation="post_message",

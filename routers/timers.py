@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.ledger import RunKind
 from core.outcome import ActionOutcome
 from core.validation import skill_check
 from routers.briefing import WorkflowDepsDep
@@ -135,7 +136,7 @@ async def start_timer(
     async def run() -> StartTimerResponse:
         run_id, outcome = await perform_action(
             ledger,
-            kind="toggl.start_timer",
+            kind=RunKind.TOGGL_START_TIMER,
             trigger="api",
             skill="toggl",
             operation="start_timer",
@@ -267,7 +268,7 @@ async def stop_timer(
 
         run_id, outcome = await perform_action(
             ledger,
-            kind="toggl.stop_timer",
+            kind=RunKind.TOGGL_STOP_TIMER,
             trigger="api",
             skill="toggl",
             operation="stop_timer",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
+from core.ledger import RunKind
 from core.validation import skill_check
 from routers.deps import SkillsDep
 from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message, whatsapp_address
@@ -86,7 +87,7 @@ async def whatsapp_send(
     async def act() -> WhatsAppSendResponse:
         run_id, sent = await perform_action(
             ledger,
-            kind="whatsapp.send",
+            kind=RunKind.WHATSAPP_SEND,
             trigger="api",
             skill="whatsapp",
             operation="send_message",

@@ -29,6 +29,7 @@ from core.errors import (
     delivery_database_failed,
     problem_responses,
 )
+from core.ledger import RunKind
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.registry import Integration
 from core.settings import Settings
@@ -285,7 +286,7 @@ async def whatsapp_webhook(
     summary = {"message_sid": message_sid, "sender": bare_number(sender)}
     work = tasks.spawn(
         respond(deps, text, trigger="whatsapp", sender=bare_number(sender)),
-        kind="whatsapp.message",
+        kind=RunKind.WHATSAPP_MESSAGE,
         trigger="whatsapp",
         input_summary=summary,
     )
@@ -295,7 +296,7 @@ async def whatsapp_webhook(
     # Too slow for the webhook: the answer goes out as a separate message when ready.
     tasks.spawn(
         _send_when_ready(deps, work, to=sender),
-        kind="whatsapp.reply",
+        kind=RunKind.WHATSAPP_REPLY,
         trigger="whatsapp",
         input_summary=summary,
     )
@@ -319,7 +320,9 @@ async def _send_when_ready(deps: WorkflowDeps, work: asyncio.Task[str | None], *
 async def _send_reply(deps: WorkflowDeps, reply: str, *, to: str) -> None:
     """One late reply, recorded as a `whatsapp.reply` run; a failure is logged, never raised."""
     try:
-        async with deps.ledger.run("whatsapp.reply", trigger="whatsapp", input_summary={"to": bare_number(to)}) as run:
+        async with deps.ledger.run(
+            RunKind.WHATSAPP_REPLY, trigger="whatsapp", input_summary={"to": bare_number(to)}
+        ) as run:
             async with run.action("whatsapp", "send_message") as action:
                 sent = await deps.skills.whatsapp.send_message(to=to, body=reply)
                 action.external_id = sent.ledger_external_id()

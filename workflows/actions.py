@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from core.errors import ProblemError
-from core.ledger import Ledger, RunHandle
+from core.ledger import Ledger, RunHandle, RunKind
 from core.outcome import ActionOutcome
 
 O = TypeVar("O", bound=ActionOutcome)  # noqa: E741
@@ -15,7 +15,7 @@ O = TypeVar("O", bound=ActionOutcome)  # noqa: E741
 async def perform_action(
     ledger: Ledger,
     *,
-    kind: str,
+    kind: RunKind,
     trigger: str,
     skill: str,
     operation: str,

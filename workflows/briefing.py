@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from core.errors import NotConfigured, ProblemError
-from core.ledger import Ledger, RunHandle, describe_error
+from core.ledger import Ledger, RunHandle, RunKind, describe_error
 from core.registry import Registry
 from core.settings import Settings
 from core.validation import skill_check
@@ -356,7 +356,7 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
     channel = request.channel or settings.briefing_channel
     summary = {"task": task, "duration_minutes": minutes, "channel": channel, "dry_run": request.dry_run}
 
-    async with deps.ledger.run("briefing", trigger=trigger, input_summary=summary) as run:
+    async with deps.ledger.run(RunKind.BRIEFING, trigger=trigger, input_summary=summary) as run:
 
         async def plan() -> _StepResult:
             router = deps.ai_router

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import NotConfigured, ProblemError
+from core.ledger import RunKind
 from core.text import xml_safe
 from skills.slack import escape_text
 from workflows.briefing import (
@@ -189,7 +190,7 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
     summary = {"command": "start", "task": task, "duration_minutes": minutes, "sender": sender}
     if dry_run:  # recorded: the prune's recovery of an interrupted start must know a rehearsal from a start
         summary["dry_run"] = True
-    async with deps.ledger.run("command.start", trigger=trigger, input_summary=summary) as run:
+    async with deps.ledger.run(RunKind.COMMAND_START, trigger=trigger, input_summary=summary) as run:
         try:
             async with run.action("toggl", "start_timer") as action:
                 started = await deps.skills.toggl.start_timer(
@@ -235,7 +236,7 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
 async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
     dry_run = deps.settings.dry_run
     summary = {"command": "stop", "sender": sender} | ({"dry_run": True} if dry_run else {})
-    async with deps.ledger.run("command.stop", trigger=trigger, input_summary=summary) as run:
+    async with deps.ledger.run(RunKind.COMMAND_STOP, trigger=trigger, input_summary=summary) as run:
         try:
             async with run.action("toggl", "stop_timer") as action:
                 stopped = await deps.skills.toggl.stop_timer(dry_run=dry_run)
@@ -295,7 +296,7 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
     prompt = text.strip()[:CHAT_MAX_INPUT_CHARS]
     dry_run = deps.settings.dry_run
     summary = {"sender": sender} | ({"dry_run": True} if dry_run else {})
-    async with deps.ledger.run("inbound.chat", trigger=trigger, input_summary=summary) as run:
+    async with deps.ledger.run(RunKind.INBOUND_CHAT, trigger=trigger, input_summary=summary) as run:
         try:
             async with run.action("ai_router", "generate") as action:
                 generation = await router.generate(

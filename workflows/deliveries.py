@@ -17,7 +17,7 @@ import logging
 from sqlalchemy.exc import IntegrityError
 
 from core.errors import ProblemError
-from core.ledger import Ledger
+from core.ledger import Ledger, RunKind
 from skills.whatsapp import delivery_error
 from workflows.inbound import bare_number
 
@@ -52,7 +52,9 @@ async def record_whatsapp_status(
     }
     problem = delivery_error(error_code, error_message)
     try:
-        async with ledger.run("whatsapp.delivery", trigger="whatsapp", input_summary=summary, run_id=run_id) as run:
+        async with ledger.run(
+            RunKind.WHATSAPP_DELIVERY, trigger="whatsapp", input_summary=summary, run_id=run_id
+        ) as run:
             async with run.action("whatsapp", "delivery") as action:
                 action.external_id = message_sid
                 # Raised inside the run so the ledger records it the one way it records every failure.

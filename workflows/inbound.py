@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.ledger import Ledger, describe_error
+from core.ledger import Ledger, RunKind, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, utcnow
 
@@ -172,7 +172,7 @@ class BackgroundTasks:
         self,
         coro: Coroutine[Any, Any, Any],
         *,
-        kind: str,
+        kind: RunKind,
         trigger: str,
         input_summary: Mapping[str, Any] | None = None,
     ) -> asyncio.Task[Any]:
@@ -185,7 +185,9 @@ class BackgroundTasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _guard(self, coro: Coroutine[Any, Any, Any], *, kind: str, trigger: str, summary: dict[str, Any]) -> Any:
+    async def _guard(
+        self, coro: Coroutine[Any, Any, Any], *, kind: RunKind, trigger: str, summary: dict[str, Any]
+    ) -> Any:
         try:
             return await coro
         except asyncio.CancelledError:
@@ -201,7 +203,7 @@ class BackgroundTasks:
             )
             return None
 
-    async def _record(self, kind: str, trigger: str, summary: dict[str, Any], *, status: str, error: str) -> None:
+    async def _record(self, kind: RunKind, trigger: str, summary: dict[str, Any], *, status: str, error: str) -> None:
         try:
             run_id = await self.ledger.start_run(kind, trigger=trigger, input_summary=summary)
             await self.ledger.finish_run(run_id, status=status, error=error)

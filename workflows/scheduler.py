@@ -52,7 +52,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from core.cron import crontab_trigger
 from core.errors import ProblemError, UpstreamRateLimited
 from core.idempotency import TTL as IDEMPOTENCY_TTL
-from core.ledger import AbandonedRun, Ledger, describe_error
+from core.ledger import AbandonedRun, Ledger, RunKind, describe_error
 from core.settings import Settings
 from core.store import IdempotencyKey, InboundMessage, JobFire, ScheduledJob, utcnow
 from skills.toggl import RunningTimer, TimerStopped, started_by
@@ -67,7 +67,7 @@ START_MATCH_WINDOW = timedelta(minutes=1)
 #: How long the prune keeps trying to read Toggl for an interrupted start before closing its run regardless.
 RECOVERY_WINDOW = timedelta(hours=12)
 #: Run kinds that start a Toggl timer, and the input_summary field holding its description.
-_STARTS_TIMER = {"toggl.start_timer": "task_name", "command.start": "task", "briefing": "task"}
+_STARTS_TIMER = {RunKind.TOGGL_START_TIMER: "task_name", RunKind.COMMAND_START: "task", RunKind.BRIEFING: "task"}
 SYNC_JOB_ID = "sync-planned-stops"
 STOP_KIND = "timer_stop"
 SYNC_SECONDS = 30
@@ -252,7 +252,7 @@ class JobScheduler:
                 # that day's briefing was silently skipped (found by a black-box review). Within the grace it is
                 # run now; the claim on its fire time keeps it to once if it had run before the restart.
                 logger.info("the briefing due at %s was missed while stopped: running it now", missed.isoformat())
-                self.tasks.spawn(self.fire_briefing(missed), kind="schedule.briefing", trigger="schedule")
+                self.tasks.spawn(self.fire_briefing(missed), kind=RunKind.SCHEDULE_BRIEFING, trigger="schedule")
         self.aps.add_job(
             self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
         )
@@ -353,7 +353,7 @@ class JobScheduler:
 
     async def _stop_due(self, job_id: str) -> None:
         # The work runs in the tracked task set, so shutdown waits for it and records it if cut short.
-        self.tasks.spawn(self.fire_stop(job_id), kind="schedule.stop_timer", trigger="schedule")
+        self.tasks.spawn(self.fire_stop(job_id), kind=RunKind.SCHEDULE_STOP_TIMER, trigger="schedule")
 
     async def fire_stop(self, job_id: str) -> bool:
         """Try to stop the timer of pending job `job_id` if this worker wins the claim; True when it ran.
@@ -379,7 +379,7 @@ class JobScheduler:
         status, error, run_id, retry_at = "failed", None, None, None
         try:
             async with self.ledger.run(
-                "schedule.stop_timer",
+                RunKind.SCHEDULE_STOP_TIMER,
                 trigger="schedule",
                 input_summary={
                     "job_id": job_id,
@@ -489,7 +489,7 @@ class JobScheduler:
         trigger = self.aps.get_job(BRIEFING_JOB_ID).trigger
         self.tasks.spawn(
             self.fire_briefing(briefing_fire_time(trigger, datetime.now(self.settings.zone))),
-            kind="schedule.briefing",
+            kind=RunKind.SCHEDULE_BRIEFING,
             trigger="schedule",
         )
 
