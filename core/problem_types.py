@@ -45,9 +45,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             (403,),
             "A webhook's signature is missing or does not match; or, without APP_API_KEY, the request was addressed "
             "to a domain name (its Host), which a web page could have pointed at this machine (DNS rebinding).",
-            "Check TWILIO_AUTH_TOKEN or SLACK_SIGNING_SECRET, and that PUBLIC_BASE_URL is the exact public URL the "
-            "sender calls (Twilio signs that URL). Without a key, call the service as 127.0.0.1 or localhost, or "
-            "set APP_API_KEY.",
+            "Check TWILIO_AUTH_TOKEN (TWILIO_WEBHOOK_SHARED_KEY for a webhook signed with a Webhook Setting's "
+            "SharedKey, which carries X-Twilio-Webhooks-Signature-Settings) or SLACK_SIGNING_SECRET, and that "
+            "PUBLIC_BASE_URL is the exact public URL the sender calls (Twilio signs that URL). Without a key, call "
+            "the service as 127.0.0.1 or localhost, or set APP_API_KEY.",
         ),
         ProblemType(
             "not-found",

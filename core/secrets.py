@@ -18,8 +18,10 @@ xoxb-...`, a Toggl 400 quoting `Authorization: Basic ...`). Logs
   (`_MIN_CORE` characters of base64) that a chance match is negligible.
 
 A base64 form takes the whole base64 run around it (padding included), so no
-fragment of an encoded credential is left behind. CRAM-MD5 and the Slack signing
-secret only ever leave as an HMAC, which reveals nothing.
+fragment of an encoded credential is left behind. CRAM-MD5, the Slack signing
+secret and Twilio's webhook SharedKey (`TWILIO_WEBHOOK_SHARED_KEY`) only ever
+serve as an HMAC key, which reveals nothing; their raw forms are scrubbed like
+every `SecretStr` setting's.
 
 `Settings.secret_scrubber` builds the one instance an app uses: the ledger gets
 it from `core.resources`, problem bodies through `current_scrubber()` (set per

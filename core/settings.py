@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     # --- WhatsApp (Twilio) -------------------------------------------------
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
+    # The secret of a Webhook Setting's SharedKey: Twilio signs with it instead of the auth token when one of the
+    # account's Webhook Rules matches the URL, and says so in X-Twilio-Webhooks-Signature-Settings.
+    twilio_webhook_shared_key: SecretStr | None = None
     twilio_whatsapp_number: str = "whatsapp:+14155238886"
     twilio_base_url: HttpUrlStr = "https://api.twilio.com"
     whatsapp_allowed_senders: Annotated[list[str], NoDecode] = Field(default_factory=list)

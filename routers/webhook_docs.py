@@ -15,8 +15,14 @@ _SIGNED_ONLY = (
 )
 
 
-def _header(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": True, "description": description, "schema": {"type": "string"}}
+def _header(name: str, description: str, *, required: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
 
 
 def _form_body(description: str, properties: dict[str, Any], required: list[str], example: dict[str, str]):
@@ -35,13 +41,22 @@ def _string(description: str) -> dict[str, str]:
 _TWILIO_SIGNATURE = _header(
     "X-Twilio-Signature",
     "Base64 HMAC-SHA1, keyed with TWILIO_AUTH_TOKEN, of PUBLIC_BASE_URL + path followed by every form field "
-    "sorted by name (Twilio's RequestValidator).",
+    "sorted by name (Twilio's RequestValidator). With X-Twilio-Webhooks-Signature-Settings, the same string "
+    "keyed with TWILIO_WEBHOOK_SHARED_KEY and hashed with the algorithm that header names.",
+)
+_TWILIO_SIGNATURE_SETTINGS = _header(
+    "X-Twilio-Webhooks-Signature-Settings",
+    "`key=<SharedKey id>,algorithm=HMAC_SHA256`: Twilio adds it when a Webhook Rule matches the URL and signs "
+    "with that Webhook Setting's SharedKey instead of the auth token. Present, X-Twilio-Signature is checked "
+    "with TWILIO_WEBHOOK_SHARED_KEY (a 403 naming it while it is unset) and that algorithm (HMAC_SHA1 or "
+    "HMAC_SHA256; another is a 403). Absent (the default), with TWILIO_AUTH_TOKEN and HMAC-SHA1.",
+    required=False,
 )
 _SLACK_SIGNATURE = _header("X-Slack-Signature", "`v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{raw body}`.")
 _SLACK_TIMESTAMP = _header("X-Slack-Request-Timestamp", "Unix seconds; refused when more than 5 minutes away.")
 
 TWILIO_MESSAGE = {
-    "parameters": [_TWILIO_SIGNATURE],
+    "parameters": [_TWILIO_SIGNATURE, _TWILIO_SIGNATURE_SETTINGS],
     "requestBody": _form_body(
         "An inbound WhatsApp message as Twilio posts it; Twilio sends more fields, all covered by the signature.",
         {
@@ -68,7 +83,7 @@ TWILIO_MESSAGE = {
 }
 
 TWILIO_STATUS = {
-    "parameters": [_TWILIO_SIGNATURE],
+    "parameters": [_TWILIO_SIGNATURE, _TWILIO_SIGNATURE_SETTINGS],
     "requestBody": _form_body(
         "A status callback for a message the service sent.",
         {

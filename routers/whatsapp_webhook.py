@@ -11,13 +11,21 @@ import asyncio
 import contextlib
 import logging
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request, Response
+from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import FormData
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import (
+    HMAC_SHA1,
+    HMAC_SHA256,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 from twilio.twiml.messaging_response import MessagingResponse
 
 from core.deps import ResourcesDep, SettingsDep
@@ -67,7 +75,8 @@ INTEGRATION = Integration(
     description="Take commands and questions by WhatsApp (POST /whatsapp-webhook, Twilio).",
     # The token verifies the webhook; the account SID (with it) sends answers slower than the 2 s TwiML budget.
     required=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
-    optional=("WHATSAPP_ALLOWED_SENDERS", "PUBLIC_BASE_URL", "TRUST_PROXY_HEADERS"),
+    # TWILIO_WEBHOOK_SHARED_KEY here, not on the `whatsapp` skill: only the webhooks verify with it, never a send.
+    optional=("WHATSAPP_ALLOWED_SENDERS", "PUBLIC_BASE_URL", "TRUST_PROXY_HEADERS", "TWILIO_WEBHOOK_SHARED_KEY"),
     advice=_webhook_advice,
 )
 
@@ -93,6 +102,12 @@ TWILIO_RESENDS = (
     "A resend of this MessageSid once the database is back is acted on; if Twilio does not resend it, the "
     "sender has to send the message again."
 )
+#: What twilio's RequestValidator can compute. A Webhook Setting naming another algorithm fails every check, so it
+#: is refused by name rather than as a signature that "does not match".
+SIGNATURE_ALGORITHMS = (HMAC_SHA1, HMAC_SHA256)
+#: How a name from X-Twilio-Webhooks-Signature-Settings (a key id, an algorithm) may look to be quoted in a log
+#: line or a problem: the header is unsigned, so anything else is not repeated.
+_QUOTABLE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 REFUSAL = "Sorry, this number is not allowed to use this service."
 WORKING = "Working on it; the answer follows in a moment."
 FAILED = "Sorry, something went wrong; it has been logged."
@@ -140,6 +155,8 @@ def _first(header: str | None) -> str | None:
 async def verified_twilio_form(request: Request, settings: Settings, *, what: str) -> FormData:
     """The posted form, once its X-Twilio-Signature matches; 403 otherwise, 503 without TWILIO_AUTH_TOKEN.
 
+    Signed with the auth token (HMAC-SHA1), or, when X-Twilio-Webhooks-Signature-Settings says a Webhook
+    Setting's SharedKey signed it, with TWILIO_WEBHOOK_SHARED_KEY and the algorithm it names (`signing_key`).
     Nothing is read from the form before this returns.
     """
     # Never run unsigned: without the token no request can be verified. The same settings as GET /health
@@ -147,8 +164,6 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     missing = INTEGRATION.missing(settings)
     if missing:
         raise NotConfigured(what, missing)
-    token = settings.twilio_auth_token
-    assert token is not None
     raw = await request.body()
     # Both checked before the form is parsed and signed, whose costs grow with the fields: anyone can post a
     # forged form, and 1 MiB of "a=&a=&..." held the event loop for 0.4 s per request (found by a security
@@ -165,27 +180,135 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     fields = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
     signature = request.headers.get("x-twilio-signature")
     url = public_url(request, settings)
-    if not signature or not RequestValidator(token.get_secret_value()).validate(url, _Params(fields), signature):
-        # Without the query (some put a token of their own in the webhook URL) nor user:password@ (Twilio's HTTP
-        # basic auth, which a PUBLIC_BASE_URL may carry for the status callback): any unsigned POST logs this.
-        parts = urlsplit(url)
-        checked = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    key = signing_key(request, settings, what=what, url=url)
+    validator = RequestValidator(key.secret.get_secret_value())
+    if not signature or not validator.validate(url, _Params(fields), signature, algorithm=key.algorithm):
         logger.warning(
-            "rejected a %s with a %s signature (checked for %s)", what, "bad" if signature else "missing", checked
+            "rejected a %s with a %s signature%s (checked for %s)",
+            what,
+            "bad" if signature else "missing",
+            key.described,
+            _loggable(url),
         )
+        raise _mismatch(settings, key)
+    return FormData(fields)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The secret and algorithm a webhook is checked with, and how the log and the 403 name them."""
+
+    secret: SecretStr
+    algorithm: str
+    #: The variable holding `secret`.
+    setting: str
+    #: Appended to the log line of a rejected signature: "" for the auth token.
+    described: str = ""
+
+
+def signing_key(request: Request, settings: Settings, *, what: str, url: str) -> SigningKey:
+    """What Twilio signed this request with, as its own middleware decides: the auth token and HMAC-SHA1, unless
+    X-Twilio-Webhooks-Signature-Settings (`key=<SharedKey id>,algorithm=HMAC_SHA256`) is present. Then a Webhook
+    Rule matched the URL, and the Webhook Setting's SharedKey signed it with the algorithm named there.
+
+    Which key is trusted stays with this service, whatever the (unsigned) header says: it only picks between
+    the two secrets configured, so adding it to a forged request, or taking it off a real one, gains nothing.
+    """
+    token = settings.twilio_auth_token
+    assert token is not None  # INTEGRATION.missing() was checked first
+    header = (request.headers.get(SIGNATURE_SETTINGS_HEADER) or "").strip()
+    if not header:  # empty counts as absent, as in Twilio's Node middleware
+        return SigningKey(token, HMAC_SHA1, "TWILIO_AUTH_TOKEN")
+    algorithm = get_signature_algorithm(header)  # HMAC_SHA1 when the header names none, as the SDK reads it
+    key_id = _quotable(_header_part(header, "key"))
+    shared_key = settings.twilio_webhook_shared_key
+    if shared_key is None:
+        # Twilio's own middleware answers 500 here; a 403 naming the setting says what to do (and a missing
+        # setting must not pass for "the auth token", which would fail every such webhook as "does not match").
+        logger.warning(
+            "rejected a %s signed with SharedKey %s (%s): TWILIO_WEBHOOK_SHARED_KEY is not set (checked for %s)",
+            what,
+            key_id,
+            _quotable(algorithm),
+            _loggable(url),
+        )
+        raise Forbidden(
+            f"This request was signed with a Webhook Setting's SharedKey ({SIGNATURE_SETTINGS_HEADER}: "
+            "a Webhook Rule of the Twilio account matches this URL), not with the auth token: set "
+            "TWILIO_WEBHOOK_SHARED_KEY to that SharedKey's secret, or remove the Webhook Rule."
+        )
+    if algorithm.upper() not in SIGNATURE_ALGORITHMS:
+        logger.warning(
+            "rejected a %s signed with SharedKey %s: unsupported algorithm %s (checked for %s)",
+            what,
+            key_id,
+            _quotable(algorithm),
+            _loggable(url),
+        )
+        raise Forbidden(
+            f"{SIGNATURE_SETTINGS_HEADER} names the signature algorithm {_quotable(algorithm)}, which this service "
+            f"cannot verify: set the Webhook Setting's algorithm to {HMAC_SHA256} (or {HMAC_SHA1})."
+        )
+    return SigningKey(
+        shared_key,
+        algorithm,
+        "TWILIO_WEBHOOK_SHARED_KEY",
+        described=f" ({_quotable(algorithm)} with SharedKey {key_id})",
+    )
+
+
+def _mismatch(settings: Settings, key: SigningKey) -> Forbidden:
+    if key.setting == "TWILIO_AUTH_TOKEN":
         if settings.public_base_url:
-            # "Set PUBLIC_BASE_URL" told a user whose tunnel had a new host to set what was set, and never named the
-            # token (found by a user review). The URL checked is in the log line above.
-            raise Forbidden(
+            # "Set PUBLIC_BASE_URL" told a user whose tunnel had a new host to set what was set, and never named
+            # the token (found by a user review). The URL checked is in the log line.
+            return Forbidden(
                 "X-Twilio-Signature is missing or does not match: check that PUBLIC_BASE_URL is the URL Twilio calls "
                 "(the webhook URL in the Twilio console, without the path) and that TWILIO_AUTH_TOKEN is that "
                 "account's."
             )
-        raise Forbidden(
+        return Forbidden(
             "X-Twilio-Signature is missing or does not match. Behind ngrok or a proxy, set PUBLIC_BASE_URL "
             "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called; check TWILIO_AUTH_TOKEN too."
         )
-    return FormData(fields)
+    signed = (
+        f"X-Twilio-Signature ({key.algorithm.upper()} with a Webhook Setting's SharedKey, as "
+        f"{SIGNATURE_SETTINGS_HEADER} says) is missing or does not match"
+    )
+    the_key = f"TWILIO_WEBHOOK_SHARED_KEY is the secret of the SharedKey {SIGNATURE_SETTINGS_HEADER} names"
+    if settings.public_base_url:
+        return Forbidden(
+            f"{signed}: check that PUBLIC_BASE_URL is the URL Twilio calls (the webhook URL in the Twilio console, "
+            f"without the path) and that {the_key}."
+        )
+    return Forbidden(
+        f"{signed}. Behind ngrok or a proxy, set PUBLIC_BASE_URL (or TRUST_PROXY_HEADERS=true) so the URL checked "
+        f"is the one Twilio called; check that {the_key} too."
+    )
+
+
+def _loggable(url: str) -> str:
+    """The URL checked, without the query (some put a token of their own in the webhook URL) nor user:password@
+    (Twilio's HTTP basic auth, which a PUBLIC_BASE_URL may carry for the status callback): any unsigned POST
+    logs it."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _header_part(header: str, name: str) -> str:
+    """`name`'s value in a `key=...,algorithm=...` header; "" when absent."""
+    for part in header.split(","):
+        found, separator, value = part.partition("=")
+        if separator and found.strip() == name:
+            return value.strip()
+    return ""
+
+
+def _quotable(value: str) -> str:
+    """A value from the unsigned header, fit to quote: anyone can send it, so only a plain name is repeated."""
+    if not value:
+        return "(none)"
+    return value if _QUOTABLE.fullmatch(value) else "(unreadable)"
 
 
 class _Params(dict[str, list[str]]):

@@ -24,8 +24,8 @@ async def test_the_webhooks_document_body_and_signature_headers(make_client):
         for path in ("/whatsapp-webhook", "/whatsapp-status", "/slack/events")
     }
     assert headers == {
-        "/whatsapp-webhook": ["X-Twilio-Signature"],
-        "/whatsapp-status": ["X-Twilio-Signature"],
+        "/whatsapp-webhook": ["X-Twilio-Signature", "X-Twilio-Webhooks-Signature-Settings"],
+        "/whatsapp-status": ["X-Twilio-Signature", "X-Twilio-Webhooks-Signature-Settings"],
         "/slack/events": ["X-Slack-Signature", "X-Slack-Request-Timestamp"],
     }
     for path in ("/whatsapp-webhook", "/whatsapp-status"):
