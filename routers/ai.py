@@ -178,6 +178,7 @@ async def process_prompt(
             "routing": generation.routing.model_dump(),
             "truncated": generation.truncated,
             "refused": generation.refused,
+            "stop_reason": generation.stop_reason,
         }
     return AIProcessResponse(run_id=run.id, dry_run=dry_run, **dict(generation))
 

@@ -104,6 +104,7 @@ class Generation(BaseModel):
                 "latency_ms": 2310,
                 "truncated": False,
                 "refused": False,
+                "stop_reason": "end_turn",
             }
         }
     )
@@ -118,13 +119,21 @@ class Generation(BaseModel):
         False,
         description="The provider stopped before the answer was finished, so `response` is cut short: at "
         "`max_tokens` (send a larger one for the whole answer), at the model's context window (Claude "
-        "`model_context_window_exceeded`: shorten the prompt), or at Gemini's per-request limit (`CONTINUATION`).",
+        "`model_context_window_exceeded`: shorten the prompt), or at Gemini's per-request limit (`CONTINUATION`). "
+        "`stop_reason` says which.",
     )
     refused: bool = Field(
         False,
         description="The provider's safety system stopped the answer (Claude `refusal`, Gemini `SAFETY` and the "
         "like or a blocked prompt, an OpenAI-compatible `content_filter`): `response` is partial, a refusal, or "
         "empty when it refused outright. A refusal is an answer: it is not sent on to another provider.",
+    )
+    stop_reason: str | None = Field(
+        None,
+        description="Why the provider stopped, in its own words: Claude's `stop_reason` (`end_turn`, `max_tokens`, "
+        "`model_context_window_exceeded`, `refusal`...), Gemini's `finishReason` (`STOP`, `MAX_TOKENS`, "
+        "`CONTINUATION`, `SAFETY`...; a blocked prompt is `prompt blocked: <blockReason>`), an OpenAI-compatible "
+        "`finish_reason` (`stop`, `length`, `content_filter`). None when it gave none, and in a dry run.",
     )
 
 
@@ -369,6 +378,7 @@ def _generation(
         latency_ms=latency_ms,
         truncated=completion.truncated,
         refused=completion.refused,
+        stop_reason=scrub(completion.stop_reason) if completion.stop_reason is not None else None,
     )
 
 

@@ -64,10 +64,14 @@ class Completion:
     model: str
     input_tokens: int | None
     output_tokens: int | None
-    #: The provider stopped because it reached `max_tokens`: the text is cut short.
+    #: The provider stopped before the model finished (at `max_tokens`, the context window, ...): the text is cut
+    #: short. `stop_reason` says which.
     truncated: bool = False
     #: The provider stopped because its safety system declined to go on: the text is partial, or a refusal.
     refused: bool = False
+    #: Why the provider stopped, in its own words (Claude `stop_reason`, Gemini `finishReason`, an OpenAI-compatible
+    #: `finish_reason`), or None when it gave none.
+    stop_reason: str | None = None
 
 
 class LLMProvider(Protocol):
@@ -102,6 +106,18 @@ class CallerPayloadTooLarge(PayloadTooLarge):
 def token_count(value: Any) -> int | None:
     """A vendor's token count, or None when it is missing or not a count (a bool, a negative number)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+#: A stop reason is a vendor's short code (`max_tokens`, `MAX_TOKENS`, `length`); anything longer is cut.
+_STOP_REASON_CHARS = 64
+
+
+def stop_reason_of(value: Any) -> str | None:
+    """A vendor's stop or finish reason as text, or None when it is missing or not a string. Cut short: it is
+    upstream text that the answer, the ledger and the briefing's step detail repeat."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return cut_between_words(" ".join(value.split()), _STOP_REASON_CHARS)
 
 
 def is_caller_fault(exc: BaseException) -> bool:

@@ -26,7 +26,15 @@ from pydantic import SecretStr
 from core.errors import ProblemError, UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
-from services.base import Completion, account_refused, first_text, status_error, token_count, unusable_answer
+from services.base import (
+    Completion,
+    account_refused,
+    first_text,
+    status_error,
+    stop_reason_of,
+    token_count,
+    unusable_answer,
+)
 
 if TYPE_CHECKING:
     import anthropic
@@ -166,6 +174,7 @@ class ClaudeProvider:
             output_tokens=token_count(usage.get("output_tokens")),
             truncated=message.get("stop_reason") in _CUT_SHORT,
             refused=refused,
+            stop_reason=stop_reason_of(message.get("stop_reason")),
         )
 
 

@@ -39,6 +39,7 @@ from services.base import (
     connection_failed,
     first_text,
     status_error,
+    stop_reason_of,
     token_count,
     unusable_answer,
 )
@@ -201,6 +202,7 @@ class GeminiProvider:
             output_tokens=_billed_output(usage),
             truncated=reason in _CUT_SHORT,
             refused=refused,
+            stop_reason=stop_reason_of(reason),
         )
 
 

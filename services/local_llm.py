@@ -21,7 +21,15 @@ from pydantic import SecretStr
 from core.errors import UpstreamTimeout
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
-from services.base import Completion, connection_failed, first_text, status_error, token_count, unusable_answer
+from services.base import (
+    Completion,
+    connection_failed,
+    first_text,
+    status_error,
+    stop_reason_of,
+    token_count,
+    unusable_answer,
+)
 
 INTEGRATION = Integration(
     name="local",
@@ -99,6 +107,7 @@ class LocalLLMProvider:
             output_tokens=token_count(usage.get("completion_tokens")),
             truncated=_finish_reason(body) == "length",
             refused=refused,
+            stop_reason=stop_reason_of(_finish_reason(body)),
         )
 
 

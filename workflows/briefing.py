@@ -321,6 +321,12 @@ def _plan_prompt(settings: Settings, task: str, minutes: int) -> str:
     )
 
 
+def _cut_short(generation: Any) -> str:
+    """`cut short: model_context_window_exceeded`, in the provider's own words: an answer is also cut short at the
+    context window and at Gemini's per-request limit (CONTINUATION), which "cut short at max_tokens" hid."""
+    return f"cut short: {generation.stop_reason}" if generation.stop_reason else "cut short"
+
+
 def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> str:
     # Only the literal `*` markup is ours: the plan (an LLM's words), the task and upstream errors are
     # escaped, so none of them can turn into `<!channel>` or a link in the bot's name.
@@ -398,7 +404,7 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                 lambda gen: (
                     f"{gen.provider} {gen.model_used}"
                     + (" (stopped by its safety checks)" if gen.refused else "")
-                    + (" (cut short at max_tokens)" if gen.truncated else ""),
+                    + (f" ({_cut_short(gen)})" if gen.truncated else ""),
                     str(gen.model_used),
                 ),
             )

@@ -90,6 +90,7 @@ async def test_short_prompt_answer_has_the_documented_shape(make_client, fakes):
         "dry_run",
         "truncated",
         "refused",
+        "stop_reason",
     }
     assert body["dry_run"] is False
     assert body["truncated"] is False and body["refused"] is False

@@ -22,9 +22,12 @@ DELAY = 0.3
 
 
 class SlowRouter:
-    def __init__(self, *, fail: Exception | None = None, truncated: bool = False) -> None:
+    def __init__(
+        self, *, fail: Exception | None = None, truncated: bool = False, stop_reason: str | None = None
+    ) -> None:
         self.fail = fail
         self.truncated = truncated
+        self.stop_reason = stop_reason
         self.calls: list[dict[str, Any]] = []
 
     async def generate(self, **kwargs: Any) -> Any:
@@ -38,6 +41,7 @@ class SlowRouter:
             provider="claude",
             truncated=self.truncated,
             refused=False,
+            stop_reason=self.stop_reason,
         )
 
 
@@ -166,12 +170,12 @@ async def test_a_timer_whose_stop_cannot_be_saved_is_reported_started_and_the_st
 
 async def test_a_plan_cut_short_says_so_in_the_summary_and_the_step(make_settings, ledger):
     slack = RecordingSlack()
-    deps = make_deps(make_settings, ledger, router=SlowRouter(truncated=True), slack=slack)
+    deps = make_deps(make_settings, ledger, router=SlowRouter(truncated=True, stop_reason="max_tokens"), slack=slack)
     report = await run_briefing(deps, BriefingRequest(task="Writing", duration_minutes=30), trigger="api")
     [post] = slack.posts
     assert "- focus\n- lunch\n_(the plan was cut short: it was longer than the model's answer limit)_" in post["text"]
     [plan] = [step for step in report.steps if step.name == "plan"]
-    assert (plan.status, plan.detail) == ("ok", "claude claude-haiku-4-5 (cut short at max_tokens)")
+    assert (plan.status, plan.detail) == ("ok", "claude claude-haiku-4-5 (cut short: max_tokens)")
 
 
 async def test_the_summary_escapes_the_plan_and_the_task_so_neither_pings_the_channel(make_settings, ledger):
