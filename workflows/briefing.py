@@ -102,14 +102,35 @@ def local_time(moment: datetime | str | None, settings: Settings) -> str:
     """
     if moment is None:
         return "?"
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    local = moment.astimezone(UTC).astimezone(settings.zone)  # through UTC: a time in a skipped hour is normalised
+    local = _in_zone(moment, settings)
     shown = f"{local:%H:%M} {settings.timezone}"
     if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
         offset = f"{local:%z}"
         shown += f" ({local:%Z}, UTC{offset[:3]}:{offset[3:]})"
     return shown
+
+
+def local_stop_time(stop: datetime | str | None, start: datetime | str | None, settings: Settings) -> str:
+    """A timer's stop as `local_time` shows it, plus its day when that is not the start's day in TIMEZONE:
+    `09:30 Europe/Berlin on Fri 27 Nov`.
+
+    A 24-hour timer was confirmed as "started at 09:30; it stops at 09:30". The day is a date, not "tomorrow":
+    the words are kept in the ledger and in Slack and read later, and a 24-hour timer started at 23:30 the night
+    the clocks spring forward stops two days on, at 00:30.
+    """
+    shown = local_time(stop, settings)
+    if stop is None or start is None:
+        return shown
+    day = _in_zone(stop, settings)
+    if day.date() == _in_zone(start, settings).date():
+        return shown
+    return f"{shown} on {day:%a} {day.day} {day:%b}"
+
+
+def _in_zone(moment: datetime | str, settings: Settings) -> datetime:
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return moment.astimezone(UTC).astimezone(settings.zone)  # through UTC: a time in a skipped hour is normalised
 
 
 def human_duration(seconds: float) -> str:
@@ -418,7 +439,8 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                 return started
 
             def describe(started: Any) -> tuple[str, str | None]:
-                start, stop = local_time(started.start, settings), local_time(started.planned_stop, settings)
+                start = local_time(started.start, settings)
+                stop = local_stop_time(started.planned_stop, started.start, settings)
                 when = f"'{task}' started {start}, stops {stop}"
                 if started.planned_stop_error:
                     when += f". {started.planned_stop_error}"
@@ -505,7 +527,8 @@ async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> None:
     }
     await run.skip(*PLAN_STOP, status="failed", error=error, request=stop)
     started.planned_stop_error = (
-        f"The timer started, but its stop at {local_time(at, deps.settings)} could not be saved yet ({error[:200]}); "
+        f"The timer started, but its stop at {local_stop_time(at, started.start, deps.settings)} could not be saved "
+        f"yet ({error[:200]}); "
         f"the service saves it again within 10 minutes. To be sure, stop it then: POST /stop-timer "
         f'{{"entry_id": {started.entry_id}, "workspace_id": {started.workspace_id}}}, or send "stop".'
     )

@@ -31,6 +31,7 @@ from workflows.briefing import (
     WorkflowDeps,
     cancel_planned_stop,
     human_duration,
+    local_stop_time,
     local_time,
     plan_stop,
     run_briefing,
@@ -203,7 +204,8 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
             run.status = "failed"
             return _problem_reply("Could not start the timer", exc)
         await plan_stop(deps, run, started)
-        start_at, stop_at = local_time(started.start, settings), local_time(started.planned_stop, settings)
+        start_at = local_time(started.start, settings)
+        stop_at = local_stop_time(started.planned_stop, started.start, settings)
         confirmation = (
             f"Would start '{task}' at {start_at}; it would stop at {stop_at}."
             if dry_run
