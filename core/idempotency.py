@@ -57,7 +57,8 @@ logger = logging.getLogger("orchestrator.idempotency")
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 30.0
 #: A claim still `in_progress` after this long was left by a worker that died mid-request. The app uses
-#: `Settings.abandoned_after`, derived from the timeouts so that no live request is ever taken for dead.
+#: `Settings.abandoned_after` (or its route's kind's, `idempotency_for`), derived from the timeouts so that no
+#: live request is ever taken for dead.
 ABANDONED_AFTER = timedelta(minutes=10)
 POLL_SECONDS = 0.05
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -262,8 +263,8 @@ class Idempotency:
         Past the longest a request usually runs with these timeouts, its worker most likely died, and "retry
         shortly" sent clients back every 30 s for minutes (found by a multi-worker review). So it says so, with
         Retry-After up to `abandoned_after`, when a retry is told the outcome is unknown; a first request that
-        does finish meanwhile is replayed to that retry as usual. Only after the wait: a long WhatsApp send (ten
-        parts, each retried) can outrun the estimate while alive (found by a review).
+        does finish meanwhile is replayed to that retry as usual. Only after the wait: a request can outrun the
+        estimate while alive (a long WhatsApp send did, before /whatsapp-send had its own; found by a review).
         """
         if utcnow() - row.created_at <= self.longest_request:
             return Conflict(
@@ -307,39 +308,58 @@ class Idempotency:
             await session.execute(query)
 
 
-async def get_idempotency(
-    request: Request,
-    resources: ResourcesDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
-            description="Any unique string (a UUID is best). A retry with the same key and body replays the "
-            "first answer instead of acting twice; valid for 24 hours.",
-        ),
-    ] = None,
-) -> Idempotency:
-    # Only the first header was read: a client whose retry layer adds its own key before the caller's sent
-    # `Idempotency-Key: a` and `Idempotency-Key: b`, and a retry carrying the same `b` acted again (found by
-    # a black-box review). Which one names the request is ambiguous, so two different ones are refused.
-    given = set(request.headers.getlist("Idempotency-Key"))
-    if len(given) > 1:
-        raise InvalidInput(
-            f"Idempotency-Key is given {len(given)} times with different values; give one key.",
-            errors=[{"field": "header.Idempotency-Key", "message": "given more than once with different values"}],
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Any unique string (a UUID is best). A retry with the same key and body replays the "
+        "first answer instead of acting twice; valid for 24 hours.",
+    ),
+]
+
+
+def idempotency_for(run_kind: str | None = None) -> Callable[..., Awaitable[Idempotency]]:
+    """The Idempotency-Key dependency of a route whose run is of `run_kind`: its claims are given up for dead
+    only past that kind's own cutoff (`Settings.abandoned_after_for`), and said to be most likely dead only past
+    the longest such a run can take. None: the cutoff every route shares but those whose kind has its own.
+
+    A retry reaches these checks only on the route of the first request (on another, its fingerprint differs: a
+    422), so the route's kind is the first request's. POST /whatsapp-send needs its own: its ten parts can run
+    for longer than the shared cutoff, and a retry was told the worker had stopped while the send went on.
+    """
+
+    async def get_idempotency(
+        request: Request, resources: ResourcesDep, idempotency_key: IdempotencyKeyHeader = None
+    ) -> Idempotency:
+        # Only the first header was read: a client whose retry layer adds its own key before the caller's sent
+        # `Idempotency-Key: a` and `Idempotency-Key: b`, and a retry carrying the same `b` acted again (found by
+        # a black-box review). Which one names the request is ambiguous, so two different ones are refused.
+        given = set(request.headers.getlist("Idempotency-Key"))
+        if len(given) > 1:
+            raise InvalidInput(
+                f"Idempotency-Key is given {len(given)} times with different values; give one key.",
+                errors=[{"field": "header.Idempotency-Key", "message": "given more than once with different values"}],
+            )
+        settings = resources.settings
+        if run_kind is None:
+            abandoned_after, longest = settings.abandoned_after, settings.longest_request_seconds
+        else:
+            abandoned_after, longest = settings.abandoned_after_for(run_kind), settings.longest_run_seconds(run_kind)
+        return Idempotency(
+            resources.sessions,
+            key=idempotency_key,
+            method=request.method,
+            path=request.url.path,
+            abandoned_after=abandoned_after,
+            longest_request=timedelta(seconds=longest),
+            scrubber=settings.answer_scrubber,
         )
-    return Idempotency(
-        resources.sessions,
-        key=idempotency_key,
-        method=request.method,
-        path=request.url.path,
-        abandoned_after=resources.settings.abandoned_after,
-        longest_request=timedelta(seconds=resources.settings.longest_request_seconds),
-        scrubber=resources.settings.answer_scrubber,
-    )
+
+    return get_idempotency
 
 
+get_idempotency = idempotency_for()
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

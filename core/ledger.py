@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
@@ -41,45 +40,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from core.errors import OUTCOME_UNKNOWN, ProblemError, database_failed, from_the_database
+from core.run_kinds import RETIRED_RUN_KINDS as RETIRED_RUN_KINDS  # re-exported: callers import kinds with the ledger
+from core.run_kinds import RunKind as RunKind
 from core.secrets import NO_SECRETS, REDACTED, SecretScrubber
 from core.store import Action, Run, utcnow
 
 logger = logging.getLogger("orchestrator.ledger")
 
-
-# Every kind of run the service records, in one place: code that records a run names its kind from here, and
-# `GET /runs?kind=` accepts exactly these (a typo is a 422 listing them, not an empty page that reads as "no such
-# runs"). tests/routers/test_runs_kind_filter.py checks that every call site uses a member and every current
-# member is used. A kind no longer recorded is kept, in RETIRED_RUN_KINDS, because older rows still carry it.
-# A kind given to BackgroundTasks.spawn is recorded only when that task failed or was cut off at shutdown (the
-# work inside records its own runs): schedule.briefing, slack.event, slack.notice and whatsapp.message only so.
-class RunKind(StrEnum):
-    """What a run did. `schedule.prune` is no longer recorded; older runs may carry it."""
-
-    AI_PROCESS = "ai.process"
-    BRIEFING = "briefing"  # POST /morning-briefing, BRIEFING_CRON and the `brief` command alike
-    COMMAND_START = "command.start"  # from a WhatsApp or Slack message, as are command.stop and inbound.chat
-    COMMAND_STOP = "command.stop"
-    EMAIL_SEND = "email.send"
-    INBOUND_CHAT = "inbound.chat"
-    SCHEDULE_BRIEFING = "schedule.briefing"
-    SCHEDULE_STOP_TIMER = "schedule.stop_timer"
-    SLACK_EVENT = "slack.event"
-    SLACK_NOTICE = "slack.notice"
-    SLACK_NOTIFY = "slack.notify"
-    SLACK_REPLY = "slack.reply"
-    TOGGL_START_TIMER = "toggl.start_timer"
-    TOGGL_STOP_TIMER = "toggl.stop_timer"
-    WHATSAPP_DELIVERY = "whatsapp.delivery"  # a status callback saying a sent message failed
-    WHATSAPP_MESSAGE = "whatsapp.message"
-    WHATSAPP_REPLY = "whatsapp.reply"
-    WHATSAPP_SEND = "whatsapp.send"
-    # Retired, last so the 422 lists the current kinds first.
-    SCHEDULE_PRUNE = "schedule.prune"  # the start-up prune's background task, until commit 0b6e554
-
-
-#: Kinds older releases recorded and this one no longer does: still accepted by `GET /runs?kind=`.
-RETIRED_RUN_KINDS = frozenset({RunKind.SCHEDULE_PRUNE})
 
 # A key that names a credential: `token`, `slack_bot_token`, `X-API-Key`, `Authorization`...
 # but not a count such as `input_tokens` or `max_tokens` (the match is anchored at the end).
@@ -641,14 +608,23 @@ class Ledger:
         }
         await self._writes.submit(_FinishRun(params))
 
-    async def abandoned_runs(self, older_than: timedelta, *, limit: int = 200) -> list[AbandonedRun]:
-        """The runs still `running` after `older_than`: their worker died (SIGKILL, power loss) and no one else
-        will finish them. `older_than` is longer than any live run can take, so a live one is never listed."""
+    async def abandoned_runs(
+        self, older_than: timedelta, *, by_kind: Mapping[str, timedelta] | None = None, limit: int = 200
+    ) -> list[AbandonedRun]:
+        """The runs still `running` after `older_than`, or for a kind in `by_kind` after its own cutoff: their
+        worker died (SIGKILL, power loss) and no one else will finish them. Each cutoff is longer than any live
+        run of its kinds can take, so a live one is never listed. Per kind, because one for all would have to be
+        the longest of all (a WhatsApp message's ten parts), and would delay every other recovery (a timer's stop)."""
+        now = utcnow()
+        own = dict(by_kind or {})
+        old_enough = [and_(Run.kind == kind, Run.created_at < now - cutoff) for kind, cutoff in own.items()]
+        others = Run.created_at < now - older_than
+        old_enough.append(and_(Run.kind.not_in(list(own)), others) if own else others)
         async with self.sessions() as session:
             rows = (
                 await session.execute(
                     select(Run.id, Run.kind, Run.input_summary, Run.created_at)
-                    .where(Run.status == "running", Run.created_at < utcnow() - older_than)
+                    .where(Run.status == "running", or_(*old_enough))
                     .order_by(Run.created_at)
                     .limit(limit)
                 )
@@ -722,8 +698,10 @@ class Ledger:
 
     async def close_interrupted(self, run: AbandonedRun, older_than: timedelta) -> bool:
         """Mark an abandoned run `failed` ("interrupted"), so `GET /runs?status=running` does not list it for ever
-        (found by a review). Conditional on it still running: of several workers, one closes it."""
-        error = INTERRUPTED.format(minutes=older_than.total_seconds() / 60)
+        (found by a review). Conditional on it still running: of several workers, one closes it. `older_than`:
+        the cutoff of the run's kind, which its error names."""
+        # In whole minutes: a WhatsApp message's cutoff is 36.67 of them with the defaults.
+        error = INTERRUPTED.format(minutes=older_than // timedelta(minutes=1))
         async with self.sessions.begin() as session:
             result = await session.execute(
                 update(Run)

@@ -19,7 +19,7 @@ from core.store import create_engine, migrate, session_factory
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one shared httpx client: explicit timeouts and pool limits, no per-request clients."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.http_timeout_seconds, connect=min(5.0, settings.http_timeout_seconds)),
+        timeout=httpx.Timeout(settings.http_timeout_seconds, connect=settings.connect_timeout_seconds),
         limits=httpx.Limits(
             max_connections=settings.http_max_connections,
             max_keepalive_connections=max(1, settings.http_max_connections // 2),

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationE
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigurationError
+from core.run_kinds import RunKind
 from core.secrets import SecretScrubber
 
 
@@ -49,6 +50,18 @@ _A_LONG_RANDOM_KEY = (
 )
 #: A Slack member ID: U (or W, on Enterprise Grid) and upper-case letters and digits.
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+
+#: The ledger run kinds that send one whole WhatsApp message, up to ten Twilio creates in one run: the late reply to
+#: an inbound message (routers/whatsapp_webhook.py) and POST /whatsapp-send. A run of theirs can take far longer than
+#: any other (`Settings.longest_run_seconds`), so it is taken for a dead worker's only past a cutoff of its own.
+WHATSAPP_MESSAGE_RUNS = frozenset({RunKind.WHATSAPP_REPLY, RunKind.WHATSAPP_SEND})
+# skills/whatsapp.py's MAX_PARTS, ATTEMPTS and MAX_RETRY_WAIT_SECONDS: core cannot import a skill, so they are
+# repeated here, and tests/workflows/test_abandonment_per_kind.py checks that they agree.
+_WHATSAPP_PARTS = 10
+_TWILIO_ATTEMPTS = 3
+_TWILIO_RETRY_WAIT_SECONDS = 10.0
+#: However short the timeouts, a run is never taken for a dead worker's before this.
+_ABANDONED_FLOOR = timedelta(minutes=10)
 
 
 def is_mail_address(value: str) -> bool:
@@ -328,22 +341,97 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
     @property
+    def connect_timeout_seconds(self) -> float:
+        """The shared HTTP client's limit on connecting (core/resources.py), and again on the TLS handshake:
+        HTTP_TIMEOUT_SECONDS, capped at 5 s."""
+        return min(5.0, self.http_timeout_seconds)
+
+    @property
     def longest_call_seconds(self) -> float:
-        """An upper bound on one skill call: its bounded attempts (3), each up to the HTTP timeout plus a wait."""
+        """An upper bound on one skill call: its bounded attempts (3), each up to the HTTP timeout plus a wait.
+
+        A nominal bound, not a strict one: an attempt of the shared HTTP client can also wait for a free connection
+        and connect before its timeout starts (see `longest_run_seconds`). Its users double it."""
         return 3 * (max(self.http_timeout_seconds, self.smtp_timeout_seconds) + 10)
 
     @property
     def longest_request_seconds(self) -> float:
         """An upper bound on one request (the briefing is the longest: an LLM call through every provider, then
-        the timer and the Slack post). Claims older than twice this were left by a worker that died."""
+        the timer and the Slack post). Claims older than twice this were left by a worker that died.
+
+        The bound of every run kind but the WhatsApp messages (WHATSAPP_MESSAGE_RUNS): `longest_run_seconds`."""
         llm = 3 * self.llm_max_attempts * (self.llm_timeout_seconds + 10)  # up to three providers
         return llm + 2 * self.longest_call_seconds
 
+    @property
+    def longest_whatsapp_message_seconds(self) -> float:
+        """The worst case of one WhatsApp message run (WHATSAPP_MESSAGE_RUNS): ten parts, one after the other,
+        each a Twilio create of three attempts. Worked out in `longest_run_seconds`."""
+        attempt = 2 * self.http_timeout_seconds + 2 * self.connect_timeout_seconds
+        part = _TWILIO_ATTEMPTS * attempt + (_TWILIO_ATTEMPTS - 1) * _TWILIO_RETRY_WAIT_SECONDS
+        return _WHATSAPP_PARTS * part
+
+    def longest_run_seconds(self, kind: str) -> float:
+        """The longest a live ledger run of `kind` can take with these timeouts; twice it, a run still `running`
+        was left by a worker that died (`abandoned_after_for`).
+
+        Worked out from the code, with T = HTTP_TIMEOUT_SECONDS, c = min(5, T) (`connect_timeout_seconds`),
+        L = LLM_TIMEOUT_SECONDS, A = LLM_MAX_ATTEMPTS; the figures are for the defaults (T 10, L 30, A 2,
+        SMTP_TIMEOUT_SECONDS 15), then for HTTP_TIMEOUT_SECONDS=30.
+
+        - One attempt of the shared HTTP client (Toggl, Twilio): up to T waiting for a free connection (httpx's
+          pool timeout), c to connect and c again for the TLS handshake (httpcore times each), then T from the
+          first byte sent to the last byte of the answer (`bounded_request`'s deadline): 2T + 2c (30 s; 70 s).
+        - One Twilio part or Toggl call: 3 attempts, and before each retry a wait of up to 10 s (a 429's
+          Retry-After; a longer one is not waited out, a connection never made waits under a second):
+          6T + 6c + 20 (110 s; 230 s). A Toggl start whose answer was lost reads the timer back once: 2T + 2c.
+        - One Slack post: aiohttp's total of c + T per attempt covers its pool wait too; 3 attempts and two waits
+          of up to 10 s: 3T + 3c + 20 (65 s; 125 s).
+        - One LLM answer: up to three providers, each A attempts cut at L and A - 1 waits of up to 10 s:
+          3(AL + 10(A - 1)) (210 s; the same).
+
+        So, per kind:
+
+        - A WhatsApp message (`whatsapp.reply`, `whatsapp.send`): ten parts, 60T + 60c + 200 (1,100 s, about
+          18 min; 2,300 s, about 38 min). Only the sending: the LLM's answer is an `inbound.chat` run of its own,
+          finished before the reply's run starts. Its cutoff is twice that, about 37 min (77 min).
+        - Everything else is under `longest_request_seconds` (390 s; 480 s), its cutoff `abandoned_after` twice
+          that, at least 10 minutes (13 min; 16 min): the briefing, max(LLM, Toggl start and read-back) + Slack
+          post (275 s; 425 s); `command.start`, start, read-back and Slack post (205 s; 425 s); a stop without an
+          entry id or a late planned stop, two Toggl calls (220 s; 460 s); an LLM answer (210 s); one Slack post.
+          With still longer HTTP timeouts (over about 33 s) two Toggl calls outrun `longest_request_seconds`
+          itself, but never its double, which grows by 12T as they do. Not bounded so: an email, whose
+          SMTP_TIMEOUT_SECONDS limits each SMTP command, about a dozen plus one per recipient.
+
+        A WhatsApp message used to share that cutoff. With the defaults its worst case (1,100 s) already passed
+        it (780 s), and with HTTP_TIMEOUT_SECONDS=30 even ten parts at `longest_call_seconds` each did: the prune
+        closed a live message as "interrupted", and a retry of POST /whatsapp-send with its Idempotency-Key was
+        told the worker had stopped. Raising the one cutoff instead would have delayed every crash recovery, a
+        killed worker's timer stop among them, by as much.
+        """
+        if kind in WHATSAPP_MESSAGE_RUNS:
+            return self.longest_whatsapp_message_seconds
+        return self.longest_request_seconds
+
     @cached_property
     def abandoned_after(self) -> timedelta:  # read on every request with an Idempotency-Key dependency
-        """When an Idempotency-Key claim still in progress is taken as abandoned: never under 10 minutes, and
-        always past twice the longest a request can run with these timeouts (a live request is never cut off)."""
-        return max(timedelta(minutes=10), timedelta(seconds=2 * self.longest_request_seconds))
+        """When an Idempotency-Key claim still in progress, or a ledger run still `running`, is taken as abandoned:
+        never under 10 minutes, and always past twice the longest a request can run with these timeouts (a live
+        request is never cut off). For every run kind but those of `abandoned_after_by_kind`."""
+        return max(_ABANDONED_FLOOR, timedelta(seconds=2 * self.longest_request_seconds))
+
+    @cached_property
+    def abandoned_after_by_kind(self) -> dict[str, timedelta]:
+        """The run kinds whose cutoff is their own, not `abandoned_after`: never under 10 minutes, and past twice
+        the longest a run of theirs can take (`longest_run_seconds`)."""
+        return {
+            kind: max(_ABANDONED_FLOOR, timedelta(seconds=2 * self.longest_run_seconds(kind)))
+            for kind in sorted(WHATSAPP_MESSAGE_RUNS)
+        }
+
+    def abandoned_after_for(self, kind: str) -> timedelta:
+        """When a run of `kind` still `running` (or a claim of a route that records one) was left by a dead worker."""
+        return self.abandoned_after_by_kind.get(kind, self.abandoned_after)
 
     @property
     def shared_rate_limit(self) -> bool:

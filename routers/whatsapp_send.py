@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
-from core.idempotency import IdempotencyDep
+from core.idempotency import Idempotency, idempotency_for
 from core.ledger import RunKind
 from core.validation import skill_check
 from routers.deps import SkillsDep
@@ -16,6 +18,10 @@ from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message, whatsapp_a
 from workflows.actions import perform_action
 
 router = APIRouter(tags=["whatsapp"])
+
+#: Its ten parts can take longer than any other request, so a claim of its key is given up for dead on the cutoff
+#: of its run's kind (`Settings.longest_run_seconds`), not the one the other routes share.
+SendIdempotencyDep = Annotated[Idempotency, Depends(idempotency_for(RunKind.WHATSAPP_SEND))]
 
 
 class WhatsAppSendRequest(BaseModel):
@@ -79,7 +85,7 @@ class WhatsAppSendResponse(BaseModel):
     responses=problem_responses(400, 401, 409, 413, 422, 429, 502, 503, 504),
 )
 async def whatsapp_send(
-    body: WhatsAppSendRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
+    body: WhatsAppSendRequest, skills: SkillsDep, ledger: LedgerDep, idem: SendIdempotencyDep, dry_run: DryRunDep
 ) -> JSONResponse:
     """Errors: 409 the recipient has not joined the sandbox (63015) or is outside the 24-hour window (63016),
     422 invalid number, 502 Twilio refused the credentials, 429 Twilio's rate limit after bounded retries."""

@@ -256,7 +256,7 @@ class JobScheduler:
         self.aps.add_job(
             self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
         )
-        # Every 10 minutes: also closes runs a killed worker left `running` (at most ~2x abandoned_after late).
+        # Every 10 minutes: also closes runs a killed worker left `running` (at most 10 minutes past their cutoff).
         self.aps.add_job(self.prune, IntervalTrigger(minutes=10), id=PRUNE_JOB_ID, name="Prune old delivery records")
         self.aps.start()
         await self.sync_stops()
@@ -562,9 +562,12 @@ class JobScheduler:
                 )
             )
             await session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - IDEMPOTENCY_TTL))
-        older_than = self.settings.abandoned_after
+        settings = self.settings
         closed = 0
-        for run in await self.ledger.abandoned_runs(older_than):
+        # Each kind on its own cutoff: a WhatsApp message's ten parts can run for longer than the shared one, and
+        # giving every kind theirs would delay each timer's recovery by as much (`Settings.longest_run_seconds`).
+        for run in await self.ledger.abandoned_runs(settings.abandoned_after, by_kind=settings.abandoned_after_by_kind):
+            older_than = settings.abandoned_after_for(run.kind)
             # First see to a timer the run may have started, then close it: closed first, a Toggl hiccup at this
             # moment lost the stop for good, as no later prune looked at the run again (found by a review).
             try:
