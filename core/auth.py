@@ -90,15 +90,18 @@ async def require_api_key(
         raise refusal
 
 
-def refusal_before_body(request: Request) -> Unauthorized | None:
-    """The 401 a request would get, for one whose body FastAPI could not parse before any dependency ran.
+def refusal_before_body(request: Request) -> Unauthorized | Forbidden | None:
+    """The refusal `require_api_key` would give a request whose body FastAPI could not parse before any
+    dependency ran: the 401 for a missing or wrong key, else (no APP_API_KEY) the 403 for a domain-name Host.
 
     FastAPI reads the body before it runs dependencies, so malformed JSON sent without a key was answered
     422, telling an unauthenticated caller about the endpoint's input. The error handlers ask this first.
-    Routes in `app.state.public_paths` (health, the signed webhooks) need no key.
+    Without a key only the key check was made here, so a DNS-rebinding page sending malformed JSON got the
+    400/422 (and the endpoint's input shape) where a parseable body got the 403 (found by a review).
+    Routes in `app.state.public_paths` (health, the signed webhooks) need neither.
     """
     settings = getattr(request.app.state, "settings", None)
-    if settings is None or settings.app_api_key is None:
+    if settings is None:
         return None
     route = request.scope.get("route")
     if getattr(route, "path", None) in getattr(request.app.state, "public_paths", ()):
@@ -107,7 +110,7 @@ def refusal_before_body(request: Request) -> Unauthorized | None:
     if supplied is None:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         supplied = credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
-    return key_refusal(settings, supplied)
+    return key_refusal(settings, supplied) or host_refusal(settings, request.headers.get("host"))
 
 
 RequireApiKey = Depends(require_api_key)

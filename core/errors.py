@@ -338,9 +338,10 @@ def _validation_error(error: dict[str, Any], content_type: str) -> dict[str, Any
 
 
 def _refused_before_body(request: Request) -> JSONResponse | None:
-    """A 401 for a body that could not be parsed on a route that needs the key, when the key is missing or wrong.
+    """The 401 or 403 `require_api_key` would give, for a body that could not be parsed on a route that needs
+    the key: the key missing or wrong, or (no APP_API_KEY) a Host naming a domain (DNS rebinding).
 
-    FastAPI parses the body before any dependency runs, so the key check would otherwise come second.
+    FastAPI parses the body before any dependency runs, so those checks would otherwise come second.
     """
     from core.auth import refusal_before_body  # core.auth imports this module
 
