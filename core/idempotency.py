@@ -15,7 +15,9 @@
 What is stored: a success, and any failure whose outcome upstream is unknown
 (502, 504, 500: the action may have happened). A refusal that certainly did
 nothing (4xx, 429, 503 not configured or unreachable) releases the key, so the
-caller can fix the cause and retry with the same key.
+caller can fix the cause and retry with the same key. A success the database
+fails to store is still answered as the success, with `Idempotent-Replayable:
+false`; the key stays claimed, so a retry with it never acts again.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ WAIT_SECONDS = 30.0
 ABANDONED_AFTER = timedelta(minutes=10)
 POLL_SECONDS = 0.05
 REPLAY_HEADER = "Idempotent-Replayed"
+#: Sent (`false`) only with a success whose answer the database failed to store for its key: a retry with the key
+#: will not replay it (docs/errors.md).
+REPLAYABLE_HEADER = "Idempotent-Replayable"
 #: Headers kept with an answer for its replays. Not Retry-After: a replay is final for its key, and a client
 #: that honours Retry-After on a replayed 429 or 503 (a WhatsApp message whose later part was rate limited)
 #: retried with the same key for the key's 24 hours, getting the same replay each time (found by a review).
@@ -190,8 +195,33 @@ class Idempotency:
             await asyncio.shield(self._settle(500, crashed, {}))
             raise
         body = _json_body(result, self.scrubber)
-        await self._settle(status_code, body, {})
+        try:
+            await self._settle(status_code, body, {})
+        except (SQLAlchemyError, OSError) as exc:
+            if not from_the_database(exc):
+                raise
+            return self._answer_not_stored(body, status_code, exc)
         return JSONResponse(body, status_code=status_code)
+
+    def _answer_not_stored(self, body: Any, status_code: int, exc: BaseException) -> JSONResponse:
+        """The action's own answer, for an action that succeeded but whose answer the database failed to store.
+
+        It was the 503 for a database failing mid-request, "outcome unknown: check GET /runs before retrying",
+        while the run was recorded `ok` (found by a review). The action happened and its answer is here (the
+        entry id, the message ts the caller needs), so it is answered as it is, with `Idempotent-Replayable:
+        false`: the key stays claimed, so a retry with it never acts again, but gets a 409 instead of this answer.
+        A 5xx would have withheld that answer from a caller who got it, and invited exactly that retry.
+        """
+        run_id = body.get("run_id") if isinstance(body, dict) else None
+        logger.warning(
+            "the answer of %s %s (run %s) could not be stored for its Idempotency-Key (%s): a retry with that key "
+            "gets a 409, not this answer",
+            self.method,
+            self.path,
+            run_id or "-",
+            type(exc).__name__,
+        )
+        return JSONResponse(body, status_code=status_code, headers={REPLAYABLE_HEADER: "false"})
 
     async def _claim(self, fingerprint: str) -> IdempotencyKey | None:
         """Insert our claim; on conflict return the existing row (expired rows are replaced)."""

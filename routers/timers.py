@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
 from core.idempotency import IdempotencyDep
-from core.ledger import RunKind
+from core.ledger import RunHandle, RunKind
 from core.outcome import ActionOutcome
 from core.validation import skill_check
 from routers.briefing import WorkflowDepsDep
@@ -210,6 +210,12 @@ class StopTimerResponse(BaseModel):
     start: datetime | None = None
     stop: datetime | None = None
     elapsed_seconds: int | None = None
+    planned_stop_error: str | None = Field(
+        None,
+        description="Only when the timer stopped but its planned stop (see GET /schedule) could not be cancelled "
+        "(the database failed): it stays listed, and when due it finds the timer already stopped and changes "
+        "nothing.",
+    )
 
 
 class StopTimerOutcome(ActionOutcome):
@@ -217,6 +223,7 @@ class StopTimerOutcome(ActionOutcome):
 
     stopped: bool
     timer: TimerStopped | None = None
+    planned_stop_error: str | None = None
 
     @classmethod
     def of(cls, timer: TimerStopped | None, *, dry_run: bool) -> StopTimerOutcome:
@@ -229,7 +236,13 @@ class StopTimerOutcome(ActionOutcome):
 
     def response(self, run_id: str) -> StopTimerResponse:
         fields = self.timer.model_dump(exclude={"dry_run"}) if self.timer else {}
-        return StopTimerResponse(run_id=run_id, dry_run=self.dry_run, stopped=self.stopped, **fields)
+        return StopTimerResponse(
+            run_id=run_id,
+            dry_run=self.dry_run,
+            stopped=self.stopped,
+            planned_stop_error=self.planned_stop_error,
+            **fields,
+        )
 
 
 @router.post(
@@ -256,7 +269,8 @@ async def stop_timer(
 ) -> JSONResponse:
     """No body stops whatever runs. When nothing runs the answer is 200 with `stopped: false`: the state the
     caller asked for already holds, so a retry is not an error. A 409 from Toggl (already stopped) is success
-    with `already_stopped: true`. A planned stop of the stopped entry (see GET /schedule) is cancelled."""
+    with `already_stopped: true`. A planned stop of the stopped entry (see GET /schedule) is cancelled; when
+    that fails, the stop is still a 200, and `planned_stop_error` says the planned stop stays listed."""
     request = request or StopTimerRequest()
 
     async def run() -> StopTimerResponse:
@@ -266,6 +280,12 @@ async def stop_timer(
             )
             return StopTimerOutcome.of(timer, dry_run=dry_run)
 
+        async def cancel_its_planned_stop(run: RunHandle, outcome: StopTimerOutcome) -> None:
+            # Inside the run, as a start's plan_stop: a cancel that fails is recorded with the stop, and the stop
+            # is still answered as done (it was a 503 "outcome unknown"; found by a review).
+            if not dry_run:
+                outcome.planned_stop_error = await cancel_planned_stop(workflows, run, outcome.timer)
+
         run_id, outcome = await perform_action(
             ledger,
             kind=RunKind.TOGGL_STOP_TIMER,
@@ -274,10 +294,9 @@ async def stop_timer(
             operation="stop_timer",
             input_summary=request.model_dump(exclude_none=True),
             call=call,
+            then=cancel_its_planned_stop,
             dry_run=dry_run,
         )
-        if not dry_run:
-            await cancel_planned_stop(workflows, outcome.timer)
         return outcome.response(run_id)
 
     return await idem.execute({"body": request.model_dump(mode="json"), "dry_run": dry_run}, run)

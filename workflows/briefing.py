@@ -501,6 +501,7 @@ async def schedule_planned_stop(deps: WorkflowDeps, started: Any) -> None:
 #: The ledger action a run records when the planned stop of a timer it started could not be saved: failed,
 #: with the stop as its request, until the prune saves it (`Scheduler.prune`).
 PLAN_STOP = ("scheduler", "plan_stop")
+CANCEL_STOP = ("scheduler", "cancel_stop")
 
 
 async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> None:
@@ -534,9 +535,26 @@ async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> None:
     )
 
 
-async def cancel_planned_stop(deps: WorkflowDeps, stopped: Any) -> None:
+async def cancel_planned_stop(deps: WorkflowDeps, run: RunHandle, stopped: Any) -> str | None:
     """A timer stopped by hand has nothing left for its planned stop to do: cancel it, so GET /schedule stays
-    honest and the stop does not fire later as a no-op."""
+    honest and the stop does not fire later as a no-op.
+
+    Returns None, or what to tell the caller when the cancel failed (the database): the timer is stopped either
+    way, and the planned stop left `pending` finds it already stopped when due (Toggl's 409, which changes
+    nothing). The failure is recorded in `run` as a failed `scheduler`/`cancel_stop` action. Before, it was
+    raised: the caller of a stop that had happened was told 503 "outcome unknown", and the `stop` command's run
+    read `failed` (found by a review).
+    """
     if stopped is None or getattr(stopped, "dry_run", False) or stopped.entry_id is None or deps.scheduler is None:
-        return
-    await deps.scheduler.cancel_stops(entry_id=stopped.entry_id)
+        return None
+    try:
+        await deps.scheduler.cancel_stops(entry_id=stopped.entry_id)
+        return None
+    except Exception as exc:
+        logger.exception("the planned stop of entry %s could not be cancelled", stopped.entry_id)
+        error = describe_error(exc, scrubber=run.ledger.scrubber)
+    await run.skip(*CANCEL_STOP, status="failed", error=error, request={"entry_id": stopped.entry_id})
+    return (
+        f"The timer stopped, but its planned stop could not be cancelled ({error[:200]}): GET /schedule still "
+        "lists it, and when it is due it finds the timer already stopped and changes nothing."
+    )

@@ -255,14 +255,18 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
         if stopped is None:
             run.result = {"stopped": None}
             return "No timer is running."
-        await cancel_planned_stop(deps, stopped)
+        not_cancelled = await cancel_planned_stop(deps, run, stopped)
         run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
+        if not_cancelled:
+            run.result["planned_stop_error"] = not_cancelled
         name = f"'{stopped.description}'" if stopped.description else "the timer"
         if dry_run:
             return f"{_dry(dry_run)}Would stop {name} (entry {stopped.entry_id})."
         if stopped.elapsed_seconds is None:  # Toggl found it already stopped and did not return it
-            return f"Stopped {name}."
-        return f"Stopped {name} after {human_duration(stopped.elapsed_seconds)}."
+            confirmation = f"Stopped {name}."
+        else:
+            confirmation = f"Stopped {name} after {human_duration(stopped.elapsed_seconds)}."
+        return f"{confirmation} {not_cancelled}" if not_cancelled else confirmation
 
 
 async def _status(deps: WorkflowDeps) -> str:
