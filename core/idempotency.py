@@ -63,6 +63,8 @@ WAIT_SECONDS = 30.0
 #: live request is ever taken for dead.
 ABANDONED_AFTER = timedelta(minutes=10)
 POLL_SECONDS = 0.05
+#: The request header that names a request (`IdempotencyKeyHeader`); core/openapi.py finds its operations by it.
+KEY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 #: Sent (`false`) only with a success whose answer the database failed to store for its key: a retry with the key
 #: will not replay it (docs/errors.md).
@@ -341,7 +343,7 @@ class Idempotency:
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key",
+        alias=KEY_HEADER,
         min_length=1,
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
@@ -367,7 +369,7 @@ def idempotency_for(run_kind: str | None = None) -> Callable[..., Awaitable[Idem
         # Only the first header was read: a client whose retry layer adds its own key before the caller's sent
         # `Idempotency-Key: a` and `Idempotency-Key: b`, and a retry carrying the same `b` acted again (found by
         # a black-box review). Which one names the request is ambiguous, so two different ones are refused.
-        given = set(request.headers.getlist("Idempotency-Key"))
+        given = set(request.headers.getlist(KEY_HEADER))
         if len(given) > 1:
             raise InvalidInput(
                 f"Idempotency-Key is given {len(given)} times with different values; give one key.",

@@ -1,4 +1,5 @@
-"""OpenAPI post-processing: document every error as problem details, in one place."""
+"""OpenAPI post-processing, in one place: every error as problem details, and the headers an answer to an
+`Idempotency-Key` can carry."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from core.errors import PROBLEM_CONTENT_TYPE, ProblemDetails
+from core.idempotency import KEY_HEADER, REPLAY_HEADER, REPLAYABLE_HEADER
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
 #: What core/middleware.py answers for any request body, before a route sees it.
@@ -18,9 +20,27 @@ _BODY_REFUSALS = {
 #: What core.auth answers on a key-protected route when no APP_API_KEY is set and Host is a domain name.
 _HOST_REFUSAL = "Without APP_API_KEY: the request was addressed to a domain name, not to 127.0.0.1 or localhost"
 
+#: Answered before the route runs (the API key, the Host, the body's arrival or its encoding): never an answer
+#: stored for an Idempotency-Key, so never a replay. Any other status can be one: a success, a 500/502/504, and
+#: a problem saying `outcome_unknown` or naming `sent_sids` whatever its status (core.idempotency).
+_NEVER_REPLAYED = frozenset({"401", "403", "408", "415"})
+_REPLAYED = {
+    "description": "`true` when this is the stored answer of an earlier request with the same Idempotency-Key "
+    "and body, replayed: nothing ran again. Kept for replay: successes, 500/502/504, and any problem with "
+    "`outcome_unknown` or `sent_sids`. A replay is final for its key and never carries Retry-After.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+_NOT_REPLAYABLE = {
+    "description": "`false` when the action succeeded but the database failed to store this answer for its "
+    "Idempotency-Key: a retry with that key gets a 409, never a second run and never this answer. Keep it (or "
+    "read GET /runs/{run_id}).",
+    "schema": {"type": "string", "enum": ["false"]},
+}
+
 
 def install_problem_schema(app: FastAPI) -> None:
-    """Register ProblemDetails and make FastAPI's automatic 422 entries say problem+json.
+    """Register ProblemDetails and make FastAPI's automatic 422 entries say problem+json; document the headers
+    of an Idempotency-Key's answers on the operations that take one.
 
     FastAPI documents request validation as `application/json` with its own
     HTTPValidationError model; our handler answers RFC 9457 instead, so the
@@ -45,9 +65,32 @@ def install_problem_schema(app: FastAPI) -> None:
                     if code.startswith(("4", "5")):
                         response["content"] = {PROBLEM_CONTENT_TYPE: {"schema": _PROBLEM_REF}}
                         response.setdefault("description", "Problem details")
+                if _takes_idempotency_key(operation):
+                    _document_idempotency_headers(operation)
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _takes_idempotency_key(operation: dict[str, Any]) -> bool:
+    """Whether the operation reads `Idempotency-Key` (the routes whose dependency is `idempotency_for`)."""
+    return any(
+        parameter.get("in") == "header" and str(parameter.get("name", "")).lower() == KEY_HEADER.lower()
+        for parameter in operation.get("parameters", [])
+    )
+
+
+def _document_idempotency_headers(operation: dict[str, Any]) -> None:
+    """`Idempotent-Replayed` on every answer a replay can be, `Idempotent-Replayable` on the successes: neither
+    was in the schema, so Swagger UI and generated clients did not know a replay or an unstorable answer."""
+    for code, response in operation.get("responses", {}).items():
+        headers = response.setdefault("headers", {})
+        if code not in _NEVER_REPLAYED:
+            headers.setdefault(REPLAY_HEADER, dict(_REPLAYED))
+        if code.startswith("2"):  # only a success is answered when its answer could not be stored
+            headers.setdefault(REPLAYABLE_HEADER, dict(_NOT_REPLAYABLE))
+        if not headers:
+            del response["headers"]

@@ -1,7 +1,8 @@
 """Schemathesis against the app's own OpenAPI schema: every operation, API key configured, upstreams faked.
 
 Checks, per generated example: no 5xx, the status code is documented, the
-content type is documented, and the body matches the documented schema.
+content type is documented, the body matches the documented schema, and so
+does every documented response header sent (`Idempotent-Replayed`, ...).
 The budget is fixed (EXAMPLES_PER_OPERATION) so the run stays short on CI.
 """
 
@@ -16,6 +17,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -23,7 +25,13 @@ from schemathesis.specs.openapi.checks import (
 from tests.adversarial.world import API_KEY, FakeWorld
 
 EXAMPLES_PER_OPERATION = 50
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 # Module level because schemathesis parametrizes at collection time. The fake
 # upstreams and the app's lifespan run on their own event-loop thread for the
