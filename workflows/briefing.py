@@ -348,6 +348,23 @@ def _cut_short(generation: Any) -> str:
     return f"cut short: {generation.stop_reason}" if generation.stop_reason else "cut short"
 
 
+#: The summary's note on a plan cut short, by the provider's stop reason (casefolded): said in plain words, since
+#: "longer than the model's answer limit" was said of every cut, a full context window included.
+_ANSWER_LIMIT = "it was longer than the model's answer limit"
+_CUT_SHORT_NOTES = {
+    "max_tokens": _ANSWER_LIMIT,  # Claude, and Gemini's MAX_TOKENS
+    "length": _ANSWER_LIMIT,  # an OpenAI-compatible server
+    "model_context_window_exceeded": "the model's context window was full",  # Claude: prompt and answer
+    "continuation": "the model stopped at its limit for one request, and the rest was not requested",  # Gemini
+}
+
+
+def _cut_short_note(stop_reason: str | None) -> str:
+    """`_(the plan was cut short: ...)_`, saying why when the reason is one we know, and no more when it is not."""
+    why = _CUT_SHORT_NOTES.get((stop_reason or "").casefold(), "the model stopped before it finished")
+    return f"_(the plan was cut short: {why})_"
+
+
 def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> str:
     # Only the literal `*` markup is ours: the plan (an LLM's words), the task and upstream errors are
     # escaped, so none of them can turn into `<!channel>` or a link in the bot's name.
@@ -359,7 +376,7 @@ def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> 
         if plan.value.refused:
             lines.append("_(the model's safety checks stopped the plan: it may be partial)_")
         elif plan.value.truncated:
-            lines.append("_(the plan was cut short: it was longer than the model's answer limit)_")
+            lines.append(_cut_short_note(plan.value.stop_reason))
     elif plan.step.status == "skipped":
         lines += [f"*Plan*: not generated ({plan_detail})"]
     else:
