@@ -56,7 +56,7 @@ from core.ledger import AbandonedRun, Ledger, RunKind, describe_error
 from core.settings import Settings
 from core.store import IdempotencyKey, InboundMessage, JobFire, ScheduledJob, utcnow
 from skills.toggl import RunningTimer, TimerStopped, started_by
-from workflows.briefing import PLAN_STOP, BriefingRequest, WorkflowDeps, local_time, run_briefing
+from workflows.briefing import PLAN_STOP, BriefingRequest, WorkflowDeps, local_stop_time, local_time, run_briefing
 from workflows.inbound import BackgroundTasks
 
 logger = logging.getLogger("orchestrator.scheduler")
@@ -634,8 +634,11 @@ class JobScheduler:
                 continue
             minutes = start.input_summary.get("duration_minutes")
             planned = isinstance(minutes, int) and await self._plan_stop_of_found_timer(timer, minutes)
+            # The stop's day when it is not the start's (a 24-hour timer, one past midnight), as every other
+            # wording of a timer's stop says it: "planned for 09:30" read as the start's day.
             note = f"Found running later as entry {timer.entry_id}" + (
-                f"; its stop is planned for {local_time(timer.start + timedelta(minutes=minutes), self.settings)}."
+                "; its stop is planned for "
+                f"{local_stop_time(timer.start + timedelta(minutes=minutes), timer.start, self.settings)}."
                 if isinstance(minutes, int)
                 else "."
             )

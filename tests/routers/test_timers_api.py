@@ -451,8 +451,10 @@ async def test_a_start_whose_outcome_stayed_unknown_gets_its_stop_planned_when_t
     [action] = run["actions"]
     assert (run["status"], action["status"], action["external_id"]) == ("failed", "failed", "111222333")
     planned = started + timedelta(minutes=25)
+    # Run in the last 25 minutes of a UTC day, the stop is on the next one, and the note names it.
+    day = "" if planned.date() == started.date() else f" on {planned:%a} {planned.day} {planned:%b}"
     assert action["error"].endswith(
-        f"Found running later as entry 111222333; its stop is planned for {planned:%H:%M} UTC."
+        f"Found running later as entry 111222333; its stop is planned for {planned:%H:%M} UTC{day}."
     )
     # The start, its read-back, three reads while down, the find; once found, no prune reads Toggl for it again.
     assert len(toggl.calls) == 1 + 1 + 3 + 1

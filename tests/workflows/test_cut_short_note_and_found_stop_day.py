@@ -1,17 +1,24 @@
-"""Wordings made to say what happened.
+"""Two wordings made to say what happened.
 
 - The briefing's Slack summary said "_(the plan was cut short: it was longer than the model's answer limit)_" for
   every plan cut short, a full context window (Claude's `model_context_window_exceeded`) and Gemini's stop at its
   per-request limit (`CONTINUATION`) included. The note now follows the provider's stop reason.
+- A start whose outcome stayed unknown, found running later by the prune, got the ledger note "its stop is planned
+  for 09:30 UTC" with no day, while every other wording of a timer's stop names the day when it is not the
+  start's (`local_stop_time`): a 24-hour timer's stop read as the start's own day.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+import respx
 
 from tests.fakes.llm import FakeAnthropic, FakeGemini, FakeOpenAI
+from tests.routers.test_timers_api import BASE, CONFIG, CreatedButUnreadable, latest_run
 from tests.workflows.test_briefing import RecordingScheduler, RecordingSlack, SlowRouter, make_deps
 from tests.workflows.test_truncation_reason_and_stop_day import FixedToggl, LLMs
 from tests.workflows.world import world
@@ -84,3 +91,36 @@ async def test_a_plan_cut_short_for_a_reason_not_known_says_only_that_it_stopped
         f"{STOPPED_EARLY}\n\n"
         "*Timer*: 'Writing' started 09:30 Europe/Berlin, stops 10:00 Europe/Berlin"
     )
+
+
+# --- The day of a stop found later ---------------------------------------------------------
+
+
+@pytest.fixture
+def toggl() -> respx.MockRouter:
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata"])
+async def test_the_note_of_a_start_found_running_later_names_the_day_of_its_stop(make_client, toggl, timezone):
+    """A 24-hour timer's stop is always on another day than its start, in a zone without daylight saving."""
+    lost = CreatedButUnreadable(toggl, down_reads=1)  # the start's read-back fails: its outcome stays unknown
+    async with make_client(**CONFIG, timezone=timezone) as client:
+        response = await client.post("/start-timer", json={"task_name": "Deep Work", "duration_minutes": 24 * 60})
+        await client.app.state.scheduler.prune()  # Toggl is back: the timer is found, its stop planned
+        stops = (await client.get("/schedule")).json()["stops"]
+        run = await latest_run(client, "toggl.start_timer")
+
+    assert response.status_code == 503 and response.json()["outcome_unknown"] is True
+    assert lost.running is not None
+    started = datetime.fromisoformat(lost.running.json()["start"].replace("Z", "+00:00"))
+    stop = (started + timedelta(hours=24)).astimezone(ZoneInfo(timezone))
+    [planned] = stops
+    assert (planned["entry_id"], datetime.fromisoformat(planned["run_at"])) == (111222333, stop)
+    [action] = run["actions"]
+    assert action["external_id"] == "111222333"
+    assert action["error"].endswith(
+        f"Found running later as entry 111222333; its stop is planned for "
+        f"{stop:%H:%M} {timezone} on {stop:%a} {stop.day} {stop:%b}."
+    ), action["error"]
