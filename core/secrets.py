@@ -23,6 +23,15 @@ secret and Twilio's webhook SharedKey (`TWILIO_WEBHOOK_SHARED_KEY`) only ever
 serve as an HMAC key, which reveals nothing; their raw forms are scrubbed like
 every `SecretStr` setting's.
 
+URL settings carry credentials too (`Settings.secret_values`, `url_secrets`): the
+password of a `*_BASE_URL`'s or DATABASE_URL's user part
+(`https://user:password@proxy/...`), a query value named as a credential
+(`?key=...`), a `*_BASE_URL`'s user name given alone (`https://TOKEN@host`) and,
+only when long enough to be a key, its other query values; and a `*_BASE_URL`'s
+`user:password` as HTTP clients send it, base64 in a Basic header
+(`url_basic_credentials`). Where the service prints such a URL itself, it prints it
+`without_credentials`.
+
 `Settings.secret_scrubber` builds the one instance an app uses: the ledger gets
 it from `core.resources`, problem bodies through `current_scrubber()` (set per
 request by `RequestContextMiddleware`, like the request id).
@@ -35,7 +44,7 @@ import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -45,6 +54,14 @@ REDACTED = "***"
 _BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 #: Shortest base64 text of a secret searched for inside longer base64 values (64**8 ≈ 3e14 to one).
 _MIN_CORE = 8
+
+
+#: A query parameter whose name says it holds a credential: `?key=` (Google), `?api_key=`, `?access_token=`,
+#: `?code=` (Azure Functions), `?sig=` (a SAS), `?password=` and `?sslpassword=` (asyncpg). Anchored at the end,
+#: like the ledger's credential-looking keys: `max_tokens` is a count.
+_CREDENTIAL_PARAMETER = re.compile(
+    r"(key|token|secret|pass|password|passwd|pwd|sig|signature|auth|code|credentials?)$", re.I
+)
 
 
 def _base64(value: bytes) -> str:
@@ -72,6 +89,73 @@ def _base64_cores(secret: bytes) -> set[str]:
         if len(core) >= _MIN_CORE:
             cores.add(core)
     return cores
+
+
+def _as_written_and_decoded(text: str) -> list[str]:
+    """A URL part as the setting spells it (`p%40ss`) and as a client sends it (`p@ss`): a message may quote either."""
+    decoded = unquote(text)
+    return [decoded] if decoded == text else [decoded, text]
+
+
+def url_secrets(url: str, *, min_length: int, others_from: int | None, user_alone: bool = True) -> list[str]:
+    """What in `url` can be a credential, as written and percent-decoded, to be scrubbed like a secret.
+
+    - From `min_length` characters, like every secret: the password of the user part; the value of a query
+      parameter named as a credential (`_CREDENTIAL_PARAMETER`: `?key=`, `?token=`, `?password=`...); with
+      `user_alone`, a user name given without a password, which is then the credential (`https://TOKEN@host`,
+      `https://TOKEN:@host`). A user name beside a password is a name, and stays.
+    - From `others_from` characters (never when None): every other query value, since a gateway may name its
+      key anything. Most are plain options (`v=2`, `region=eu-west-1`), and scrubbing them would garble every
+      line that holds the word; keys and tokens are longer.
+
+    A length is the decoded value's. A URL that cannot be split has nothing taken from it.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found: list[tuple[str, int]] = []
+    userinfo, at, _host = parts.netloc.rpartition("@")
+    if at:
+        user, _colon, password = userinfo.partition(":")
+        if password:
+            found.append((password, min_length))
+        elif user_alone:
+            found.append((user, min_length))
+    for pair in parts.query.split("&"):
+        name, equals, value = pair.partition("=")
+        if not equals:
+            continue
+        if _CREDENTIAL_PARAMETER.search(unquote(name)):
+            found.append((value, min_length))
+        elif others_from is not None:
+            found.append((value, others_from))
+    return [
+        form for text, shortest in found if len(unquote(text)) >= shortest for form in _as_written_and_decoded(text)
+    ]
+
+
+def url_basic_credentials(url: str) -> bytes | None:
+    """`user:password` of `url`'s user part as httpx and aiohttp send it (percent-decoded, base64 in a Basic
+    header) when no other credentials are given; None without a user part."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    userinfo, at, _host = parts.netloc.rpartition("@")
+    if not at:
+        return None
+    user, _colon, password = userinfo.partition(":")
+    return f"{unquote(user)}:{unquote(password)}".encode()
+
+
+def without_credentials(url: str) -> str:
+    """`url` as the service prints it (a log line, an error, the ledger): without `user:password@` nor the query,
+    either of which may hold a credential, nor a fragment. The one way to print a `*_BASE_URL`, or a URL built on
+    one; DATABASE_URL has `core.store.shown_url`, which keeps the user and the driver's options to diagnose a
+    connection, and hides the password."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class SecretScrubber:
@@ -116,6 +200,10 @@ class SecretScrubber:
             # AUTH LOGIN sends base64(password) on its own, a form every secret already has.
             user, password = settings.smtp_user, settings.smtp_password.get_secret_value()
             credentials.append(f"\0{user}\0{password}".encode())
+        for url in settings.base_urls().values():
+            # httpx and aiohttp send a URL's `user:password@` as HTTP Basic when given no other credentials.
+            if (pair := url_basic_credentials(url)) is not None:
+                credentials.append(pair)
         return cls(settings.secret_values(min_length=min_length), credentials=credentials)
 
     def __bool__(self) -> bool:

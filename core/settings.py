@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigurationError
 from core.run_kinds import RunKind
-from core.secrets import SecretScrubber
+from core.secrets import SecretScrubber, url_secrets
 
 
 def _http_url(value: str) -> str:
@@ -446,14 +446,40 @@ class Settings(BaseSettings):
             return self.smtp_port
         return {"starttls": 587, "tls": 465, "none": 25}[self.smtp_security]
 
+    def base_urls(self) -> dict[str, str]:
+        """Every `*_BASE_URL` that is set, by variable name: the URLs of the upstreams (and PUBLIC_BASE_URL)."""
+        return {
+            env_name(name): value
+            for name in type(self).model_fields
+            if name.endswith("_base_url") and isinstance(value := getattr(self, name), str)
+        }
+
     def secret_values(self, *, min_length: int = 4) -> list[str]:
-        """Every configured secret of at least `min_length` characters, unwrapped; used only to scrub them."""
+        """Every configured secret of at least `min_length` characters, unwrapped; used only to scrub them.
+
+        With the credentials the URL settings carry (`core.secrets.url_secrets`), which reached log lines, problem
+        details and the ledger (`TOGGL_BASE_URL=https://user:password@proxy/api/v9?key=...`):
+
+        - of every `*_BASE_URL`, the password of its user part, a user name given alone (`https://TOKEN@host`) and
+          a query value named as a credential (`?key=`, `?token=`), from `min_length` like any secret; any other
+          query value only from ANSWER_SECRET_MIN_CHARS, the length of a key (most are plain options, `v=2`);
+        - of DATABASE_URL, its password (in the user part or `?password=`) only from ANSWER_SECRET_MIN_CHARS. It is
+          hidden wherever the service prints the URL (`core.store.shown_url`), and a development database's is often
+          a word: `user:pass@` garbled "pass" everywhere (found by a review), `postgres:postgres@` the scheme of
+          every `postgresql://`. Its user is a name, and its other query values are the driver's options
+          (`ssl=require`).
+        """
         values = [
             value.get_secret_value()
             for value in (getattr(self, name) for name in type(self).model_fields)
             if isinstance(value, SecretStr)
         ]
-        return [raw for raw in values if len(raw) >= min_length]
+        secrets = [raw for raw in values if len(raw) >= min_length]
+        long_enough = max(min_length, ANSWER_SECRET_MIN_CHARS)
+        for url in self.base_urls().values():
+            secrets += url_secrets(url, min_length=min_length, others_from=long_enough)
+        secrets += url_secrets(self.database_url, min_length=long_enough, others_from=None, user_alone=False)
+        return secrets
 
     @cached_property
     def secret_scrubber(self) -> SecretScrubber:

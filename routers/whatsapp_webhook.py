@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 from pydantic import SecretStr
@@ -40,6 +40,7 @@ from core.errors import (
 from core.ledger import RunKind
 from core.ratelimit import STRANGER_NOTICE, RateLimiterDep, admit_chat_message
 from core.registry import Integration
+from core.secrets import without_credentials
 from core.settings import Settings
 from core.text import xml_safe
 from routers import webhook_docs
@@ -188,7 +189,7 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
             what,
             "bad" if signature else "missing",
             key.described,
-            _loggable(url),
+            without_credentials(url),
         )
         raise _mismatch(settings, key)
     return FormData(fields)
@@ -230,7 +231,7 @@ def signing_key(request: Request, settings: Settings, *, what: str, url: str) ->
             what,
             key_id,
             _quotable(algorithm),
-            _loggable(url),
+            without_credentials(url),
         )
         raise Forbidden(
             f"This request was signed with a Webhook Setting's SharedKey ({SIGNATURE_SETTINGS_HEADER}: "
@@ -243,7 +244,7 @@ def signing_key(request: Request, settings: Settings, *, what: str, url: str) ->
             what,
             key_id,
             _quotable(algorithm),
-            _loggable(url),
+            without_credentials(url),
         )
         raise Forbidden(
             f"{SIGNATURE_SETTINGS_HEADER} names the signature algorithm {_quotable(algorithm)}, which this service "
@@ -285,14 +286,6 @@ def _mismatch(settings: Settings, key: SigningKey) -> Forbidden:
         f"{signed}. Behind ngrok or a proxy, set PUBLIC_BASE_URL (or TRUST_PROXY_HEADERS=true) so the URL checked "
         f"is the one Twilio called; check that {the_key} too."
     )
-
-
-def _loggable(url: str) -> str:
-    """The URL checked, without the query (some put a token of their own in the webhook URL) nor user:password@
-    (Twilio's HTTP basic auth, which a PUBLIC_BASE_URL may carry for the status callback): any unsigned POST
-    logs it."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _header_part(header: str, name: str) -> str:

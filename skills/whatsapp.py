@@ -26,6 +26,7 @@ from core.ledger import note_external_id, note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
+from core.secrets import without_credentials
 from core.settings import Settings
 from core.upstream import (
     bounded_request,
@@ -186,10 +187,14 @@ class WhatsAppSkill:
                 field="body",
             )
         forms = [{"From": sender, "To": recipient, "Body": part} for part in parts]
+        shown = [dict(form) for form in forms]
         if self.status_callback_url:
-            for form in forms:
+            for form, shown_form in zip(forms, shown, strict=True):
                 form["StatusCallback"] = self.status_callback_url
-        payload: dict[str, Any] = {"url": self.messages_url, "messages": forms}
+                shown_form["StatusCallback"] = without_credentials(self.status_callback_url)
+        # What the ledger records (for a dry run too): the request sent, but its URLs without the credentials that
+        # TWILIO_BASE_URL or PUBLIC_BASE_URL may carry (`user:password@`, `?key=`), which it recorded whole.
+        payload: dict[str, Any] = {"url": without_credentials(self.messages_url), "messages": shown}
         if dry_run:
             return WhatsAppSent(dry_run=True, to=recipient, sids=[], parts=len(parts), payload=payload)
 
