@@ -55,11 +55,12 @@ _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 #: an inbound message (routers/whatsapp_webhook.py) and POST /whatsapp-send. A run of theirs can take far longer than
 #: any other (`Settings.longest_run_seconds`), so it is taken for a dead worker's only past a cutoff of its own.
 WHATSAPP_MESSAGE_RUNS = frozenset({RunKind.WHATSAPP_REPLY, RunKind.WHATSAPP_SEND})
-# skills/whatsapp.py's MAX_PARTS, ATTEMPTS and MAX_RETRY_WAIT_SECONDS: core cannot import a skill, so they are
-# repeated here, and tests/workflows/test_abandonment_per_kind.py checks that they agree.
+# skills/whatsapp.py's MAX_PARTS, and its ATTEMPTS and MAX_RETRY_WAIT_SECONDS, which are skills/toggl.py's ATTEMPTS
+# and MAX_WAIT_SECONDS too: core cannot import a skill, so they are repeated here, and
+# tests/workflows/test_abandonment_per_kind.py and tests/core/test_call_bounds.py check that they agree.
 _WHATSAPP_PARTS = 10
-_TWILIO_ATTEMPTS = 3
-_TWILIO_RETRY_WAIT_SECONDS = 10.0
+_CALL_ATTEMPTS = 3
+_CALL_RETRY_WAIT_SECONDS = 10.0
 #: However short the timeouts, a run is never taken for a dead worker's before this.
 _ABANDONED_FLOOR = timedelta(minutes=10)
 
@@ -347,29 +348,59 @@ class Settings(BaseSettings):
         return min(5.0, self.http_timeout_seconds)
 
     @property
-    def longest_call_seconds(self) -> float:
-        """An upper bound on one skill call: its bounded attempts (3), each up to the HTTP timeout plus a wait.
+    def longest_attempt_seconds(self) -> float:
+        """The longest one attempt of the shared HTTP client (Toggl, Twilio) can take: 2T + 2c, a free connection,
+        connecting, TLS, then the answer (30 s with the defaults). Worked out in `longest_run_seconds`."""
+        return 2 * self.http_timeout_seconds + 2 * self.connect_timeout_seconds
 
-        A nominal bound, not a strict one: an attempt of the shared HTTP client can also wait for a free connection
-        and connect before its timeout starts (see `longest_run_seconds`). Its users double it."""
-        return 3 * (max(self.http_timeout_seconds, self.smtp_timeout_seconds) + 10)
+    @property
+    def longest_call_seconds(self) -> float:
+        """An upper bound on one skill call: a Toggl call or one Twilio part (a message create), the longest of any
+        skill's over HTTP: 3 attempts (`longest_attempt_seconds`) and a wait of up to 10 s before each retry,
+        6T + 6c + 20 (110 s with the defaults; 230 s with HTTP_TIMEOUT_SECONDS=30, 410 s with 60). A Slack post
+        is shorter, 3T + 3c + 20. The one formula of a call: `longest_run_seconds` works it out, and every bound
+        built of calls (a WhatsApp message, a timer stop, `longest_request_seconds`) reads it.
+
+        It was 3 x (max(T, SMTP_TIMEOUT_SECONDS) + 10), which counted neither the wait for a free connection nor
+        connecting nor TLS: 75 s with the defaults, 210 s with HTTP_TIMEOUT_SECONDS=60, where a planned stop's two
+        calls can take 820 s, past the 600 s lease of its claim (workflows/scheduler.py). An email is no call of
+        this kind: SMTP_TIMEOUT_SECONDS limits each SMTP command, not their number (`longest_request_seconds`)."""
+        return _CALL_ATTEMPTS * self.longest_attempt_seconds + (_CALL_ATTEMPTS - 1) * _CALL_RETRY_WAIT_SECONDS
+
+    @property
+    def longest_timer_stop_seconds(self) -> float:
+        """An upper bound on one timer stop, POST /stop-timer's or a planned one (workflows/scheduler.py): two Toggl
+        calls, the running timer read then stopped (no entry id given), or the entry stopped then its late stop set
+        back to the planned time (`TogglSkill.stop_timer`): 220 s with the defaults, 820 s with
+        HTTP_TIMEOUT_SECONDS=60."""
+        return 2 * self.longest_call_seconds
 
     @property
     def longest_request_seconds(self) -> float:
-        """An upper bound on one request (the briefing is the longest: an LLM call through every provider, then
-        the timer and the Slack post). Claims older than twice this were left by a worker that died.
+        """An upper bound on one request, and on a run of every kind but the WhatsApp messages (WHATSAPP_MESSAGE_RUNS,
+        `longest_run_seconds`). An Idempotency-Key's first request still running past it most likely stopped (the
+        409 of `core.idempotency`); claims and runs older than twice it were left by a worker that died
+        (`abandoned_after`). The longer of two figures, each kind's worst case being under one of them:
 
-        The bound of every run kind but the WhatsApp messages (WHATSAPP_MESSAGE_RUNS): `longest_run_seconds`."""
+        - the estimate this bound began as: an LLM answer through every provider, 3 x LLM_MAX_ATTEMPTS x
+          (LLM_TIMEOUT_SECONDS + 10), and two calls of 3 x (max(HTTP, SMTP timeout) + 10) (390 s with the
+          defaults; 480 s with HTTP_TIMEOUT_SECONDS=30). Over every kind whose LLM answer outlasts its Toggl calls:
+          the briefing's worst case is then the answer and a Slack post (275 s with the defaults). Kept as it was,
+          so the defaults' cutoffs stay what they were (13 min), and it stands for an email, whose SMTP commands
+          have no bound in number;
+        - a timer stop, two Toggl calls (`longest_timer_stop_seconds`): over every kind whose Toggl calls outlast
+          its LLM answer (a start, its read-back and a Slack post, 11T + 11c + 40, are under 12T + 12c + 40), and
+          the longer figure past HTTP_TIMEOUT_SECONDS of about 33 s. At 60 s the estimate (660 s) was the bound
+          alone, and a retry of a /stop-timer still at work at 700 s was told the service most likely stopped."""
         llm = 3 * self.llm_max_attempts * (self.llm_timeout_seconds + 10)  # up to three providers
-        return llm + 2 * self.longest_call_seconds
+        estimate = llm + 2 * 3 * (max(self.http_timeout_seconds, self.smtp_timeout_seconds) + 10)
+        return max(estimate, self.longest_timer_stop_seconds)
 
     @property
     def longest_whatsapp_message_seconds(self) -> float:
         """The worst case of one WhatsApp message run (WHATSAPP_MESSAGE_RUNS): ten parts, one after the other,
-        each a Twilio create of three attempts. Worked out in `longest_run_seconds`."""
-        attempt = 2 * self.http_timeout_seconds + 2 * self.connect_timeout_seconds
-        part = _TWILIO_ATTEMPTS * attempt + (_TWILIO_ATTEMPTS - 1) * _TWILIO_RETRY_WAIT_SECONDS
-        return _WHATSAPP_PARTS * part
+        each a Twilio create (`longest_call_seconds`). Worked out in `longest_run_seconds`."""
+        return _WHATSAPP_PARTS * self.longest_call_seconds
 
     def longest_run_seconds(self, kind: str) -> float:
         """The longest a live ledger run of `kind` can take with these timeouts; twice it, a run still `running`
@@ -381,10 +412,12 @@ class Settings(BaseSettings):
 
         - One attempt of the shared HTTP client (Toggl, Twilio): up to T waiting for a free connection (httpx's
           pool timeout), c to connect and c again for the TLS handshake (httpcore times each), then T from the
-          first byte sent to the last byte of the answer (`bounded_request`'s deadline): 2T + 2c (30 s; 70 s).
+          first byte sent to the last byte of the answer (`bounded_request`'s deadline): 2T + 2c (30 s; 70 s),
+          `longest_attempt_seconds`.
         - One Twilio part or Toggl call: 3 attempts, and before each retry a wait of up to 10 s (a 429's
           Retry-After; a longer one is not waited out, a connection never made waits under a second):
-          6T + 6c + 20 (110 s; 230 s). A Toggl start whose answer was lost reads the timer back once: 2T + 2c.
+          6T + 6c + 20 (110 s; 230 s), `longest_call_seconds`. A Toggl start whose answer was lost reads the timer
+          back once: 2T + 2c.
         - One Slack post: aiohttp's total of c + T per attempt covers its pool wait too; 3 attempts and two waits
           of up to 10 s: 3T + 3c + 20 (65 s; 125 s).
         - One LLM answer: up to three providers, each A attempts cut at L and A - 1 waits of up to 10 s:
@@ -398,13 +431,14 @@ class Settings(BaseSettings):
         - Everything else is under `longest_request_seconds` (390 s; 480 s), its cutoff `abandoned_after` twice
           that, at least 10 minutes (13 min; 16 min): the briefing, max(LLM, Toggl start and read-back) + Slack
           post (275 s; 425 s); `command.start`, start, read-back and Slack post (205 s; 425 s); a stop without an
-          entry id or a late planned stop, two Toggl calls (220 s; 460 s); an LLM answer (210 s); one Slack post.
-          With still longer HTTP timeouts (over about 33 s) two Toggl calls outrun `longest_request_seconds`
-          itself, but never its double, which grows by 12T as they do. Not bounded so: an email, whose
-          SMTP_TIMEOUT_SECONDS limits each SMTP command, about a dozen plus one per recipient.
+          entry id or a late planned stop, two Toggl calls (220 s; 460 s, `longest_timer_stop_seconds`); an LLM
+          answer (210 s); one Slack post. With still longer HTTP timeouts (over about 33 s) two Toggl calls are the
+          longest, and `longest_request_seconds` is theirs (820 s with HTTP_TIMEOUT_SECONDS=60). Not bounded so:
+          an email, whose SMTP_TIMEOUT_SECONDS limits each SMTP command, about a dozen plus one per recipient.
 
         A WhatsApp message used to share that cutoff. With the defaults its worst case (1,100 s) already passed
-        it (780 s), and with HTTP_TIMEOUT_SECONDS=30 even ten parts at `longest_call_seconds` each did: the prune
+        it (780 s), and with HTTP_TIMEOUT_SECONDS=30 even ten parts at the call bound then used (3 x (T + 10),
+        120 s) did: the prune
         closed a live message as "interrupted", and a retry of POST /whatsapp-send with its Idempotency-Key was
         told the worker had stopped. Raising the one cutoff instead would have delayed every crash recovery, a
         killed worker's timer stop among them, by as much.

@@ -84,8 +84,9 @@ KEEP_FIRES = timedelta(days=30)
 KEEP_ENDED_STOPS = timedelta(days=30)
 # A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
 BRIEFING_GRACE_SECONDS = 300
-# A stop claim older than this, on a stop still pending, belongs to a worker that died: far longer than a
-# live stop can take (HTTP_TIMEOUT_SECONDS x a few bounded attempts), so a live worker is never overtaken.
+# A stop claim older than this, on a stop still pending, belongs to a worker that died: with the default timeouts
+# far longer than a live stop can take (220 s, `Settings.longest_timer_stop_seconds`), so a live worker is never
+# overtaken. The lease is longer where the timeouts make a stop longer (`JobScheduler.claim_lease`).
 STOP_CLAIM_LEASE = timedelta(minutes=10)
 # After a retryable failure, the next attempt of a stop comes this long after the failed one...
 STOP_RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 20))
@@ -220,9 +221,11 @@ class JobScheduler:
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
-        # A stop is one Toggl call; with long HTTP timeouts its bound can pass the 10 minutes, and a live stop must
-        # never be taken for a dead worker's.
-        self.claim_lease = max(STOP_CLAIM_LEASE, timedelta(seconds=2 * settings.longest_call_seconds))
+        # Twice the longest a planned stop can take, and never under STOP_CLAIM_LEASE: a live stop must never be
+        # taken for a dead worker's. A stop is up to two Toggl calls (a late one is set back to the planned time),
+        # and was counted as one call of a bound that left out a free connection, connecting and TLS: with
+        # HTTP_TIMEOUT_SECONDS=60 a live stop (820 s) outlasted the 600 s lease, and another worker ran it again.
+        self.claim_lease = max(STOP_CLAIM_LEASE, timedelta(seconds=2 * settings.longest_timer_stop_seconds))
         self.sessions = sessions
         self.ledger = ledger
         self.tasks = tasks
@@ -525,7 +528,7 @@ class JobScheduler:
         return True
 
     async def _take_over_stale_claim(self, job_id: str, fire_time: datetime) -> bool:
-        """Take a stop's claim whose holder has not finished within STOP_CLAIM_LEASE; True if we now hold it.
+        """Take a stop's claim whose holder has not finished within `claim_lease`; True if we now hold it.
 
         Called only for a stop that is still `pending`. The UPDATE is a compare-and-set on `claimed_at`:
         of several workers trying at once, the first moves `claimed_at` to now and the others match nothing.

@@ -43,7 +43,7 @@ SHORT = {"http_timeout_seconds": 1, "smtp_timeout_seconds": 1, "llm_timeout_seco
 BOUNDS = [
     # Ten parts of 3 x (10 s for a connection + 5 + 5 to connect and for TLS + 10 s for the answer) + 2 x 10 s.
     ({}, 13 * 60, 1100, 2200),
-    # Ten parts of 3 x (30 + 5 + 5 + 30) + 2 x 10: 2,300 s; ten at longest_call_seconds (120 s) each passed 16 min.
+    # Ten parts of 3 x (30 + 5 + 5 + 30) + 2 x 10: 2,300 s; ten at the call bound once used (120 s) passed 16 min.
     (HTTP_30, 16 * 60, 2300, 4600),
     # Ten parts of 3 x (1 + 1 + 1 + 1) + 2 x 10: 320 s, its double just over the 10-minute floor.
     (SHORT, 10 * 60, 320, 640),

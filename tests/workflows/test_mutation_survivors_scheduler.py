@@ -40,7 +40,8 @@ def test_a_retry_falling_exactly_at_the_end_of_the_window_is_still_made():
 
 async def test_with_long_http_timeouts_a_live_stop_is_not_taken_for_a_dead_workers(make_client):
     """Mutant fixing the claim lease at its 10-minute floor survived: only short timeouts were tested. With
-    HTTP_TIMEOUT_SECONDS=120 one stop can take 3 x 130 s, so a claim 11 minutes old may be a live worker's."""
+    HTTP_TIMEOUT_SECONDS=120 one stop (two Toggl calls of 3 x (2 x 120 + 2 x 5) + 2 x 10 s) can take 1,540 s, so a
+    claim 11 minutes old may be a live worker's; the lease is twice that."""
     async with world() as w:
         async with make_client(**w.settings(http_timeout_seconds=120)) as client:
             await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
@@ -48,9 +49,9 @@ async def test_with_long_http_timeouts_a_live_stop_is_not_taken_for_a_dead_worke
             await _claim_as_dead_worker(client, claimed_ago=timedelta(minutes=11))
             within_lease = await scheduler.fire_stop("stop:9001")
             stops_while_held = list(w.toggl.stops)
-            with time_machine.travel(datetime.now(UTC) + timedelta(minutes=3), tick=True):
+            with time_machine.travel(datetime.now(UTC) + timedelta(minutes=41), tick=True):
                 past_lease = await scheduler.fire_stop("stop:9001")
-    assert scheduler.claim_lease == timedelta(seconds=780)
+    assert scheduler.claim_lease == timedelta(seconds=3080)
     assert (within_lease, stops_while_held) == (False, [])
     assert past_lease is True and w.toggl.stops == ["9001"]
 

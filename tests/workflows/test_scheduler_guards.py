@@ -184,10 +184,11 @@ async def test_a_stop_cut_short_at_shutdown_gives_its_claim_back_to_the_next_wor
 
 async def test_the_claim_lease_never_drops_below_its_floor_with_short_timeouts(make_client):
     async with world() as w:
-        # A stop's bound with these timeouts is 2 x 3 x (1 + 10) s = 66 s: far under the floor.
+        # A stop's bound with these timeouts is two calls of 3 x (1 + 1 + 1 + 1) + 2 x 10 s, 64 s: twice it is far
+        # under the floor.
         async with make_client(**w.settings(http_timeout_seconds=1, smtp_timeout_seconds=1)) as client:
             scheduler = client.app.state.scheduler
-            assert 2 * client.app.state.settings.longest_call_seconds == 66
+            assert client.app.state.settings.longest_timer_stop_seconds == 64
             await post_whatsapp(client, whatsapp_form("start sprint for 1 min"))
             fire_time = (await stop_row(client)).run_at
             now = datetime.now(UTC).replace(microsecond=0)
