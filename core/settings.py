@@ -343,8 +343,9 @@ class Settings(BaseSettings):
 
     @property
     def connect_timeout_seconds(self) -> float:
-        """The shared HTTP client's limit on connecting (core/resources.py), and again on the TLS handshake:
-        HTTP_TIMEOUT_SECONDS, capped at 5 s."""
+        """The limit on connecting, and again on the TLS handshake, of the shared HTTP client (core/resources.py)
+        and of Slack's session (skills/slack.py): HTTP_TIMEOUT_SECONDS, capped at 5 s. The one definition, which
+        the bounds below read too."""
         return min(5.0, self.http_timeout_seconds)
 
     @property

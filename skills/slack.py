@@ -398,11 +398,11 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
 
 async def open_skill(resources: Resources, stack: AsyncExitStack) -> SlackSkill:
     settings = resources.settings
-    # Connecting has its own limit (capped at 5 s, as for Toggl and Twilio): only then is a connection that never
-    # completes a ConnectionTimeoutError, retried as "nothing was sent". Under `total` alone it was a plain
-    # TimeoutError, reported "may have been posted" and never retried (found by a mutation review). The answer
-    # still has the full HTTP_TIMEOUT_SECONDS once connected.
-    connect = min(5.0, settings.http_timeout_seconds)
+    # Connecting has its own limit (`Settings.connect_timeout_seconds`, as for Toggl and Twilio): only then is a
+    # connection that never completes a ConnectionTimeoutError, retried as "nothing was sent". Under `total` alone
+    # it was a plain TimeoutError, reported "may have been posted" and never retried (found by a mutation review).
+    # The answer still has the full HTTP_TIMEOUT_SECONDS once connected.
+    connect = settings.connect_timeout_seconds
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=connect + settings.http_timeout_seconds, connect=connect),
         # A redirect would carry the token and the message to another host, and its `ok` would pass for a post.

@@ -9,7 +9,9 @@ POST /stop-timer was told the service had most likely stopped). The defaults' ti
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 import time_machine
@@ -17,8 +19,9 @@ import time_machine
 from core import idempotency
 from core.idempotency import request_fingerprint
 from core.resources import build_http_client
+from core.settings import Settings
 from core.store import IdempotencyKey, JobFire, utcnow
-from skills import toggl, whatsapp
+from skills import slack, toggl, whatsapp
 from tests.workflows.test_scheduler import stop_row
 from tests.workflows.test_scheduler_guards import claims_on_stop
 from tests.workflows.world import post_whatsapp, whatsapp_form, world
@@ -109,3 +112,13 @@ async def test_a_stop_timer_still_at_work_is_not_said_to_have_most_likely_stoppe
     assert response.status_code == 409, response.text
     assert response.json()["detail"] == "A request with this Idempotency-Key is still in progress; retry shortly."
     assert response.headers["retry-after"] == "1"
+
+
+async def test_slacks_connect_limit_is_the_settings_one(make_settings, monkeypatch):
+    """skills/slack.py had its own `min(5.0, HTTP_TIMEOUT_SECONDS)`: one definition, `connect_timeout_seconds`,
+    which the shared client and the bounds read too. A different value (as if the cap changed) shows which."""
+    monkeypatch.setattr(Settings, "connect_timeout_seconds", property(lambda self: 2.5))
+    async with AsyncExitStack() as stack:
+        skill = await slack.open_skill(SimpleNamespace(settings=make_settings(http_timeout_seconds=10)), stack)
+        timeout = skill.client.session.timeout
+    assert (timeout.connect, timeout.total) == (2.5, 12.5)
