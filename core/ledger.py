@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -553,7 +553,10 @@ class Ledger:
                 kind, trigger=trigger, input_summary=input_summary, run_id=run_id, durable=durable_start
             )
         except (SQLAlchemyError, OSError) as exc:
-            if not from_the_database(exc):
+            # IntegrityError: a `run_id` the caller chose is taken (a redelivered status callback), for the caller
+            # to handle: the database answered. Made a "did not answer" 503 like the rest, it never reached the
+            # status callback's redelivery check.
+            if not from_the_database(exc) or isinstance(exc, IntegrityError):
                 raise
             raise database_failed(exc, acted=False) from exc  # the block has not run
         handle = RunHandle(self, started)

@@ -182,9 +182,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "Database unavailable",
             (503,),
             "The service's own database did not answer. With `nothing_sent: true` (the rate-limit count, the "
-            "Idempotency-Key claim, the run's start or a webhook's claim of its delivery failed, or a read such "
-            "as GET /runs) the request did nothing; with `outcome_unknown: true` it failed mid-request, and what "
-            "it did may not be recorded.",
+            "Idempotency-Key claim, the run's start, a webhook's claim of its delivery or a status callback's "
+            "record failed, or a read such as GET /runs) the request did nothing; with `outcome_unknown: true` it "
+            "failed mid-request, and what it did may not be recorded.",
             "Check DATABASE_URL and the database. Without `outcome_unknown`, retry after Retry-After; with it, "
             "check GET /runs first.",
         ),

@@ -28,6 +28,8 @@ async def whatsapp_status(request: Request, settings: SettingsDep, ledger: Ledge
     The service asks for it on every message when `PUBLIC_BASE_URL` is set. `failed` and `undelivered`
     become a failed `whatsapp.delivery` run with Twilio's error code and what to do about it (63016: send
     a template; 63015: the recipient must join the sandbox), linked to the run that sent the message.
+    A failed status the database could not record (down before its run was written) is a 503
+    `store-unavailable` with `nothing_sent`: a retry of the same callback records it.
     """
     form = await verified_twilio_form(request, settings, what="whatsapp status callback")
     message_sid = str(form.get("MessageSid") or form.get("SmsSid") or "")

@@ -16,7 +16,7 @@ import logging
 
 from sqlalchemy.exc import IntegrityError
 
-from core.errors import ProblemError
+from core.errors import ProblemError, StoreUnavailable, delivery_database_failed, from_the_database
 from core.ledger import Ledger, RunKind
 from skills.whatsapp import delivery_error
 from workflows.inbound import bare_number
@@ -24,6 +24,11 @@ from workflows.inbound import bare_number
 logger = logging.getLogger("orchestrator.deliveries")
 
 FAILED_STATUSES = frozenset({"failed", "undelivered"})
+#: What a status callback the database could not record meets when Twilio sends it again.
+STATUS_RETRIED = (
+    "A retry of this callback (same MessageSid and status) once the database is back records it; the run's id "
+    "comes from the two, so it is recorded once."
+)
 
 
 async def record_whatsapp_status(
@@ -42,7 +47,14 @@ async def record_whatsapp_status(
     # run row itself is the dedupe: a redelivery meets the primary key, and a callback that failed
     # before its run was written (the database was down) is recorded by the retry, not lost.
     run_id = hashlib.sha256(f"whatsapp-status:{message_sid}:{status}".encode()).hexdigest()[:32]
-    sent_by = await ledger.find_run_by_external_id(skill="whatsapp", operation="send_message", external_id=message_sid)
+    try:
+        sent_by = await ledger.find_run_by_external_id(
+            skill="whatsapp", operation="send_message", external_id=message_sid
+        )
+    except Exception as exc:
+        if not from_the_database(exc):
+            raise
+        raise _not_recorded(exc, message_sid=message_sid, status=status) from exc
     summary = {
         "message_sid": message_sid,
         "status": status,
@@ -62,6 +74,21 @@ async def record_whatsapp_status(
     except IntegrityError:
         logger.info("WhatsApp status %s for %s is a redelivery: ignored", status, message_sid)
         return None
-    except ProblemError:
+    except ProblemError as exc:
+        if exc is not problem:
+            # The run's start refused (`nothing_sent`): nothing is recorded. Caught with the delivery's own
+            # problem, it was answered 204, so Twilio never tried again and the failure was lost (found by a
+            # review).
+            if isinstance(exc, StoreUnavailable) and exc.extras.get("nothing_sent") is True:
+                raise _not_recorded(exc.__cause__ or exc, message_sid=message_sid, status=status) from exc
+            raise
         logger.warning("WhatsApp message %s to %s was %s: %s", message_sid, summary["to"], status, problem.detail)
     return run_id
+
+
+def _not_recorded(exc: BaseException, *, message_sid: str, status: str) -> StoreUnavailable:
+    """The 503 for a status callback the database failed before its run was written: `nothing_sent`, not the
+    general "outcome unknown: check GET /runs" for a callback that left nothing there to check."""
+    return delivery_database_failed(
+        exc, delivery=f"'{status}' status callback of WhatsApp message {message_sid}", redelivery=STATUS_RETRIED
+    )

@@ -1,0 +1,158 @@
+"""What chat senders and Twilio are told when the service's own database fails.
+
+Found by a review:
+- A WhatsApp or Slack command runs in a background task. The database failing once it had acted (the run's
+  finish after a Toggl start) was swallowed there: WhatsApp replied "Sorry, something went wrong; it has been
+  logged." while the timer ran, and Slack posted nothing at all. The database refusing the run's start (nothing
+  done yet) got the same two answers, though the message could simply be sent again.
+- A chat answer the model cut short (`max_tokens`) said "the answer was longer than a chat reply allows",
+  blaming the chat's length limit for what the model did.
+- A WhatsApp status callback that met the database down was answered 503 "the outcome is unknown: check
+  GET /runs" (not the 500 the docs said) though nothing had been recorded; and one whose run's start was
+  refused was answered 204, so Twilio never tried again and the failed delivery was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from core import ledger as ledger_module
+from core.ledger import Ledger
+from tests.routers.test_whatsapp_status import PUBLIC, post_status, send_one, status_form
+from tests.workflows.world import (
+    finished_runs,
+    runs_of,
+    world,
+)
+from workflows import inbound
+
+FAILED = "Sorry, something went wrong"
+THREAD = "1764057600.000100"  # the `ts` of tests.routers.test_slack_events.mention
+
+
+class DatabaseDown:
+    """The service's database stops answering: while `down`, every statement any engine sends fails as a refused
+    connection would (claims, the ledger, the scheduler's rows alike).
+
+    `after(owner, name)` takes it down as soon as that coroutine method has first returned: right after Toggl
+    started the timer, say. The ledger gives up on a write nobody waits for at once (UNWAITED_RETRY_SECONDS),
+    not after 30 s.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = False
+        self._monkeypatch = monkeypatch
+        monkeypatch.setattr(ledger_module, "UNWAITED_RETRY_SECONDS", 0.0)
+        event.listen(Engine, "before_cursor_execute", self._refuse)
+
+    def _refuse(self, _connection, _cursor, statement, *_) -> None:
+        if self.down:
+            raise OperationalError(statement, {}, ConnectionRefusedError(111, "Connection refused"))
+
+    def after(self, owner: type, name: str) -> None:
+        real = getattr(owner, name)
+        calls = 0
+
+        async def then_down(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                if calls == 1:  # once: the retry that follows meets the database back
+                    self.down = True
+
+        self._monkeypatch.setattr(owner, name, then_down)
+
+    def close(self) -> None:
+        event.remove(Engine, "before_cursor_execute", self._refuse)
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+@pytest.fixture
+def database(monkeypatch) -> Iterator[DatabaseDown]:
+    database = DatabaseDown(monkeypatch)
+    yield database
+    database.close()
+
+
+def _down_after_the_claim(database: DatabaseDown, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """The database goes away once the webhook's first claim of `source` is in: before the command's run starts."""
+    real = inbound._insert_new
+    armed = True
+
+    async def insert_new(session, keys):
+        nonlocal armed
+        inserted = await real(session, keys)
+        if armed and any(key[0] == source for key in keys):
+            armed = False
+            database.down = True
+        return inserted
+
+    monkeypatch.setattr(inbound, "_insert_new", insert_new)
+
+
+def _says_the_outcome_is_unknown(reply: str, *, may_have: str, check: str) -> None:
+    assert reply.startswith("Sorry, the service's database failed while this ran"), reply
+    assert "The outcome is unknown: " + may_have in reply
+    assert check in reply
+    assert FAILED not in reply and "nothing was done" not in reply
+    assert "GET /runs" not in reply and "POST /" not in reply  # a chat user is not sent to the HTTP API
+
+
+# --- A WhatsApp status callback that met the database down ------------------------------------------
+
+
+def _assert_nothing_recorded_answer(response) -> None:
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["type"] == "/problems/store-unavailable"
+    assert body["nothing_sent"] is True and "outcome_unknown" not in body
+    assert response.headers["retry-after"] == "5"
+    assert "nothing was done" in body["detail"] and "records it" in body["detail"]
+    assert "outcome is unknown" not in body["detail"] and "GET /runs" not in body["detail"]
+
+
+async def test_a_status_callback_that_met_the_database_down_recorded_nothing_and_twilios_retry_records_it(
+    w, make_client, database
+):
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
+        sid, send_run = await send_one(client)
+        form = status_form(sid, "undelivered", code="63016")
+        database.down = True
+        first = await post_status(client, form)
+        database.down = False
+        assert await runs_of(client, "whatsapp.delivery") == []
+        retry = await post_status(client, form)
+        [run] = await finished_runs(client, "whatsapp.delivery")
+    _assert_nothing_recorded_answer(first)
+    assert retry.status_code == 204
+    assert (run["status"], run["input_summary"]["send_run_id"]) == ("failed", send_run)
+
+
+async def test_a_status_callback_whose_run_could_not_start_is_not_answered_204(w, make_client, database):
+    """The database went away between the send's lookup and the run's start. That refusal was caught with the
+    delivery's own problem and answered 204: Twilio never tried again, and the failed delivery was nowhere."""
+    async with make_client(send_api_key=True, **w.settings(public_base_url=PUBLIC)) as client:
+        sid, _ = await send_one(client)
+        form = status_form(sid, "failed", code="63015")
+        database.after(Ledger, "find_run_by_external_id")
+        first = await post_status(client, form)
+        database.down = False
+        assert await runs_of(client, "whatsapp.delivery") == []
+        retry = await post_status(client, form)
+        again = await post_status(client, form)  # a redelivery of the recorded one: ignored, as before
+        runs = await finished_runs(client, "whatsapp.delivery")
+    _assert_nothing_recorded_answer(first)
+    assert (retry.status_code, again.status_code) == (204, 204)
+    assert [run["input_summary"]["status"] for run in runs] == ["failed"]
