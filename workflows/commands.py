@@ -331,5 +331,17 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
     if reply and generation.refused:
         reply += " [the assistant's safety checks stopped this answer]"
     elif reply and generation.truncated:
-        reply += " […cut short: the answer was longer than a chat reply allows]"
+        reply += f" {model_cut_short(generation.stop_reason)}"
     return reply or "(the assistant returned an empty answer)"
+
+
+def model_cut_short(stop_reason: str | None) -> str:
+    """The note after an answer the model itself stopped before its end (`Generation.truncated`), with the
+    provider's reason: `max_tokens` (CHAT_MAX_TOKENS), the context window, Gemini's CONTINUATION.
+
+    It read "the answer was longer than a chat reply allows", which blamed the chat's own length limit (a
+    WhatsApp reply is cut at MAX_REPLY_CHARS, far past CHAT_MAX_TOKENS, and ends with "…" alone) for what the
+    model did (found by a review).
+    """
+    reason = f" ({stop_reason})" if stop_reason else ""
+    return f"[…cut short: the model stopped before the end of its answer{reason}]"

@@ -669,7 +669,8 @@ async def test_a_chat_answer_cut_at_max_tokens_says_so(w, make_client):
             run = (await client.get(f"/runs/{listed['id']}")).json()
     [reply] = messages(response)
     assert reply == (
-        "First, answer the two urgent emails. Then […cut short: the answer was longer than a chat reply allows]"
+        "First, answer the two urgent emails. Then "
+        "[…cut short: the model stopped before the end of its answer (MAX_TOKENS)]"
     )
     assert run["result"]["truncated"] is True
 

@@ -23,6 +23,8 @@ from sqlalchemy.exc import OperationalError
 
 from core import ledger as ledger_module
 from core.ledger import Ledger
+from tests.fakes.server import Reply
+from tests.routers.test_slack_events import callback, mention, post
 from tests.routers.test_whatsapp_status import PUBLIC, post_status, send_one, status_form
 from tests.workflows.world import (
     finished_runs,
@@ -108,6 +110,34 @@ def _says_the_outcome_is_unknown(reply: str, *, may_have: str, check: str) -> No
     assert check in reply
     assert FAILED not in reply and "nothing was done" not in reply
     assert "GET /runs" not in reply and "POST /" not in reply  # a chat user is not sent to the HTTP API
+
+
+# --- An answer the model cut short --------------------------------------------------------------------
+
+
+async def test_a_chat_answer_the_model_cut_short_says_the_model_stopped_not_the_chat(w, make_client):
+    cut = {
+        "id": "msg_cut",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": "First, answer the two urgent emails. Then"}],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 600},
+    }
+    w.claude.fail = Reply(200, json=cut)
+    async with make_client(**w.settings()) as client:
+        response = await post(client, callback(mention("<@UBOT> what should I do first?"), event_id="EvCut"))
+        [run] = await finished_runs(client, "slack.reply")
+    assert response.status_code == 200
+    [reply] = [post["text"] for post in w.slack.posts]
+    assert reply == (
+        "First, answer the two urgent emails. Then "
+        "[…cut short: the model stopped before the end of its answer (max_tokens)]"
+    )
+    assert "chat reply allows" not in reply
+    assert run["status"] == "ok"
 
 
 # --- A WhatsApp status callback that met the database down ------------------------------------------
