@@ -34,7 +34,7 @@ from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from skills.slack import escape_text, unescape_text
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond, strip_mentions
-from workflows.inbound import claim_message, release_message
+from workflows.inbound import claim_message, release_message, send_chat_reply
 
 logger = logging.getLogger("orchestrator.slack_events")
 
@@ -340,20 +340,21 @@ async def _answer(deps: WorkflowDeps, event: SlackMessageEvent) -> None:
 
 
 async def _post_reply(deps: WorkflowDeps, event: SlackMessageEvent, reply: str) -> None:
-    """Post `reply` in the thread of `event` (recorded as a `slack.reply` run).
+    """Post `reply` in the thread of `event` (recorded as a `slack.reply` run, unless the database refuses it).
 
     Escaped: a reply echoes the sender's words and the LLM's, and neither may become `<!channel>`.
     """
     thread_ts = event.thread_ts or event.ts
     try:
-        async with deps.ledger.run(
-            RunKind.SLACK_REPLY, trigger="slack", input_summary={"channel": event.channel, "thread_ts": thread_ts}
-        ) as run:
-            async with run.action("slack", "post_message") as action:
-                posted = await deps.skills.slack.post_message(
-                    text=escape_text(reply), channel=event.channel, thread_ts=thread_ts
-                )
-                action.external_id = posted.ledger_external_id()
-                action.request = posted.payload
+        await send_chat_reply(
+            deps.ledger,
+            RunKind.SLACK_REPLY,
+            trigger="slack",
+            input_summary={"channel": event.channel, "thread_ts": thread_ts},
+            action=("slack", "post_message"),
+            send=lambda: deps.skills.slack.post_message(
+                text=escape_text(reply), channel=event.channel, thread_ts=thread_ts
+            ),
+        )
     except ProblemError as exc:
         logger.warning("Slack reply in %s not posted: %s", event.channel, exc.detail)

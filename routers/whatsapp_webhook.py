@@ -48,7 +48,7 @@ from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from skills.whatsapp import MAX_BODY_CHARS, MAX_PARTS, split_message
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond
-from workflows.inbound import bare_number, claim_message, sender_allowed
+from workflows.inbound import bare_number, claim_message, send_chat_reply, sender_allowed
 
 logger = logging.getLogger("orchestrator.whatsapp_webhook")
 
@@ -434,15 +434,17 @@ async def _send_when_ready(deps: WorkflowDeps, work: asyncio.Task[str | None], *
 
 
 async def _send_reply(deps: WorkflowDeps, reply: str, *, to: str) -> None:
-    """One late reply, recorded as a `whatsapp.reply` run; a failure is logged, never raised."""
+    """One late reply, recorded as a `whatsapp.reply` run (unless the database refuses it); a failure is logged,
+    never raised."""
     try:
-        async with deps.ledger.run(
-            RunKind.WHATSAPP_REPLY, trigger="whatsapp", input_summary={"to": bare_number(to)}
-        ) as run:
-            async with run.action("whatsapp", "send_message") as action:
-                sent = await deps.skills.whatsapp.send_message(to=to, body=reply)
-                action.external_id = sent.ledger_external_id()
-                action.request = sent.payload
+        await send_chat_reply(
+            deps.ledger,
+            RunKind.WHATSAPP_REPLY,
+            trigger="whatsapp",
+            input_summary={"to": bare_number(to)},
+            action=("whatsapp", "send_message"),
+            send=lambda: deps.skills.whatsapp.send_message(to=to, body=reply),
+        )
     except ProblemError as exc:
-        # Already recorded as a failed run by the ledger; the sender gets nothing more we can do.
+        # Recorded as a failed run by the ledger (when it could start one); the sender gets nothing more we can do.
         logger.warning("late WhatsApp reply to %s not sent: %s", bare_number(to), exc.detail)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from core.errors import NotConfigured, ProblemError
+from core.errors import OUTCOME_UNKNOWN, NotConfigured, ProblemError, StoreUnavailable, from_the_database
 from core.ledger import RunKind
 from core.text import xml_safe
 from skills.slack import escape_text
@@ -149,9 +149,66 @@ async def respond(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | 
     The characters no chat message can carry (`xml_safe`: TwiML drops them) go
     first: dropped after the scrub, a control character splitting a secret
     would hide it from the scrubber and then rejoin it.
+
+    The service's own database failing is answered too (`database_failure_reply`); any other exception is a
+    bug, and is raised.
     """
-    reply = await _reply(deps, text, trigger=trigger, sender=sender)
+    try:
+        reply = await _reply(deps, text, trigger=trigger, sender=sender)
+    except Exception as exc:
+        told = database_failure_reply(deps, text, exc)
+        if told is None:
+            raise
+        logger.exception("a %s message met the service's database failing; the sender is told so", trigger)
+        reply = told
     return deps.settings.secret_scrubber.scrub(xml_safe(reply))
+
+
+#: The reply to a message whose command or question the database refused before anything was done: a run's
+#: start is committed before it acts, so that refusal comes first.
+NOTHING_DONE = "Sorry, the service's database did not answer, so nothing was done. Send your message again in a minute."
+#: ... to a question whose answer was lost when the database failed after the model answered: the assistant
+#: acts on nothing, so asking again is safe.
+ANSWER_LOST = (
+    "Sorry, the service's database failed while the assistant answered, so the answer was lost; nothing else was "
+    "done. Send your message again in a minute."
+)
+#: ... to a command the database failed under once it may have acted: what may have happened, and how to find
+#: out before sending it again (the chat form of the HTTP API's "check GET /runs").
+MAY_HAVE_ACTED = (
+    "Sorry, the service's database failed while this ran, so what it did may not be recorded. "
+    f"{OUTCOME_UNKNOWN}: {{what}}"
+)
+_WHAT_MAY_HAVE_HAPPENED: dict[CommandName, str] = {
+    "start": 'the timer may have started, and Slack may have been told. Send "status" to see whether it runs '
+    '(or check Toggl) before sending the command again; "stop" stops it.',
+    "stop": 'the timer may have stopped. Send "status" to see whether it still runs before sending "stop" again.',
+    "brief": 'the briefing may have started its timer and posted its summary to Slack. Send "status" and look '
+    'in Slack before sending "brief" again.',
+}
+
+
+def database_failure_reply(deps: WorkflowDeps, text: str, exc: BaseException) -> str | None:
+    """What the sender of `text` is told when its command or question failed with the service's own database;
+    None for any other failure (a bug).
+
+    Raised, the failure was swallowed by the background task running the message: the sender got "Sorry,
+    something went wrong" on WhatsApp and nothing at all on Slack, while the timer may have started (found by
+    a review). A refused run start (`database_failed(acted=False)`: `nothing_sent`) comes before
+    anything is done; any later database failure (the run's finish, a lost ledger write) may follow a Toggl
+    start or a Slack post, so the outcome is unknown, as the HTTP API says in the same case.
+    """
+    if not (isinstance(exc, StoreUnavailable) or from_the_database(exc)):
+        return None
+    if isinstance(exc, StoreUnavailable) and exc.extras.get("nothing_sent") is True:
+        return NOTHING_DONE
+    if deps.settings.dry_run:  # a rehearsal sends nothing: no Toggl or Slack call, no question to the model
+        return NOTHING_DONE
+    command = parse_command(text)
+    if command is None:
+        return ANSWER_LOST
+    what = _WHAT_MAY_HAVE_HAPPENED.get(command.name)
+    return MAY_HAVE_ACTED.format(what=what) if what is not None else NOTHING_DONE
 
 
 async def _reply(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.errors import StoreUnavailable
 from core.ledger import Ledger, RunKind, describe_error
 from core.settings import Settings
 from core.store import InboundMessage, utcnow
@@ -155,6 +156,39 @@ def sender_allowed(settings: Settings, address: str) -> bool:
         )
         return False
     return bare_number(address) in allowed
+
+
+async def send_chat_reply(
+    ledger: Ledger,
+    kind: RunKind,
+    *,
+    trigger: str,
+    input_summary: Mapping[str, Any],
+    action: tuple[str, str],
+    send: Callable[[], Awaitable[Any]],
+) -> None:
+    """Send one chat reply (a Slack thread reply, a late WhatsApp message) with `send`, recorded as a `kind` run
+    with one `action` (skill, operation). A failure is raised: the send's (a ProblemError), or the database's
+    once the reply has gone out.
+
+    When the database refuses the run's start, the reply is sent without its record rather than not at all: it
+    is often the one saying that the database failed and what to check (found by a review: Slack got no reply,
+    while the timer may have started). The start comes before the send, so the reply still goes out once.
+    """
+    started = False
+    try:
+        async with ledger.run(kind, trigger=trigger, input_summary=input_summary) as run:
+            started = True
+            async with run.action(*action) as record:
+                sent = await send()
+                record.external_id = sent.ledger_external_id()
+                record.request = sent.payload
+        return
+    except StoreUnavailable as exc:
+        if started or exc.extras.get("nothing_sent") is not True:
+            raise
+        logger.warning("the %s run could not be started (%s): the reply is sent without its record", kind, exc.detail)
+    await send()
 
 
 class BackgroundTasks:
