@@ -153,8 +153,14 @@ def without_credentials(url: str) -> str:
     """`url` as the service prints it (a log line, an error, the ledger): without `user:password@` nor the query,
     either of which may hold a credential, nor a fragment. The one way to print a `*_BASE_URL`, or a URL built on
     one; DATABASE_URL has `core.store.shown_url`, which keeps the user and the driver's options to diagnose a
-    connection, and hides the password."""
-    parts = urlsplit(url)
+    connection, and hides the password.
+
+    A URL that cannot be split (`http://[abc/`, from a request's Host) is printed as a placeholder: this runs in
+    log lines of refused requests, which must not become a 500."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that cannot be read)"
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
