@@ -3,7 +3,8 @@
 Every integration is optional: a missing token only marks that integration
 "not configured". An invalid value (a malformed URL, a non-integer port, an
 unknown enum) stops start-up with one message that names the variable and
-never echoes the value, because the value may be a secret.
+never echoes the value, because the value may be a secret (a base URL is shown
+`without_credentials`, which drops the user part and the query).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
@@ -18,12 +20,21 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigurationError
 from core.run_kinds import RunKind
-from core.secrets import SecretScrubber, url_secrets
+from core.secrets import SecretScrubber, url_secrets, without_credentials
 
 
 def _http_url(value: str) -> str:
@@ -38,6 +49,109 @@ def _http_url(value: str) -> str:
 
 
 HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+
+
+@dataclass(frozen=True)
+class BaseUrlShape:
+    """What a `*_BASE_URL` may carry besides scheme, host, port and path, decided by what its client does with it.
+
+    Each field is the reason a part is refused, which the start-up message gives; None: the client keeps it and
+    the request works. A query or `user:password@` that a client drops or misplaces broke every request with
+    nothing said at start-up (Toggl, Twilio, the local model, Claude: the path landed inside the query), and URL
+    credentials beside a client's own Authorization header made aiohttp raise on every request (found by a
+    review). A fragment is refused for every one (`_base_url_shape`).
+    """
+
+    query: str | None
+    credentials: str | None
+    #: A setting that, when set, puts an Authorization header of its own beside the URL's credentials, which
+    #: aiohttp refuses; the reason is `credentials_beside_reason`.
+    credentials_unless: str | None = None
+    credentials_beside_reason: str | None = None
+
+
+_PATH_INTO_QUERY = "each request's path is appended to it, so the path would land inside the query"
+
+
+def _beside_authorization(sender: str) -> str:
+    return (
+        f"{sender} in an Authorization header, and aiohttp refuses credentials in a URL beside one: every request fails"
+    )
+
+
+#: The one table of what each base URL allows, read from the installed clients (pinned in requirements.txt) and
+#: checked against a fake upstream in tests/core/test_base_url_validation.py. A base URL not listed gets
+#: `_STRICTEST_BASE_URL`: most clients append paths to it and send credentials of their own.
+BASE_URL_SHAPES: dict[str, BaseUrlShape] = {
+    # google-genai's join_url_path puts the path before the query and keeps the user part; the key goes in
+    # x-goog-api-key, no Authorization header, so aiohttp (and httpx) send `user:password@` as HTTP Basic.
+    "gemini_base_url": BaseUrlShape(query=None, credentials=None),
+    # The SDK appends the path to the raw path, query included; the key goes in an Authorization header, which
+    # aiohttp will not combine with URL credentials (and httpx sends the URL's Basic in the key's place).
+    "anthropic_base_url": BaseUrlShape(
+        query=_PATH_INTO_QUERY,
+        credentials=_beside_authorization("the Anthropic SDK sends ANTHROPIC_API_KEY"),
+    ),
+    # base.rstrip("/") + "/chat/completions" (services/local_llm.py). Without LOCAL_LLM_API_KEY aiohttp sends
+    # `user:password@` as HTTP Basic: a gateway in front of the server may want that.
+    "local_llm_base_url": BaseUrlShape(
+        query=_PATH_INTO_QUERY,
+        credentials=None,
+        credentials_unless="local_llm_api_key",
+        credentials_beside_reason=_beside_authorization("the local model's client sends LOCAL_LLM_API_KEY"),
+    ),
+    # slack_sdk joins each method name to it as a relative URL (urljoin), which drops the query; the token goes
+    # in an Authorization header.
+    "slack_base_url": BaseUrlShape(
+        query="slack_sdk joins each method name to it as a relative URL, which drops the query unsent",
+        credentials=_beside_authorization("slack_sdk sends SLACK_BOT_TOKEN"),
+    ),
+    # base.rstrip("/") + path, with httpx's auth= (skills/toggl.py, skills/whatsapp.py): httpx sends the URL's
+    # credentials only when a request gives none.
+    "toggl_base_url": BaseUrlShape(
+        query=_PATH_INTO_QUERY,
+        credentials="TOGGL_API_TOKEN is sent as the requests' own HTTP Basic auth, so httpx never sends these",
+    ),
+    "twilio_base_url": BaseUrlShape(
+        query=_PATH_INTO_QUERY,
+        credentials="TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are sent as the requests' own HTTP Basic auth, so "
+        "httpx never sends these",
+    ),
+    # The URL Twilio signed and the status callback are base.rstrip("/") + path. Twilio authenticates to a
+    # callback URL's `user:password@` (HTTP Basic), so a proxy in front of the service may ask for them.
+    "public_base_url": BaseUrlShape(
+        query="the webhook paths are appended to it (the URL Twilio signs, the status callback), so the path would "
+        "land inside the query",
+        credentials=None,
+    ),
+}
+_STRICTEST_BASE_URL = BaseUrlShape(
+    query=_PATH_INTO_QUERY,
+    credentials="its client sends credentials of its own, which replace or clash with these",
+)
+
+
+def _base_url_shape(url: str, shape: BaseUrlShape) -> str | None:
+    """Why `url` cannot be a base URL of this shape, or None. The URL is shown only `without_credentials`."""
+    before_fragment, hash_sign, _fragment = url.partition("#")
+    if hash_sign:
+        # Never sent by any client. After a base URL that paths are appended to, it takes every path with it; in
+        # a query or a password it is most often a '#' that belongs to the key, which was cut short silently.
+        return (
+            "has a fragment ('#...'), which is never sent and takes with it whatever follows: remove it, and write "
+            "a '#' that belongs to a password or key as %23"
+        )
+    has_credentials = "@" in urlsplit(url).netloc
+    query_refused = "?" in before_fragment and shape.query is not None
+    credentials_refused = has_credentials and shape.credentials is not None
+    if not (query_refused or credentials_refused):
+        return None
+    refused = [f"a query string ('?...'): {shape.query}"] if query_refused else []
+    refused += [f"credentials (user:password@): {shape.credentials}"] if credentials_refused else []
+    remove = "both" if query_refused and credentials_refused else "it" if query_refused else "them"
+    kept = " (shown without its user:password@, which may stay)" if has_credentials and not credentials_refused else ""
+    return f"has {'; and '.join(refused)}. Remove {remove}: {without_credentials(url)}{kept}"
+
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/orchestrator.db"
 #: The shortest APP_API_KEY accepted where the service is exposed (APP_ENV=production or a public PUBLIC_BASE_URL).
@@ -177,6 +291,17 @@ class Settings(BaseSettings):
             raise ValueError("must be an IANA time zone name such as UTC or Europe/Berlin") from exc
         return value
 
+    @field_validator("*")
+    @classmethod
+    def _base_url_keeps_its_shape(cls, value: object, info: ValidationInfo) -> object:
+        """A `*_BASE_URL` carries a query or credentials only where its client uses them (`BASE_URL_SHAPES`)."""
+        name = info.field_name or ""
+        if name.endswith("_base_url") and isinstance(value, str):
+            problem = _base_url_shape(value, BASE_URL_SHAPES.get(name, _STRICTEST_BASE_URL))
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_database_url(cls, value: str) -> str:
@@ -288,6 +413,22 @@ class Settings(BaseSettings):
         if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
             raise ValueError(f"{value!r} never fires (a date such as 30 February does not exist)")
         return value
+
+    @model_validator(mode="after")
+    def _base_url_credentials_beside_a_key(self) -> Settings:
+        """URL credentials where another setting makes the client send an Authorization header of its own."""
+        for name, shape in BASE_URL_SHAPES.items():
+            url = getattr(self, name)
+            key = shape.credentials_unless
+            if key is None or getattr(self, key) is None or not isinstance(url, str) or "@" not in urlsplit(url).netloc:
+                continue
+            setting, other = env_name(name), env_name(key)
+            raise ValueError(
+                f"{setting} has credentials (user:password@) and {other} is set: {shape.credentials_beside_reason}. "
+                f"Remove user:password@ from {setting} ({without_credentials(url)}), or unset {other} to send the "
+                "URL's credentials as HTTP Basic"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_guards(self) -> Settings:
