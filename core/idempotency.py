@@ -17,7 +17,11 @@ What is stored: a success, and any failure whose outcome upstream is unknown
 nothing (4xx, 429, 503 not configured or unreachable) releases the key, so the
 caller can fix the cause and retry with the same key. A success the database
 fails to store is still answered as the success, with `Idempotent-Replayable:
-false`; the key stays claimed, so a retry with it never acts again.
+false`; the key stays claimed, so a retry with it never acts again, and the answer
+is stored in the background as soon as the database is back (for
+`LATE_SAVE_SECONDS`, the ledger's window for writes nobody waits for): a retry then
+gets the replay. If it never is, a retry's 409 names the run that answered (the
+ledger records each run's key) instead of saying the first request never finished.
 """
 
 from __future__ import annotations
@@ -28,19 +32,20 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Annotated, Any, NamedTuple, Protocol
 
 from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from core.context import current_request_id
+from core.context import current_request_id, reset_idempotency_key, set_idempotency_key
 from core.deps import ResourcesDep
 from core.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -51,8 +56,9 @@ from core.errors import (
     from_the_database,
     problem_body,
 )
+from core.ledger import INTERRUPTED, UNWAITED_RETRY_SECONDS
 from core.secrets import NO_SECRETS, SecretScrubber
-from core.store import IdempotencyKey, utcnow
+from core.store import IdempotencyKey, Run, utcnow
 
 logger = logging.getLogger("orchestrator.idempotency")
 
@@ -66,9 +72,19 @@ POLL_SECONDS = 0.05
 #: The request header that names a request (`IdempotencyKeyHeader`); core/openapi.py finds its operations by it.
 KEY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
-#: Sent (`false`) only with a success whose answer the database failed to store for its key: a retry with the key
-#: will not replay it (docs/errors.md).
+#: Sent (`false`) only with a success whose answer the database failed to store for its key: not stored yet, so a
+#: retry with the key gets a 409 until it is (docs/errors.md). Kept under this name, meaning "not replayable yet",
+#: since the answer is now stored late (`LATE_SAVE_SECONDS`).
 REPLAYABLE_HEADER = "Idempotent-Replayable"
+#: How long an answer the database failed to store is tried again in the background: the ledger's window for the
+#: writes nobody waits for (`core.ledger.UNWAITED_RETRY_SECONDS`), so one outage loses both or neither.
+LATE_SAVE_SECONDS = UNWAITED_RETRY_SECONDS
+#: The first wait between those tries, doubled up to `LATE_SAVE_MAX_DELAY` (the ledger's backoff: 0.25 s to 4 s).
+LATE_SAVE_FIRST_DELAY = 0.25
+LATE_SAVE_MAX_DELAY = 4.0
+#: Added to `LATE_SAVE_SECONDS` before a retry takes the late save for given up: its last try may still be running
+#: (a connection timing out), and the run's `finished_at` is the clock of the worker that answered.
+LATE_SAVE_MARGIN_SECONDS = 10.0
 #: Headers kept with an answer for its replays. Not Retry-After: a replay is final for its key, and a client
 #: that honours Retry-After on a replayed 429 or 503 (a WhatsApp message whose later part was rate limited)
 #: retried with the same key for the key's 24 hours, getting the same replay each time (found by a review).
@@ -134,6 +150,33 @@ async def key_already_answered(sessions: async_sessionmaker, *, key: str) -> boo
     return answered is not None
 
 
+class BackgroundWork(Protocol):
+    """Where an answer stored late runs: the app's tracked background tasks (workflows.inbound.BackgroundTasks),
+    given their shutdown grace and then cancelled, never a task nobody holds."""
+
+    def track(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]: ...
+
+
+class ClaimRun(NamedTuple):
+    """The ledger run a claim's first request started (`runs.idempotency_key`), as a retry's 409 describes it."""
+
+    id: str
+    status: str
+    finished_at: datetime | None
+    error: str | None
+
+    @property
+    def ended_by_itself(self) -> bool:
+        """Whether it finished on its own, with an outcome the ledger knows: not still `running`, not cut off by
+        shutdown (`cancelled`), not closed by the prune after its worker died (INTERRUPTED)."""
+        interrupted = (self.error or "").startswith(INTERRUPTED.split(":", 1)[0] + ":")
+        return self.status not in ("running", "cancelled") and not interrupted and self.finished_at is not None
+
+
+def _database_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (SQLAlchemyError, OSError)) and from_the_database(exc)
+
+
 class Idempotency:
     """Bound to one request; `execute` runs the action at most once per key."""
 
@@ -147,8 +190,13 @@ class Idempotency:
         abandoned_after: timedelta = ABANDONED_AFTER,
         longest_request: timedelta | None = None,
         scrubber: SecretScrubber = NO_SECRETS,
+        background: BackgroundWork | None = None,
     ) -> None:
         self.sessions = sessions
+        #: Where an answer the database failed to store is stored late; None: it is not (logged).
+        self.background = background
+        #: Our claim's `created_at`, once inserted: a settle changes the row only while it is still that claim.
+        self._claimed_at: datetime | None = None
         self.abandoned_after = abandoned_after
         self.scrubber = scrubber
         #: The longest a live request can run (Settings.longest_request_seconds); half the cutoff by default.
@@ -176,7 +224,7 @@ class Idempotency:
             return await self._replay_when_done(existing, fingerprint)
 
         try:
-            result = await action()
+            result = await self._act(action)
         except ProblemError as exc:
             body = problem_body(exc, self.path)
             try:
@@ -205,29 +253,86 @@ class Idempotency:
             return self._answer_not_stored(body, status_code, exc)
         return JSONResponse(body, status_code=status_code)
 
+    async def _act(self, action: Callable[[], Awaitable[Any]]) -> Any:
+        """The action, with its key in context: the ledger writes it on the runs it starts (`ClaimRun`)."""
+        token = set_idempotency_key(self.key)
+        try:
+            return await action()
+        finally:
+            reset_idempotency_key(token)
+
     def _answer_not_stored(self, body: Any, status_code: int, exc: BaseException) -> JSONResponse:
         """The action's own answer, for an action that succeeded but whose answer the database failed to store.
 
         It was the 503 for a database failing mid-request, "outcome unknown: check GET /runs before retrying",
         while the run was recorded `ok` (found by a review). The action happened and its answer is here (the
         entry id, the message ts the caller needs), so it is answered as it is, with `Idempotent-Replayable:
-        false`: the key stays claimed, so a retry with it never acts again, but gets a 409 instead of this answer.
-        A 5xx would have withheld that answer from a caller who got it, and invited exactly that retry.
+        false`: the key stays claimed, so a retry with it never acts again. A 5xx would have withheld that answer
+        from a caller who got it, and invited exactly that retry.
+
+        Left at that, the retry got "still in progress", then, past the abandoned cutoff, "never finished", for an
+        answer the database could take again a second later. So it is stored in the background (`_store_late`),
+        and a retry once the database is back gets the replay, as for any other answer.
         """
         run_id = body.get("run_id") if isinstance(body, dict) else None
+        late = self.background is not None
         logger.warning(
-            "the answer of %s %s (run %s) could not be stored for its Idempotency-Key (%s): a retry with that key "
-            "gets a 409, not this answer",
+            "the answer of %s %s (run %s) could not be stored for its Idempotency-Key (%s): %s",
             self.method,
             self.path,
             run_id or "-",
             type(exc).__name__,
+            f"trying again for {LATE_SAVE_SECONDS:g} s" if late else "a retry with that key gets a 409",
         )
+        if self.background is not None:
+            try:
+                self.background.track(
+                    self._store_late(status_code, body, run_id), name=f"idempotency late save of run {run_id or '-'}"
+                )
+            except RuntimeError:  # shutting down: no new background work
+                logger.warning("shutting down: the answer of run %s is not stored for its key", run_id or "-")
         return JSONResponse(body, status_code=status_code, headers={REPLAYABLE_HEADER: "false"})
+
+    async def _store_late(self, status_code: int, body: Any, run_id: str | None) -> None:
+        """Store an answer whose first store failed, while the database does not answer, for LATE_SAVE_SECONDS.
+
+        Through `_settle`, which changes the row only while it is still our claim in progress: if the failed
+        store went through after all, or the key was released or renewed meanwhile, nothing is overwritten.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(LATE_SAVE_SECONDS),
+            wait=wait_exponential(multiplier=LATE_SAVE_FIRST_DELAY, min=LATE_SAVE_FIRST_DELAY, max=LATE_SAVE_MAX_DELAY),
+            retry=retry_if_exception(_database_failure),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._settle(status_code, body, {})
+        except asyncio.CancelledError:
+            logger.warning(
+                "shutting down before the answer of run %s was stored for its Idempotency-Key: a retry with that "
+                "key gets a 409 naming the run",
+                run_id or "-",
+            )
+            raise
+        except Exception as exc:
+            if not _database_failure(exc):
+                raise
+            logger.error(
+                "the answer of run %s could not be stored for its Idempotency-Key in %g s (%s): a retry with that "
+                "key gets a 409 naming the run",
+                run_id or "-",
+                LATE_SAVE_SECONDS,
+                type(exc).__name__,
+            )
+            return
+        logger.info("the answer of run %s is stored for its Idempotency-Key: a retry replays it", run_id or "-")
 
     async def _claim(self, fingerprint: str) -> IdempotencyKey | None:
         """Insert our claim; on conflict return the existing row (expired rows are replaced)."""
         for _ in range(3):
+            claimed_at = utcnow()
             try:
                 async with self.sessions.begin() as session:
                     session.add(
@@ -236,9 +341,10 @@ class Idempotency:
                             key=self.key,
                             request_hash=fingerprint,
                             state="in_progress",
-                            created_at=utcnow(),
+                            created_at=claimed_at,
                         )
                     )
+                self._claimed_at = claimed_at
                 return None
             except IntegrityError:
                 row = await self._load()
@@ -257,6 +363,10 @@ class Idempotency:
                 "such as dry_run, or another endpoint). Use a new key for a new request.",
                 idempotency_key=self.key,
             )
+        if row.state != "done":
+            run = await self._run_of_claim(row)
+            if run is not None and run.ended_by_itself and self._late_save_over(run):
+                raise self._answer_lost(run)
         if row.state != "done" and utcnow() - row.created_at > self.abandoned_after:
             # Waiting would only end in "still in progress" (found by a black-box review: 30 s, then that 409,
             # for 24 hours). Nothing can tell whether the first request acted, so it is not run again either.
@@ -270,6 +380,9 @@ class Idempotency:
         deadline = time.monotonic() + WAIT_SECONDS
         while row.state != "done":
             if time.monotonic() > deadline:
+                run = await self._run_of_claim(row)
+                if run is not None and run.ended_by_itself:
+                    raise self._answer_lost(run) if self._late_save_over(run) else self._answer_not_stored_yet(run)
                 raise self._still_in_progress(row)
             await asyncio.sleep(POLL_SECONDS)
             reloaded = await self._load()
@@ -288,6 +401,55 @@ class Idempotency:
             # the first request's id stays findable too.
             body = {**body, "request_id": current_request_id(), "original_request_id": body["request_id"]}
         return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
+
+    async def _run_of_claim(self, row: IdempotencyKey) -> ClaimRun | None:
+        """The first run the claim's request started, if the ledger has one (runs written since migration 0008).
+
+        Only runs started after the claim: a run with the same key before it was an earlier claim's, expired
+        or released; a later claim of the key needs this one gone first."""
+        async with self.sessions() as session:
+            found = (
+                await session.execute(
+                    select(Run.id, Run.status, Run.finished_at, Run.error)
+                    .where(Run.idempotency_key == self.key, Run.created_at >= row.created_at)
+                    .order_by(Run.created_at)
+                    .limit(1)
+                )
+            ).first()
+        if found is None:
+            return None
+        return ClaimRun(found.id, found.status, found.finished_at, found.error)
+
+    @staticmethod
+    def _late_save_over(run: ClaimRun) -> bool:
+        """Whether the late save of the run's answer (`_store_late`) has given up, had there been one."""
+        assert run.finished_at is not None
+        window = timedelta(seconds=LATE_SAVE_SECONDS + LATE_SAVE_MARGIN_SECONDS)
+        return utcnow() > run.finished_at + window
+
+    def _answer_lost(self, run: ClaimRun) -> Conflict:
+        """The 409 for a first request that finished, whose answer the database failed to store for its key.
+
+        Past the abandoned cutoff it said "never finished (the service stopped while it ran)", outcome unknown,
+        while the run read `ok` (found by a review): the outcome is known, only its answer is not here."""
+        return Conflict(
+            f"The first request with this Idempotency-Key finished (run {run.id}, {run.status}), but the database "
+            "failed to store its answer for this key, so it cannot be replayed. It is not run again: see "
+            f"GET /runs/{run.id} for what it did, and send the request with a new Idempotency-Key only if it is "
+            "wanted a second time.",
+            idempotency_key=self.key,
+            run_id=run.id,
+        )
+
+    def _answer_not_stored_yet(self, run: ClaimRun) -> Conflict:
+        """The 409 for a first request that finished, whose answer is still being stored (`_store_late`)."""
+        return Conflict(
+            f"The first request with this Idempotency-Key finished (run {run.id}, {run.status}), but the database "
+            "has not stored its answer for this key yet; retry shortly to get it replayed.",
+            headers={"Retry-After": "1"},
+            idempotency_key=self.key,
+            run_id=run.id,
+        )
 
     def _still_in_progress(self, row: IdempotencyKey) -> Conflict:
         """The 409 for a first request still running after WAIT_SECONDS.
@@ -314,17 +476,24 @@ class Idempotency:
         )
 
     async def _settle(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        """Store the answer on our claim, or release the key; either only while the row is still our claim in
+        progress (compare-and-set), so a late or repeated settle (`_store_late`) never overwrites another's."""
         if not _stores_outcome(status, body):
-            await self._delete()
+            await self._delete(only_if_created=self._claimed_at, only_in_progress=True)
             return
         kept = {name: value for name, value in headers.items() if name.lower() in _STORED_HEADERS}
         async with self.sessions.begin() as session:
-            row = await session.get(IdempotencyKey, (self.scope, self.key))
-            if row is not None:
-                row.state = "done"
-                row.response_status = status
-                row.response_body = body
-                row.response_headers = kept
+            await session.execute(
+                update(IdempotencyKey)
+                .where(
+                    IdempotencyKey.scope == self.scope,
+                    IdempotencyKey.key == self.key,
+                    IdempotencyKey.created_at == self._claimed_at,
+                    IdempotencyKey.state == "in_progress",
+                )
+                .values(state="done", response_status=status, response_body=body, response_headers=kept)
+                .execution_options(synchronize_session=False)
+            )
 
     async def _load(self) -> IdempotencyKey | None:
         async with self.sessions() as session:
@@ -332,10 +501,12 @@ class Idempotency:
                 select(IdempotencyKey).where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
             )
 
-    async def _delete(self, only_if_created: Any = None) -> None:
+    async def _delete(self, only_if_created: Any = None, *, only_in_progress: bool = False) -> None:
         query = delete(IdempotencyKey).where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
         if only_if_created is not None:
             query = query.where(IdempotencyKey.created_at == only_if_created)
+        if only_in_progress:
+            query = query.where(IdempotencyKey.state == "in_progress")
         async with self.sessions.begin() as session:
             await session.execute(query)
 
@@ -388,6 +559,8 @@ def idempotency_for(run_kind: str | None = None) -> Callable[..., Awaitable[Idem
             abandoned_after=abandoned_after,
             longest_request=timedelta(seconds=longest),
             scrubber=settings.answer_scrubber,
+            # The lifespan's tracked tasks (main.py), closed with their grace at shutdown.
+            background=getattr(request.app.state, "background_tasks", None),
         )
 
     return get_idempotency

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
+from core.context import current_idempotency_key
 from core.errors import OUTCOME_UNKNOWN, ProblemError, database_failed, from_the_database
 from core.run_kinds import RETIRED_RUN_KINDS as RETIRED_RUN_KINDS  # re-exported: callers import kinds with the ledger
 from core.run_kinds import RunKind as RunKind
@@ -591,6 +592,7 @@ class Ledger:
             "input_summary": self._stored(dict(input_summary or {})),
             "result": None,
             "error": None,
+            "idempotency_key": current_idempotency_key(),
         }
         # A durable start is committed before the caller acts. A non-durable one is not even sent on its own:
         # it waits in the queue for the next write that drains (the run's finish at the latest, a ledger read

@@ -32,8 +32,9 @@ _REPLAYED = {
 }
 _NOT_REPLAYABLE = {
     "description": "`false` when the action succeeded but the database failed to store this answer for its "
-    "Idempotency-Key: a retry with that key gets a 409, never a second run and never this answer. Keep it (or "
-    "read GET /runs/{run_id}).",
+    "Idempotency-Key: not replayable yet. It is stored as soon as the database is back (tried for 30 s); until "
+    "then a retry with that key gets a 409 (retry shortly), after it the replay; if it never is, a 409 naming "
+    "the run. Never a second run. Keep this answer (or read GET /runs/{run_id}).",
     "schema": {"type": "string", "enum": ["false"]},
 }
 

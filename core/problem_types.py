@@ -73,7 +73,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             (409,),
             "The upstream's state refuses the action (the bot is not in the Slack channel, the WhatsApp sandbox was "
             "not joined, a free-form message outside the 24-hour window), or a request with the same "
-            "Idempotency-Key is still in progress.",
+            "Idempotency-Key is still in progress, or finished (its `run_id`) without its answer being stored "
+            "for the key.",
             "Follow the detail's hint; where a retry helps, Retry-After says when.",
         ),
         ProblemType(

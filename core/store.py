@@ -64,6 +64,9 @@ class Run(Base):
     input_summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
+    #: The `Idempotency-Key` of the request that started the run (migration 0008), so that a key whose answer the
+    #: database failed to store can still say which run answered it (`core.idempotency`). Not in GET /runs.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
     actions: Mapped[list[Action]] = relationship(
         back_populates="run", order_by="Action.id", lazy="raise", cascade="all, delete-orphan"

@@ -219,6 +219,26 @@ class BackgroundTasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def track(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run `coro` in the background with no run of its own: work that belongs to a request already answered
+        and recorded (an Idempotency-Key answer stored late, `core.idempotency`). It reports its own outcome; an
+        exception that escapes it is logged here. At shutdown it gets the same grace, then is cancelled."""
+        if self._closing:
+            coro.close()
+            raise RuntimeError("shutting down: no new background work is accepted")
+        task = asyncio.create_task(self._logged(coro, name=name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _logged(coro: Coroutine[Any, Any, Any], *, name: str) -> Any:
+        try:
+            return await coro
+        except Exception:
+            logger.exception("background %s failed", name)
+            return None
+
     async def _guard(
         self, coro: Coroutine[Any, Any, Any], *, kind: RunKind, trigger: str, summary: dict[str, Any]
     ) -> Any:

@@ -194,6 +194,7 @@ async def test_idempotency_keys_stored_before_the_one_scope_are_still_replayed(t
             )
             await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0005'"))
             await conn.execute(sa.text("DROP TABLE rate_limit_hits"))  # added by 0007, after the release at 0005
+            await conn.execute(sa.text("ALTER TABLE runs DROP COLUMN idempotency_key"))  # added by 0008
     finally:
         await engine.dispose()
 

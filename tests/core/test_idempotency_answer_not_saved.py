@@ -3,7 +3,8 @@
 It was answered 503 `store-unavailable`, "The outcome is unknown: check GET /runs once the database is back before
 retrying", while the ledger recorded the run `ok`: the caller lost the answer of something that had happened, and
 a 503 invites the retry that can no longer be replayed. It is now the action's own answer, with
-`Idempotent-Replayable: false`; the key stays claimed, so a retry with it gets a 409 and never acts again.
+`Idempotent-Replayable: false`; the key stays claimed, so a retry with it gets a 409 and never acts again until the
+answer is stored late (test_idempotency_late_save.py).
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ async def test_a_success_whose_answer_cannot_be_stored_is_answered_as_the_succes
     assert response.headers["idempotent-replayable"] == "false"
     assert "retry-after" not in response.headers
 
-    # The database is back: the key is still claimed, so the retry is refused and nothing acts twice.
-    down.clear()
+    # Not stored yet: the key is still claimed, so the retry is refused and nothing acts twice.
     monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.2)
     retry = await client.post("/act", json={"text": "a"}, headers=headers)
+    down.clear()  # the late save stores it before the app shuts down
     assert retry.status_code == 409
     assert calls == ["a"]
 
@@ -128,15 +129,16 @@ async def test_a_started_timer_whose_answer_cannot_be_stored_names_its_run(make_
             down = _fail_storing_successes(monkeypatch, _database_down())
             headers = {"Idempotency-Key": "start-unsaved"}
             response = await client.post("/start-timer", json={"task_name": "Deep Work"}, headers=headers)
-            down.clear()
             run = (await client.get(f"/runs/{response.json()['run_id']}")).json()
             monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.2)
             retry = await client.post("/start-timer", json={"task_name": "Deep Work"}, headers=headers)
+            down.clear()  # the late save stores it before the app shuts down
     body = response.json()
     assert response.status_code == 200, body
     assert response.headers["idempotent-replayable"] == "false"
     assert body["entry_id"] == 111222333 and "outcome_unknown" not in body
     assert run["status"] == "ok" and run["actions"][0]["external_id"] == "111222333"
     assert retry.status_code == 409  # never a second timer
+    assert retry.json()["run_id"] == body["run_id"]
     assert create.call_count == 1
     assert json.loads(create.calls.last.request.content)["description"] == "Deep Work"
