@@ -15,6 +15,10 @@ from tests.workflows.world import OWNER, post_whatsapp, runs_of, whatsapp_form, 
 from workflows import commands
 from workflows.commands import Command, parse_command, strip_mentions
 
+#: The zone offset a time in the hour the clocks repeat in autumn carries ("02:40 Europe/Berlin (CEST, UTC+02:00)"):
+#: these tests read the real clock, so one hour a year a reply has it.
+_OFFSET = r"( \(\w+, UTC[+-]\d\d:\d\d\))?"
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -282,7 +286,8 @@ async def test_the_brief_command_says_whether_the_timer_started(w, make_client):
         "Toggl said: Toggl is having a bad day."
     )
     assert re.fullmatch(
-        r"- Inbox zero\n\nTimer: 'Deep Work' started \d\d:\d\d Europe/Berlin, stops \d\d:\d\d Europe/Berlin"
+        rf"- Inbox zero\n\nTimer: 'Deep Work' started \d\d:\d\d Europe/Berlin{_OFFSET}, "
+        rf"stops \d\d:\d\d Europe/Berlin{_OFFSET}"
         r"( on \w{3} \d{1,2} \w{3})?",  # the stop's day, when it is after midnight
         started,
     )
@@ -344,7 +349,7 @@ async def test_a_start_whose_stop_could_not_be_saved_tells_the_sender_how_to_sto
         [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("start focus for 10 min")))
     assert len(w.toggl.starts) == 1
     assert re.match(
-        r"Started 'focus' at \d\d:\d\d Europe/Berlin; it stops at \d\d:\d\d Europe/Berlin"
+        rf"Started 'focus' at \d\d:\d\d Europe/Berlin{_OFFSET}; it stops at \d\d:\d\d Europe/Berlin{_OFFSET}"
         r"( on \w{3} \d{1,2} \w{3})?\. ",  # the stop's day, when it is after midnight
         reply,
     )
