@@ -11,10 +11,9 @@ test_idempotency_answer_not_saved.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -27,9 +26,9 @@ from core import idempotency
 from core.idempotency import Idempotency
 from core.store import IdempotencyKey
 
-BASE = "https://toggl.test/api/v9"
-WID = 4242
-TOGGL = {"toggl_api_token": "tok-abcdef123456", "toggl_workspace_id": WID, "toggl_base_url": BASE}
+# The same Toggl settings and fake running entry as the answer-not-saved tests this file continues.
+from tests.core.test_idempotency_answer_not_saved import BASE, TOGGL, WID, _entry
+
 START = {"task_name": "Deep Work"}
 
 
@@ -53,26 +52,6 @@ def _fail_storing_successes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(Idempotency, "_settle", settle)
     return down
-
-
-def _entry(request: httpx.Request) -> httpx.Response:
-    sent = json.loads(request.content)
-    start = datetime.strptime(sent["start"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return httpx.Response(
-        200,
-        json={
-            "id": 111222333,
-            "workspace_id": WID,
-            "project_id": None,
-            "billable": False,
-            "start": sent["start"],
-            "stop": None,
-            "duration": -int(start.timestamp()),
-            "description": sent["description"],
-            "tags": [],
-            "at": sent["start"],
-        },
-    )
 
 
 async def _background_done(client: httpx.AsyncClient, timeout: float = 5.0) -> None:
