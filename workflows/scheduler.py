@@ -95,6 +95,19 @@ STOP_RETRY_EVERY = timedelta(minutes=30)
 STOP_RETRY_WINDOW = timedelta(hours=12)
 
 
+#: The width of `job_fires.worker` (VARCHAR(64), migration 0003).
+WORKER_ID_LENGTH = 64
+
+
+def default_worker_id(instance: int) -> str:
+    """`host:pid:instance`, cut at the host name to fit `job_fires.worker`: PostgreSQL refuses a longer value, and
+    every claim, of every stop and briefing, raised instead of firing (found by a review: an EC2 instance's host
+    name, `ip-172-31-20-123.eu-central-1.compute.internal`, with a pid and the scheduler's id made 67 characters).
+    The pid and the instance are what tell workers on one host apart, so the host name gives way."""
+    suffix = f":{os.getpid()}:{instance:x}"
+    return socket.gethostname()[: max(0, WORKER_ID_LENGTH - len(suffix))] + suffix
+
+
 def stop_job_id(entry_id: int | str) -> str:
     return f"stop:{entry_id}"
 
@@ -230,7 +243,7 @@ class JobScheduler:
         self.ledger = ledger
         self.tasks = tasks
         self.deps = deps
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.worker_id = worker_id or default_worker_id(id(self))
         self.aps = AsyncIOScheduler(
             timezone=settings.zone,
             # No misfire limit for stops: a stop due while we were down must still happen.
