@@ -9,7 +9,8 @@ APScheduler as day names, which both read the same way.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, tzinfo
+import copy
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -54,6 +55,36 @@ class WallClockCronTrigger(CronTrigger):
         return offset is not None and earlier is not None and earlier < offset
 
     def _forward(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        candidate = self._stepped(previous_fire_time, now)
+        if candidate is None:
+            return None
+        since = now if previous_fire_time is None else min(now, previous_fire_time + timedelta(microseconds=1))
+        return self._in_midnight_gap(since, candidate) or candidate
+
+    def _in_midnight_gap(self, since: datetime, candidate: datetime) -> datetime | None:
+        """A fire time in an hour the clocks skip that APScheduler stepped over, before `candidate`, an hour on.
+
+        Where the clocks skip the hour after midnight (Chile, Cuba, Egypt, Lebanon, Paraguay), APScheduler moving to
+        the next day lands on 00:00, which does not exist, reads it as 01:00 and looks for hour 0 from there: `0 0 * *
+        *` in America/Santiago skipped 6 September 2026 altogether, where 02:30 in Berlin fires an hour on, as
+        documented (found by a review). So each day up to `candidate` whose offset grows is asked again in the
+        offset the clocks had before the jump, where the skipped wall times exist; one that does not exist in
+        TIMEZONE is the answer, at that offset, which is an hour (the jump) on.
+        """
+        start, end = since.astimezone(UTC), candidate.astimezone(UTC)
+        while start < end:
+            step = min(start + timedelta(days=1), end)
+            before, after = start.astimezone(self.timezone).utcoffset(), step.astimezone(self.timezone).utcoffset()
+            if before is not None and after is not None and after > before:
+                fixed = copy.copy(self)
+                fixed.timezone = timezone(before)
+                due = CronTrigger.get_next_fire_time(fixed, None, start.astimezone(fixed.timezone))
+                if due is not None and due.astimezone(UTC) < end and _skipped(due.replace(tzinfo=None), self.timezone):
+                    return due.astimezone(self.timezone)
+            start = step
+        return None
+
+    def _stepped(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         candidate = super().get_next_fire_time(previous_fire_time, now)
         stuck = candidate
         for _ in range(_MAX_STEPS):
@@ -69,6 +100,11 @@ class WallClockCronTrigger(CronTrigger):
             stuck = (stuck.astimezone(UTC) + _STEP).astimezone(self.timezone)
             candidate = super().get_next_fire_time(None, stuck)
         return None  # never seen; better no firing than a spinning event loop
+
+
+def _skipped(wall: datetime, zone: tzinfo) -> bool:
+    """Whether wall-clock time `wall` (naive) never happens in `zone`: it does not survive a round trip through UTC."""
+    return wall.replace(tzinfo=zone).astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall
 
 
 def _second_occurrence(moment: datetime) -> bool:
