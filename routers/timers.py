@@ -17,7 +17,7 @@ from core.outcome import ActionOutcome
 from core.validation import skill_check
 from routers.briefing import WorkflowDepsDep
 from routers.deps import SkillsDep
-from skills.toggl import RunningTimer, TimerStopped, check_text
+from skills.toggl import RunningTimer, TimerStarted, TimerStopped, check_text
 from workflows.actions import perform_action
 from workflows.briefing import cancel_planned_stop, plan_stop
 
@@ -133,6 +133,11 @@ async def start_timer(
     """Creates a *running* entry (`duration: -1`). `duration_minutes` does not make Toggl stop it:
     it sets `planned_stop`, which the scheduler persists and acts on (see GET /schedule)."""
 
+    async def plan_its_stop(run: RunHandle, started: TimerStarted) -> None:
+        stop_not_saved = await plan_stop(workflows, run, started)
+        if stop_not_saved is not None:
+            started.planned_stop_error = stop_not_saved.words("api")
+
     async def run() -> StartTimerResponse:
         run_id, outcome = await perform_action(
             ledger,
@@ -153,7 +158,7 @@ async def start_timer(
             # The planned stop is saved inside the run, so the scheduler stops the timer then, across restarts
             # too. Saved after the run had finished `ok`, a worker killed in between left the timer running
             # for good: the prune only recovers runs still `running` (found by a code review).
-            then=lambda run, started: plan_stop(workflows, run, started),
+            then=plan_its_stop,
             # Recorded in input_summary: the prune's recovery of an interrupted start must know a rehearsal.
             dry_run=dry_run,
         )
@@ -284,7 +289,9 @@ async def stop_timer(
             # Inside the run, as a start's plan_stop: a cancel that fails is recorded with the stop, and the stop
             # is still answered as done (it was a 503 "outcome unknown"; found by a review).
             if not dry_run:
-                outcome.planned_stop_error = await cancel_planned_stop(workflows, run, outcome.timer)
+                cancel_failed = await cancel_planned_stop(workflows, run, outcome.timer)
+                if cancel_failed is not None:
+                    outcome.planned_stop_error = cancel_failed.words("api")
 
         run_id, outcome = await perform_action(
             ledger,

@@ -9,6 +9,7 @@ the Slack summary goes out even when the plan failed, saying so.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,10 @@ logger = logging.getLogger("orchestrator.briefing")
 
 StepStatus = Literal["ok", "failed", "skipped", "not_configured"]
 BriefingStatus = Literal["ok", "partial", "failed"]
+#: Who reads a message: an HTTP API caller (curl, Swagger UI, GET /runs) or a person in a chat (WhatsApp, Slack).
+#: The facts of a planned-stop failure are the same for both; how to act on them is not: an API caller sends
+#: `POST /stop-timer`, a chat user sends "stop" (a command of `workflows.commands`' grammar).
+Audience = Literal["api", "chat"]
 
 PLAN_SYSTEM = (
     "You are a concise productivity assistant. Write a realistic plan for the day as at most five short "
@@ -365,10 +370,13 @@ def _cut_short_note(stop_reason: str | None) -> str:
     return f"_(the plan was cut short: {why})_"
 
 
-def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> str:
+def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult, timer_line: str | None) -> str:
+    """The briefing's Slack post. `timer_line`: a started timer's detail worded for a chat user (the step's own
+    detail is worded for whoever asked for the briefing, an API caller included)."""
     # Only the literal `*` markup is ours: the plan (an LLM's words), the task and upstream errors are
     # escaped, so none of them can turn into `<!channel>` or a link in the bot's name.
-    plan_detail, timer_detail = escape_text(plan.step.detail or ""), escape_text(timer.step.detail or "")
+    plan_detail = escape_text(plan.step.detail or "")
+    timer_detail = escape_text(timer_line if timer_line is not None else timer.step.detail or "")
     lines = ["*Morning briefing*", ""]
     if plan.step.status == "ok":
         plan_text = escape_text(str(plan.value.response).strip())
@@ -392,8 +400,14 @@ def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> 
     return "\n".join(lines)
 
 
-async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger: str) -> BriefingReport:
-    """Plan and timer concurrently, then the Slack summary; one ledger run, one action per step."""
+async def run_briefing(
+    deps: WorkflowDeps, request: BriefingRequest, *, trigger: str, audience: Audience = "api"
+) -> BriefingReport:
+    """Plan and timer concurrently, then the Slack summary; one ledger run, one action per step.
+
+    `audience` is who reads the report's step details: "api" for POST /morning-briefing and BRIEFING_CRON (whose
+    report is read in GET /runs), "chat" for the `brief` command's reply. The Slack summary is always "chat".
+    """
     settings = deps.settings
     task = request.task or settings.briefing_task
     minutes = request.duration_minutes or settings.briefing_timer_minutes
@@ -447,29 +461,35 @@ async def run_briefing(deps: WorkflowDeps, request: BriefingRequest, *, trigger:
                 ),
             )
 
+        stop_not_saved: StopNotSaved | None = None
+
+        def timer_detail(started: Any, reader: Audience) -> str:
+            start = local_time(started.start, settings)
+            stop = local_stop_time(started.planned_stop, started.start, settings)
+            when = f"'{task}' started {start}, stops {stop}"
+            if stop_not_saved is not None:
+                when += f". {stop_not_saved.words(reader)}"
+            return f"dry run: {when}" if started.dry_run else when
+
         async def timer() -> _StepResult:
             async def start() -> Any:
+                nonlocal stop_not_saved
                 started = await deps.skills.toggl.start_timer(
                     description=task, duration_minutes=minutes, dry_run=request.dry_run
                 )
-                await plan_stop(deps, run, started)
+                stop_not_saved = await plan_stop(deps, run, started)
                 return started
 
             def describe(started: Any) -> tuple[str, str | None]:
-                start = local_time(started.start, settings)
-                stop = local_stop_time(started.planned_stop, started.start, settings)
-                when = f"'{task}' started {start}, stops {stop}"
-                if started.planned_stop_error:
-                    when += f". {started.planned_stop_error}"
-                return (f"dry run: {when}" if started.dry_run else when), (
-                    None if started.entry_id is None else str(started.entry_id)
-                )
+                return timer_detail(started, audience), None if started.entry_id is None else str(started.entry_id)
 
             return await _run_step(run, "timer", "toggl", "start_timer", start, describe)
 
         plan_result, timer_result = await asyncio.gather(plan(), timer())
 
-        text = _summary_text(settings, plan_result, timer_result)
+        # The summary is read in Slack whoever asked for the briefing: its timer line is worded for a chat user.
+        timer_line = timer_detail(timer_result.value, "chat") if timer_result.step.status == "ok" else None
+        text = _summary_text(settings, plan_result, timer_result, timer_line)
         if deps.registry.get("slack").configured(settings) and not (channel or settings.slack_default_channel):
             # The skill's own hint ("pass `channel` or set SLACK_DEFAULT_CHANNEL") left out the briefing's setting.
             missing = ["BRIEFING_CHANNEL"]
@@ -521,18 +541,57 @@ PLAN_STOP = ("scheduler", "plan_stop")
 CANCEL_STOP = ("scheduler", "cancel_stop")
 
 
-async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> None:
+@dataclass(frozen=True)
+class StopNotSaved:
+    """A timer started, but its planned stop could not be saved (the database failed): the facts, which each
+    channel words for its reader with `words`, so the sentence exists once."""
+
+    stop_at: str  # local_stop_time: what the reader's clock shows
+    error: str
+    entry_id: int
+    workspace_id: int
+
+    def words(self, audience: Audience) -> str:
+        if audience == "api":
+            body = {"entry_id": self.entry_id, "workspace_id": self.workspace_id}
+            how = f'stop it then: POST /stop-timer {json.dumps(body)}, or send "stop".'
+        else:
+            how = 'send "stop" then ("status" shows whether it still runs).'
+        return (
+            f"The timer started, but its stop at {self.stop_at} could not be saved yet ({self.error[:200]}); "
+            f"the service saves it again within 10 minutes. To be sure, {how}"
+        )
+
+
+@dataclass(frozen=True)
+class StopNotCancelled:
+    """A timer stopped by hand, but its planned stop could not be cancelled (the database failed): the facts,
+    worded for each reader by `words`. Nothing is left to do: when due, the stop finds the timer stopped."""
+
+    error: str
+
+    def words(self, audience: Audience) -> str:
+        # An API caller can see the stop still listed; a chat user has no GET /schedule, only the reassurance.
+        still = "GET /schedule still lists it" if audience == "api" else "it is still planned"
+        return (
+            f"The timer stopped, but its planned stop could not be cancelled ({self.error[:200]}): {still}, and "
+            "when it is due it finds the timer already stopped and changes nothing."
+        )
+
+
+async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> StopNotSaved | None:
     """Save the planned stop of a timer `run` just started, inside the run (before it can finish `ok`).
 
     When it cannot be saved now (the database failed), the timer is running and nothing would stop it: the
     run records a failed `scheduler`/`plan_stop` action holding the stop, which the 10-minute prune saves
-    later, and `started.planned_stop_error` says so and how to stop the timer by hand. Before, the failure was
-    taken for a failed start ("Timer: not started") while the timer ran on (found by a code review).
+    later, and the returned `StopNotSaved` lets the caller say so and how to stop the timer by hand, in its
+    reader's terms (`planned_stop_error` on POST /start-timer). Before, the failure was taken for a failed start
+    ("Timer: not started") while the timer ran on (found by a code review).
     """
     try:
         # Shielded: a caller who hangs up now must not leave a started timer without its stop.
         await asyncio.shield(schedule_planned_stop(deps, started))
-        return
+        return None
     except Exception as exc:
         logger.exception("the planned stop of entry %s could not be saved", started.entry_id)
         error = describe_error(exc, scrubber=run.ledger.scrubber)
@@ -544,23 +603,23 @@ async def plan_stop(deps: WorkflowDeps, run: RunHandle, started: Any) -> None:
         "at": at.isoformat(),
     }
     await run.skip(*PLAN_STOP, status="failed", error=error, request=stop)
-    started.planned_stop_error = (
-        f"The timer started, but its stop at {local_stop_time(at, started.start, deps.settings)} could not be saved "
-        f"yet ({error[:200]}); "
-        f"the service saves it again within 10 minutes. To be sure, stop it then: POST /stop-timer "
-        f'{{"entry_id": {started.entry_id}, "workspace_id": {started.workspace_id}}}, or send "stop".'
+    return StopNotSaved(
+        stop_at=local_stop_time(at, started.start, deps.settings),
+        error=error,
+        entry_id=started.entry_id,
+        workspace_id=started.workspace_id,
     )
 
 
-async def cancel_planned_stop(deps: WorkflowDeps, run: RunHandle, stopped: Any) -> str | None:
+async def cancel_planned_stop(deps: WorkflowDeps, run: RunHandle, stopped: Any) -> StopNotCancelled | None:
     """A timer stopped by hand has nothing left for its planned stop to do: cancel it, so GET /schedule stays
     honest and the stop does not fire later as a no-op.
 
-    Returns None, or what to tell the caller when the cancel failed (the database): the timer is stopped either
-    way, and the planned stop left `pending` finds it already stopped when due (Toggl's 409, which changes
-    nothing). The failure is recorded in `run` as a failed `scheduler`/`cancel_stop` action. Before, it was
-    raised: the caller of a stop that had happened was told 503 "outcome unknown", and the `stop` command's run
-    read `failed` (found by a review).
+    Returns None, or, when the cancel failed (the database), what the caller words for its reader: the timer is
+    stopped either way, and the planned stop left `pending` finds it already stopped when due (Toggl's 409,
+    which changes nothing). The failure is recorded in `run` as a failed `scheduler`/`cancel_stop` action.
+    Before, it was raised: the caller of a stop that had happened was told 503 "outcome unknown", and the `stop`
+    command's run read `failed` (found by a review).
     """
     if stopped is None or getattr(stopped, "dry_run", False) or stopped.entry_id is None or deps.scheduler is None:
         return None
@@ -571,7 +630,4 @@ async def cancel_planned_stop(deps: WorkflowDeps, run: RunHandle, stopped: Any) 
         logger.exception("the planned stop of entry %s could not be cancelled", stopped.entry_id)
         error = describe_error(exc, scrubber=run.ledger.scrubber)
     await run.skip(*CANCEL_STOP, status="failed", error=error, request={"entry_id": stopped.entry_id})
-    return (
-        f"The timer stopped, but its planned stop could not be cancelled ({error[:200]}): GET /schedule still "
-        "lists it, and when it is due it finds the timer already stopped and changes nothing."
-    )
+    return StopNotCancelled(error=error)

@@ -260,7 +260,7 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("Could not start the timer", exc)
-        await plan_stop(deps, run, started)
+        stop_not_saved = await plan_stop(deps, run, started)
         start_at = local_time(started.start, settings)
         stop_at = local_stop_time(started.planned_stop, started.start, settings)
         confirmation = (
@@ -268,8 +268,8 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
             if dry_run
             else f"Started '{task}' at {start_at}; it stops at {stop_at}."
         )
-        if started.planned_stop_error:
-            confirmation += f" {started.planned_stop_error}"
+        if stop_not_saved is not None:
+            confirmation += f" {stop_not_saved.words('chat')}"
         announcement = (
             # The task is the sender's text: escaped, or "start <!channel> for 5 min" would ping the channel.
             f":stopwatch: '{escape_text(task)}' started at {start_at}, planned stop {stop_at} "
@@ -312,7 +312,9 @@ async def _stop(deps: WorkflowDeps, *, trigger: str, sender: str | None) -> str:
         if stopped is None:
             run.result = {"stopped": None}
             return "No timer is running."
-        not_cancelled = await cancel_planned_stop(deps, run, stopped)
+        cancel_failed = await cancel_planned_stop(deps, run, stopped)
+        # The sender reads it in the chat, where GET /schedule means nothing; the run records what they were told.
+        not_cancelled = cancel_failed.words("chat") if cancel_failed is not None else None
         run.result = {"entry_id": stopped.entry_id, "elapsed_seconds": stopped.elapsed_seconds}
         if not_cancelled:
             run.result["planned_stop_error"] = not_cancelled
@@ -341,7 +343,7 @@ async def _status(deps: WorkflowDeps) -> str:
 
 async def _brief(deps: WorkflowDeps, *, trigger: str) -> str:
     dry_run = deps.settings.dry_run
-    report = await run_briefing(deps, BriefingRequest(dry_run=dry_run), trigger=trigger)
+    report = await run_briefing(deps, BriefingRequest(dry_run=dry_run), trigger=trigger, audience="chat")
     by_name = {step.name: step for step in report.steps}
     lines = [report.plan or f"No plan today ({by_name['plan'].detail})."]
     timer = by_name["timer"]

@@ -354,7 +354,11 @@ async def test_a_start_whose_stop_could_not_be_saved_tells_the_sender_how_to_sto
         reply,
     )
     assert "could not be saved yet" in reply and "database is locked" in reply
-    assert 'POST /stop-timer {"entry_id": 9001, "workspace_id": 4242}, or send "stop".' in reply
+    # The chat's own command, not the HTTP API's POST /stop-timer, which nobody on WhatsApp can send.
+    assert reply.endswith(
+        'To be sure, send "stop" then ("status" shows whether it still runs). Posted to Slack C0000000001.'
+    )
+    assert "/stop-timer" not in reply
 
 
 async def test_under_dry_run_a_stop_and_a_chat_are_recorded_as_rehearsals(w, make_client):
