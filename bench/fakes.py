@@ -3,7 +3,8 @@
 One aiohttp app answers every vendor's paths with a well-formed success body,
 after a configurable per-vendor latency. Toggl keeps the entries it started
 (`TogglEntries`), so a stop or an update answers that entry, and a second stop
-of it is Toggl's 409. Used by the benchmark (as a separate
+of it is Toggl's 409; starting a running entry stops the one running in its
+workspace, as Toggl does. Used by the benchmark (as a separate
 process: `python -m bench.fakes --port 9000 --latency anthropic=0.05`) and by
 the adversarial tests (in-process), so both exercise the real client code.
 
@@ -77,6 +78,24 @@ class TogglEntries:
     def running(self) -> dict[str, Any] | None:
         entry = self.entries.get(self.running_id) if self.running_id is not None else None
         return entry if entry is not None and entry["stop"] is None else None
+
+    def stop_running(self, *, workspace_id: int, user_id: int, at: int) -> dict[str, Any] | None:
+        """Stop the entry running in `workspace_id` for `user_id`, as Toggl does when a new running entry is created
+        there, and return it (None when nothing of theirs runs there).
+
+        Toggl stops the running entry itself (toggl/toggl_api_docs#227: "API will stop one as well"); when exactly
+        is not documented (unsure). Here it is stopped at `at`, the moment of the create, as the fake's stop PATCH
+        stops at "now" (Toggl's own apps settled on the current time too: toggl/mobileapp#2454), never before its
+        own start. Only the entry `running()` answers is looked at: the fake keeps one current timer per process.
+        Before, it ran on beside the new one, and a later stop of it found it running where Toggl answers 409.
+        """
+        entry = self.running()
+        if entry is None or entry["workspace_id"] != workspace_id or entry["user_id"] != user_id:
+            return None
+        start = _epoch(entry["start"], default=at)
+        _set_times(entry, start=start, stop=max(at, start))
+        entry["at"] = _iso(at)
+        return entry
 
 
 _ids = itertools.count(1)
@@ -234,10 +253,13 @@ def build_vendor_app(
             project_id=body.get("project_id"),
         )
         # The start the caller sent (the service fixes it before the POST); a negative duration is a running timer.
-        start = _epoch(body.get("start"), default=int(time.time()))
+        now = int(time.time())
+        start = _epoch(body.get("start"), default=now)
         duration = body.get("duration", -1)
         running = not isinstance(duration, int) or duration < 0
         _set_times(entry, start=start, stop=None if running else start + duration)
+        if running:  # a finished entry (a positive duration) leaves the running timer alone
+            toggl_entries.stop_running(workspace_id=workspace_id, user_id=entry["user_id"], at=now)
         toggl_entries.add(entry)
         return _json(entry)
 
