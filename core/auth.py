@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from core.deps import SettingsDep
 from core.errors import Forbidden, Unauthorized
@@ -17,14 +18,18 @@ from core.settings import Settings
 
 # auto_error=False: we raise our own problem-details 401, and the schemes still
 # appear in Swagger UI's "Authorize" dialog.
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The value of APP_API_KEY.")
-_bearer = HTTPBearer(auto_error=False, description="The value of APP_API_KEY as a bearer token.")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The value of APP_API_KEY (one of them, when it lists several)."
+)
+_bearer = HTTPBearer(
+    auto_error=False, description="The value of APP_API_KEY as a bearer token (one of them, when it lists several)."
+)
 
 
 def key_refusal(settings: Settings, supplied: str | None) -> Unauthorized | None:
-    """The 401 for a missing or wrong key, or None when it may pass. Compared in constant time."""
-    expected = settings.app_api_key
-    if expected is None:
+    """The 401 for a missing or wrong key, or None when it may pass: any key APP_API_KEY lists (`matches_any`)."""
+    keys = settings.app_api_keys
+    if not keys:
         return None  # development without a key: open, as documented
     # Whitespace around a header value is not part of it (RFC 9110 5.5), and the Bearer form was already
     # stripped; uvicorn's httptools parser keeps a trailing space, so `X-API-Key: <key> ` was "wrong" while
@@ -35,11 +40,24 @@ def key_refusal(settings: Settings, supplied: str | None) -> Unauthorized | None
             "This endpoint needs the API key: send it as X-API-Key: <key> or Authorization: Bearer <key>.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(supplied.encode(), expected.get_secret_value().encode()):
+    if not matches_any(supplied, keys):
         return Unauthorized(
             "The API key is wrong. Use the value of APP_API_KEY.", headers={"WWW-Authenticate": "Bearer"}
         )
     return None
+
+
+def matches_any(supplied: str, keys: tuple[SecretStr, ...]) -> bool:
+    """Whether `supplied` is one of `keys`, each compared in constant time.
+
+    Every key is compared, a match or not: stopping at the first match would let the time of an answer say
+    which key of a rotation (the old or the new) a request used. The time says only how many keys there are and
+    how long they are, as the one comparison of a single key always told its length."""
+    given = supplied.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.get_secret_value().encode())
+    return matched
 
 
 def host_refusal(settings: Settings, host: str | None) -> Forbidden | None:

@@ -142,6 +142,10 @@ def client_identity(request: Request) -> str:
 
     Without APP_API_KEY nothing checks a sent key, so keying on it would let a client mint a fresh budget
     per request with `X-API-Key: r1`, `r2`, ... (found by a black-box review).
+
+    When APP_API_KEY lists several keys (a rotation), each key is a client of its own: the keys are what tells
+    clients apart, so two clients given two keys never share a budget, and one that sends both during a
+    rotation has two.
     """
     settings = request.app.state.settings
     supplied = request.headers.get("x-api-key") if settings.app_api_key is not None else None

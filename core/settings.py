@@ -159,6 +159,13 @@ MIN_API_KEY_CHARS = 16
 #: Shortest secret scrubbed out of answers (`Settings.answer_scrubber`); logs, errors and the ledger take every
 #: secret of 4 characters or more.
 ANSWER_SECRET_MIN_CHARS = 12
+#: The secrets that may hold several values separated by commas, so that one can be rotated without a window of
+#: refusals: add the new value, move the clients (or Twilio's Webhook Setting) over to it, then drop the old one.
+#: Any value listed is accepted; each is held to the rules of a single value and scrubbed like any secret. Only
+#: secrets that check what others send: TWILIO_AUTH_TOKEN also sends (HTTP Basic), with one token. Not
+#: SLACK_SIGNING_SECRET: Slack documents no overlap for a regenerated signing secret, which is known only once
+#: Slack signs with it, so listing the old one beside the new would bridge nothing.
+ROTATABLE_SECRETS = ("app_api_key", "twilio_webhook_shared_key")
 _A_LONG_RANDOM_KEY = (
     "a long random value, e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 )
@@ -177,6 +184,14 @@ _CALL_ATTEMPTS = 3
 _CALL_RETRY_WAIT_SECONDS = 10.0
 #: However short the timeouts, a run is never taken for a dead worker's before this.
 _ABANDONED_FLOOR = timedelta(minutes=10)
+
+
+def listed_secrets(value: SecretStr | None) -> tuple[SecretStr, ...]:
+    """The values of a ROTATABLE_SECRETS setting, in the order given; () when it is unset. A single value is the
+    one value it always was. The validator (`Settings._each_listed_secret`) has made every value non-empty."""
+    if value is None:
+        return ()
+    return tuple(SecretStr(item) for item in value.get_secret_value().split(","))
 
 
 def is_mail_address(value: str) -> bool:
@@ -336,6 +351,27 @@ class Settings(BaseSettings):
                 return SecretStr(stripped)
         return value
 
+    @field_validator(*ROTATABLE_SECRETS)
+    @classmethod
+    def _each_listed_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """Several values (ROTATABLE_SECRETS): each is a whole secret, so an empty one (`old,`, `old,,new`, a
+        value of only line breaks) is an error rather than dropped: it is a key someone meant to give. Spaces
+        and line breaks around each are the list's layout (`old, new`), never part of a key: X-API-Key is
+        compared stripped, and Twilio's secrets have none. One value is left as it is, as before."""
+        if value is None:
+            return None
+        items = value.get_secret_value().split(",")
+        if len(items) == 1:
+            return value
+        stripped = [item.strip(" \t\r\n") for item in items]
+        for position, item in enumerate(stripped, 1):
+            if not item:
+                raise ValueError(
+                    f"value {position} of {len(items)} (separated by commas) is empty or only blanks: a comma at "
+                    "the start or the end, or two in a row. List each key once, separated by single commas"
+                )
+        return SecretStr(",".join(stripped))
+
     @field_validator("whatsapp_allowed_senders", "slack_allowed_users", mode="before")
     @classmethod
     def _split_senders(cls, value: object) -> object:
@@ -447,12 +483,17 @@ class Settings(BaseSettings):
         exposed = "APP_ENV=production" if self.app_env == "production" else "PUBLIC_BASE_URL names another host"
         if self.app_api_key and (self.app_env == "production" or self.public_base_url_is_remote):
             # A key is only a guard if it cannot be guessed: the README's `change-me` or a one-letter key started
-            # in production (found by a black-box review). Length is the one property checked.
-            length = len(self.app_api_key.get_secret_value().strip())
-            if length < MIN_API_KEY_CHARS:
+            # in production (found by a black-box review). Length is the one property checked, of every key
+            # listed: any of them opens the service.
+            keys = self.app_api_keys
+            for position, key in enumerate(keys, 1):
+                length = len(key.get_secret_value().strip())
+                if length >= MIN_API_KEY_CHARS:
+                    continue
+                which = "" if len(keys) == 1 else f"value {position} of {len(keys)}: "
                 raise ValueError(
-                    f"APP_API_KEY is too short for {exposed} ({length} characters; at least {MIN_API_KEY_CHARS}): "
-                    f"set it to {_A_LONG_RANDOM_KEY}"
+                    f"APP_API_KEY is too short for {exposed} ({which}{length} characters; at least "
+                    f"{MIN_API_KEY_CHARS}): set it to {_A_LONG_RANDOM_KEY}"
                 )
         if self.app_env == "production" and self.twilio_auth_token and not self.whatsapp_allowed_senders:
             raise ValueError(
@@ -472,6 +513,16 @@ class Settings(BaseSettings):
     def public_base_url_is_remote(self) -> bool:
         """PUBLIC_BASE_URL names a host other than this machine: the service is reachable from the internet."""
         return bool(self.public_base_url) and not _is_loopback(urlsplit(self.public_base_url).hostname)
+
+    @property
+    def app_api_keys(self) -> tuple[SecretStr, ...]:
+        """Every key APP_API_KEY lists (`listed_secrets`): a request with any of them passes (`core.auth`)."""
+        return listed_secrets(self.app_api_key)
+
+    @property
+    def twilio_webhook_shared_keys(self) -> tuple[SecretStr, ...]:
+        """Every SharedKey secret TWILIO_WEBHOOK_SHARED_KEY lists: a webhook signed with any of them passes."""
+        return listed_secrets(self.twilio_webhook_shared_key)
 
     @property
     def unguarded_on_network(self) -> bool:
@@ -646,9 +697,11 @@ class Settings(BaseSettings):
           (`ssl=require`).
         """
         values = [
-            value.get_secret_value()
-            for value in (getattr(self, name) for name in type(self).model_fields)
-            if isinstance(value, SecretStr)
+            item.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+            # Each key of a list on its own: the list whole ("old,new") is not what a request or a log carries.
+            for item in (listed_secrets(value) if name in ROTATABLE_SECRETS else (value,))
         ]
         secrets = [raw for raw in values if len(raw) >= min_length]
         long_enough = max(min_length, ANSWER_SECRET_MIN_CHARS)

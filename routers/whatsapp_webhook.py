@@ -182,9 +182,16 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
     signature = request.headers.get("x-twilio-signature")
     url = public_url(request, settings)
     key = signing_key(request, settings, what=what, url=url)
-    validator = RequestValidator(key.secret.get_secret_value())
+    params = _Params(fields)
     try:
-        signed = bool(signature) and validator.validate(url, _Params(fields), signature, algorithm=key.algorithm)
+        # A list, not any() over a generator: every secret is tried, so the time of the 403 or 200 does not say
+        # which of a rotation's keys (the old or the new) signed it.
+        signed = bool(signature) and any(
+            [
+                RequestValidator(secret.get_secret_value()).validate(url, params, signature, algorithm=key.algorithm)
+                for secret in key.secrets
+            ]
+        )
     except ValueError:
         # A Host (or trusted X-Forwarded-Host) whose port is not a number (`example.com:abc`): the validator reads
         # the port to try the URL with and without it, and raised. No URL Twilio signs looks like that, so it is
@@ -204,11 +211,12 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
 
 @dataclass(frozen=True)
 class SigningKey:
-    """The secret and algorithm a webhook is checked with, and how the log and the 403 name them."""
+    """The secrets and algorithm a webhook is checked with, and how the log and the 403 name them."""
 
-    secret: SecretStr
+    #: Signed with any of them is signed: the auth token, or every SharedKey TWILIO_WEBHOOK_SHARED_KEY lists.
+    secrets: tuple[SecretStr, ...]
     algorithm: str
-    #: The variable holding `secret`.
+    #: The variable holding `secrets`.
     setting: str
     #: Appended to the log line of a rejected signature: "" for the auth token.
     described: str = ""
@@ -226,7 +234,7 @@ def signing_key(request: Request, settings: Settings, *, what: str, url: str) ->
     assert token is not None  # INTEGRATION.missing() was checked first
     header = (request.headers.get(SIGNATURE_SETTINGS_HEADER) or "").strip()
     if not header:  # empty counts as absent, as in Twilio's Node middleware
-        return SigningKey(token, HMAC_SHA1, "TWILIO_AUTH_TOKEN")
+        return SigningKey((token,), HMAC_SHA1, "TWILIO_AUTH_TOKEN")
     algorithm = get_signature_algorithm(header)  # HMAC_SHA1 when the header names none, as the SDK reads it
     key_id = _quotable(_header_part(header, "key"))
     shared_key = settings.twilio_webhook_shared_key
@@ -258,7 +266,7 @@ def signing_key(request: Request, settings: Settings, *, what: str, url: str) ->
             f"cannot verify: set the Webhook Setting's algorithm to {HMAC_SHA256} (or {HMAC_SHA1})."
         )
     return SigningKey(
-        shared_key,
+        settings.twilio_webhook_shared_keys,
         algorithm,
         "TWILIO_WEBHOOK_SHARED_KEY",
         described=f" ({_quotable(algorithm)} with SharedKey {key_id})",
@@ -283,7 +291,7 @@ def _mismatch(settings: Settings, key: SigningKey) -> Forbidden:
         f"X-Twilio-Signature ({key.algorithm.upper()} with a Webhook Setting's SharedKey, as "
         f"{SIGNATURE_SETTINGS_HEADER} says) is missing or does not match"
     )
-    the_key = f"TWILIO_WEBHOOK_SHARED_KEY is the secret of the SharedKey {SIGNATURE_SETTINGS_HEADER} names"
+    the_key = f"TWILIO_WEBHOOK_SHARED_KEY is (or lists) the secret of the SharedKey {SIGNATURE_SETTINGS_HEADER} names"
     if settings.public_base_url:
         return Forbidden(
             f"{signed}: check that PUBLIC_BASE_URL is the URL Twilio calls (the webhook URL in the Twilio console, "
