@@ -145,7 +145,8 @@ def client_identity(request: Request) -> str:
 
     When APP_API_KEY lists several keys (a rotation), each key is a client of its own: the keys are what tells
     clients apart, so two clients given two keys never share a budget, and one that sends both during a
-    rotation has two.
+    rotation has two. Only a listed key gets here, compared as the auth check compares it, so the budgets are as
+    many as the keys, not the client's to mint.
     """
     settings = request.app.state.settings
     supplied = request.headers.get("x-api-key") if settings.app_api_key is not None else None
@@ -153,6 +154,9 @@ def client_identity(request: Request) -> str:
         authorization = request.headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         supplied = credentials.strip() if scheme.lower() == "bearer" else ""
+    # The key as `core.auth.key_refusal` checked it, without the blanks around it: uvicorn's httptools parser keeps
+    # a trailing one, and `X-API-Key: <key> `, `<key>  `, ... each passed as the key yet had a budget of its own.
+    supplied = (supplied or "").strip(" \t")
     if supplied:
         return "key:" + hashlib.sha256(supplied.encode()).hexdigest()[:32]
     if settings.trust_proxy_headers:

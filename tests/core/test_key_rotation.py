@@ -285,3 +285,15 @@ async def test_every_listed_shared_key_is_tried_whichever_signed(w, make_client,
         response = await post(client, form, sign(URL, form, SHARED_KEY, hashlib.sha256), shared_key_headers())
     assert messages(response)[0].startswith("Started 'Deep work'")
     assert tried == ["checked", "checked"]
+
+
+async def test_blanks_around_a_key_buy_no_budget_of_their_own():
+    """The key check ignores blanks around the key (uvicorn's httptools keeps a trailing one); the rate limit
+    keyed on the key with them, so `<key> `, `<key>  `, ... each had a fresh budget."""
+    app = _limited_app(app_api_key=f"{OLD_KEY},{NEW_KEY}")
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 51000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        first = await client.post("/spend", headers={"X-API-Key": NEW_KEY})
+        padded = [await client.post("/spend", headers={"X-API-Key": NEW_KEY + blanks}) for blanks in (" ", "  ", "\t")]
+    assert first.status_code == 200
+    assert [response.status_code for response in padded] == [429, 429, 429]
