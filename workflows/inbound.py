@@ -14,7 +14,8 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,11 +37,44 @@ async def claim_message(sessions: async_sessionmaker, *, source: str, message_id
     different workers, produce exactly one True. The claim is committed before
     this returns; concurrent claims share one transaction (see `_MessageClaims`).
     """
+    return (await _claims_for(sessions).claim((source, message_id[:255]), None)).first_delivery
+
+
+class EventClaim(NamedTuple):
+    """What `claim_event_and_message` decided. Both rows were committed in one transaction, or neither."""
+
+    #: The event's own id was not claimed before: False for a redelivery of the same event.
+    first_delivery: bool
+    #: ... and the message it carries was not claimed by another event either. Always False for a redelivery.
+    first_for_message: bool
+
+
+async def claim_event_and_message(
+    sessions: async_sessionmaker, *, source: str, event_id: str, message_source: str, message_id: str
+) -> EventClaim:
+    """Claim an event and, when it is a first delivery, the message it carries, in one transaction.
+
+    One message can arrive as several events with their own ids (a Slack direct message that mentions the bot
+    is both `message.im` and `app_mention`). The event's claim makes its redeliveries replays; the message's
+    makes the message one answer. Taken in two transactions, a database failure between the two left the event
+    claimed with nothing done, and the sender's resend was then ignored as a redelivery. Here a failure leaves
+    neither. A second event for a message keeps its own claim (its redeliveries stay replays) but gets
+    `first_for_message=False`. The primary key decides each row, so concurrent events for one message, even on
+    different workers, give exactly one `first_for_message`.
+
+    `message_source` must be a source only ever claimed through this function (`"slack-message"`): every batch
+    then inserts its events' rows before its messages' rows, each in sorted order, one global order in which two
+    workers' batches never wait on each other in a cycle (see `_insert_new`).
+    """
+    return await _claims_for(sessions).claim((source, event_id[:255]), (message_source, message_id[:255]))
+
+
+def _claims_for(sessions: async_sessionmaker) -> _MessageClaims:
     loop = asyncio.get_running_loop()
     claims = _claims.get(sessions)
     if claims is None or claims.loop is not loop:
         claims = _claims[sessions] = _MessageClaims(sessions, loop)
-    return await claims.claim(source, message_id[:255])
+    return claims
 
 
 async def release_message(sessions: async_sessionmaker, *, source: str, message_id: str) -> None:
@@ -58,6 +92,14 @@ _claims: weakref.WeakKeyDictionary[async_sessionmaker, _MessageClaims] = weakref
 _MAX_CLAIMS_PER_STATEMENT = 500
 
 
+@dataclass(slots=True)
+class _PendingClaim:
+    key: tuple[str, str]
+    #: A second row (a message), claimed in the same transaction only when `key` is a first delivery.
+    then: tuple[str, str] | None
+    outcome: asyncio.Future[EventClaim]
+
+
 class _MessageClaims:
     """Claims committed in groups: one INSERT ... ON CONFLICT DO NOTHING RETURNING per batch.
 
@@ -66,42 +108,69 @@ class _MessageClaims:
     row, which made the signed-webhook benchmark 0.06x a hello world
     (docs/benchmarks.md). Claims made while a batch is being committed wait for
     the next one, so under load a batch holds every webhook in flight and costs
-    one statement and one commit. The database still decides: the rows it
-    returns are the ones it inserted, and nobody hears True before that commit.
+    one statement and one commit (two when it holds events that claim their
+    message too: those rows go in a second INSERT, in the same transaction). The
+    database still decides: the rows it returns are the ones it inserted, and
+    nobody hears True before that commit.
     """
 
     def __init__(self, sessions: async_sessionmaker, loop: asyncio.AbstractEventLoop) -> None:
         self.sessions = sessions
         self.loop = loop
-        self._pending: list[tuple[tuple[str, str], asyncio.Future[bool]]] = []
+        self._pending: list[_PendingClaim] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    async def claim(self, source: str, message_id: str) -> bool:
-        won: asyncio.Future[bool] = self.loop.create_future()
-        self._pending.append(((source, message_id), won))
+    async def claim(self, key: tuple[str, str], then: tuple[str, str] | None) -> EventClaim:
+        outcome: asyncio.Future[EventClaim] = self.loop.create_future()
+        self._pending.append(_PendingClaim(key, then, outcome))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="inbound-claims")
         # shield: a caller that gives up must not abort a batch other callers wait for.
-        return await asyncio.shield(won)
+        return await asyncio.shield(outcome)
 
     async def _drain(self) -> None:
         while self._pending:
             batch = self._pending[:_MAX_CLAIMS_PER_STATEMENT]
             del self._pending[: len(batch)]
-            keys = list(dict.fromkeys(key for key, _ in batch))  # a key twice in one batch: one row
             try:
                 async with self.sessions.begin() as session:
-                    inserted = await _insert_new(session, keys)
-            except Exception as exc:  # the database failed: every claim in the batch fails with it
-                for _, won in batch:
-                    if not won.done():
-                        won.set_exception(exc)
+                    outcomes = await _decide(session, batch)
+            except Exception as exc:  # the database failed: every claim in the batch fails with it, both rows
+                for claim in batch:
+                    if not claim.outcome.done():
+                        claim.outcome.set_exception(exc)
                 continue
-            for key, won in batch:
-                first = key in inserted
-                inserted.discard(key)  # a duplicate later in the same batch is a replay
-                if not won.done():
-                    won.set_result(first)
+            for claim, outcome in zip(batch, outcomes, strict=True):
+                if not claim.outcome.done():
+                    claim.outcome.set_result(outcome)
+
+
+async def _decide(session: AsyncSession, batch: list[_PendingClaim]) -> list[EventClaim]:
+    """Insert the batch's rows, the second rows only for the claims whose first row this batch inserted."""
+    keys = [claim.key for claim in batch]
+    firsts = _first_of_each(keys, await _insert_new(session, _unique(keys)))
+    thens = [claim.then if first else None for claim, first in zip(batch, firsts, strict=True)]
+    wanted = [then for then in thens if then is not None]
+    then_firsts = iter(_first_of_each(wanted, await _insert_new(session, _unique(wanted)) if wanted else set()))
+    return [
+        EventClaim(first, next(then_firsts) if then is not None else False)
+        for first, then in zip(firsts, thens, strict=True)
+    ]
+
+
+def _unique(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(keys))  # a key twice in one batch: one row
+
+
+def _first_of_each(keys: list[tuple[str, str]], inserted: set[tuple[str, str]]) -> list[bool]:
+    """For each key in order, whether it won its row: only the first occurrence of a key given twice in a batch
+    can, and a later one is a replay."""
+    unclaimed = set(inserted)
+    firsts = []
+    for key in keys:
+        firsts.append(key in unclaimed)
+        unclaimed.discard(key)
+    return firsts
 
 
 async def _insert_new(session: AsyncSession, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
