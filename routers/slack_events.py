@@ -34,7 +34,7 @@ from routers.briefing import BackgroundTasksDep, WorkflowDepsDep
 from skills.slack import escape_text, unescape_text
 from workflows.briefing import WorkflowDeps
 from workflows.commands import respond, strip_mentions
-from workflows.inbound import claim_message, release_message, send_chat_reply
+from workflows.inbound import EventClaim, claim_event_and_message, claim_message, send_chat_reply
 
 logger = logging.getLogger("orchestrator.slack_events")
 
@@ -63,11 +63,6 @@ INTEGRATION = Integration(
 SLACK_RESENDS = (
     "Slack resends the event (up to three times, over about five minutes); one that arrives once the database "
     "is back is answered."
-)
-#: ... when the event was claimed but its claim could not be given back: its resend is taken for a redelivery.
-SLACK_RESEND_IGNORED = (
-    "Its claim could not be given back either, so Slack's resend will be ignored as a redelivery: the message "
-    "will not be answered, and has to be sent again once the database is back."
 )
 
 #: The reply, at most once an hour per person, to a mention from someone not in SLACK_ALLOWED_USERS.
@@ -254,83 +249,69 @@ async def slack_events(
         )
         return SlackEventsAck()
     event_id = callback.event_id
+    acting = event is not None and should_act(callback, event)
     try:
-        first_delivery = await claim_message(resources.sessions, source="slack", message_id=event_id)
+        claim = await _claim(resources, event_id, event if acting else None)
     except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg's refused connection is not wrapped
         raise delivery_database_failed(exc, delivery=f"Slack event {event_id}", redelivery=SLACK_RESENDS) from exc
-    if not first_delivery:
+    if not claim.first_delivery:
         logger.info(
             "Slack event %s is a redelivery (retry %s): ignored", event_id, request.headers.get("x-slack-retry-num")
         )
         return SlackEventsAck()
-    if event is not None and should_act(callback, event):
-        try:
-            first = await _first_event_for_message(resources, event)
-        except Exception as exc:
-            # Nothing ran: give the event back, or Slack's retry (same event_id) would be taken for a
-            # redelivery and the message never answered.
-            given_back = await _give_back(resources, event_id)
-            if isinstance(exc, (SQLAlchemyError, OSError)):
-                raise delivery_database_failed(
-                    exc,
-                    delivery=f"Slack event {event_id}",
-                    redelivery=SLACK_RESENDS if given_back else SLACK_RESEND_IGNORED,
-                ) from exc
-            raise
-        if not first:
-            logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.ts)
-            return SlackEventsAck()
-        summary = {"event_id": event_id, "user": event.user, "channel": event.channel}
-        assert event.user is not None  # should_act: only people's messages are acted on
-        allowed = settings.slack_allowed_users
-        if allowed and event.user not in allowed:
-            # Anyone in the workspace, guests and Slack Connect users included, could start the owner's timers and
-            # spend their LLM credit (found by a security review). Told once an hour, like a WhatsApp stranger.
-            logger.warning("Slack event %s from a user not in SLACK_ALLOWED_USERS: refused", event_id)
-            if await limiter.first_in(STRANGER_NOTICE, "chat:slack", f"slack:{event.user}"):
-                tasks.spawn(
-                    _post_reply(deps, event, REFUSAL), kind=RunKind.SLACK_NOTICE, trigger="slack", input_summary=summary
-                )
-            return SlackEventsAck()
-        admission = await admit_chat_message(limiter, source="slack", sender=event.user)
-        if not admission.allowed:
-            logger.warning("Slack event %s not acted on: its sender is over RATE_LIMIT_PER_MINUTE", event_id)
-            if admission.notice:
-                tasks.spawn(
-                    _post_reply(deps, event, admission.notice),
-                    kind=RunKind.SLACK_NOTICE,
-                    trigger="slack",
-                    input_summary=summary,
-                )
-            return SlackEventsAck()
-        tasks.spawn(_answer(deps, event), kind=RunKind.SLACK_EVENT, trigger="slack", input_summary=summary)
+    if event is None or not acting:
+        return SlackEventsAck()  # its own claim only, so that its redeliveries are ignored
+    if not claim.first_for_message:
+        logger.info("Slack event %s is a second event for message %s: ignored", event_id, event.ts)
+        return SlackEventsAck()
+    summary = {"event_id": event_id, "user": event.user, "channel": event.channel}
+    assert event.user is not None  # should_act: only people's messages are acted on
+    allowed = settings.slack_allowed_users
+    if allowed and event.user not in allowed:
+        # Anyone in the workspace, guests and Slack Connect users included, could start the owner's timers and
+        # spend their LLM credit (found by a security review). Told once an hour, like a WhatsApp stranger.
+        logger.warning("Slack event %s from a user not in SLACK_ALLOWED_USERS: refused", event_id)
+        if await limiter.first_in(STRANGER_NOTICE, "chat:slack", f"slack:{event.user}"):
+            tasks.spawn(
+                _post_reply(deps, event, REFUSAL), kind=RunKind.SLACK_NOTICE, trigger="slack", input_summary=summary
+            )
+        return SlackEventsAck()
+    admission = await admit_chat_message(limiter, source="slack", sender=event.user)
+    if not admission.allowed:
+        logger.warning("Slack event %s not acted on: its sender is over RATE_LIMIT_PER_MINUTE", event_id)
+        if admission.notice:
+            tasks.spawn(
+                _post_reply(deps, event, admission.notice),
+                kind=RunKind.SLACK_NOTICE,
+                trigger="slack",
+                input_summary=summary,
+            )
+        return SlackEventsAck()
+    tasks.spawn(_answer(deps, event), kind=RunKind.SLACK_EVENT, trigger="slack", input_summary=summary)
     return SlackEventsAck()
 
 
-async def _give_back(resources: Resources, event_id: str) -> bool:
-    """Release the event's claim after a failure before anything ran; False when the database refused that too."""
-    try:
-        await release_message(resources.sessions, source="slack", message_id=event_id)
-    except (SQLAlchemyError, OSError):
-        logger.exception(
-            "Slack event %s: its claim could not be given back, so Slack's retry of it will be ignored as a "
-            "redelivery and the message will not be answered",
-            event_id,
-        )
-        return False
-    return True
-
-
-async def _first_event_for_message(resources: Resources, event: SlackMessageEvent) -> bool:
-    """Claim the message itself, not only the event.
+async def _claim(resources: Resources, event_id: str, acted_on: SlackMessageEvent | None) -> EventClaim:
+    """Claim the event, and the message itself when the event is one we act on (`acted_on`).
 
     One message can arrive as two events with two event_ids: a direct message
     that also mentions the bot is both `message.im` and `app_mention`. Claiming
     (channel, ts) in the same table makes it one answer and one action, across
-    workers too. The claim is taken only for events we act on, so an ignored
-    event never hides the one we want.
+    workers too. The two claims are one transaction: a database failure between
+    them left the event claimed and nothing done, so Slack's resend was ignored
+    as a redelivery and the message never answered. The message claim is taken
+    only for events we act on, so an ignored event never hides the one we want.
     """
-    return await claim_message(resources.sessions, source="slack-message", message_id=f"{event.channel}:{event.ts}")
+    if acted_on is None:
+        first_delivery = await claim_message(resources.sessions, source="slack", message_id=event_id)
+        return EventClaim(first_delivery, first_for_message=False)
+    return await claim_event_and_message(
+        resources.sessions,
+        source="slack",
+        event_id=event_id,
+        message_source="slack-message",
+        message_id=f"{acted_on.channel}:{acted_on.ts}",
+    )
 
 
 async def _answer(deps: WorkflowDeps, event: SlackMessageEvent) -> None:

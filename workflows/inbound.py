@@ -17,7 +17,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -75,14 +74,6 @@ def _claims_for(sessions: async_sessionmaker) -> _MessageClaims:
     if claims is None or claims.loop is not loop:
         claims = _claims[sessions] = _MessageClaims(sessions, loop)
     return claims
-
-
-async def release_message(sessions: async_sessionmaker, *, source: str, message_id: str) -> None:
-    """Give a claim back, for a caller that failed before acting: the sender's retry is then a first delivery."""
-    async with sessions.begin() as session:
-        await session.execute(
-            delete(InboundMessage).where(InboundMessage.source == source, InboundMessage.message_id == message_id[:255])
-        )
 
 
 # One claim queue per session factory (that is, per database and app); weak keys so a disposed

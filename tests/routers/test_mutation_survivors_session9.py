@@ -37,7 +37,8 @@ async def test_a_slack_message_claim_refused_by_asyncpgs_unwrapped_connect_error
 ):
     """Kills catching only SQLAlchemyError around the message's claim (routers/slack_events.py): asyncpg's
     refused connection is a bare ConnectionRefusedError, which then went out as the generic "outcome unknown"
-    503 for an event that had done nothing. The event is given back, so Slack's resend is answered."""
+    503 for an event that had done nothing. Neither the event's claim nor the message's is kept, so Slack's resend
+    is answered."""
     down = ClaimsDown(monkeypatch, _refused_unwrapped)
     down.sources.add("slack-message")
     body = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvDbDownMessageOSError")

@@ -11,7 +11,7 @@ not act, an event we do not act on never takes the message's claim, and concurre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -19,10 +19,28 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from core.store import InboundMessage, create_engine, migrate, session_factory
+from tests.routers.test_slack_events import callback, mention, post
+from tests.routers.test_webhooks_database_down import _assert_nothing_done_answer
+from tests.workflows.test_chat_database_failures import DatabaseDown, _down_after_the_claim
+from tests.workflows.world import finished_runs, runs_of, slack_headers, world
 from workflows import inbound
 from workflows.inbound import EventClaim, claim_event_and_message, claim_message
 
-MESSAGE = "C0000000002:1764057600.000100"  # the message's claim: "channel:ts"
+THREAD = "1764057600.000100"  # the `ts` of tests.routers.test_slack_events.mention
+MESSAGE = f"C0000000002:{THREAD}"  # ... and its channel: the message's claim
+
+
+@pytest.fixture
+async def w():
+    async with world() as fakes:
+        yield fakes
+
+
+@pytest.fixture
+def database(monkeypatch) -> Iterator[DatabaseDown]:
+    database = DatabaseDown(monkeypatch)
+    yield database
+    database.close()
 
 
 @pytest.fixture
@@ -44,6 +62,59 @@ def claim(sessions, event_id: str, message_id: str = MESSAGE):
     return claim_event_and_message(
         sessions, source="slack", event_id=event_id, message_source="slack-message", message_id=message_id
     )
+
+
+# --- Through the webhook ----------------------------------------------------------------------------------
+
+
+async def test_the_database_failing_between_the_two_claims_holds_neither_and_slacks_resend_is_answered(
+    w, make_client, database, monkeypatch
+):
+    """The database goes away once the event's row is in, before the message's, and stays away for anything
+    else (a give-back of the event's claim included) until it is back. Slack's resend must then be answered."""
+    _down_after_the_claim(database, monkeypatch, "slack")
+    body = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvBetweenClaims")
+    async with make_client(**w.settings()) as client:
+        first = await post(client, body)
+        database.down = False
+        _assert_nothing_done_answer(first, says="Slack resends")
+        assert "ignored" not in first.json()["detail"]
+        assert await claims_held(client.app.state.resources.sessions) == set()
+        retry = await post(client, body, {**slack_headers(body), "X-Slack-Retry-Num": "1"})
+        await finished_runs(client, "slack.reply")
+    assert retry.status_code == 200
+    assert len(w.toggl.starts) == 1
+    assert [post["thread_ts"] for post in w.slack.posts if "thread_ts" in post] == [THREAD]
+
+
+async def test_a_second_event_for_the_message_keeps_its_own_claim_and_does_nothing(w, make_client):
+    """The DM that mentions the bot, one event after the other: the second is claimed (its redelivery is a
+    replay) and not acted on."""
+    same_message = {"user": "UHUMAN", "text": "<@UBOT> start planning for 20 min", "ts": THREAD, "channel": "D01"}
+    as_dm = callback({"type": "message", "channel_type": "im", **same_message}, event_id="EvFirst")
+    as_mention = callback({"type": "app_mention", **same_message}, event_id="EvSecond")
+    async with make_client(**w.settings()) as client:
+        responses = [await post(client, as_dm), await post(client, as_mention)]
+        await finished_runs(client, "slack.reply")
+        retry = await post(client, as_mention, {**slack_headers(as_mention), "X-Slack-Retry-Num": "1"})
+        await asyncio.sleep(0.3)
+        held = await claims_held(client.app.state.resources.sessions)
+        assert len(await runs_of(client, "slack.reply")) == 1
+    assert [response.status_code for response in [*responses, retry]] == [200, 200, 200]
+    assert held == {("slack", "EvFirst"), ("slack", "EvSecond"), ("slack-message", f"D01:{THREAD}")}
+    assert len(w.toggl.starts) == 1
+
+
+async def test_an_event_we_do_not_act_on_never_hides_the_message_from_the_one_we_do(w, make_client):
+    """An edit of the message arrives first, with the message's channel and ts: it takes its own event's claim
+    only, so the mention that follows is still answered."""
+    edit = {"type": "message", "subtype": "message_changed", "channel": "C0000000002", "ts": THREAD}
+    async with make_client(**w.settings()) as client:
+        await post(client, callback(edit, event_id="EvEdit"))
+        assert await claims_held(client.app.state.resources.sessions) == {("slack", "EvEdit")}
+        await post(client, callback(mention("<@UBOT> start planning for 20 min"), event_id="EvMention"))
+        await finished_runs(client, "slack.reply")
+    assert len(w.toggl.starts) == 1
 
 
 # --- The claim itself --------------------------------------------------------------------------------------

@@ -240,20 +240,23 @@ async def test_two_messages_with_the_same_ts_in_different_channels_are_both_answ
     assert sorted(post["channel"] for post in w.slack.posts) == ["C0000000002", "C0000000003"]
 
 
-async def test_a_failed_message_claim_gives_the_event_back_so_slacks_retry_is_answered(w, make_client, monkeypatch):
-    import routers.slack_events as slack_events
+async def test_a_failed_message_claim_holds_neither_claim_so_slacks_retry_is_answered(w, make_client, monkeypatch):
+    """A failure (here not even the database's) at the message's row: the event's row, in the same transaction,
+    is not kept either, so Slack's retry (same event_id) is not taken for a redelivery."""
+    from workflows import inbound
 
-    real_claim = slack_events._first_event_for_message
+    real_insert = inbound._insert_new
     calls = 0
 
-    async def flaky_claim(resources, event):
+    async def flaky_insert(session, keys):
         nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("database went away")
-        return await real_claim(resources, event)
+        if any(source == "slack-message" for source, _ in keys):
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("database went away")
+        return await real_insert(session, keys)
 
-    monkeypatch.setattr(slack_events, "_first_event_for_message", flaky_claim)
+    monkeypatch.setattr(inbound, "_insert_new", flaky_insert)
     body = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvFlaky")
     async with make_client(**w.settings()) as client:
         first = await post(client, body)

@@ -8,7 +8,6 @@ had run (the claim comes before anything else) and nothing was in GET /runs to c
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import pytest
@@ -94,11 +93,12 @@ async def test_a_slack_event_whose_claim_fails_did_nothing_and_slacks_retry_is_a
     assert [post["thread_ts"] for post in w.slack.posts if "thread_ts" in post] == ["1764057600.000100"]
 
 
-async def test_a_slack_message_claim_that_fails_gives_the_event_back_and_says_nothing_was_done(
+async def test_a_slack_message_claim_that_fails_holds_neither_claim_and_says_nothing_was_done(
     w, make_client, monkeypatch
 ):
-    """The database went away between the event's claim and the message's: the event is given back, so the
-    answer may say Slack's resend will be answered, and it is."""
+    """The database failed at the message's claim: the event's, in the same transaction, is not kept either, so
+    the answer may say Slack's resend will be answered, and it is. (They were two transactions, and an event whose
+    claim could not then be given back had its resend ignored: tests/routers/test_slack_claims_one_transaction.py.)"""
     down = ClaimsDown(monkeypatch)
     down.sources.add("slack-message")
     body = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvDbDownMessage")
@@ -110,34 +110,6 @@ async def test_a_slack_message_claim_that_fails_gives_the_event_back_and_says_no
     _assert_nothing_done_answer(first, says="Slack resends")
     assert retry.status_code == 200
     assert len(w.toggl.starts) == 1
-
-
-async def test_an_event_that_cannot_be_given_back_says_slacks_resend_will_be_ignored(
-    w, make_client, monkeypatch, caplog
-):
-    """The give-back failed too: the event's claim stays, so Slack's resend is taken for a redelivery. The answer
-    still says nothing was done, and no longer that the resend will be answered (it is not)."""
-    import routers.slack_events as slack_events
-
-    caplog.set_level(logging.ERROR, logger="orchestrator.slack_events")
-    down = ClaimsDown(monkeypatch)
-    down.sources.add("slack-message")
-
-    async def release_down(*_, **__):
-        raise _refused()
-
-    monkeypatch.setattr(slack_events, "release_message", release_down)
-    body = callback(mention("<@UBOT> start planning for 20 min"), event_id="EvDbDownHeld")
-    async with make_client(**w.settings()) as client:
-        first = await post(client, body)
-        down.sources.clear()
-        retry = await post(client, body, {**slack_headers(body), "X-Slack-Retry-Num": "1"})
-        await asyncio.sleep(0.3)
-    body_of_first = _assert_nothing_done_answer(first, says="ignored as a redelivery")
-    assert "Slack resends" not in body_of_first["detail"]
-    assert retry.status_code == 200
-    assert w.toggl.starts == [] and w.slack.posts == []
-    assert any("EvDbDownHeld" in record.getMessage() for record in caplog.records)
 
 
 # --- WhatsApp ---------------------------------------------------------------------------------------------

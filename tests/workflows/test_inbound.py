@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from workflows import inbound
-from workflows.inbound import BackgroundTasks, claim_message, release_message, sender_allowed
+from workflows.inbound import BackgroundTasks, claim_message, sender_allowed
 
 
 async def test_ten_concurrent_claims_of_one_message_win_once(sessions):
@@ -218,23 +218,6 @@ async def test_the_apps_shutdown_waits_shutdown_grace_seconds_for_a_late_answer(
 
 
 # --- Pinned by a mutation review ---------------------------------------------------------------
-
-
-async def test_a_released_claim_is_a_first_delivery_again_even_for_an_id_over_255_characters(sessions):
-    """Slack's retry of an event given back must be answered; claim and release cut an id alike."""
-    long_id = "Ev" + "x" * 300
-    assert await claim_message(sessions, source="slack", message_id=long_id) is True
-    await release_message(sessions, source="slack", message_id=long_id)
-    assert await claim_message(sessions, source="slack", message_id=long_id) is True
-    assert await claim_message(sessions, source="slack", message_id=long_id) is False
-
-
-async def test_a_release_gives_back_only_its_own_sources_claim(sessions):
-    assert await claim_message(sessions, source="whatsapp", message_id="SM1") is True
-    assert await claim_message(sessions, source="slack", message_id="SM1") is True
-    await release_message(sessions, source="slack", message_id="SM1")
-    assert await claim_message(sessions, source="whatsapp", message_id="SM1") is False  # still claimed
-    assert await claim_message(sessions, source="slack", message_id="SM1") is True
 
 
 def test_a_session_factory_used_from_a_second_event_loop_still_claims(database_url):
