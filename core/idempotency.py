@@ -530,8 +530,9 @@ def idempotency_for(run_kind: str | None = None) -> Callable[..., Awaitable[Idem
     the longest such a run can take. None: the cutoff every route shares but those whose kind has its own.
 
     A retry reaches these checks only on the route of the first request (on another, its fingerprint differs: a
-    422), so the route's kind is the first request's. POST /whatsapp-send needs its own: its ten parts can run
-    for longer than the shared cutoff, and a retry was told the worker had stopped while the send went on.
+    422), so the route's kind is the first request's. POST /whatsapp-send and POST /send-email need their own:
+    ten parts, or dozens of SMTP commands each with its own timeout, can run for longer than the shared cutoff, and
+    a retry was told the worker had stopped while the send went on.
     """
 
     async def get_idempotency(

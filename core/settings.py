@@ -176,12 +176,29 @@ _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 #: an inbound message (routers/whatsapp_webhook.py) and POST /whatsapp-send. A run of theirs can take far longer than
 #: any other (`Settings.longest_run_seconds`), so it is taken for a dead worker's only past a cutoff of its own.
 WHATSAPP_MESSAGE_RUNS = frozenset({RunKind.WHATSAPP_REPLY, RunKind.WHATSAPP_SEND})
+#: The ledger run kinds whose cutoff is their own (`Settings.abandoned_after_by_kind`): a WhatsApp message's, and an
+#: email's (POST /send-email), whose SMTP_TIMEOUT_SECONDS applies to each of its dozens of SMTP commands. Every other
+#: kind shares `Settings.abandoned_after`.
+OWN_CUTOFF_RUNS = WHATSAPP_MESSAGE_RUNS | {RunKind.EMAIL_SEND}
 # skills/whatsapp.py's MAX_PARTS, and its ATTEMPTS and MAX_RETRY_WAIT_SECONDS, which are skills/toggl.py's ATTEMPTS
 # and MAX_WAIT_SECONDS too: core cannot import a skill, so they are repeated here, and
 # tests/workflows/test_abandonment_per_kind.py and tests/core/test_call_bounds.py check that they agree.
 _WHATSAPP_PARTS = 10
 _CALL_ATTEMPTS = 3
 _CALL_RETRY_WAIT_SECONDS = 10.0
+# skills/email.py's MAX_RECIPIENTS and CONNECT_ATTEMPTS, and core/upstream.py's BASE_DELAY_SECONDS and
+# DEFAULT_MAX_WAIT_SECONDS (the backoff of `with_retries`, which the email skill uses as is): repeated, as core.upstream
+# would bring in the ledger's database layer, which the settings stay free of (core/run_kinds.py), and checked by
+# tests/core/test_email_run_bound.py.
+_EMAIL_RECIPIENTS = 50
+_EMAIL_CONNECTIONS = 3
+_RETRY_BASE_DELAY_SECONDS = 0.25
+_RETRY_MAX_WAIT_SECONDS = 30.0
+#: SMTP waits of one connection, each cut at SMTP_TIMEOUT_SECONDS, up to its last RCPT TO: connect, greeting, EHLO,
+#: STARTTLS, the TLS handshake, EHLO again, five of AUTH and MAIL FROM (worked out in `longest_email_seconds`).
+_SMTP_WAITS_BEFORE_RECIPIENTS = 12
+#: ...and from DATA on: the 354 to DATA, the reply to the message, then QUIT (or RSET after a refusal).
+_SMTP_WAITS_FROM_DATA = 3
 #: However short the timeouts, a run is never taken for a dead worker's before this.
 _ABANDONED_FLOOR = timedelta(minutes=10)
 
@@ -557,7 +574,7 @@ class Settings(BaseSettings):
         It was 3 x (max(T, SMTP_TIMEOUT_SECONDS) + 10), which counted neither the wait for a free connection nor
         connecting nor TLS: 75 s with the defaults, 210 s with HTTP_TIMEOUT_SECONDS=60, where a planned stop's two
         calls can take 820 s, past the 600 s lease of its claim (workflows/scheduler.py). An email is no call of
-        this kind: SMTP_TIMEOUT_SECONDS limits each SMTP command, not their number (`longest_request_seconds`)."""
+        this kind: SMTP_TIMEOUT_SECONDS limits each SMTP command, not their number (`longest_email_seconds`)."""
         return _CALL_ATTEMPTS * self.longest_attempt_seconds + (_CALL_ATTEMPTS - 1) * _CALL_RETRY_WAIT_SECONDS
 
     @property
@@ -570,17 +587,17 @@ class Settings(BaseSettings):
 
     @property
     def longest_request_seconds(self) -> float:
-        """An upper bound on one request, and on a run of every kind but the WhatsApp messages (WHATSAPP_MESSAGE_RUNS,
-        `longest_run_seconds`). An Idempotency-Key's first request still running past it most likely stopped (the
-        409 of `core.idempotency`); claims and runs older than twice it were left by a worker that died
-        (`abandoned_after`). The longer of two figures, each kind's worst case being under one of them:
+        """An upper bound on one request, and on a run of every kind but a WhatsApp message and an email
+        (OWN_CUTOFF_RUNS, `longest_run_seconds`). An Idempotency-Key's first request still running past it most
+        likely stopped (the 409 of `core.idempotency`); claims and runs older than twice it were left by a worker
+        that died (`abandoned_after`). The longer of two figures, each kind's worst case being under one of them:
 
         - the estimate this bound began as: an LLM answer through every provider, 3 x LLM_MAX_ATTEMPTS x
           (LLM_TIMEOUT_SECONDS + 10), and two calls of 3 x (max(HTTP, SMTP timeout) + 10) (390 s with the
           defaults; 480 s with HTTP_TIMEOUT_SECONDS=30). Over every kind whose LLM answer outlasts its Toggl calls:
           the briefing's worst case is then the answer and a Slack post (275 s with the defaults). Kept as it was,
-          so the defaults' cutoffs stay what they were (13 min), and it stands for an email, whose SMTP commands
-          have no bound in number;
+          SMTP_TIMEOUT_SECONDS included, so the cutoffs stay what they were (13 min with the defaults), though an
+          email, which it once stood for, now has a bound of its own (`longest_email_seconds`);
         - a timer stop, two Toggl calls (`longest_timer_stop_seconds`): over every kind whose Toggl calls outlast
           its LLM answer (a start, its read-back and a Slack post, 11T + 11c + 40, are under 12T + 12c + 40), and
           the longer figure past HTTP_TIMEOUT_SECONDS of about 33 s. At 60 s the estimate (660 s) was the bound
@@ -595,13 +612,28 @@ class Settings(BaseSettings):
         each a Twilio create (`longest_call_seconds`). Worked out in `longest_run_seconds`."""
         return _WHATSAPP_PARTS * self.longest_call_seconds
 
+    @property
+    def longest_email_seconds(self) -> float:
+        """The worst case of one email run (`email.send`): up to three connections, each of dozens of SMTP waits
+        cut at SMTP_TIMEOUT_SECONDS, which aiosmtplib applies to each wait, not to the whole conversation. Worked
+        out in `longest_run_seconds`: (39 + 3R)S plus 0.75 s (2,835.75 s with the defaults)."""
+        before_data = _SMTP_WAITS_BEFORE_RECIPIENTS + _EMAIL_RECIPIENTS
+        # Only a failure before DATA is retried (a timeout or a dropped connection): every connection but the last
+        # ends at its last RCPT TO at the latest, and only the last goes on to DATA and QUIT.
+        waits = (_EMAIL_CONNECTIONS - 1) * before_data + before_data + _SMTP_WAITS_FROM_DATA
+        backoff = sum(
+            min(_RETRY_MAX_WAIT_SECONDS, _RETRY_BASE_DELAY_SECONDS * 2**retry)
+            for retry in range(_EMAIL_CONNECTIONS - 1)
+        )
+        return waits * self.smtp_timeout_seconds + backoff
+
     def longest_run_seconds(self, kind: str) -> float:
         """The longest a live ledger run of `kind` can take with these timeouts; twice it, a run still `running`
         was left by a worker that died (`abandoned_after_for`).
 
         Worked out from the code, with T = HTTP_TIMEOUT_SECONDS, c = min(5, T) (`connect_timeout_seconds`),
-        L = LLM_TIMEOUT_SECONDS, A = LLM_MAX_ATTEMPTS; the figures are for the defaults (T 10, L 30, A 2,
-        SMTP_TIMEOUT_SECONDS 15), then for HTTP_TIMEOUT_SECONDS=30.
+        L = LLM_TIMEOUT_SECONDS, A = LLM_MAX_ATTEMPTS, S = SMTP_TIMEOUT_SECONDS; the figures are for the defaults
+        (T 10, L 30, A 2, S 15), then for HTTP_TIMEOUT_SECONDS=30.
 
         - One attempt of the shared HTTP client (Toggl, Twilio): up to T waiting for a free connection (httpx's
           pool timeout), c to connect and c again for the TLS handshake (httpcore times each), then T from the
@@ -615,19 +647,42 @@ class Settings(BaseSettings):
           of up to 10 s: 3T + 3c + 20 (65 s; 125 s).
         - One LLM answer: up to three providers, each A attempts cut at L and A - 1 waits of up to 10 s:
           3(AL + 10(A - 1)) (210 s; the same).
+        - One SMTP connection (skills/email.py, aiosmtplib 5.1): aiosmtplib gives S to each wait, never to the
+          whole. The longest is SMTP_SECURITY=starttls with SMTP_USER (implicit TLS and `none` skip STARTTLS, its
+          handshake and the second EHLO; without a login the second EHLO may be refused and HELO sent instead,
+          two waits where AUTH has five): connecting (DNS and TCP, and the handshake too under implicit TLS: one
+          `wait_for`), the greeting, EHLO, STARTTLS, the TLS handshake (`ssl_handshake_timeout`), EHLO again,
+          AUTH, MAIL FROM, one RCPT TO per recipient, DATA's 354, the reply to the message (written whole without
+          waiting, so sending it is inside that wait), QUIT; after a refusal, RSET in QUIT's place. AUTH tries
+          every mechanism the server offers of CRAM-MD5 (two round trips), PLAIN (one) and LOGIN (two), in that
+          order, going on to the next when one is refused: five. With R = 50 recipients (MAX_RECIPIENTS, the most
+          POST /send-email's `to_address` takes; it has no Cc or Bcc, and the skill refuses more from any
+          caller): 12 + R waits up to the last RCPT TO, 15 + R in all.
+        - One email: up to three connections. Only a failure that handed nothing over is retried (a timeout, a
+          dropped connection, a 4xx greeting: DATA not begun), so each connection but the last ends at its last
+          RCPT TO at the latest; before each retry a jittered backoff of up to 0.25 s, then 0.5 s (SMTP gives no
+          Retry-After): 2(12 + R)S + (15 + R)S + 0.75 = (39 + 3R)S + 0.75 = 189S + 0.75 (2,835.75 s, about 47
+          min; with SMTP_TIMEOUT_SECONDS=30, 5,670.75 s). Not counted, as no setting bounds them: aiosmtplib's
+          lookup of this host's own name for EHLO (`socket.getfqdn` in a thread, once per connection) and its
+          reading of SMTP_CA_FILE.
 
         So, per kind:
 
         - A WhatsApp message (`whatsapp.reply`, `whatsapp.send`): ten parts, 60T + 60c + 200 (1,100 s, about
           18 min; 2,300 s, about 38 min). Only the sending: the LLM's answer is an `inbound.chat` run of its own,
           finished before the reply's run starts. Its cutoff is twice that, about 37 min (77 min).
+        - An email (`email.send`): one email, 189S + 0.75 (2,835.75 s; the same, since only S counts). Its cutoff
+          is twice that, about 95 min (5,671.5 s).
         - Everything else is under `longest_request_seconds` (390 s; 480 s), its cutoff `abandoned_after` twice
           that, at least 10 minutes (13 min; 16 min): the briefing, max(LLM, Toggl start and read-back) + Slack
           post (275 s; 425 s); `command.start`, start, read-back and Slack post (205 s; 425 s); a stop without an
           entry id or a late planned stop, two Toggl calls (220 s; 460 s, `longest_timer_stop_seconds`); an LLM
           answer (210 s); one Slack post. With still longer HTTP timeouts (over about 33 s) two Toggl calls are the
-          longest, and `longest_request_seconds` is theirs (820 s with HTTP_TIMEOUT_SECONDS=60). Not bounded so:
-          an email, whose SMTP_TIMEOUT_SECONDS limits each SMTP command, about a dozen plus one per recipient.
+          longest, and `longest_request_seconds` is theirs (820 s with HTTP_TIMEOUT_SECONDS=60).
+
+        An email used to share that cutoff, as if its SMTP commands were two calls: its worst case (2,835.75 s with
+        the defaults) was past it (780 s), so a slow server's live send could be closed as "interrupted" and a
+        retry of POST /send-email with its Idempotency-Key told the worker had stopped.
 
         A WhatsApp message used to share that cutoff. With the defaults its worst case (1,100 s) already passed
         it (780 s), and with HTTP_TIMEOUT_SECONDS=30 even ten parts at the call bound then used (3 x (T + 10),
@@ -638,6 +693,8 @@ class Settings(BaseSettings):
         """
         if kind in WHATSAPP_MESSAGE_RUNS:
             return self.longest_whatsapp_message_seconds
+        if kind == RunKind.EMAIL_SEND:
+            return self.longest_email_seconds
         return self.longest_request_seconds
 
     @cached_property
@@ -653,7 +710,7 @@ class Settings(BaseSettings):
         the longest a run of theirs can take (`longest_run_seconds`)."""
         return {
             kind: max(_ABANDONED_FLOOR, timedelta(seconds=2 * self.longest_run_seconds(kind)))
-            for kind in sorted(WHATSAPP_MESSAGE_RUNS)
+            for kind in sorted(OWN_CUTOFF_RUNS)
         }
 
     def abandoned_after_for(self, kind: str) -> timedelta:

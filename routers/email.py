@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import (
     BaseModel,
@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from core.deps import DryRunDep, LedgerDep
 from core.errors import problem_responses
-from core.idempotency import IdempotencyDep
+from core.idempotency import Idempotency, idempotency_for
 from core.ledger import RunKind
 from core.validation import skill_check
 from routers.deps import SkillsDep
@@ -29,6 +29,10 @@ from workflows.actions import perform_action
 router = APIRouter(tags=["email"])
 
 Address = Annotated[str, Field(min_length=3, max_length=320)]
+
+#: SMTP_TIMEOUT_SECONDS applies to each SMTP command, and a send makes dozens: a claim of its key is given up for dead
+#: on the cutoff of its run's kind (`Settings.longest_run_seconds`), not the one the other routes share.
+SendIdempotencyDep = Annotated[Idempotency, Depends(idempotency_for(RunKind.EMAIL_SEND))]
 
 
 def _one_error_for_the_recipients(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -120,7 +124,7 @@ def _summary(request: SendEmailRequest) -> dict[str, Any]:
     responses=problem_responses(400, 401, 409, 413, 422, 429, 502, 503, 504),
 )
 async def send_email(
-    request: SendEmailRequest, skills: SkillsDep, ledger: LedgerDep, idem: IdempotencyDep, dry_run: DryRunDep
+    request: SendEmailRequest, skills: SkillsDep, ledger: LedgerDep, idem: SendIdempotencyDep, dry_run: DryRunDep
 ) -> JSONResponse:
     """Addresses are checked (syntax, no DNS) and header injection refused with a 422 before any connection.
     Returns the Message-ID. A recipient the server refuses is a 422; a failed login a 502 naming SMTP_USER and

@@ -63,7 +63,9 @@ def test_each_kind_has_the_cutoff_of_its_own_worst_case(make_settings, timeouts,
     for kind in OTHER_KINDS:
         assert settings.longest_run_seconds(kind) == settings.longest_request_seconds
         assert settings.abandoned_after_for(kind) == timedelta(seconds=shared)
+    # An email has a cutoff of its own too, checked in tests/core/test_email_run_bound.py.
     assert settings.abandoned_after_by_kind == {
+        "email.send": settings.abandoned_after_for("email.send"),
         "whatsapp.reply": timedelta(seconds=message_cutoff),
         "whatsapp.send": timedelta(seconds=message_cutoff),
     }
