@@ -43,6 +43,8 @@ from core.context import current_idempotency_key
 from core.errors import OUTCOME_UNKNOWN, ProblemError, database_failed, from_the_database
 from core.run_kinds import RETIRED_RUN_KINDS as RETIRED_RUN_KINDS  # re-exported: callers import kinds with the ledger
 from core.run_kinds import RunKind as RunKind
+from core.run_kinds import RunStatus as RunStatus
+from core.run_kinds import RunTrigger as RunTrigger
 from core.secrets import NO_SECRETS, REDACTED, SecretScrubber
 from core.store import Action, Run, utcnow
 
@@ -569,7 +571,7 @@ class Ledger:
             raise
         else:
             error = self.scrubber.scrub(handle.error)[:_MAX_ERROR] if handle.error else None
-            await self.finish_run(handle.id, status=handle.status or "ok", result=handle.result, error=error)
+            await self.finish_run(handle.id, status=handle.status or RunStatus.OK, result=handle.result, error=error)
 
     async def start_run(
         self,
@@ -586,7 +588,7 @@ class Ledger:
             "id": run_id,
             "kind": str(kind),  # what the row holds and queries compare is the plain value, never the enum
             "trigger": trigger,
-            "status": "running",
+            "status": RunStatus.RUNNING.value,
             "created_at": utcnow(),
             "finished_at": None,
             "input_summary": self._stored(dict(input_summary or {})),
@@ -606,7 +608,7 @@ class Ledger:
     ) -> None:
         params = {
             "b_id": run_id,
-            "b_status": status,
+            "b_status": str(status),  # the plain value, as for a kind, whether a member or a string was given
             "b_finished_at": utcnow(),
             "b_result": self._stored(result) if result else None,
             "b_error": self._stored_text(error),
@@ -629,7 +631,7 @@ class Ledger:
             rows = (
                 await session.execute(
                     select(Run.id, Run.kind, Run.input_summary, Run.created_at)
-                    .where(Run.status == "running", or_(*old_enough))
+                    .where(Run.status == RunStatus.RUNNING, or_(*old_enough))
                     .order_by(Run.created_at)
                     .limit(limit)
                 )
@@ -710,8 +712,8 @@ class Ledger:
         async with self.sessions.begin() as session:
             result = await session.execute(
                 update(Run)
-                .where(Run.id == run.id, Run.status == "running")
-                .values(status="failed", finished_at=utcnow(), error=self._stored_text(error))
+                .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
+                .values(status=RunStatus.FAILED.value, finished_at=utcnow(), error=self._stored_text(error))
                 .execution_options(synchronize_session=False)
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]

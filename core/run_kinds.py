@@ -1,5 +1,6 @@
-"""The kinds of run the ledger records, with no dependency: core.settings (per-kind cutoffs) and the ledger
-both need them, and the settings must not import the ledger's database layer."""
+"""The kinds of run the ledger records, and the statuses and triggers it writes, with no dependency: core.settings
+(per-kind cutoffs) and the ledger both need the kinds, and the settings must not import the ledger's database
+layer. `GET /runs` accepts exactly these values in its filters (routers/runs.py)."""
 
 from enum import StrEnum
 
@@ -37,3 +38,23 @@ class RunKind(StrEnum):
 
 #: Kinds older releases recorded and this one no longer does: still accepted by `GET /runs?kind=`.
 RETIRED_RUN_KINDS = frozenset({RunKind.SCHEDULE_PRUNE})
+
+
+class RunStatus(StrEnum):
+    """Where a run stands. `running`: not finished yet, or its worker died (the prune closes it as `failed`)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    PARTIAL = "partial"  # some steps failed
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+    CANCELLED = "cancelled"  # cut off at shutdown, or by a caller that left; its call may have taken effect
+
+
+class RunTrigger(StrEnum):
+    """How a run was started: a request to the API, a chat message, or the scheduler."""
+
+    API = "api"
+    WHATSAPP = "whatsapp"
+    SLACK = "slack"
+    SCHEDULE = "schedule"

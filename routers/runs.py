@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.deps import LedgerDep
 from core.errors import NotFound, problem_responses
-from core.ledger import RunKind
+from core.ledger import RunKind, RunStatus, RunTrigger
 
 router = APIRouter(tags=["ledger"], responses=problem_responses(401, 422, 503))
 
-# Every value the ledger writes (its kinds are core.ledger.RunKind): a filter outside these is a typo, answered
-# with a 422 listing them rather than an empty page that looks like "no such runs".
-RunStatus = Literal["running", "ok", "partial", "failed", "dry_run", "cancelled"]
-RunTrigger = Literal["api", "whatsapp", "slack", "schedule"]
+# The filters take exactly the values the ledger writes (core.ledger's RunKind, RunStatus and RunTrigger): a value
+# outside them is a typo, answered with a 422 listing them rather than an empty page that looks like "no such runs".
 # Ids are printable ASCII: a NUL reached PostgreSQL and came back as a 500.
 _PRINTABLE = r"^[\x21-\x7e]+$"
 
