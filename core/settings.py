@@ -374,13 +374,14 @@ class Settings(BaseSettings):
         """Several values (ROTATABLE_SECRETS): each is a whole secret, so an empty one (`old,`, `old,,new`, a
         value of only line breaks) is an error rather than dropped: it is a key someone meant to give. Spaces
         and line breaks around each are the list's layout (`old, new`), never part of a key: X-API-Key is
-        compared stripped, and Twilio's secrets have none. One value is left as it is, as before."""
+        compared stripped, and Twilio's secrets have none. So a single value loses them too: `APP_API_KEY=" key "`
+        started, and no request could ever match it (a header's value is read without its blanks)."""
         if value is None:
             return None
         items = value.get_secret_value().split(",")
-        if len(items) == 1:
-            return value
         stripped = [item.strip(" \t\r\n") for item in items]
+        if len(items) == 1 and not stripped[0]:
+            raise ValueError("is only blanks: give the key, or leave the variable unset")
         for position, item in enumerate(stripped, 1):
             if not item:
                 raise ValueError(

@@ -59,11 +59,12 @@ def test_every_listed_key_is_one_value_and_none_is_shown():
         assert secret not in shown
 
 
-def test_a_single_value_is_taken_as_it_is():
-    """One value is what it always was: its own spaces are kept, as before (only line breaks are dropped)."""
-    settings = load_settings(_env_file=None, app_api_key=" one key \n", twilio_webhook_shared_key=SHARED_KEY)
-    assert [key.get_secret_value() for key in settings.app_api_keys] == [" one key "]
-    assert settings.app_api_key.get_secret_value() == " one key "
+def test_a_single_value_is_one_key_without_the_blanks_around_it():
+    """One value is one key. Blanks around it are dropped: a header's value is read without them, so a key of
+    " one key " started and no request could ever match it. The blanks inside are the key's own."""
+    settings = load_settings(_env_file=None, app_api_key=" one key \t\n", twilio_webhook_shared_key=SHARED_KEY)
+    assert [key.get_secret_value() for key in settings.app_api_keys] == ["one key"]
+    assert settings.app_api_key.get_secret_value() == "one key"
     assert [key.get_secret_value() for key in settings.twilio_webhook_shared_keys] == [SHARED_KEY]
     assert load_settings(_env_file=None).app_api_keys == ()
 
@@ -132,6 +133,23 @@ async def test_any_listed_key_opens_the_service_and_nothing_else_does(make_clien
     assert body_new.status_code in (400, 422) and body_wrong.status_code == 401
     for response in (wrong, the_list, missing, body_wrong):
         assert OLD_KEY not in response.text and NEW_KEY not in response.text
+
+
+async def test_a_single_key_with_blanks_around_it_is_matched_by_the_key(make_client):
+    """Before, `APP_API_KEY=" <key> "` started and every request got a 401: the supplied key is compared without
+    the blanks a header cannot keep, and the configured one kept them."""
+    async with make_client(app_api_key=f" {OLD_KEY}\t") as client:
+        plain = await client.get("/runs", headers={"X-API-Key": OLD_KEY})
+        bearer = await client.get("/runs", headers={"Authorization": f"Bearer {OLD_KEY}"})
+    assert [plain.status_code, bearer.status_code] == [200, 200]
+
+
+@pytest.mark.parametrize("setting", ["APP_API_KEY", "TWILIO_WEBHOOK_SHARED_KEY"])
+def test_a_single_value_of_only_blanks_stops_start_up(monkeypatch, setting):
+    """Only blanks is no key: an error naming the setting, not an unset key (which would open the service)."""
+    monkeypatch.setenv(setting, " \t ")
+    with pytest.raises(ConfigurationError, match=f"(?is){setting}.*only blanks"):
+        load_settings(_env_file=None)
 
 
 @pytest.mark.parametrize("supplied", [OLD_KEY, NEW_KEY, "not-a-key-of-the-list-000"])
