@@ -15,13 +15,15 @@
 What is stored: a success, and any failure whose outcome upstream is unknown
 (502, 504, 500: the action may have happened). A refusal that certainly did
 nothing (4xx, 429, 503 not configured or unreachable) releases the key, so the
-caller can fix the cause and retry with the same key. A success the database
-fails to store is still answered as the success, with `Idempotent-Replayable:
-false`; the key stays claimed, so a retry with it never acts again, and the answer
-is stored in the background as soon as the database is back (for
-`LATE_SAVE_SECONDS`, the ledger's window for writes nobody waits for): a retry then
-gets the replay. If it never is, a retry's 409 names the run that answered (the
-ledger records each run's key) instead of saying the first request never finished.
+caller can fix the cause and retry with the same key. An answer kept for replay
+(a success, or such a failure) that the database fails to store is still answered
+as it is, with `Idempotent-Replayable: false`; the key stays claimed, so a retry
+with it never acts again, and the answer is stored in the background as soon as
+the database is back (for `LATE_SAVE_SECONDS`, the ledger's window for writes
+nobody waits for): a retry then gets the replay. If it never is, a retry's 409
+names the run that answered (the ledger records each run's key) instead of saying
+the first request never finished. A refusal whose release fails is not released
+late: its key stays claimed, and a retry with it gets a 409.
 """
 
 from __future__ import annotations
@@ -72,9 +74,10 @@ POLL_SECONDS = 0.05
 #: The request header that names a request (`IdempotencyKeyHeader`); core/openapi.py finds its operations by it.
 KEY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
-#: Sent (`false`) only with a success whose answer the database failed to store for its key: not stored yet, so a
-#: retry with the key gets a 409 until it is (docs/errors.md). Kept under this name, meaning "not replayable yet",
-#: since the answer is now stored late (`LATE_SAVE_SECONDS`).
+#: Sent (`false`) only with an answer kept for replay (a success, or a problem `_stores_outcome` keeps) that the
+#: database failed to store for its key: not stored yet, so a retry with the key gets a 409 until it is
+#: (docs/errors.md). Kept under this name, meaning "not replayable yet", since the answer is now stored late
+#: (`LATE_SAVE_SECONDS`).
 REPLAYABLE_HEADER = "Idempotent-Replayable"
 #: How long an answer the database failed to store is tried again in the background: the ledger's window for the
 #: writes nobody waits for (`core.ledger.UNWAITED_RETRY_SECONDS`), so one outage loses both or neither.
@@ -229,11 +232,20 @@ class Idempotency:
             body = problem_body(exc, self.path)
             try:
                 await self._settle(exc.status, body, exc.headers)
-            except (SQLAlchemyError, OSError):
+            except (SQLAlchemyError, OSError) as settle_failure:
                 # The database failed again (it is what failed, for a StoreUnavailable): the caller still gets
                 # this problem, not the database's error in its place, which read as "outcome unknown" for a
-                # request that did nothing (found by a review). The key stays claimed until ABANDONED_AFTER.
-                logger.exception("the Idempotency-Key of a failed request could not be settled")
+                # request that did nothing (found by a review).
+                if _database_failure(settle_failure) and _stores_outcome(exc.status, body):
+                    # A problem kept for replay (it may have acted) is stored late, as a success is: left claimed
+                    # without it, a retry got "still in progress", then "finished (run X, failed)" instead of
+                    # the replay, for an answer the database could take a second later.
+                    self._store_late_in_background(exc.status, body, exc.headers, settle_failure)
+                    exc.headers = {**exc.headers, REPLAYABLE_HEADER: "false"}
+                else:
+                    # A release that failed (a refusal that acted on nothing) or a bug: the key stays claimed, as
+                    # before, so a retry gets a 409; a late release is not attempted.
+                    logger.exception("the Idempotency-Key of a failed request could not be settled")
             raise exc from exc.__cause__
         except BaseException:
             # Unknown outcome (a crash or a cancelled request): keep the key
@@ -274,26 +286,34 @@ class Idempotency:
         answer the database could take again a second later. So it is stored in the background (`_store_late`),
         and a retry once the database is back gets the replay, as for any other answer.
         """
+        self._store_late_in_background(status_code, body, {}, exc)
+        return JSONResponse(body, status_code=status_code, headers={REPLAYABLE_HEADER: "false"})
+
+    def _store_late_in_background(self, status: int, body: Any, headers: dict[str, str], exc: BaseException) -> None:
+        """Hand an answer the database failed to store (a success, or a problem kept for replay) to `_store_late`
+        in the app's tracked background work; without it (or at shutdown) it is only logged, and a retry with the
+        key gets the 409 naming the run."""
         run_id = body.get("run_id") if isinstance(body, dict) else None
         late = self.background is not None
         logger.warning(
-            "the answer of %s %s (run %s) could not be stored for its Idempotency-Key (%s): %s",
+            "the %d answer of %s %s (run %s) could not be stored for its Idempotency-Key (%s): %s",
+            status,
             self.method,
             self.path,
             run_id or "-",
             type(exc).__name__,
             f"trying again for {LATE_SAVE_SECONDS:g} s" if late else "a retry with that key gets a 409",
         )
-        if self.background is not None:
-            try:
-                self.background.track(
-                    self._store_late(status_code, body, run_id), name=f"idempotency late save of run {run_id or '-'}"
-                )
-            except RuntimeError:  # shutting down: no new background work
-                logger.warning("shutting down: the answer of run %s is not stored for its key", run_id or "-")
-        return JSONResponse(body, status_code=status_code, headers={REPLAYABLE_HEADER: "false"})
+        if self.background is None:
+            return
+        try:
+            self.background.track(
+                self._store_late(status, body, headers, run_id), name=f"idempotency late save of run {run_id or '-'}"
+            )
+        except RuntimeError:  # shutting down: no new background work
+            logger.warning("shutting down: the answer of run %s is not stored for its key", run_id or "-")
 
-    async def _store_late(self, status_code: int, body: Any, run_id: str | None) -> None:
+    async def _store_late(self, status_code: int, body: Any, headers: dict[str, str], run_id: str | None) -> None:
         """Store an answer whose first store failed, while the database does not answer, for LATE_SAVE_SECONDS.
 
         Through `_settle`, which changes the row only while it is still our claim in progress: if the failed
@@ -308,7 +328,7 @@ class Idempotency:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._settle(status_code, body, {})
+                    await self._settle(status_code, body, headers)
         except asyncio.CancelledError:
             logger.warning(
                 "shutting down before the answer of run %s was stored for its Idempotency-Key: a retry with that "

@@ -40,13 +40,16 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.2)
 
 
-def _fail_storing_successes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """`_settle` fails as the database does while `down` is non-empty; `down.clear()` brings it back."""
+def _fail_storing_successes(monkeypatch: pytest.MonkeyPatch, *, failures_too: bool = False) -> list[int]:
+    """`_settle` fails as the database does while `down` is non-empty; `down.clear()` brings it back.
+
+    For a success's answer; with `failures_too`, for a failure's as well (its store or its key's release:
+    test_idempotency_late_save_failures.py)."""
     original = Idempotency._settle
     down = [1]
 
     async def settle(self: Idempotency, status: int, body: Any, headers: dict[str, str]) -> None:
-        if down and status < 400:
+        if down and (failures_too or status < 400):
             raise OperationalError("UPDATE idempotency_keys", {}, ConnectionRefusedError("database went away"))
         await original(self, status, body, headers)
 
