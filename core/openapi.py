@@ -31,10 +31,11 @@ _REPLAYED = {
     "schema": {"type": "string", "enum": ["true"]},
 }
 _NOT_REPLAYABLE = {
-    "description": "`false` when the action succeeded but the database failed to store this answer for its "
-    "Idempotency-Key: not replayable yet. It is stored as soon as the database is back (tried for 30 s); until "
-    "then a retry with that key gets a 409 (retry shortly), after it the replay; if it never is, a 409 naming "
-    "the run. Never a second run. Keep this answer (or read GET /runs/{run_id}).",
+    "description": "`false` when this answer is one kept for replay (a success, or a failure such as a 502 or an "
+    "`outcome_unknown` problem) but the database failed to store it for its Idempotency-Key: not replayable yet. "
+    "It is stored as soon as the database is back (tried for 30 s); until then a retry with that key gets a 409 "
+    "(retry shortly), after it the replay; if it never is, a 409 naming the run. Never a second run. Keep this "
+    "answer (or read GET /runs/{run_id}).",
     "schema": {"type": "string", "enum": ["false"]},
 }
 
@@ -85,13 +86,16 @@ def _takes_idempotency_key(operation: dict[str, Any]) -> bool:
 
 
 def _document_idempotency_headers(operation: dict[str, Any]) -> None:
-    """`Idempotent-Replayed` on every answer a replay can be, `Idempotent-Replayable` on the successes: neither
-    was in the schema, so Swagger UI and generated clients did not know a replay or an unstorable answer."""
+    """Both headers on every answer a replay can be: neither was in the schema, so Swagger UI and generated
+    clients did not know a replay or an unstorable answer.
+
+    `Idempotent-Replayable` was on the successes only, while a failure kept for replay whose store failed was
+    answered without it and never stored; it is now stored late like a success, with the header, so any answer
+    that can be stored can also be one whose store failed."""
     for code, response in operation.get("responses", {}).items():
         headers = response.setdefault("headers", {})
         if code not in _NEVER_REPLAYED:
             headers.setdefault(REPLAY_HEADER, dict(_REPLAYED))
-        if code.startswith("2"):  # only a success is answered when its answer could not be stored
             headers.setdefault(REPLAYABLE_HEADER, dict(_NOT_REPLAYABLE))
         if not headers:
             del response["headers"]
