@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import problem_responses
-from workflows.scheduler import JobScheduler
+from workflows.scheduler import LISTED_STOPS, JobScheduler
 
 router = APIRouter(tags=["schedule"])
 
@@ -64,6 +64,7 @@ class ScheduleOut(BaseModel):
                         "error": "502 upstream-error: Toggl answered 500.",
                     }
                 ],
+                "stops_not_listed": 0,
             }
         }
     )
@@ -71,7 +72,14 @@ class ScheduleOut(BaseModel):
     timezone: str
     briefing_cron: str | None
     jobs: list[ScheduledJobOut]
-    stops: list[PlannedStopOut] = Field(description="Pending stops, and any created in the last 24 hours.")
+    stops: list[PlannedStopOut] = Field(
+        description=f"Every pending stop, the next to fire first; then, up to {LISTED_STOPS} stops in all, the stops "
+        "created in the last 24 hours that ended (done, failed, cancelled), the most recently finished first."
+    )
+    stops_not_listed: int = Field(
+        description=f"Ended stops of the last 24 hours left out of `stops` by its limit of {LISTED_STOPS}, the oldest "
+        "finished: 0 when `stops` is complete. A pending stop is never left out."
+    )
 
 
 @router.get(

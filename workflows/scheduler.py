@@ -45,7 +45,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -82,6 +82,9 @@ KEEP_FIRES = timedelta(days=30)
 # reading; far past RECOVERY_WINDOW, the longest any recovery looks back for a stop row. Both tables grew for
 # ever before (found by a review), as did idempotency keys, which are dead after their 24 hours.
 KEEP_ENDED_STOPS = timedelta(days=30)
+# GET /schedule lists every pending stop, then the most recently finished of the day while it holds fewer stops
+# than this.
+LISTED_STOPS = 200
 # A briefing more than this late (the process was paused or busy) is skipped, not sent at noon.
 BRIEFING_GRACE_SECONDS = 300
 # A stop claim older than this, on a stop still pending, belongs to a worker that died: with the default timeouts
@@ -713,7 +716,9 @@ class JobScheduler:
     # --- Listing -----------------------------------------------------------------------
 
     async def describe(self, *, recent: timedelta = timedelta(days=1)) -> dict[str, Any]:
-        """What GET /schedule shows: armed jobs with their next run, pending and recent stops.
+        """What GET /schedule shows: armed jobs with their next run, every pending stop, then the stops created
+        within `recent` that ended, the most recently finished first, up to LISTED_STOPS stops in all, and how many
+        of those ended ones were left out.
 
         Every time is shown in TIMEZONE, as the docs promise (the stops' were UTC while the cron job's were
         local; found by a review): the same instants, with the offset the reader lives in.
@@ -736,15 +741,33 @@ class JobScheduler:
             if job.id not in (SYNC_JOB_ID, PRUNE_JOB_ID)
         ]
         since = utcnow() - recent
+        ended_today = (ScheduledJob.status != "pending", ScheduledJob.created_at >= since)
         async with self.sessions() as session:
-            rows = (
+            # Every pending stop, soonest first: they are what the reader looks for, and few (at most one per
+            # timer with a planned stop). One cut of all rows by `run_at` left the future ones out after a day of
+            # over 200 stops (found by a review).
+            rows = list(
+                (
+                    await session.scalars(
+                        select(ScheduledJob).where(ScheduledJob.status == "pending").order_by(ScheduledJob.run_at)
+                    )
+                ).all()
+            )
+            room = max(0, LISTED_STOPS - len(rows))
+            # Then the day's ended stops, the most recently finished first, in what room is left.
+            ended = (
                 await session.scalars(
                     select(ScheduledJob)
-                    .where((ScheduledJob.status == "pending") | (ScheduledJob.created_at >= since))
-                    .order_by(ScheduledJob.run_at)
-                    .limit(200)
+                    .where(*ended_today)
+                    .order_by(func.coalesce(ScheduledJob.finished_at, ScheduledJob.created_at).desc())
+                    .limit(room)
                 )
             ).all()
+            not_listed = 0
+            if len(ended) == room:  # full: there may be more, and the reader is told how many
+                total = await session.scalar(select(func.count()).select_from(ScheduledJob).where(*ended_today))
+                not_listed = int(total or 0) - room
+            rows.extend(ended)
         stops = [
             {
                 "id": row.id,
@@ -764,6 +787,7 @@ class JobScheduler:
             "briefing_cron": self.settings.briefing_cron,
             "jobs": jobs,
             "stops": stops,
+            "stops_not_listed": not_listed,
         }
 
 
