@@ -111,8 +111,11 @@ def default_worker_id(instance: int) -> str:
     return socket.gethostname()[: max(0, WORKER_ID_LENGTH - len(suffix))] + suffix
 
 
+STOP_JOB_PREFIX = "stop:"
+
+
 def stop_job_id(entry_id: int | str) -> str:
-    return f"stop:{entry_id}"
+    return f"{STOP_JOB_PREFIX}{entry_id}"
 
 
 def briefing_fire_time(trigger: BaseTrigger, now: datetime) -> datetime:
@@ -346,7 +349,16 @@ class JobScheduler:
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def sync_stops(self) -> int:
-        """Arm every pending stop in the database that this worker has not armed yet."""
+        """Arm every pending stop in the database that this worker has not armed yet, and drop the armed stops
+        whose row is no longer pending; returns how many were armed.
+
+        Another worker's cancel, fire or prune left this worker's job armed until its time (it then fired as a
+        no-op), and GET /schedule here listed a stop that would not happen (found by a review).
+        """
+        # The stop jobs armed before the read. Only those are dropped: one armed while the database answered was
+        # armed after its row was seen pending (a stop planned again here, a retry's new time), and the read may
+        # predate that. A stop that fired has already left APScheduler, so a firing in flight is not touched.
+        armed_before = {job.id: job for job in self.aps.get_jobs() if job.id.startswith(STOP_JOB_PREFIX)}
         async with self.sessions() as session:
             rows = (await session.scalars(select(ScheduledJob).where(ScheduledJob.status == "pending"))).all()
         armed = 0
@@ -355,6 +367,16 @@ class JobScheduler:
             if job is None or job.trigger.run_date != row.run_at:  # type: ignore[attr-defined]
                 self._arm_stop(row.id, row.run_at)
                 armed += 1
+        pending = {row.id for row in rows}
+        ended = [
+            job_id for job_id, job in armed_before.items() if job_id not in pending and self.aps.get_job(job_id) is job
+        ]
+        for job_id in ended:
+            contextvars.Context().run(self.aps.remove_job, job_id)  # see _arm_stop
+        if ended:
+            logger.info(
+                "dropped %d planned stop(s) no longer pending (cancelled, fired or pruned): %s", len(ended), ended
+            )
         return armed
 
     def _arm_stop(self, job_id: str, at: datetime) -> None:
