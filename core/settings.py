@@ -211,6 +211,37 @@ def listed_secrets(value: SecretStr | None) -> tuple[SecretStr, ...]:
     return tuple(SecretStr(item) for item in value.get_secret_value().split(","))
 
 
+#: One label of an RFC 5321 Domain (4.1.2: `sub-domain = Let-dig [Ldh-str]`): ASCII letters, digits and inner
+#: hyphens, at most 63 octets (RFC 1035 2.3.4).
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def is_ehlo_domain(value: str) -> bool:
+    """Whether `value` is a Domain as EHLO takes it (RFC 5321 4.1.1.1, 4.1.2): ASCII labels, 255 octets at most. A
+    dotted quad matches the labels but is no domain (a top-level label is never all digits, RFC 3696 2): an
+    address goes in brackets, `is_address_literal`."""
+    labels = value.split(".")
+    return len(value) <= 255 and all(_DOMAIN_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+
+
+def is_address_literal(value: str) -> bool:
+    """Whether `value` is an RFC 5321 address literal (4.1.3): `[192.0.2.1]` or `[IPv6:2001:db8::1]`. The third
+    form, a General-address-literal, needs a tag registered with IANA, and none but IPv6 is."""
+    if len(value) < 3 or value[0] != "[" or value[-1] != "]":
+        return False
+    inner = value[1:-1]
+    address_type: type[ipaddress.IPv4Address | ipaddress.IPv6Address] = ipaddress.IPv4Address
+    if inner[:5].lower() == "ipv6:":  # ABNF strings are case-insensitive (RFC 5234 2.3)
+        inner, address_type = inner[5:], ipaddress.IPv6Address
+    if "%" in inner:  # ipaddress takes a scope id (fe80::1%eth0); the grammar has none
+        return False
+    try:
+        address_type(inner)
+    except ValueError:
+        return False
+    return True
+
+
 def is_mail_address(value: str) -> bool:
     """Whether `value` is shaped like a sender: `local@domain`, or `Name <local@domain>`. Only the shape: a relay's
     own names (bot@localhost, bot@mailhog, bot@corp.local) are fine."""
@@ -297,6 +328,7 @@ class Settings(BaseSettings):
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_timeout_seconds: float = Field(15.0, gt=0)
     smtp_ca_file: str | None = None
+    smtp_local_hostname: str | None = None
 
     # --- WhatsApp (Twilio) -------------------------------------------------
     twilio_account_sid: str | None = None
@@ -439,6 +471,21 @@ class Settings(BaseSettings):
             ssl.create_default_context().load_verify_locations(cafile=value)
         except OSError as exc:  # ssl.SSLError is an OSError: a file that is not PEM certificates
             raise ValueError(f"must be a readable file of PEM CA certificates ({exc.strerror or exc})") from None
+        return value
+
+    @field_validator("smtp_local_hostname")
+    @classmethod
+    def _ehlo_argument(cls, value: str | None) -> str | None:
+        # Sent as is in EHLO (skills/email.py): anything else there is refused by strict servers (Postfix's
+        # reject_invalid_helo_hostname), and a space or line break would add to the command.
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not (is_ehlo_domain(value) or is_address_literal(value)):
+            raise ValueError(
+                "must be a domain name such as mail.example.com (an internationalised one in its xn-- form) or an "
+                "address literal such as [192.0.2.1] or [IPv6:2001:db8::1], as EHLO takes (RFC 5321 4.1.1.1)"
+            )
         return value
 
     @field_validator("twilio_whatsapp_number")
@@ -615,13 +662,16 @@ class Settings(BaseSettings):
 
     @property
     def longest_email_seconds(self) -> float:
-        """The worst case of one email run (`email.send`): up to three connections, each of dozens of SMTP waits
-        cut at SMTP_TIMEOUT_SECONDS, which aiosmtplib applies to each wait, not to the whole conversation. Worked
-        out in `longest_run_seconds`: (39 + 3R)S plus 0.75 s (2,835.75 s with the defaults)."""
+        """The worst case of one email run (`email.send`): the lookup of this host's name for EHLO, then up to
+        three connections, each of dozens of SMTP waits cut at SMTP_TIMEOUT_SECONDS, which aiosmtplib applies to
+        each wait, not to the whole conversation. Worked out in `longest_run_seconds`: (40 + 3R)S plus 0.75 s
+        (2,850.75 s with the defaults), one S less with SMTP_LOCAL_HOSTNAME set."""
         before_data = _SMTP_WAITS_BEFORE_RECIPIENTS + _EMAIL_RECIPIENTS
         # Only a failure before DATA is retried (a timeout or a dropped connection): every connection but the last
         # ends at its last RCPT TO at the latest, and only the last goes on to DATA and QUIT.
         waits = (_EMAIL_CONNECTIONS - 1) * before_data + before_data + _SMTP_WAITS_FROM_DATA
+        if self.smtp_local_hostname is None:
+            waits += 1  # a send waits on the host-name lookup once at most, never past S (skills/email.py EhloName)
         backoff = sum(
             min(_RETRY_MAX_WAIT_SECONDS, _RETRY_BASE_DELAY_SECONDS * 2**retry)
             for retry in range(_EMAIL_CONNECTIONS - 1)
@@ -662,18 +712,21 @@ class Settings(BaseSettings):
         - One email: up to three connections. Only a failure that handed nothing over is retried (a timeout, a
           dropped connection, a 4xx greeting: DATA not begun), so each connection but the last ends at its last
           RCPT TO at the latest; before each retry a jittered backoff of up to 0.25 s, then 0.5 s (SMTP gives no
-          Retry-After): 2(12 + R)S + (15 + R)S + 0.75 = (39 + 3R)S + 0.75 = 189S + 0.75 (2,835.75 s, about 47
-          min; with SMTP_TIMEOUT_SECONDS=30, 5,670.75 s). Not counted, as no setting bounds them: aiosmtplib's
-          lookup of this host's own name for EHLO (`socket.getfqdn` in a thread, once per connection) and its
-          reading of SMTP_CA_FILE.
+          Retry-After): 2(12 + R)S + (15 + R)S + 0.75 = (39 + 3R)S + 0.75 = 189S + 0.75. Before the first
+          connection, unless SMTP_LOCAL_HOSTNAME names it, the lookup of this host's name for EHLO
+          (`socket.getfqdn`, a reverse DNS lookup): one per process, in a thread, which a send waits on once at
+          most and never past S from when the lookup began (skills/email.py `EhloName`; aiosmtplib's own ran once
+          per connection with no timeout, uncounted). In all (40 + 3R)S + 0.75 = 190S + 0.75 (2,850.75 s, about
+          48 min; with SMTP_TIMEOUT_SECONDS=30, 5,700.75 s). Not counted, as no setting bounds it: aiosmtplib's
+          reading of SMTP_CA_FILE (a local file).
 
         So, per kind:
 
         - A WhatsApp message (`whatsapp.reply`, `whatsapp.send`): ten parts, 60T + 60c + 200 (1,100 s, about
           18 min; 2,300 s, about 38 min). Only the sending: the LLM's answer is an `inbound.chat` run of its own,
           finished before the reply's run starts. Its cutoff is twice that, about 37 min (77 min).
-        - An email (`email.send`): one email, 189S + 0.75 (2,835.75 s; the same, since only S counts). Its cutoff
-          is twice that, about 95 min (5,671.5 s).
+        - An email (`email.send`): one email, 190S + 0.75 (2,850.75 s; the same, since only S counts). Its cutoff
+          is twice that, about 95 min (5,701.5 s).
         - Everything else is under `longest_request_seconds` (390 s; 480 s), its cutoff `abandoned_after` twice
           that, at least 10 minutes (13 min; 16 min): the briefing, max(LLM, Toggl start and read-back) + Slack
           post (275 s; 425 s); `command.start`, start, read-back and Slack post (205 s; 425 s); a stop without an
@@ -681,7 +734,7 @@ class Settings(BaseSettings):
           answer (210 s); one Slack post. With still longer HTTP timeouts (over about 33 s) two Toggl calls are the
           longest, and `longest_request_seconds` is theirs (820 s with HTTP_TIMEOUT_SECONDS=60).
 
-        An email used to share that cutoff, as if its SMTP commands were two calls: its worst case (2,835.75 s with
+        An email used to share that cutoff, as if its SMTP commands were two calls: its worst case (2,850.75 s with
         the defaults) was past it (780 s), so a slow server's live send could be closed as "interrupted" and a
         retry of POST /send-email with its Idempotency-Key told the worker had stopped.
 

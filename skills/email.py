@@ -11,8 +11,13 @@ was delivered, so it is reported, never retried.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
+import socket
 import ssl
+import threading
+import time
 import unicodedata
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -28,7 +33,7 @@ from core.ledger import note_request
 from core.outcome import ActionOutcome
 from core.registry import Integration
 from core.resources import Resources
-from core.settings import Settings, is_mail_address
+from core.settings import Settings, is_ehlo_domain, is_mail_address
 from core.upstream import with_retries
 
 UPSTREAM = "smtp"
@@ -36,6 +41,10 @@ CONNECT_ATTEMPTS = 3
 MAX_RECIPIENTS = 50
 LEDGER_EXCERPT_CHARS = 500
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; a longer subject would have to be folded anyway.
+#: What EHLO names when this host has no fully qualified name to give, or none in time: an address literal, which
+#: RFC 5321 4.1.4 asks for then, the loopback one as Python's smtplib sends it. A server may check it against the
+#: connection's address but "MUST NOT refuse to accept a message on that basis" (4.1.4).
+FALLBACK_EHLO_NAME = "[127.0.0.1]"
 
 
 def _also_missing(settings: Settings) -> list[str]:
@@ -56,7 +65,15 @@ INTEGRATION = Integration(
     required=("SMTP_HOST",),
     # SMTP_FROM is needed unless SMTP_USER is an address (`_also_missing`): listed, or GET /skills named it only
     # once missing, never among the settings to set (found by a user review).
-    optional=("SMTP_FROM", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_SECURITY", "SMTP_CA_FILE"),
+    optional=(
+        "SMTP_FROM",
+        "SMTP_PORT",
+        "SMTP_USER",
+        "SMTP_PASSWORD",
+        "SMTP_SECURITY",
+        "SMTP_CA_FILE",
+        "SMTP_LOCAL_HOSTNAME",
+    ),
     operations=("send_email",),
     extra_check=_also_missing,
 )
@@ -143,11 +160,96 @@ def normalise_subject(subject: str) -> str:
     return subject.strip(" \t")
 
 
+def _is_fully_qualified(name: str) -> bool:
+    """A name EHLO may carry for this host: a domain with a dot. A bare host name (a container's id) is a local
+    alias, which RFC 5321 2.3.5 says MUST NOT appear in an SMTP transaction."""
+    return "." in name and is_ehlo_domain(name)
+
+
+def _looked_up_ehlo_name() -> str:
+    """This host's name as Python's smtplib picks it: its FQDN, else an address literal of its host name's address.
+
+    Both may ask the resolver (getfqdn does a reverse lookup), so this only ever runs in `EhloName`'s thread.
+    """
+    try:
+        fqdn = socket.getfqdn()
+        if _is_fully_qualified(fqdn):
+            return fqdn
+        address = socket.gethostbyname(socket.gethostname())  # IPv4 dotted quad, always
+    except (OSError, UnicodeError):  # no such name; a host name that is not ASCII
+        return FALLBACK_EHLO_NAME
+    return f"[{address}]"
+
+
+def _ehlo_name_without_lookup() -> str:
+    """The name to give while the lookup is late: the kernel's host name (no resolver involved) when it is fully
+    qualified, as on a server named mail1.example.com, else the address literal."""
+    try:
+        name = socket.gethostname()
+    except (OSError, UnicodeError):
+        return FALLBACK_EHLO_NAME
+    return name if _is_fully_qualified(name) else FALLBACK_EHLO_NAME
+
+
+class EhloName:
+    """The name this host gives in EHLO: SMTP_LOCAL_HOSTNAME, else its name, looked up once and never waited on
+    past a deadline.
+
+    Given no `local_hostname`, aiosmtplib calls `socket.getfqdn()` in a thread before each connection, with no
+    timeout. getfqdn does a reverse DNS lookup, so a slow or hanging resolver (a container's, a laptop's off its
+    VPN) stalled every send, up to once per connection, outside SMTP_TIMEOUT_SECONDS and the run's bound. Here
+    the lookup runs once per skill (one per process: the lifespan opens it), and a send waits on it only until
+    `timeout` after it began; from then on sends give `_ehlo_name_without_lookup()` at once, and the looked-up
+    name once it has come (a slow resolver is paid for once, a dead one never again).
+
+    The lookup has a daemon thread of its own, not asyncio's default executor: a lookup that never returns would
+    hold an executor thread, which `asyncio.run` joins at shutdown and the interpreter at exit, so the service
+    would never stop.
+    """
+
+    def __init__(self, configured: str | None, timeout: float) -> None:
+        self._configured = configured
+        self._timeout = timeout
+        self._lookup: concurrent.futures.Future[str] | None = None
+        self._deadline = 0.0
+
+    async def get(self) -> str:
+        if self._configured is not None:
+            return self._configured
+        if self._lookup is None:
+            self._lookup = _start_lookup()
+            self._deadline = time.monotonic() + self._timeout
+        if self._lookup.done():
+            return self._lookup.result()
+        remaining = self._deadline - time.monotonic()
+        if remaining > 0:
+            try:
+                # Concurrent first sends share the one lookup and its one deadline.
+                return await asyncio.wait_for(asyncio.wrap_future(self._lookup), remaining)
+            except TimeoutError:
+                pass
+        return _ehlo_name_without_lookup()
+
+
+def _start_lookup() -> concurrent.futures.Future[str]:
+    lookup: concurrent.futures.Future[str] = concurrent.futures.Future()
+    # Running, so a waiter that gives up (wait_for cancels its wrapped future) cannot cancel it for the others.
+    lookup.set_running_or_notify_cancel()
+
+    # An error the lookup does not catch is printed by threading's excepthook and leaves the future pending: sends
+    # until the deadline wait for it and every send gives the fallback, as for a hanging resolver.
+    threading.Thread(
+        target=lambda: lookup.set_result(_looked_up_ehlo_name()), name="smtp-ehlo-name", daemon=True
+    ).start()
+    return lookup
+
+
 class EmailSkill:
     """SMTP with aiosmtplib; one connection per message."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.ehlo_name = EhloName(settings.smtp_local_hostname, settings.smtp_timeout_seconds)
 
     async def send_email(
         self,
@@ -237,6 +339,7 @@ class EmailSkill:
         settings = self.settings
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         use_tls = settings.smtp_security == "tls"
+        local_hostname = await self.ehlo_name.get()  # once per send, not per connection (see EhloName)
 
         def client() -> _SMTP:
             return _SMTP(
@@ -249,6 +352,7 @@ class EmailSkill:
                 password=password if settings.smtp_user else None,
                 timeout=settings.smtp_timeout_seconds,
                 cert_bundle=settings.smtp_ca_file,
+                local_hostname=local_hostname,
             )
 
         async def connect() -> _SMTP:
