@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +40,47 @@ logger = logging.getLogger("orchestrator.errors")
 #: failures by it (`Ledger.unsettled_starts`).
 OUTCOME_UNKNOWN = "The outcome is unknown"
 
+#: Who reads a message: an HTTP API caller (curl, Swagger UI, GET /runs) or a person in a chat (WhatsApp, Slack).
+#: The facts are the same for both; how to act on them is not: an API caller can send `GET /timers/current` or
+#: pass `workspace_id`, a chat user can only send a command of `workflows.commands`' grammar or ask the operator.
+Audience = Literal["api", "chat"]
+
+
+@dataclass(frozen=True)
+class PerAudience:
+    """The one clause of a sentence that differs by reader (`Audience`): what to do about it."""
+
+    api: str
+    chat: str
+
+    def words(self, audience: Audience) -> str:
+        return self.api if audience == "api" else self.chat
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A sentence written once, with its reader-dependent clauses as `PerAudience` parts, worded by `words`.
+
+    Joins with `+` to text and to other phrases, so an error's detail is built as before (`detail +
+    outcome_unknown(...)`) and the whole detail stays one source for both readers.
+    """
+
+    parts: tuple[str | PerAudience, ...]
+
+    def words(self, audience: Audience) -> str:
+        return "".join(part if isinstance(part, str) else part.words(audience) for part in self.parts)
+
+    def __add__(self, other: str | PerAudience | Phrase) -> Phrase:
+        return Phrase(self.parts + (other.parts if isinstance(other, Phrase) else (other,)))
+
+    def __radd__(self, other: str | PerAudience) -> Phrase:
+        return Phrase((other, *self.parts))
+
+
+def worded(text: str | PerAudience | Phrase, audience: Audience) -> str:
+    """`text` as `audience` reads it; plain text reads the same to everyone."""
+    return text if isinstance(text, str) else text.words(audience)
+
 
 class ConfigurationError(Exception):
     """Settings are invalid; the service must not start. The message is safe to print."""
@@ -57,7 +99,7 @@ class ProblemError(Exception):
 
     def __init__(
         self,
-        detail: str,
+        detail: str | Phrase,
         *,
         status: int | None = None,
         title: str | None = None,
@@ -65,8 +107,8 @@ class ProblemError(Exception):
         retryable: bool | None = None,
         **extras: Any,
     ) -> None:
-        super().__init__(detail)
-        self.detail = detail
+        super().__init__(worded(detail, "api"))
+        self._detail = detail
         if retryable is not None:
             self.retryable = retryable
         if status is not None:
@@ -75,6 +117,21 @@ class ProblemError(Exception):
             self.title = title
         self.headers = headers or {}
         self.extras = {key: value for key, value in extras.items() if value is not None}
+
+    @property
+    def detail(self) -> str:
+        """The problem body's `detail`: worded for an API caller (the HTTP answer, the ledger, the logs)."""
+        return worded(self._detail, "api")
+
+    @detail.setter
+    def detail(self, value: str) -> None:
+        # A detail rewritten after the raise (a WhatsApp part's note) reads the same to every reader.
+        self._detail = value
+
+    def words(self, audience: Audience) -> str:
+        """The detail as `audience` reads it: a chat reply relays `words("chat")`, never `detail`, since only the
+        API caller can send the API calls a detail may name (`GET /timers/current`, `POST /start-timer`)."""
+        return worded(self._detail, audience)
 
     @property
     def type(self) -> str:
@@ -145,7 +202,7 @@ class NotConfigured(ProblemError):
 
     status, slug, title = 503, "not-configured", "Integration not configured"
 
-    def __init__(self, integration: str, missing: Sequence[str], detail: str | None = None) -> None:
+    def __init__(self, integration: str, missing: Sequence[str], detail: str | Phrase | None = None) -> None:
         names = ", ".join(missing)
         super().__init__(
             detail or f"{integration} is not configured: set {names} in the environment or .env and restart.",
@@ -159,7 +216,7 @@ class UpstreamError(ProblemError):
 
     status, slug, title = 502, "upstream-error", "Upstream service failed"
 
-    def __init__(self, detail: str, *, upstream: str, status: int | None = None, **extras: Any) -> None:
+    def __init__(self, detail: str | Phrase, *, upstream: str, status: int | None = None, **extras: Any) -> None:
         super().__init__(detail, status=status, upstream=upstream, **extras)
 
 

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from core.context import current_idempotency_key
-from core.errors import OUTCOME_UNKNOWN, ProblemError, database_failed, from_the_database
+from core.errors import OUTCOME_UNKNOWN, Audience, ProblemError, database_failed, from_the_database
 from core.run_kinds import RETIRED_RUN_KINDS as RETIRED_RUN_KINDS  # re-exported: callers import kinds with the ledger
 from core.run_kinds import RunKind as RunKind
 from core.run_kinds import RunStatus as RunStatus
@@ -157,10 +157,11 @@ def outcome_of(exc: BaseException, *, scrubber: SecretScrubber = NO_SECRETS) -> 
     return "failed", describe_error(exc, scrubber=scrubber)
 
 
-def describe_error(exc: BaseException, *, scrubber: SecretScrubber = NO_SECRETS) -> str:
-    """One line for the ledger; scrubbed before it is cut, so a cut never leaves half a secret."""
+def describe_error(exc: BaseException, *, scrubber: SecretScrubber = NO_SECRETS, audience: Audience = "api") -> str:
+    """One line for the ledger (or, `audience="chat"`, for a chat reply that relays it); scrubbed before it is
+    cut, so a cut never leaves half a secret."""
     if isinstance(exc, ProblemError):
-        return scrubber.scrub(f"{exc.status} {exc.slug}: {exc.detail}")
+        return scrubber.scrub(f"{exc.status} {exc.slug}: {exc.words(audience)}")
     return scrubber.scrub(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
 
 

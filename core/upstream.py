@@ -28,7 +28,14 @@ import aiohttp
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from core.errors import OUTCOME_UNKNOWN, ProblemError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.errors import (
+    OUTCOME_UNKNOWN,
+    Phrase,
+    ProblemError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from core.ledger import note_attempt
 
 T = TypeVar("T")
@@ -67,15 +74,18 @@ def parse_retry_after(value: str | None) -> float | None:
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def outcome_unknown(upstream: str, check: str | None = None) -> str:
-    """The sentence every "did it happen?" failure ends with: the outcome is unknown, and how to find out.
-
-    `check` says where to look, in the skill's words ("the message may have been posted; check #general").
-    """
-    return f" {OUTCOME_UNKNOWN}: {check or f'check {upstream}'} before retrying."
+#: How to find out whether a call acted, in the skill's words: text every reader can follow ("the message may
+#: have been posted; check #general"), or a `Phrase` whose way to look differs by reader (an API endpoint, or a
+#: chat command), worded by the caller that relays the error (`ProblemError.words`).
+Check = str | Phrase
 
 
-def unreadable_create(detail: str, *, upstream: str, status: int | None, check: str) -> UpstreamError:
+def outcome_unknown(upstream: str, check: Check | None = None) -> Phrase:
+    """The sentence every "did it happen?" failure ends with: the outcome is unknown, and how to find out."""
+    return Phrase((f" {OUTCOME_UNKNOWN}: ",)) + (check or f"check {upstream}") + " before retrying."
+
+
+def unreadable_create(detail: str, *, upstream: str, status: int | None, check: Check) -> UpstreamError:
     """A 2xx to a create whose body cannot be used (an HTML page from a proxy, no id): the create most likely
     happened, so the outcome is unknown, said as for a 5xx (`outcome_unknown`), and it is never retried."""
     return UpstreamError(
@@ -171,7 +181,7 @@ def transport_error(
     upstream: str,
     hint: str = "",
     replay_safe: bool = True,
-    check: str | None = None,
+    check: Check | None = None,
 ) -> UpstreamError:
     """Map an httpx transport failure to a domain error.
 
@@ -190,13 +200,13 @@ def transport_error(
     flag = None if retryable else True
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(
-            f"{upstream} did not answer in time ({type(exc).__name__}).{unknown}{suffix}",
+            f"{upstream} did not answer in time ({type(exc).__name__})." + unknown + suffix,
             upstream=upstream,
             retryable=retryable,
             outcome_unknown=flag,
         )
     return UpstreamUnavailable(
-        f"{upstream} could not be reached ({type(exc).__name__}).{unknown}{suffix}",
+        f"{upstream} could not be reached ({type(exc).__name__})." + unknown + suffix,
         upstream=upstream,
         retryable=retryable,
         outcome_unknown=flag,
@@ -209,7 +219,7 @@ def server_error(
     *,
     upstream: str,
     replay_safe: bool,
-    check: str | None = None,
+    check: Check | None = None,
     retry_after: float | None = None,
     **extras: Any,
 ) -> UpstreamError:
@@ -230,15 +240,14 @@ def server_error(
     the caller; it was dropped, so a Toggl 503 "Retry-After: 120" was retried three times in 0.2 s and answered
     without one (found by a code review).
     """
-    if not replay_safe:
-        detail += outcome_unknown(upstream, check)
+    worded: str | Phrase = detail if replay_safe else detail + outcome_unknown(upstream, check)
     kind: type[UpstreamError] = UpstreamError
     if status == 503:
         kind = UpstreamUnavailable
     elif status == 504:
         kind = UpstreamTimeout
     error = kind(
-        detail,
+        worded,
         upstream=upstream,
         upstream_status=status,
         retryable=replay_safe,

@@ -22,6 +22,8 @@ from core.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    PerAudience,
+    Phrase,
     ProblemError,
     UpstreamError,
     UpstreamRateLimited,
@@ -149,9 +151,13 @@ class SlackSkill:
         INTEGRATION.require(self.settings)
         target = (channel or self.settings.slack_default_channel or "").strip()
         if not target:
-            # Worded for every caller: the chat `start` command reaches here too, and a WhatsApp sender has no
-            # `channel` to pass (found by a black-box review).
-            raise InvalidInput("No Slack channel: set SLACK_DEFAULT_CHANNEL, or pass `channel` to POST /slack-notify.")
+            # Worded per reader: the chat `start` command reaches here too, and a WhatsApp sender has no `channel`
+            # to pass (found by a black-box review), nor can send POST /slack-notify: only the operator's setting helps.
+            raise InvalidInput(
+                Phrase(("No Slack channel: ", PerAudience(api="set", chat="the operator must set")))
+                + " SLACK_DEFAULT_CHANNEL"
+                + PerAudience(api=", or pass `channel` to POST /slack-notify.", chat=".")
+            )
         if not text.strip():
             # Always required, even with blocks: it is the notification and screen-reader fallback.
             raise InvalidInput("The message text is empty.")

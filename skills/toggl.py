@@ -24,6 +24,8 @@ from core.errors import (
     InvalidInput,
     NotConfigured,
     NotFound,
+    PerAudience,
+    Phrase,
     ProblemError,
     UpstreamError,
     UpstreamRateLimited,
@@ -220,8 +222,18 @@ def _retry_after(response: httpx.Response) -> float | None:
     return retry_after
 
 
-#: How to find out whether a start whose outcome is unknown created an entry (`core.upstream.outcome_unknown`).
-_MAY_HAVE_STARTED = "the time entry may have been created; check the running timer (GET /timers/current or Toggl)"
+#: How to find out whether a start whose outcome is unknown created an entry (`core.upstream.outcome_unknown`): an
+#: API caller reads the running timer with GET /timers/current, a chat user with the `status` command (the
+#: `start` and `brief` replies relayed the API call; found by a review).
+_MAY_HAVE_STARTED = Phrase(
+    (
+        "the time entry may have been created; ",
+        PerAudience(
+            api="check the running timer (GET /timers/current or Toggl)",
+            chat='send "status" to see whether the timer runs (or look in Toggl)',
+        ),
+    )
+)
 
 
 def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Callable[[str], str] = str) -> ProblemError:
@@ -537,11 +549,13 @@ class TogglSkill:
         if wid is None:
             # Our configuration's gap, not the caller's bad input: a 503 naming the setting, as for a missing token
             # (it was a 422 while /health called Toggl configured; found by a black-box review).
+            # A chat user can pass no workspace_id: only the operator's setting helps them.
             raise NotConfigured(
                 "toggl",
                 ["TOGGL_WORKSPACE_ID"],
-                detail="No Toggl workspace: set TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and "
-                "restart, or pass workspace_id to POST /start-timer and /stop-timer.",
+                detail=Phrase(("No Toggl workspace: ", PerAudience(api="set", chat="the operator must set")))
+                + " TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and restart"
+                + PerAudience(api=", or pass workspace_id to POST /start-timer and /stop-timer.", chat="."),
             )
         return wid
 

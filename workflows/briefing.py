@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from core.errors import NotConfigured, ProblemError
+from core.errors import Audience, NotConfigured, PerAudience, Phrase, ProblemError
 from core.ledger import Ledger, RunHandle, RunKind, describe_error
 from core.registry import Registry
 from core.settings import Settings
@@ -33,10 +33,8 @@ logger = logging.getLogger("orchestrator.briefing")
 
 StepStatus = Literal["ok", "failed", "skipped", "not_configured"]
 BriefingStatus = Literal["ok", "partial", "failed"]
-#: Who reads a message: an HTTP API caller (curl, Swagger UI, GET /runs) or a person in a chat (WhatsApp, Slack).
-#: The facts of a planned-stop failure are the same for both; how to act on them is not: an API caller sends
-#: `POST /stop-timer`, a chat user sends "stop" (a command of `workflows.commands`' grammar).
-Audience = Literal["api", "chat"]
+# `Audience` (core.errors): the facts of a planned-stop failure are the same for every reader; how to act on them
+# is not: an API caller sends `POST /stop-timer`, a chat user sends "stop" (a command of `workflows.commands`).
 
 PLAN_SYSTEM = (
     "You are a concise productivity assistant. Write a realistic plan for the day as at most five short "
@@ -272,6 +270,13 @@ def overall_status(steps: list[BriefingStep]) -> BriefingStatus:
 class _StepResult:
     step: BriefingStep
     value: Any = None
+    #: The step's detail as a chat user reads it (the Slack summary, whoever asked for the briefing), when the
+    #: report's `step.detail` is worded for an API caller and differs.
+    chat_detail: str | None = None
+
+    @property
+    def detail_for_chat(self) -> str:
+        return self.chat_detail if self.chat_detail is not None else self.step.detail
 
 
 async def _run_step(
@@ -280,9 +285,13 @@ async def _run_step(
     skill: str,
     operation: str,
     call: Callable[[], Awaitable[Any]],
-    describe: Callable[[Any], tuple[str, str | None]],
+    describe: Callable[[Any, Audience], tuple[str, str | None]],
+    audience: Audience,
 ) -> _StepResult:
-    """Run one step as one ledger action; any failure becomes the step's status, never an exception."""
+    """Run one step as one ledger action; any failure becomes the step's status, never an exception.
+
+    The step's detail is worded for `audience`, its `chat_detail` for a chat user; the ledger's action records
+    the API wording (GET /runs is read by whoever runs the service)."""
     started = time.perf_counter()
 
     def elapsed() -> int:
@@ -298,17 +307,18 @@ async def _run_step(
                     BriefingStep(
                         name=name,
                         status="not_configured",
-                        detail=exc.detail,
+                        detail=exc.words(audience),
                         duration_ms=elapsed(),
                         missing_settings=list(exc.extras.get("missing_settings", [])),
-                    )
+                    ),
+                    chat_detail=exc.words("chat"),
                 )
-            detail, external_id = describe(value)
+            detail, external_id = describe(value, audience)
             action.external_id = external_id
             action.request = getattr(value, "payload", None)
             action.status = "dry_run" if getattr(value, "dry_run", False) else "ok"
     except ProblemError as exc:
-        return _StepResult(_failed_step(run, name, exc, duration_ms=elapsed()))
+        return _failed_step(run, name, exc, audience, duration_ms=elapsed())
     except Exception as exc:  # a bug in one step must not take the briefing down
         logger.exception("briefing step %s failed unexpectedly", name)
         return _StepResult(
@@ -317,26 +327,34 @@ async def _run_step(
             )
         )
     return _StepResult(
-        BriefingStep(name=name, status="ok", detail=detail, external_id=external_id, duration_ms=elapsed()), value
+        BriefingStep(name=name, status="ok", detail=detail, external_id=external_id, duration_ms=elapsed()),
+        value,
+        chat_detail=describe(value, "chat")[0],
     )
 
 
 def _failed_step(
-    run: RunHandle, name: Literal["plan", "timer", "slack"], exc: ProblemError, *, duration_ms: int = 0
-) -> BriefingStep:
+    run: RunHandle,
+    name: Literal["plan", "timer", "slack"],
+    exc: ProblemError,
+    audience: Audience,
+    *,
+    duration_ms: int = 0,
+) -> _StepResult:
     """The step a refusal or failure makes: reported in the briefing, never raised out of it."""
     # The detail goes into the 200 report and the Slack summary, neither of them a problem body: scrubbed here
     # (an LLM error can quote the API key it was sent).
-    return BriefingStep(
+    step = BriefingStep(
         name=name,
         status="failed",
-        detail=describe_error(exc, scrubber=run.ledger.scrubber),
+        detail=describe_error(exc, scrubber=run.ledger.scrubber, audience=audience),
         duration_ms=duration_ms,
         outcome_unknown=exc.extras.get("outcome_unknown") is True,
         # A setting the step needs (TOGGL_WORKSPACE_ID) is named as on the single endpoints; it was
         # dropped (found by a black-box review).
         missing_settings=list(exc.extras.get("missing_settings", [])),
     )
+    return _StepResult(step, chat_detail=describe_error(exc, scrubber=run.ledger.scrubber, audience="chat"))
 
 
 def _plan_prompt(settings: Settings, task: str, minutes: int) -> str:
@@ -370,13 +388,13 @@ def _cut_short_note(stop_reason: str | None) -> str:
     return f"_(the plan was cut short: {why})_"
 
 
-def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult, timer_line: str | None) -> str:
-    """The briefing's Slack post. `timer_line`: a started timer's detail worded for a chat user (the step's own
-    detail is worded for whoever asked for the briefing, an API caller included)."""
+def _summary_text(settings: Settings, plan: _StepResult, timer: _StepResult) -> str:
+    """The briefing's Slack post, read in a chat: each step's detail worded for a chat user (the report's is worded
+    for whoever asked for the briefing, an API caller included)."""
     # Only the literal `*` markup is ours: the plan (an LLM's words), the task and upstream errors are
     # escaped, so none of them can turn into `<!channel>` or a link in the bot's name.
-    plan_detail = escape_text(plan.step.detail or "")
-    timer_detail = escape_text(timer_line if timer_line is not None else timer.step.detail or "")
+    plan_detail = escape_text(plan.detail_for_chat)
+    timer_detail = escape_text(timer.detail_for_chat)
     lines = ["*Morning briefing*", ""]
     if plan.step.status == "ok":
         plan_text = escape_text(str(plan.value.response).strip())
@@ -435,15 +453,19 @@ async def run_briefing(
                     await run.skip("ai_router", "generate", status="not_configured", error=exc.detail)
                     missing = list(exc.extras.get("missing_settings", []))
                     return _StepResult(
-                        BriefingStep(name="plan", status="not_configured", detail=exc.detail, missing_settings=missing)
+                        BriefingStep(
+                            name="plan", status="not_configured", detail=exc.words(audience), missing_settings=missing
+                        ),
+                        chat_detail=exc.words("chat"),
                     )
                 except ProblemError as exc:
                     # Refused before any call (a prompt over MAX_INPUT_CHARS or every context window): the real
                     # run's plan fails the same way and the briefing goes on. Raised, it took the whole rehearsal
                     # down (a 413, and a failed `brief` command or BRIEFING_CRON under DRY_RUN).
-                    step = _failed_step(run, "plan", exc)
-                    await run.skip("ai_router", "generate", status="failed", error=step.detail)
-                    return _StepResult(step)
+                    failed = _failed_step(run, "plan", exc, audience)
+                    error = describe_error(exc, scrubber=run.ledger.scrubber)  # the ledger's wording: the API's
+                    await run.skip("ai_router", "generate", status="failed", error=error)
+                    return failed
                 detail = f"dry run: no LLM call (would ask {chosen.provider} {chosen.model_used})"
                 await run.skip("ai_router", "generate", status="skipped", error=detail)
                 return _StepResult(BriefingStep(name="plan", status="skipped", detail=detail))
@@ -453,12 +475,13 @@ async def run_briefing(
                 "ai_router",
                 "generate",
                 lambda: router.generate(text=prompt, system=PLAN_SYSTEM, max_tokens=PLAN_MAX_TOKENS),
-                lambda gen: (
+                lambda gen, _: (
                     f"{gen.provider} {gen.model_used}"
                     + (" (stopped by its safety checks)" if gen.refused else "")
                     + (f" ({_cut_short(gen)})" if gen.truncated else ""),
                     str(gen.model_used),
                 ),
+                audience,
             )
 
         stop_not_saved: StopNotSaved | None = None
@@ -480,23 +503,33 @@ async def run_briefing(
                 stop_not_saved = await plan_stop(deps, run, started)
                 return started
 
-            def describe(started: Any) -> tuple[str, str | None]:
-                return timer_detail(started, audience), None if started.entry_id is None else str(started.entry_id)
+            def describe(started: Any, reader: Audience) -> tuple[str, str | None]:
+                return timer_detail(started, reader), None if started.entry_id is None else str(started.entry_id)
 
-            return await _run_step(run, "timer", "toggl", "start_timer", start, describe)
+            return await _run_step(run, "timer", "toggl", "start_timer", start, describe, audience)
 
         plan_result, timer_result = await asyncio.gather(plan(), timer())
 
-        # The summary is read in Slack whoever asked for the briefing: its timer line is worded for a chat user.
-        timer_line = timer_detail(timer_result.value, "chat") if timer_result.step.status == "ok" else None
-        text = _summary_text(settings, plan_result, timer_result, timer_line)
+        # The summary is read in Slack whoever asked for the briefing: its details are worded for a chat user.
+        text = _summary_text(settings, plan_result, timer_result)
         if deps.registry.get("slack").configured(settings) and not (channel or settings.slack_default_channel):
             # The skill's own hint ("pass `channel` or set SLACK_DEFAULT_CHANNEL") left out the briefing's setting.
+            # A chat user (the `brief` command) has no `channel` to pass: only the operator's setting helps.
             missing = ["BRIEFING_CHANNEL"]
-            detail = "no channel for the summary: pass `channel`, or set BRIEFING_CHANNEL (or SLACK_DEFAULT_CHANNEL)"
-            await run.skip("slack", "post_message", status="not_configured", error=detail)
+            no_channel = (
+                Phrase(
+                    (
+                        "no channel for the summary: ",
+                        PerAudience(api="pass `channel`, or set", chat="the operator must set"),
+                    )
+                )
+                + " BRIEFING_CHANNEL (or SLACK_DEFAULT_CHANNEL)"
+            )
+            await run.skip("slack", "post_message", status="not_configured", error=no_channel.words("api"))
             slack_result = _StepResult(
-                BriefingStep(name="slack", status="not_configured", detail=detail, missing_settings=missing)
+                BriefingStep(
+                    name="slack", status="not_configured", detail=no_channel.words(audience), missing_settings=missing
+                )
             )
         else:
             slack_result = await _run_step(
@@ -505,10 +538,11 @@ async def run_briefing(
                 "slack",
                 "post_message",
                 lambda: deps.skills.slack.post_message(text=text, channel=channel, dry_run=request.dry_run),
-                lambda posted: (
+                lambda posted, _: (
                     f"{'dry run: would post' if posted.dry_run else 'posted'} to {posted.channel}",
                     posted.ts,
                 ),
+                audience,
             )
 
         steps = [plan_result.step, timer_result.step, slack_result.step]

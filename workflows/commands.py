@@ -235,7 +235,9 @@ def _dry(dry_run: bool) -> str:
 
 
 def _problem_reply(what: str, exc: ProblemError) -> str:
-    return f"{what}: {exc.detail}"
+    # Worded for the chat: a detail's API remedies (GET /timers/current, pass workspace_id to POST /start-timer)
+    # are nothing a person on WhatsApp or Slack can send. The run's ledger rows keep the API wording.
+    return f"{what}: {exc.words('chat')}"
 
 
 async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: str | None) -> str:
@@ -284,7 +286,7 @@ async def _start(deps: WorkflowDeps, command: Command, *, trigger: str, sender: 
         except ProblemError as exc:
             run.status = "partial"
             run.error = exc.detail  # the run said `partial` with no reason (found by a black-box review)
-            return f"{_dry(dry_run)}{confirmation} Slack was not told: {exc.detail}"
+            return f"{_dry(dry_run)}{confirmation} Slack was not told: {exc.words('chat')}"
         run.result = {"entry_id": started.entry_id, "slack_channel": posted.channel, "slack_ts": posted.ts}
         if dry_run:
             run.status = "dry_run"
@@ -371,7 +373,7 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
                 action.status = "dry_run" if dry_run else "ok"
         except NotConfigured as exc:
             run.status = "failed"
-            return f"The assistant is not configured: {exc.detail}"
+            return f"The assistant is not configured: {exc.words('chat')}"
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("The assistant could not answer", exc)

@@ -705,14 +705,13 @@ async def test_a_chat_question_the_model_refuses_outright_says_so(w, make_client
 
 async def test_a_start_with_no_slack_channel_says_what_to_set_and_records_why(w, make_client):
     """Found by a black-box review: the WhatsApp sender was told to "pass `channel`", which a chat cannot, and
-    the run read `partial` with no error."""
+    the run read `partial` with no error. The reply names the operator's setting only; the run (read through
+    GET /runs) keeps the API wording."""
     async with make_client(**w.settings(slack_default_channel=None)) as client:
         [reply] = messages(await post_whatsapp(client, whatsapp_form("start writing for 25 min")))
         [run] = await runs_of(client, "command.start")
     assert reply.startswith("Started 'writing'")
-    assert reply.endswith(
-        "Slack was not told: No Slack channel: set SLACK_DEFAULT_CHANNEL, or pass `channel` to POST /slack-notify."
-    )
+    assert reply.endswith("Slack was not told: No Slack channel: the operator must set SLACK_DEFAULT_CHANNEL.")
     assert (run["status"], run["error"]) == (
         "partial",
         "No Slack channel: set SLACK_DEFAULT_CHANNEL, or pass `channel` to POST /slack-notify.",
