@@ -349,7 +349,13 @@ async def _brief(deps: WorkflowDeps, *, trigger: str) -> str:
     by_name = {step.name: step for step in report.steps}
     lines = [report.plan or f"No plan today ({by_name['plan'].detail})."]
     timer = by_name["timer"]
-    lines.append(f"Timer: {timer.detail}" if timer.status == "ok" else f"Timer not started: {timer.detail}")
+    if timer.status == "ok":
+        lines.append(f"Timer: {timer.detail}")
+    elif timer.outcome_unknown:
+        # As the Slack summary says it: "not started" next to "the time entry may have been created" was both.
+        lines.append(f"Timer may or may not have started: {timer.detail}")
+    else:
+        lines.append(f"Timer not started: {timer.detail}")
     slack = by_name["slack"]
     if slack.status != "ok":
         lines.append(f"Slack summary not posted: {slack.detail}")
