@@ -22,8 +22,10 @@ with it never acts again, and the answer is stored in the background as soon as
 the database is back (for `LATE_SAVE_SECONDS`, the ledger's window for writes
 nobody waits for): a retry then gets the replay. If it never is, a retry's 409
 names the run that answered (the ledger records each run's key) instead of saying
-the first request never finished. A refusal whose release fails is not released
-late: its key stays claimed, and a retry with it gets a 409.
+the first request never finished. A refusal whose release fails is released late
+the same way (only while the row is still its claim): it is answered as itself,
+without the header (nothing is ever replayed for it), and a retry once the key
+is freed runs afresh; before then, a 409 says the key is not settled yet.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from core.errors import (
     from_the_database,
     problem_body,
 )
-from core.ledger import INTERRUPTED, UNWAITED_RETRY_SECONDS
+from core.ledger import INTERRUPTED, UNWAITED_RETRY_SECONDS, RunStatus
 from core.secrets import NO_SECRETS, SecretScrubber
 from core.store import IdempotencyKey, Run, utcnow
 
@@ -77,10 +79,11 @@ REPLAY_HEADER = "Idempotent-Replayed"
 #: Sent (`false`) only with an answer kept for replay (a success, or a problem `_stores_outcome` keeps) that the
 #: database failed to store for its key: not stored yet, so a retry with the key gets a 409 until it is
 #: (docs/errors.md). Kept under this name, meaning "not replayable yet", since the answer is now stored late
-#: (`LATE_SAVE_SECONDS`).
+#: (`LATE_SAVE_SECONDS`). Never on a refusal whose release failed: it is released late, never replayed.
 REPLAYABLE_HEADER = "Idempotent-Replayable"
-#: How long an answer the database failed to store is tried again in the background: the ledger's window for the
-#: writes nobody waits for (`core.ledger.UNWAITED_RETRY_SECONDS`), so one outage loses both or neither.
+#: How long an answer the database failed to store (or a key it failed to release) is tried again in the
+#: background: the ledger's window for the writes nobody waits for (`core.ledger.UNWAITED_RETRY_SECONDS`), so one
+#: outage loses both or neither.
 LATE_SAVE_SECONDS = UNWAITED_RETRY_SECONDS
 #: The first wait between those tries, doubled up to `LATE_SAVE_MAX_DELAY` (the ledger's backoff: 0.25 s to 4 s).
 LATE_SAVE_FIRST_DELAY = 0.25
@@ -236,16 +239,18 @@ class Idempotency:
                 # The database failed again (it is what failed, for a StoreUnavailable): the caller still gets
                 # this problem, not the database's error in its place, which read as "outcome unknown" for a
                 # request that did nothing (found by a review).
-                if _database_failure(settle_failure) and _stores_outcome(exc.status, body):
-                    # A problem kept for replay (it may have acted) is stored late, as a success is: left claimed
-                    # without it, a retry got "still in progress", then "finished (run X, failed)" instead of
-                    # the replay, for an answer the database could take a second later.
-                    self._store_late_in_background(exc.status, body, exc.headers, settle_failure)
-                    exc.headers = {**exc.headers, REPLAYABLE_HEADER: "false"}
-                else:
-                    # A release that failed (a refusal that acted on nothing) or a bug: the key stays claimed, as
-                    # before, so a retry gets a 409; a late release is not attempted.
+                if not _database_failure(settle_failure):
                     logger.exception("the Idempotency-Key of a failed request could not be settled")
+                else:
+                    # Settled late, as a success is. A problem kept for replay (it may have acted): left claimed
+                    # without it, a retry got "still in progress", then "finished (run X, failed)" instead of the
+                    # replay. A refusal that acted on nothing: its key stayed claimed for 24 hours, and a retry
+                    # once the database was back got a 409 instead of running afresh.
+                    self._settle_late_in_background(exc.status, body, exc.headers, settle_failure)
+                    if _stores_outcome(exc.status, body):
+                        # Not on a refusal: the header promises a replay once stored, and a released answer
+                        # is never replayed (a retry runs afresh).
+                        exc.headers = {**exc.headers, REPLAYABLE_HEADER: "false"}
             raise exc from exc.__cause__
         except BaseException:
             # Unknown outcome (a crash or a cancelled request): keep the key
@@ -283,24 +288,27 @@ class Idempotency:
         from a caller who got it, and invited exactly that retry.
 
         Left at that, the retry got "still in progress", then, past the abandoned cutoff, "never finished", for an
-        answer the database could take again a second later. So it is stored in the background (`_store_late`),
+        answer the database could take again a second later. So it is stored in the background (`_settle_late`),
         and a retry once the database is back gets the replay, as for any other answer.
         """
-        self._store_late_in_background(status_code, body, {}, exc)
+        self._settle_late_in_background(status_code, body, {}, exc)
         return JSONResponse(body, status_code=status_code, headers={REPLAYABLE_HEADER: "false"})
 
-    def _store_late_in_background(self, status: int, body: Any, headers: dict[str, str], exc: BaseException) -> None:
-        """Hand an answer the database failed to store (a success, or a problem kept for replay) to `_store_late`
-        in the app's tracked background work; without it (or at shutdown) it is only logged, and a retry with the
-        key gets the 409 naming the run."""
+    def _settle_late_in_background(self, status: int, body: Any, headers: dict[str, str], exc: BaseException) -> None:
+        """Hand a settle the database failed to `_settle_late` in the app's tracked background work: the store of
+        an answer kept for replay (a success, a problem `_stores_outcome` keeps, a crash's 500), or the release of
+        a refusal's key. Without that work (or at shutdown) it is only logged, and the key stays claimed: a retry
+        with it gets a 409, naming the run if there is one."""
         run_id = body.get("run_id") if isinstance(body, dict) else None
         late = self.background is not None
+        what = "stored" if _stores_outcome(status, body) else "released"
         logger.warning(
-            "the %d answer of %s %s (run %s) could not be stored for its Idempotency-Key (%s): %s",
+            "the %d answer of %s %s (run %s) could not be %s for its Idempotency-Key (%s): %s",
             status,
             self.method,
             self.path,
             run_id or "-",
+            what,
             type(exc).__name__,
             f"trying again for {LATE_SAVE_SECONDS:g} s" if late else "a retry with that key gets a 409",
         )
@@ -308,17 +316,28 @@ class Idempotency:
             return
         try:
             self.background.track(
-                self._store_late(status, body, headers, run_id), name=f"idempotency late save of run {run_id or '-'}"
+                self._settle_late(status, body, headers, run_id),
+                name=f"idempotency late {'save' if what == 'stored' else 'release'} of run {run_id or '-'}",
             )
         except RuntimeError:  # shutting down: no new background work
-            logger.warning("shutting down: the answer of run %s is not stored for its key", run_id or "-")
+            logger.warning("shutting down: the answer of run %s is not %s for its key", run_id or "-", what)
 
-    async def _store_late(self, status_code: int, body: Any, headers: dict[str, str], run_id: str | None) -> None:
-        """Store an answer whose first store failed, while the database does not answer, for LATE_SAVE_SECONDS.
+    async def _settle_late(self, status_code: int, body: Any, headers: dict[str, str], run_id: str | None) -> None:
+        """Settle a key whose first settle failed, while the database does not answer, for LATE_SAVE_SECONDS:
+        store the answer kept for replay, or release the key of a refusal (`_stores_outcome`), so a retry
+        replays the one and runs the other afresh.
 
         Through `_settle`, which changes the row only while it is still our claim in progress: if the failed
-        store went through after all, or the key was released or renewed meanwhile, nothing is overwritten.
+        settle went through after all, or the key was released or claimed again meanwhile, nothing is
+        overwritten, and no other request's claim is freed.
         """
+        if _stores_outcome(status_code, body):
+            what, verb, now = "the answer of run %s", "stored", "a retry replays it"
+            after = "a retry with that key gets a 409 naming the run"
+        else:
+            what, verb, now = "the key of run %s", "released", "a retry runs afresh"
+            after = "it stays claimed, and a retry with it gets a 409"
+        pending, done, gave_up = f"{what} was {verb}", f"{what} is {verb}", f"{what} could not be {verb}"
         retrying = AsyncRetrying(
             stop=stop_after_delay(LATE_SAVE_SECONDS),
             wait=wait_exponential(multiplier=LATE_SAVE_FIRST_DELAY, min=LATE_SAVE_FIRST_DELAY, max=LATE_SAVE_MAX_DELAY),
@@ -330,24 +349,19 @@ class Idempotency:
                 with attempt:
                     await self._settle(status_code, body, headers)
         except asyncio.CancelledError:
-            logger.warning(
-                "shutting down before the answer of run %s was stored for its Idempotency-Key: a retry with that "
-                "key gets a 409 naming the run",
-                run_id or "-",
-            )
+            logger.warning(f"shutting down before {pending} for its Idempotency-Key: {after}", run_id or "-")
             raise
         except Exception as exc:
             if not _database_failure(exc):
                 raise
             logger.error(
-                "the answer of run %s could not be stored for its Idempotency-Key in %g s (%s): a retry with that "
-                "key gets a 409 naming the run",
+                f"{gave_up} for its Idempotency-Key in %g s (%s): {after}",
                 run_id or "-",
                 LATE_SAVE_SECONDS,
                 type(exc).__name__,
             )
             return
-        logger.info("the answer of run %s is stored for its Idempotency-Key: a retry replays it", run_id or "-")
+        logger.info(f"{done} for its Idempotency-Key: {now}", run_id or "-")
 
     async def _claim(self, fingerprint: str) -> IdempotencyKey | None:
         """Insert our claim; on conflict return the existing row (expired rows are replaced)."""
@@ -442,16 +456,27 @@ class Idempotency:
 
     @staticmethod
     def _late_save_over(run: ClaimRun) -> bool:
-        """Whether the late save of the run's answer (`_store_late`) has given up, had there been one."""
+        """Whether the late save of the run's answer (`_settle_late`) has given up, had there been one."""
         assert run.finished_at is not None
         window = timedelta(seconds=LATE_SAVE_SECONDS + LATE_SAVE_MARGIN_SECONDS)
         return utcnow() > run.finished_at + window
 
     def _answer_lost(self, run: ClaimRun) -> Conflict:
-        """The 409 for a first request that finished, whose answer the database failed to store for its key.
+        """The 409 for a first request that finished, whose key the database failed to settle (`_settle_late`).
 
         Past the abandoned cutoff it said "never finished (the service stopped while it ran)", outcome unknown,
-        while the run read `ok` (found by a review): the outcome is known, only its answer is not here."""
+        while the run read `ok` (found by a review): the outcome is known, only its answer is not here. A failed
+        run may instead have been a refusal whose key was never freed (`_answer_not_stored_yet`)."""
+        if run.status == RunStatus.FAILED:
+            return Conflict(
+                f"The first request with this Idempotency-Key finished (run {run.id}, {run.status}), but the "
+                "database failed to settle this key: to store its answer for replay if the request may have acted, "
+                "or to free the key if it was refused without effect. Either way it is not run again with this key: "
+                f"see GET /runs/{run.id} for what it did, and send the request with a new Idempotency-Key if it is "
+                "still wanted.",
+                idempotency_key=self.key,
+                run_id=run.id,
+            )
         return Conflict(
             f"The first request with this Idempotency-Key finished (run {run.id}, {run.status}), but the database "
             "failed to store its answer for this key, so it cannot be replayed. It is not run again: see "
@@ -462,7 +487,23 @@ class Idempotency:
         )
 
     def _answer_not_stored_yet(self, run: ClaimRun) -> Conflict:
-        """The 409 for a first request that finished, whose answer is still being stored (`_store_late`)."""
+        """The 409 for a first request that finished, whose key is still being settled (`_settle_late`).
+
+        A failed run's may be either settle: a failure that may have acted is stored for replay, a refusal that
+        acted on nothing has its key freed (`_stores_outcome`). Which, only the request that answered knew: the
+        database was down when it would have been written, and the run's error does not carry the members that
+        decide it (`nothing_sent`, `outcome_unknown`). "Not stored yet; retry shortly to get it replayed" was
+        untrue for a refusal, whose key is freed and whose retry runs afresh."""
+        if run.status == RunStatus.FAILED:
+            return Conflict(
+                f"The first request with this Idempotency-Key finished (run {run.id}, {run.status}), but the "
+                "database has not settled this key yet: it is storing its answer for replay if the request may have "
+                f"acted, or freeing the key if it was refused without effect (GET /runs/{run.id} says which failure "
+                "it was). Retry shortly: that answer is then replayed, or the request runs afresh.",
+                headers={"Retry-After": "1"},
+                idempotency_key=self.key,
+                run_id=run.id,
+            )
         return Conflict(
             f"The first request with this Idempotency-Key finished (run {run.id}, {run.status}), but the database "
             "has not stored its answer for this key yet; retry shortly to get it replayed.",
@@ -497,9 +538,9 @@ class Idempotency:
 
     async def _settle(self, status: int, body: Any, headers: dict[str, str]) -> None:
         """Store the answer on our claim, or release the key; either only while the row is still our claim in
-        progress (compare-and-set), so a late or repeated settle (`_store_late`) never overwrites another's."""
+        progress (compare-and-set), so a late or repeated settle (`_settle_late`) never overwrites another's."""
         if not _stores_outcome(status, body):
-            await self._delete(only_if_created=self._claimed_at, only_in_progress=True)
+            await self._release()
             return
         kept = {name: value for name, value in headers.items() if name.lower() in _STORED_HEADERS}
         async with self.sessions.begin() as session:
@@ -515,18 +556,34 @@ class Idempotency:
                 .execution_options(synchronize_session=False)
             )
 
+    async def _release(self) -> None:
+        """Free our claim for a fresh try, compare-and-set as the store is: only the row we inserted, still in
+        progress. Not through `_delete`, which without a creation time deletes whatever row holds the key: a late
+        release (`_settle_late`) can run seconds after the key was freed and claimed by another request, and must
+        leave that claim alone (a claim of ours it never found matches nothing, as the store's UPDATE does)."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.scope == self.scope,
+                    IdempotencyKey.key == self.key,
+                    IdempotencyKey.created_at == self._claimed_at,
+                    IdempotencyKey.state == "in_progress",
+                )
+            )
+
     async def _load(self) -> IdempotencyKey | None:
         async with self.sessions() as session:
             return await session.scalar(
                 select(IdempotencyKey).where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
             )
 
-    async def _delete(self, only_if_created: Any = None, *, only_in_progress: bool = False) -> None:
-        query = delete(IdempotencyKey).where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
-        if only_if_created is not None:
-            query = query.where(IdempotencyKey.created_at == only_if_created)
-        if only_in_progress:
-            query = query.where(IdempotencyKey.state == "in_progress")
+    async def _delete(self, only_if_created: datetime) -> None:
+        """Delete the key's row created at `only_if_created`: an expired one (`_claim`), whatever its state."""
+        query = delete(IdempotencyKey).where(
+            IdempotencyKey.scope == self.scope,
+            IdempotencyKey.key == self.key,
+            IdempotencyKey.created_at == only_if_created,
+        )
         async with self.sessions.begin() as session:
             await session.execute(query)
 

@@ -189,6 +189,7 @@ async def test_a_problem_is_answered_as_itself_when_settling_its_key_fails_too(c
     the database's error when the key's release failed too, and answered as "outcome unknown"."""
     from sqlalchemy.exc import OperationalError
 
+    from core import idempotency
     from core.errors import database_failed
     from core.idempotency import Idempotency
 
@@ -198,6 +199,9 @@ async def test_a_problem_is_answered_as_itself_when_settling_its_key_fails_too(c
         raise OperationalError("DELETE", {}, ConnectionRefusedError("still down"))
 
     monkeypatch.setattr(Idempotency, "_settle", settle_fails)
+    # The release is tried again late while the database stays down (test_idempotency_late_release.py): for long,
+    # the app's shutdown waited its 15 s grace on it.
+    monkeypatch.setattr(idempotency, "LATE_SAVE_SECONDS", 0.1)
     response = await client.post("/act", json={"text": "a"}, headers={"Idempotency-Key": "k-down"})
     assert response.status_code == 503
     assert response.json()["nothing_sent"] is True and "outcome_unknown" not in response.json()
