@@ -25,7 +25,8 @@ names the run that answered (the ledger records each run's key) instead of sayin
 the first request never finished. A refusal whose release fails is released late
 the same way (only while the row is still its claim): it is answered as itself,
 without the header (nothing is ever replayed for it), and a retry once the key
-is freed runs afresh; before then, a 409 says the key is not settled yet.
+is freed runs afresh; before then, a 409 says the key is not settled yet. A crash
+keeps its key as a 500, stored late too if need be; the crash is what is raised.
 """
 
 from __future__ import annotations
@@ -259,7 +260,15 @@ class Idempotency:
                 ProblemError("The original request failed unexpectedly; its outcome is unknown. Check GET /runs."),
                 self.path,
             )
-            await asyncio.shield(self._settle(500, crashed, {}))
+            try:
+                await asyncio.shield(self._settle(500, crashed, {}))
+            except Exception as settle_failure:
+                # The original error is what the caller's 500 and the log must tell: raised from here, the store's
+                # error took its place (a 503 "database did not answer" for a bug, its traceback only as context).
+                if _database_failure(settle_failure):
+                    self._settle_late_in_background(500, crashed, {}, settle_failure)
+                else:
+                    logger.exception("the Idempotency-Key of a crashed request could not be settled")
             raise
         body = _json_body(result, self.scrubber)
         try:

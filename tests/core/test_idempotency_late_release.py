@@ -1,4 +1,4 @@
-"""A refusal whose Idempotency-Key release the database failed is released late, and only its own claim.
+"""A refusal whose Idempotency-Key release the database failed is released late; a crash's error is never lost.
 
 A refusal that acted on nothing (a 4xx, a refused connection, any `nothing_sent` problem) releases its key, so a
 retry with it runs afresh once the cause is fixed. When the database failed that release, nothing tried it again:
@@ -6,12 +6,17 @@ the key stayed claimed for its 24 hours, and a retry got a 409 saying the answer
 shortly to get it replayed" (nothing would ever be stored), then that the database "failed to store its answer".
 The release is now retried by the late save's task (`_settle_late`), only while the row is still our claim.
 
+A request that crashed (an error that is not a problem answer) keeps its key as a 500; when the database failed
+that store too, the store's error was raised in place of the crash's, and the caller and the log lost what
+actually happened.
+
 Database failures are injected into `Idempotency._settle`, as in test_idempotency_late_save.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -25,8 +30,8 @@ from core.errors import InvalidInput, NotConfigured, ProblemError, UpstreamError
 from core.idempotency import Idempotency
 from core.store import IdempotencyKey
 
-# The /act route failing with a given error.
-from tests.core.test_idempotency import _install
+# The /act route failing with a given error, and its request body.
+from tests.core.test_idempotency import Body, _install
 
 # The Toggl settings of the answer-not-saved tests; the start request, the failing settle and the waits of the
 # late save tests.
@@ -172,3 +177,44 @@ async def test_a_release_without_a_claim_of_its_own_frees_nothing(client):
     unclaimed = Idempotency(sessions, key="someone-else-s", method="POST", path="/act")
     await unclaimed._settle(422, {}, {})
     assert (await _claim(client, "someone-else-s")).state == "in_progress"
+
+
+async def test_a_crash_whose_500_cannot_be_stored_answers_its_own_error_and_stores_it_late(client, monkeypatch, caplog):
+    """The caller gets the crash's 500 and the log its traceback, not the database's error in their place; the
+    500 is stored late like any answer kept for replay, so a retry never acts again."""
+    calls = _install(client, fail_with=RuntimeError("bug mid-action"))
+    down = _fail_storing_successes(monkeypatch, failures_too=True)
+    caplog.set_level(logging.WARNING)
+    headers = {"Idempotency-Key": "crashed-1"}
+    first = await client.post("/act", json={"text": "a"}, headers=headers)
+    down.clear()
+    await _background_done(client)
+    replay = await client.post("/act", json={"text": "a"}, headers=headers)
+    assert first.status_code == 500, first.text
+    assert first.json()["type"] == "/problems/internal-error"
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert any(isinstance(exc, RuntimeError) and str(exc) == "bug mid-action" for exc in logged), logged
+    assert any(
+        "500 answer of POST /act" in r.getMessage() and "could not be stored" in r.getMessage() for r in caplog.records
+    )
+    assert (replay.status_code, replay.headers["idempotent-replayed"]) == (500, "true")
+    assert "outcome is unknown" in replay.json()["detail"]
+    assert calls == ["a"]
+
+
+async def test_a_crash_whose_500_store_fails_for_another_reason_still_raises_its_own_error(client, monkeypatch, caplog):
+    """A store that fails with a bug of its own is logged beside the crash, never raised in its place."""
+    sessions = client.app.state.resources.sessions
+
+    async def settle_fails(self: Idempotency, status: int, body: object, headers: dict[str, str]) -> None:
+        raise ValueError("a bug in the store")
+
+    async def crashes() -> None:
+        raise RuntimeError("bug mid-action")
+
+    monkeypatch.setattr(Idempotency, "_settle", settle_fails)
+    caplog.set_level(logging.ERROR, logger="orchestrator.idempotency")
+    with pytest.raises(RuntimeError, match="bug mid-action"):
+        await Idempotency(sessions, key="crashed-2", method="POST", path="/act").execute(Body(text="a"), crashes)
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert any(isinstance(exc, ValueError) for exc in logged), logged
