@@ -62,7 +62,7 @@ class WallClockCronTrigger(CronTrigger):
         return self._in_midnight_gap(since, candidate) or candidate
 
     def _in_midnight_gap(self, since: datetime, candidate: datetime) -> datetime | None:
-        """A fire time in an hour the clocks skip that APScheduler stepped over, before `candidate`, an hour on.
+        """A fire time around a jump forward of the clocks that APScheduler stepped over, before `candidate`.
 
         Where the clocks skip the hour after midnight (Chile, Cuba, Egypt, Lebanon, Paraguay), APScheduler moving to
         the next day lands on 00:00, which does not exist, reads it as 01:00 and looks for hour 0 from there: `0 0 * *
@@ -70,6 +70,11 @@ class WallClockCronTrigger(CronTrigger):
         documented (found by a review). So each day up to `candidate` whose offset grows is asked again in the
         offset the clocks had before the jump, where the skipped wall times exist; one that does not exist in
         TIMEZONE is the answer, at that offset, which is an hour (the jump) on.
+
+        Asked from before a jump at 02:00 (Berlin, New York), APScheduler also computes the next day's 00:xx in
+        the offset before the jump, an hour late, so past hour 0, and answers the day after: `0 0 * * *` in Berlin
+        had no firing on Monday 30 March 2026 (found by a review). So such a day is also asked again from the
+        moment of the jump, in the offset after it, where APScheduler's steps meet no change of offset.
         """
         start, end = since.astimezone(UTC), candidate.astimezone(UTC)
         while start < end:
@@ -79,10 +84,27 @@ class WallClockCronTrigger(CronTrigger):
                 fixed = copy.copy(self)
                 fixed.timezone = timezone(before)
                 due = CronTrigger.get_next_fire_time(fixed, None, start.astimezone(fixed.timezone))
+                found = []
                 if due is not None and due.astimezone(UTC) < end and _skipped(due.replace(tzinfo=None), self.timezone):
-                    return due.astimezone(self.timezone)
+                    found.append(due.astimezone(self.timezone))
+                jumped = CronTrigger.get_next_fire_time(self, None, self._jump(start, step).astimezone(self.timezone))
+                if jumped is not None and jumped.astimezone(UTC) < end and not _second_occurrence(jumped):
+                    found.append(jumped)
+                if found:  # both can be due ("30 0" skipped to 01:30, "15 1" at 01:15): the earlier first
+                    return min(found, key=lambda moment: moment.astimezone(UTC))
             start = step
         return None
+
+    def _jump(self, start: datetime, end: datetime) -> datetime:
+        """The first moment, to the second, of `(start, end]` (UTC) in the offset `end` has: where the clocks jumped."""
+        offset = end.astimezone(self.timezone).utcoffset()
+        while end - start > timedelta(seconds=1):
+            middle = start + (end - start) / 2
+            if middle.astimezone(self.timezone).utcoffset() == offset:
+                end = middle
+            else:
+                start = middle
+        return end
 
     def _stepped(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         candidate = super().get_next_fire_time(previous_fire_time, now)
