@@ -422,6 +422,26 @@ class Settings(BaseSettings):
                 )
         return SecretStr(",".join(stripped))
 
+    @field_validator("app_api_key")
+    @classmethod
+    def _api_key_a_header_carries(cls, value: SecretStr | None) -> SecretStr | None:
+        """Each key is sent in a header and compared byte for byte: a character outside printable ASCII (`é`, a
+        no-break space, a control character) goes out as UTF-8 bytes (curl) that the server reads as Latin-1, or
+        not at all (httpx, browsers), so the key started and no request could ever match it. Refused, naming the
+        value's position only. Spaces inside a key are fine: a header keeps them."""
+        if value is None:
+            return None
+        keys = value.get_secret_value().split(",")
+        for position, key in enumerate(keys, 1):
+            if not all(" " <= character <= "~" for character in key):
+                which = "the key" if len(keys) == 1 else f"value {position} of {len(keys)} (separated by commas)"
+                raise ValueError(
+                    f"{which} holds a character other than printable ASCII (a letter such as é, a no-break space, "
+                    "a control character): a client sends it in the X-API-Key header as bytes this service reads "
+                    f"otherwise, so no request could match it. Set it to {_A_LONG_RANDOM_KEY}"
+                )
+        return value
+
     @field_validator("whatsapp_allowed_senders", "slack_allowed_users", mode="before")
     @classmethod
     def _split_senders(cls, value: object) -> object:

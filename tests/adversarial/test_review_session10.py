@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from core.cron import crontab_trigger
+from core.settings import ConfigurationError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,34 @@ def test_a_skipped_time_and_a_later_one_of_the_jump_day_both_fire_in_order():
     first = trigger.get_next_fire_time(previous, previous + timedelta(milliseconds=5))
     second = trigger.get_next_fire_time(first, first + timedelta(milliseconds=5))
     assert [first, second] == [datetime(2026, 9, 6, 1, 15, tzinfo=tz), datetime(2026, 9, 6, 1, 30, tzinfo=tz)]
+
+
+# --- APP_API_KEY: a value no client can send ---------------------------------------------------------------
+
+ASCII_KEY = "ascii-key-0123456789abcdef"
+ACCENTED_KEY = "clé-secrète-très-longue-0123"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [f"{ASCII_KEY},{ACCENTED_KEY}", ACCENTED_KEY, f"{ASCII_KEY},\u00a0{ASCII_KEY}x", f"{ASCII_KEY}\x01zz"],
+)
+def test_an_api_key_a_header_cannot_carry_stops_start_up_without_quoting_it(monkeypatch, value):
+    """`APP_API_KEY=old,clé-...` (or a no-break space pasted before a key: only ASCII blanks are dropped) started,
+    and the key it named could never be used: a client sends it as UTF-8 bytes (curl), which the server reads
+    as Latin-1, so every request with it was a 401 (httpx refuses to send it at all). Refused at start-up,
+    naming the value's position only, as an empty value is."""
+    monkeypatch.setenv("APP_API_KEY", value)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(_env_file=None)
+    message = str(refused.value)
+    assert message.startswith("Invalid configuration: APP_API_KEY:") and "ASCII" in message
+    assert ASCII_KEY not in message and ACCENTED_KEY not in message
+
+
+def test_an_ascii_key_with_inner_spaces_still_starts(monkeypatch):
+    monkeypatch.setenv("APP_API_KEY", f"{ASCII_KEY}, a passphrase of several words ")
+    assert [key.get_secret_value() for key in load_settings(_env_file=None).app_api_keys] == [
+        ASCII_KEY,
+        "a passphrase of several words",
+    ]
