@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
@@ -192,7 +192,23 @@ async def process_prompt(
     responses=problem_responses(401, 409, 413, 422, 429, 502, 503, 504),
 )
 async def ai_process(
-    body: AIProcessRequest,
+    # Named examples: Swagger UI offers each in a list, and schemathesis sends each before its generated cases, so
+    # the Claude route is exercised whatever the generator happens to draw (a short `auto` prompt goes to Gemini).
+    body: Annotated[
+        AIProcessRequest,
+        Body(
+            openapi_examples={
+                "auto": {
+                    "summary": "Routed by length (short: Gemini)",
+                    "value": AIProcessRequest.model_config["json_schema_extra"]["example"],  # type: ignore[index]
+                },
+                "claude": {
+                    "summary": "Claude, whatever the length",
+                    "value": {"text": "Draft a polite reply declining Friday's meeting.", "provider": "claude"},
+                },
+            }
+        ),
+    ],
     request: Request,
     ai: AIRouterDep,
     ledger: LedgerDep,
