@@ -197,10 +197,11 @@ class SecretScrubber:
         if settings.toggl_api_token is not None:
             # skills/toggl.py: httpx.BasicAuth(token, "api_token").
             credentials.append(f"{settings.toggl_api_token.get_secret_value()}:api_token".encode())
-        if settings.twilio_auth_token is not None:
-            # skills/whatsapp.py: auth=(TWILIO_ACCOUNT_SID or "", TWILIO_AUTH_TOKEN).
+        for token in settings.twilio_auth_tokens:
+            # skills/whatsapp.py: auth=(TWILIO_ACCOUNT_SID or "", the first token). Every listed token is a pair:
+            # the old one was sent until this restart, and an upstream may echo either.
             sid = settings.twilio_account_sid or ""
-            credentials.append(f"{sid}:{settings.twilio_auth_token.get_secret_value()}".encode())
+            credentials.append(f"{sid}:{token.get_secret_value()}".encode())
         if settings.smtp_password is not None and settings.smtp_user:
             # skills/email.py through aiosmtplib: AUTH PLAIN sends base64("\0user\0password");
             # AUTH LOGIN sends base64(password) on its own, a form every secret already has.

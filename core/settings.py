@@ -161,11 +161,14 @@ MIN_API_KEY_CHARS = 16
 ANSWER_SECRET_MIN_CHARS = 12
 #: The secrets that may hold several values separated by commas, so that one can be rotated without a window of
 #: refusals: add the new value, move the clients (or Twilio's Webhook Setting) over to it, then drop the old one.
-#: Any value listed is accepted; each is held to the rules of a single value and scrubbed like any secret. Only
-#: secrets that check what others send: TWILIO_AUTH_TOKEN also sends (HTTP Basic), with one token. Not
+#: Any value listed is accepted; each is held to the rules of a single value and scrubbed like any secret.
+#: TWILIO_AUTH_TOKEN also sends (HTTP Basic to Twilio's REST API), with its FIRST token only
+#: (`Settings.twilio_sending_token`): Twilio's secondary Auth Token authenticates API requests as soon as it is
+#: created and stays valid once promoted, while webhooks stay signed with the primary until the promotion, so
+#: `<secondary>,<primary>` sends with the new token and verifies signatures made with either. Not
 #: SLACK_SIGNING_SECRET: Slack documents no overlap for a regenerated signing secret, which is known only once
 #: Slack signs with it, so listing the old one beside the new would bridge nothing.
-ROTATABLE_SECRETS = ("app_api_key", "twilio_webhook_shared_key")
+ROTATABLE_SECRETS = ("app_api_key", "twilio_auth_token", "twilio_webhook_shared_key")
 _A_LONG_RANDOM_KEY = (
     "a long random value, e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 )
@@ -603,6 +606,19 @@ class Settings(BaseSettings):
     def app_api_keys(self) -> tuple[SecretStr, ...]:
         """Every key APP_API_KEY lists (`listed_secrets`): a request with any of them passes (`core.auth`)."""
         return listed_secrets(self.app_api_key)
+
+    @property
+    def twilio_auth_tokens(self) -> tuple[SecretStr, ...]:
+        """Every auth token TWILIO_AUTH_TOKEN lists: a webhook whose X-Twilio-Signature any of them made passes."""
+        return listed_secrets(self.twilio_auth_token)
+
+    @property
+    def twilio_sending_token(self) -> SecretStr | None:
+        """The auth token requests to Twilio's REST API are sent with (HTTP Basic): the first TWILIO_AUTH_TOKEN
+        lists, never the list whole. During a rotation that is the secondary token, which Twilio accepts from its
+        creation on and which is the primary once promoted; the old primary stops working at the promotion."""
+        tokens = self.twilio_auth_tokens
+        return tokens[0] if tokens else None
 
     @property
     def twilio_webhook_shared_keys(self) -> tuple[SecretStr, ...]:

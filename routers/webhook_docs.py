@@ -40,9 +40,10 @@ def _string(description: str) -> dict[str, str]:
 
 _TWILIO_SIGNATURE = _header(
     "X-Twilio-Signature",
-    "Base64 HMAC-SHA1, keyed with TWILIO_AUTH_TOKEN, of PUBLIC_BASE_URL + path followed by every form field "
-    "sorted by name (Twilio's RequestValidator). With X-Twilio-Webhooks-Signature-Settings, the same string "
-    "keyed with TWILIO_WEBHOOK_SHARED_KEY and hashed with the algorithm that header names.",
+    "Base64 HMAC-SHA1, keyed with TWILIO_AUTH_TOKEN (any token it lists), of PUBLIC_BASE_URL + path followed by "
+    "every form field sorted by name (Twilio's RequestValidator). With X-Twilio-Webhooks-Signature-Settings, the "
+    "same string keyed with TWILIO_WEBHOOK_SHARED_KEY (any secret it lists) and hashed with the algorithm that "
+    "header names.",
 )
 _TWILIO_SIGNATURE_SETTINGS = _header(
     "X-Twilio-Webhooks-Signature-Settings",

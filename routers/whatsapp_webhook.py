@@ -213,7 +213,8 @@ async def verified_twilio_form(request: Request, settings: Settings, *, what: st
 class SigningKey:
     """The secrets and algorithm a webhook is checked with, and how the log and the 403 name them."""
 
-    #: Signed with any of them is signed: the auth token, or every SharedKey TWILIO_WEBHOOK_SHARED_KEY lists.
+    #: Signed with any of them is signed: every auth token TWILIO_AUTH_TOKEN lists, or every SharedKey
+    #: TWILIO_WEBHOOK_SHARED_KEY lists.
     secrets: tuple[SecretStr, ...]
     algorithm: str
     #: The variable holding `secrets`.
@@ -230,11 +231,11 @@ def signing_key(request: Request, settings: Settings, *, what: str, url: str) ->
     Which key is trusted stays with this service, whatever the (unsigned) header says: it only picks between
     the two secrets configured, so adding it to a forged request, or taking it off a real one, gains nothing.
     """
-    token = settings.twilio_auth_token
-    assert token is not None  # INTEGRATION.missing() was checked first
+    assert settings.twilio_auth_token is not None  # INTEGRATION.missing() was checked first
     header = (request.headers.get(SIGNATURE_SETTINGS_HEADER) or "").strip()
     if not header:  # empty counts as absent, as in Twilio's Node middleware
-        return SigningKey((token,), HMAC_SHA1, "TWILIO_AUTH_TOKEN")
+        # Every token listed: during a rotation Twilio signs with the primary until the secondary is promoted.
+        return SigningKey(settings.twilio_auth_tokens, HMAC_SHA1, "TWILIO_AUTH_TOKEN")
     algorithm = get_signature_algorithm(header)  # HMAC_SHA1 when the header names none, as the SDK reads it
     key_id = _quotable(_header_part(header, "key"))
     shared_key = settings.twilio_webhook_shared_key
@@ -273,6 +274,10 @@ def signing_key(request: Request, settings: Settings, *, what: str, url: str) ->
     )
 
 
+# Twilio error 57012 lists "a secondary token that has not been promoted" among the wrong tokens for a signature.
+_PRIMARY_SIGNS = " (Twilio signs webhooks with the primary token: a secondary one signs nothing until it is promoted)"
+
+
 def _mismatch(settings: Settings, key: SigningKey) -> Forbidden:
     if key.setting == "TWILIO_AUTH_TOKEN":
         if settings.public_base_url:
@@ -280,12 +285,13 @@ def _mismatch(settings: Settings, key: SigningKey) -> Forbidden:
             # the token (found by a user review). The URL checked is in the log line.
             return Forbidden(
                 "X-Twilio-Signature is missing or does not match: check that PUBLIC_BASE_URL is the URL Twilio calls "
-                "(the webhook URL in the Twilio console, without the path) and that TWILIO_AUTH_TOKEN is that "
-                "account's."
+                "(the webhook URL in the Twilio console, without the path) and that TWILIO_AUTH_TOKEN is (or lists) "
+                f"that account's primary auth token{_PRIMARY_SIGNS}."
             )
         return Forbidden(
             "X-Twilio-Signature is missing or does not match. Behind ngrok or a proxy, set PUBLIC_BASE_URL "
-            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called; check TWILIO_AUTH_TOKEN too."
+            "(or TRUST_PROXY_HEADERS=true) so the URL checked is the one Twilio called; check that TWILIO_AUTH_TOKEN "
+            f"is (or lists) the account's primary auth token too{_PRIMARY_SIGNS}."
         )
     signed = (
         f"X-Twilio-Signature ({key.algorithm.upper()} with a Webhook Setting's SharedKey, as "

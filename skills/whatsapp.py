@@ -217,7 +217,8 @@ class WhatsAppSkill:
 
     async def _create(self, form: dict[str, str]) -> str:
         """One POST to Messages.json; the new message's SID, or a domain error."""
-        token = self.settings.twilio_auth_token
+        # The first token TWILIO_AUTH_TOKEN lists, never the list whole: during a rotation, the secondary token.
+        token = self.settings.twilio_sending_token
         assert token is not None  # INTEGRATION.require checked it
         try:
             response = await bounded_request(
