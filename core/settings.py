@@ -666,7 +666,12 @@ class Settings(BaseSettings):
         """An upper bound on one timer stop, POST /stop-timer's or a planned one (workflows/scheduler.py): two Toggl
         calls, the running timer read then stopped (no entry id given), or the entry stopped then its late stop set
         back to the planned time (`TogglSkill.stop_timer`): 220 s with the defaults, 820 s with
-        HTTP_TIMEOUT_SECONDS=60."""
+        HTTP_TIMEOUT_SECONDS=60.
+
+        Not a bound on one path: a late planned stop answered 409 reads the entry before setting it back, three
+        calls (330 s with the defaults). That is under the claim lease and the run's cutoff, each at least twice
+        this (four calls), so no live stop is taken for a dead worker's; counting three here would have raised
+        every kind's cutoff for a rare path."""
         return 2 * self.longest_call_seconds
 
     @property

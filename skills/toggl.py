@@ -78,6 +78,11 @@ _QUOTA_RESET_HEADER = "X-Toggl-Quota-Resets-In"
 #: A stop asked for a time (`stop_at`, a planned stop) that lands later than this is set back to that time:
 #: a 25-minute timer whose stop was retried for hours after an outage must not record hours.
 LATE_STOP_TOLERANCE = timedelta(minutes=1)
+#: When a planned stop meets Toggl's 409 and the entry's stop is weighed against the moment this stop's first
+#: attempt began (`_ended_by_this_stop`): Toggl records the stop in whole seconds, cut down, and on its own clock,
+#: which NTP keeps within a second or so of ours. A stop made by hand within these seconds before our attempt could
+#: be taken for ours; it was made after the planned stop all the same.
+STOP_CLOCK_SKEW = timedelta(seconds=5)
 
 
 # Bidirectional overrides and isolates: they make a description display as something else (U+202E).
@@ -171,8 +176,9 @@ class TimerStopped(ActionOutcome):
     )
     backdate_error: str | None = Field(
         None,
-        description="When a late planned stop could not be set back to the planned time: why. The entry is "
-        "stopped; its stop is the late time, to be corrected in Toggl by hand.",
+        description="When a late planned stop could not be set back to the planned time, or, after Toggl's 409, "
+        "its entry could not be read to tell whether this stop had ended it late: why. The entry is stopped; its "
+        "stop may be the late time, to be checked and corrected in Toggl by hand.",
     )
 
     def ledger_external_id(self) -> str | None:
@@ -436,8 +442,25 @@ class TogglSkill:
             )
 
         note_request(request)
+        # When the first attempt began: a 409 to a retry may be the answer to our own first PATCH, whose answer was
+        # lost after Toggl had stopped the entry (a timeout, a reset). Taken before any wait for a free connection,
+        # so a stop by hand during that wait (at most HTTP_TIMEOUT_SECONDS) is taken for ours.
+        first_sent = datetime.now(UTC)
         response = await self._send("PATCH", path, accept=(409,))
         if response.status_code == 409:
+            unread = None
+            if stop_at is not None and _may_have_stopped_late(stop_at, datetime.now(UTC)):
+                try:
+                    set_back = await self._set_back_lost_stop(wid, entry_id, stop_at, first_sent)
+                except ProblemError as exc:
+                    # Left as it is, and said why: the stop is done, and trying it again would meet the 409 again.
+                    unread = (
+                        "Toggl answered 409 (already stopped) to this late planned stop, and the entry could not "
+                        f"be read to tell whether this stop ended it late: {exc.detail} Check its stop in Toggl."
+                    )
+                else:
+                    if set_back is not None:
+                        return set_back.model_copy(update={"payload": request})
             # Stopped by someone else between our read and our PATCH. Toggl sends no entry with a 409;
             # when we read the running timer a moment ago, its start and elapsed time are the best we know.
             return TimerStopped(
@@ -448,6 +471,7 @@ class TogglSkill:
                 start=running.start if running else None,
                 elapsed_seconds=running.elapsed_seconds if running else None,
                 already_stopped=True,
+                backdate_error=unread,
             )
         entry = _entry(_json(response))
         stopped_late_at, backdate_error = None, None
@@ -466,6 +490,37 @@ class TogglSkill:
             start=entry.start,
             stop=entry.stop,
             elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
+            stopped_late_at=stopped_late_at,
+            backdate_error=backdate_error,
+        )
+
+    async def _set_back_lost_stop(
+        self, wid: int, entry_id: int, stop_at: datetime, first_sent: datetime
+    ) -> TimerStopped | None:
+        """After a planned stop's 409: if this stop ended the entry late, set its stop back to `stop_at`.
+
+        The 409 may answer a retry whose first PATCH stopped the entry and lost its answer (found by a review: the
+        late-stop correction was skipped, and the entry kept the late stop). Toggl sends no entry with a 409, so
+        the entry is read, and set back only when the evidence says it was this stop (`_ended_by_this_stop`): a
+        timer stopped by hand before our first attempt is never rewritten. None when it is left as it is; the
+        read's error when the entry cannot be read.
+        """
+        entry = await self.time_entry(entry_id)
+        if not _ended_by_this_stop(entry, wid=wid, entry_id=entry_id, stop_at=stop_at, first_sent=first_sent):
+            return None
+        stopped_late_at, backdate_error = entry.stop, None
+        try:
+            entry = await self._set_stop(wid, entry, stop_at)
+        except ProblemError as exc:
+            backdate_error = exc.detail  # as after a late 200: the timer is stopped, only its length is off
+        return TimerStopped(
+            entry_id=entry.id,
+            workspace_id=entry.workspace_id,
+            description=self._shown(entry.description),
+            start=entry.start,
+            stop=entry.stop,
+            elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
+            already_stopped=True,
             stopped_late_at=stopped_late_at,
             backdate_error=backdate_error,
         )
@@ -534,6 +589,13 @@ class TogglSkill:
             project_id=entry.project_id,
             tags=[self._shown(tag) for tag in entry.tags] if entry.tags is not None else None,
         )
+
+    async def time_entry(self, entry_id: int) -> TogglEntry:
+        """One time entry by id, running or stopped: `GET /me/time_entries/{id}`, a `/me` call (its own hourly
+        quota). A read, so retried like `current_timer`; a 404 when no such entry is this user's."""
+        INTEGRATION.require(self.settings)
+        response = await self._send("GET", f"/me/time_entries/{entry_id}")
+        return _entry(_json(response))
 
     def _shown(self, text: str | None) -> str | None:
         """Text Toggl sends back, as this service shows it (answers, replies, the briefing's Slack post): configured
@@ -612,6 +674,25 @@ def _stopped_late(entry: TogglEntry, stop_at: datetime) -> bool:
     if entry.stop is None:
         return False
     return entry.stop - stop_at > LATE_STOP_TOLERANCE and stop_at > entry.start
+
+
+def _may_have_stopped_late(stop_at: datetime, answered_at: datetime) -> bool:
+    """Whether a 409 answered at `answered_at` can follow a stop of ours that landed late: the entry stopped by
+    then, by Toggl's clock at most STOP_CLOCK_SKEW later. A planned stop that fires on time and finds the timer
+    stopped by hand (its cancel failed) spends no read of the `/me` quota on it."""
+    return answered_at + STOP_CLOCK_SKEW - stop_at > LATE_STOP_TOLERANCE
+
+
+def _ended_by_this_stop(entry: TogglEntry, *, wid: int, entry_id: int, stop_at: datetime, first_sent: datetime) -> bool:
+    """Whether `entry`, read after a 409, was ended late by the stop whose first attempt began at `first_sent`.
+
+    It must be the entry stopped (same id and workspace), stopped, late (`_stopped_late`, its start still before
+    `stop_at`), and stopped no earlier than `first_sent`, less STOP_CLOCK_SKEW: a stop before our first attempt
+    is someone else's, made by hand, and keeps its time.
+    """
+    if (entry.id, entry.workspace_id) != (entry_id, wid) or entry.stop is None:
+        return False
+    return _stopped_late(entry, stop_at) and entry.stop >= first_sent - STOP_CLOCK_SKEW
 
 
 def started_by(body: dict[str, Any], workspace_id: int, description: str | None, start: datetime) -> bool:

@@ -17,7 +17,8 @@ durable and single-firing lives in the database:
   worker re-arms pending stops every `SYNC_SECONDS`) takes the claim over in
   one conditional UPDATE and stops the timer. Stopping an already-stopped
   Toggl entry is harmless, so a takeover after a stop that did happen costs
-  nothing but a second ledger run.
+  nothing but a second ledger run (and, fired late, one read of the entry,
+  whose stop, made before this attempt, is left as it is).
 - Toggl has no auto-stop, so a stop that fails for a reason that may pass (a
   5xx, a timeout, a rate limit: `ProblemError.retryable`) stays `pending` and
   is tried again later (`STOP_RETRY_DELAYS`, then every `STOP_RETRY_EVERY`)
@@ -181,13 +182,14 @@ def next_stop_attempt(
 
 def _late_stop_fields(stopped: TimerStopped | None) -> dict[str, Any]:
     """What a run's result says of a stop that landed late: when Toggl first stopped the entry, the stop it
-    was set back to, and why setting it back failed, if it did."""
-    if stopped is None or stopped.stopped_late_at is None:
+    was set back to, and why setting it back failed, if it did. After Toggl's 409 the entry could not be read
+    to tell whether it was stopped late: then only why (`backdate_error`)."""
+    if stopped is None:
         return {}
-    fields: dict[str, Any] = {
-        "stopped_late_at": stopped.stopped_late_at.isoformat(),
-        "stop": stopped.stop.isoformat() if stopped.stop else None,
-    }
+    fields: dict[str, Any] = {}
+    if stopped.stopped_late_at is not None:
+        fields["stopped_late_at"] = stopped.stopped_late_at.isoformat()
+        fields["stop"] = stopped.stop.isoformat() if stopped.stop else None
     if stopped.backdate_error:
         fields["backdate_error"] = stopped.backdate_error
     return fields
@@ -241,7 +243,8 @@ class JobScheduler:
     ) -> None:
         self.settings = settings
         # Twice the longest a planned stop can take, and never under STOP_CLAIM_LEASE: a live stop must never be
-        # taken for a dead worker's. A stop is up to two Toggl calls (a late one is set back to the planned time),
+        # taken for a dead worker's. A stop is up to two Toggl calls (a late one is set back to the planned time;
+        # three when Toggl answers 409 and the entry is read first, still under twice two),
         # and was counted as one call of a bound that left out a free connection, connecting and TLS: with
         # HTTP_TIMEOUT_SECONDS=60 a live stop (820 s) outlasted the 600 s lease, and another worker ran it again.
         self.claim_lease = max(STOP_CLAIM_LEASE, timedelta(seconds=2 * settings.longest_timer_stop_seconds))
