@@ -318,6 +318,13 @@ def build_vendor_app(
         return _json(toggl_entries.running() or _entry(1))
 
     @vendor("toggl")
+    async def toggl_entry(request: web.Request) -> web.Response:
+        """`GET /me/time_entries/{id}`: the entry as the fake holds it (the late-stop check after a lost answer reads
+        it); 404 for one the fake never started or has forgotten, as Toggl answers an unknown id."""
+        entry = toggl_entries.entries.get(int(request.match_info["id"]))
+        return _json(entry) if entry is not None else _json("Time entry not found", status=404)
+
+    @vendor("toggl")
     async def toggl_me(request: web.Request) -> web.Response:
         return _json({"id": 1, "default_workspace_id": 1, "email": "me@example.com", "fullname": "Fake"})
 
@@ -359,6 +366,7 @@ def build_vendor_app(
     app.router.add_patch("/api/v9/workspaces/{wid}/time_entries/{id}/stop", toggl_stop)
     app.router.add_put("/api/v9/workspaces/{wid}/time_entries/{id}", toggl_update)
     app.router.add_get("/api/v9/me/time_entries/current", toggl_current)
+    app.router.add_get("/api/v9/me/time_entries/{id:[0-9]+}", toggl_entry)
     app.router.add_get("/api/v9/me", toggl_me)
     app.router.add_get("/api/v9/workspaces/{wid}/projects", toggl_list)
     app.router.add_get("/api/v9/workspaces/{wid}/tags", toggl_list)
