@@ -477,22 +477,8 @@ class TogglSkill:
         stopped_late_at, backdate_error = None, None
         if stop_at is not None and _stopped_late(entry, stop_at):
             stopped_late_at = entry.stop
-            try:
-                entry = await self._set_stop(wid, entry, stop_at)
-            except ProblemError as exc:
-                # The timer is stopped, which is what mattered; only its recorded length is off. Say so.
-                backdate_error = exc.detail
-        return TimerStopped(
-            payload=request,
-            entry_id=entry.id,
-            workspace_id=entry.workspace_id,
-            description=self._shown(entry.description),
-            start=entry.start,
-            stop=entry.stop,
-            elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
-            stopped_late_at=stopped_late_at,
-            backdate_error=backdate_error,
-        )
+            entry, backdate_error = await self._set_back(wid, entry, stop_at)
+        return self._stopped(entry, payload=request, stopped_late_at=stopped_late_at, backdate_error=backdate_error)
 
     async def _set_back_lost_stop(
         self, wid: int, entry_id: int, stop_at: datetime, first_sent: datetime
@@ -508,11 +494,14 @@ class TogglSkill:
         entry = await self.time_entry(entry_id)
         if not _ended_by_this_stop(entry, wid=wid, entry_id=entry_id, stop_at=stop_at, first_sent=first_sent):
             return None
-        stopped_late_at, backdate_error = entry.stop, None
-        try:
-            entry = await self._set_stop(wid, entry, stop_at)
-        except ProblemError as exc:
-            backdate_error = exc.detail  # as after a late 200: the timer is stopped, only its length is off
+        stopped_late_at = entry.stop
+        entry, backdate_error = await self._set_back(wid, entry, stop_at)
+        return self._stopped(
+            entry, already_stopped=True, stopped_late_at=stopped_late_at, backdate_error=backdate_error
+        )
+
+    def _stopped(self, entry: TogglEntry, **fields: Any) -> TimerStopped:
+        """The answer for `entry`, stopped, as Toggl last sent it; `fields` are the stop's own (payload, ...)."""
         return TimerStopped(
             entry_id=entry.id,
             workspace_id=entry.workspace_id,
@@ -520,10 +509,16 @@ class TogglSkill:
             start=entry.start,
             stop=entry.stop,
             elapsed_seconds=entry.elapsed_seconds(datetime.now(UTC)),
-            already_stopped=True,
-            stopped_late_at=stopped_late_at,
-            backdate_error=backdate_error,
+            **fields,
         )
+
+    async def _set_back(self, wid: int, entry: TogglEntry, stop_at: datetime) -> tuple[TogglEntry, str | None]:
+        """Set a late stop back to `stop_at`: the entry as it then stands, and why not when Toggl refused. The timer
+        is stopped either way, which is what mattered; only its recorded length is off, and the answer says so."""
+        try:
+            return await self._set_stop(wid, entry, stop_at), None
+        except ProblemError as exc:
+            return entry, exc.detail
 
     async def _set_stop(self, wid: int, entry: TogglEntry, stop_at: datetime) -> TogglEntry:
         """Set a stopped entry's stop (and, consistently, its duration) to `stop_at`.
