@@ -34,7 +34,10 @@ class PlannedStopOut(BaseModel):
     )
     status: str = Field(description="pending, done, failed or cancelled.")
     run_id: str | None = Field(description="The ledger run of the latest attempt, once fired.")
-    error: str | None = Field(description="Why the latest attempt failed (also while a retry is pending).")
+    error: str | None = Field(
+        description="Why the latest attempt failed (also while a retry is pending); on a `done` stop that landed "
+        "late, why its entry may still show the late stop (`backdate_error`), to be corrected in Toggl by hand."
+    )
 
 
 class ScheduleOut(BaseModel):

@@ -447,6 +447,9 @@ class JobScheduler:
                     **_late_stop_fields(stopped),
                 }
             status = "done"
+            # Done, yet its entry may keep the late stop, to be corrected by hand: said on the row too, as GET
+            # /schedule lists it with its `error` (it read `done`, `error: null`, the reason only in the run).
+            error = stopped.backdate_error if stopped is not None else None
         except ProblemError as exc:
             error = describe_error(exc, scrubber=self.ledger.scrubber)
             # A rate limit or quota passes with time even when Toggl does not say when: its 402 (hourly quota)
