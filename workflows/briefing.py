@@ -273,10 +273,20 @@ class _StepResult:
     #: The step's detail as a chat user reads it (the Slack summary, whoever asked for the briefing), when the
     #: report's `step.detail` is worded for an API caller and differs.
     chat_detail: str | None = None
+    #: ... and as an API caller reads it, for the ledger's run (GET /runs is read by whoever runs the service),
+    #: when the report's `step.detail` is worded for a chat user (the `brief` command) and differs.
+    api_detail: str | None = None
 
     @property
     def detail_for_chat(self) -> str:
         return self.chat_detail if self.chat_detail is not None else self.step.detail
+
+    @property
+    def step_for_ledger(self) -> BriefingStep:
+        """The step as the run records it: worded for an API caller, whoever the report is worded for."""
+        if self.api_detail is None or self.api_detail == self.step.detail:
+            return self.step
+        return self.step.model_copy(update={"detail": self.api_detail})
 
 
 async def _run_step(
@@ -312,6 +322,7 @@ async def _run_step(
                         missing_settings=list(exc.extras.get("missing_settings", [])),
                     ),
                     chat_detail=exc.words("chat"),
+                    api_detail=exc.detail,
                 )
             detail, external_id = describe(value, audience)
             action.external_id = external_id
@@ -330,6 +341,7 @@ async def _run_step(
         BriefingStep(name=name, status="ok", detail=detail, external_id=external_id, duration_ms=elapsed()),
         value,
         chat_detail=describe(value, "chat")[0],
+        api_detail=describe(value, "api")[0],
     )
 
 
@@ -354,7 +366,11 @@ def _failed_step(
         # dropped (found by a black-box review).
         missing_settings=list(exc.extras.get("missing_settings", [])),
     )
-    return _StepResult(step, chat_detail=describe_error(exc, scrubber=run.ledger.scrubber, audience="chat"))
+    return _StepResult(
+        step,
+        chat_detail=describe_error(exc, scrubber=run.ledger.scrubber, audience="chat"),
+        api_detail=describe_error(exc, scrubber=run.ledger.scrubber, audience="api"),
+    )
 
 
 def _plan_prompt(settings: Settings, task: str, minutes: int) -> str:
@@ -457,6 +473,7 @@ async def run_briefing(
                             name="plan", status="not_configured", detail=exc.words(audience), missing_settings=missing
                         ),
                         chat_detail=exc.words("chat"),
+                        api_detail=exc.detail,
                     )
                 except ProblemError as exc:
                     # Refused before any call (a prompt over MAX_INPUT_CHARS or every context window): the real
@@ -529,7 +546,8 @@ async def run_briefing(
             slack_result = _StepResult(
                 BriefingStep(
                     name="slack", status="not_configured", detail=no_channel.words(audience), missing_settings=missing
-                )
+                ),
+                api_detail=no_channel.words("api"),
             )
         else:
             slack_result = await _run_step(
@@ -550,10 +568,14 @@ async def run_briefing(
         plan_text = str(plan_result.value.response).strip() if plan_result.step.status == "ok" else None
         report = BriefingReport(status=status, run_id=run.id, dry_run=request.dry_run, steps=steps, plan=plan_text)
         run.status = "dry_run" if request.dry_run and status == "ok" else status
-        run.result = report.model_dump(mode="json", exclude={"run_id"})
+        # The run is read in GET /runs, in the API's words whoever asked (the `brief` command's report is the chat's).
+        recorded = [result.step_for_ledger for result in (plan_result, timer_result, slack_result)]
+        run.result = report.model_copy(update={"steps": recorded}).model_dump(mode="json", exclude={"run_id"})
         if status != "ok":
             # The list view shows `error`, not the steps: say there which ones did not succeed and why.
-            run.error = "; ".join(f"{step.name} {step.status}: {step.detail}" for step in steps if step.status != "ok")
+            run.error = "; ".join(
+                f"{step.name} {step.status}: {step.detail}" for step in recorded if step.status != "ok"
+            )
     return report
 
 
