@@ -1,65 +1,15 @@
-"""Integration review of session 10: where two of the day's merged changes meet and disagree."""
+"""Integration review of session 10: where two of the day's merged changes meet and disagree.
+
+The review's GET /schedule checks (a done late stop says why it keeps its late stop) are assertions in the tests
+of the same scenarios: tests/workflows/test_mutation_survivors.py and test_late_stop_after_lost_answer.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
-import httpx
-import time_machine
-
-from tests.workflows.test_late_stop_after_lost_answer import lose_the_first_stop_answer
-from tests.workflows.test_scheduler import stop_row
 from tests.workflows.world import (
-    TOGGL_BASE,
-    FakeToggl,
     finished_runs,
-    post_whatsapp,
     wait_for,
-    whatsapp_form,
     world,
 )
-
-
-async def test_get_schedule_says_why_a_done_late_stop_still_shows_its_late_time(make_client, monkeypatch):
-    """GET /schedule now lists the day's ended stops "with their result" (8cc9a7e), and a late planned stop whose
-    set-back failed ends `done` with its `backdate_error` (the entry keeps the late stop, to be corrected by hand)
-    only in its run's result. The listing showed it `done` with `error: null`: the one list of stops said all was
-    well with an entry recording the outage as work."""
-    monkeypatch.setattr(FakeToggl, "_update", lambda self, request: httpx.Response(400, json="Stop time is invalid"))
-    async with world() as w:
-        settings = w.settings()
-        async with make_client(**settings) as client:
-            await post_whatsapp(client, whatsapp_form("start report for 5 min"))
-        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10), tick=True):
-            async with make_client(**settings) as client:
-                await wait_for(lambda: w.toggl.stops == ["9001"])
-                [run] = await finished_runs(client, "schedule.stop_timer")
-                await stop_row(client, until=lambda row: row.status != "pending")
-                [listed] = (await client.get("/schedule")).json()["stops"]
-    assert "Stop time is invalid" in run["result"]["backdate_error"]
-    assert (listed["status"], listed["run_id"]) == ("done", run["id"])
-    assert listed["error"] is not None and "Stop time is invalid" in listed["error"]
-
-
-async def test_get_schedule_says_why_a_late_stop_answered_409_was_not_checked(make_client):
-    """The 409 path's `backdate_error` comes without `stopped_late_at` (939a6ce: the entry could not be read to
-    tell whether this stop ended it late): GET /schedule must carry it too, not `done` with `error: null`."""
-    async with world() as w:
-        settings = w.settings()
-        w.toggl.mock.get(url__regex=rf"{TOGGL_BASE}/me/time_entries/\d+$").mock(
-            return_value=httpx.Response(503, json="Toggl is down for maintenance")
-        )
-        async with make_client(**settings) as client:
-            await post_whatsapp(client, whatsapp_form("start report for 5 min"))
-        lose_the_first_stop_answer(w.toggl, httpx.ReadTimeout)
-        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10), tick=True):
-            async with make_client(**settings) as client:
-                [run] = await finished_runs(client, "schedule.stop_timer")
-                await stop_row(client, until=lambda row: row.status != "pending")
-                [listed] = (await client.get("/schedule")).json()["stops"]
-    assert "stopped_late_at" not in run["result"]
-    assert listed["status"] == "done"
-    assert listed["error"] == run["result"]["backdate_error"]
 
 
 async def test_the_brief_commands_briefing_run_keeps_the_api_wording(make_client):

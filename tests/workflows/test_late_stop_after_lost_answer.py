@@ -118,8 +118,11 @@ async def test_an_entry_that_cannot_be_read_after_the_409_is_left_and_the_run_sa
             async with make_client(**settings) as client:
                 [run] = await finished_runs(client, "schedule.stop_timer")
                 row = await stop_row(client, until=lambda row: row.status != "pending")
+                [listed] = (await client.get("/schedule")).json()["stops"]
     assert w.toggl.stops == ["9001", "9001"]
     assert [call.request.url.path for call in reads.calls] == [ENTRY_PATH] * 3
+    # GET /schedule lists it `done` with the reason, not `error: null` (found by the session-10 integration review).
+    assert (listed["status"], listed["error"]) == ("done", run["result"]["backdate_error"])
     assert w.toggl.updates == []
     assert (run["status"], row.status, row.payload["attempts"]) == ("ok", "done", 1)
     assert run["result"]["already_stopped"] is True and "stopped_late_at" not in run["result"]

@@ -17,6 +17,7 @@ from services import PROVIDERS
 from skills import SKILLS
 from skills.slack import SlackPosted
 from skills.toggl import TimerStarted, TimerStopped
+from tests.workflows.test_scheduler import stop_row
 from tests.workflows.world import FakeToggl, finished_runs, post_whatsapp, wait_for, whatsapp_form, world
 from workflows.briefing import BriefingRequest, WorkflowDeps, run_briefing
 from workflows.commands import respond
@@ -168,9 +169,14 @@ async def test_a_late_stop_whose_correction_failed_says_why_in_its_run(make_clie
             async with make_client(**settings) as client:
                 await wait_for(lambda: w.toggl.stops == ["9001"])
                 [run] = await finished_runs(client, "schedule.stop_timer")
+                await stop_row(client, until=lambda row: row.status != "pending")
+                [listed] = (await client.get("/schedule")).json()["stops"]
     assert run["status"] == "ok" and run["result"]["entry_id"] == 9001
     assert "stopped_late_at" in run["result"]
     assert "Stop time is invalid" in run["result"]["backdate_error"]
+    # GET /schedule lists the stop `done` and says why its entry still shows the late stop (it read `error: null`,
+    # the reason only in the run; found by the session-10 integration review).
+    assert (listed["status"], listed["run_id"], listed["error"]) == ("done", run["id"], run["result"]["backdate_error"])
 
 
 class UnsavableScheduler(Scheduler):
