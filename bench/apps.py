@@ -4,6 +4,9 @@
 - `aiohttp_app`: bare FastAPI passthrough with one shared aiohttp.ClientSession (the ceiling for a Python hop).
 - `hello_app`: bare FastAPI hello world (the ceiling for any endpoint, for the webhook comparison).
 
+`aiohttp_app` also answers `GET /health` with a constant, so measurement 2 can ask the same question of the
+ceiling that it asks of the service: how much does a health probe wait while 200 slow LLM calls are in flight?
+
     BENCH_UPSTREAM=http://127.0.0.1:9000 uvicorn bench.apps:httpx_app --port 9101
 
 They do the least a passthrough must: parse the JSON body, send the provider
@@ -60,7 +63,8 @@ async def httpx_passthrough(prompt: Prompt, request: Request) -> dict[str, Any]:
 
 @asynccontextmanager
 async def _aiohttp_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    connector = aiohttp.TCPConnector(limit=100)
+    # 100 for measurement 1 (as httpx_app); measurement 2 raises it so 200 slow calls are all at the fake at once.
+    connector = aiohttp.TCPConnector(limit=int(os.environ.get("BENCH_UPSTREAM_CONNECTIONS", "100")))
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(base_url=UPSTREAM, connector=connector, timeout=timeout) as session:
         app.state.session = session
@@ -76,6 +80,11 @@ async def aiohttp_passthrough(prompt: Prompt, request: Request) -> dict[str, Any
     async with session.post("/v1/messages", json=_provider_request(prompt), headers=HEADERS) as response:
         response.raise_for_status()
         return _answer(await response.json())
+
+
+@aiohttp_app.get("/health")
+async def aiohttp_health() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 hello_app = FastAPI()

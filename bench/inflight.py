@@ -1,6 +1,7 @@
 """Keep N slow actions in flight against the service (email, Slack, LLM in turn) until stopped.
 
     python -m bench.inflight --url http://127.0.0.1:9210 --key KEY --inflight 200 --seconds 30
+    python -m bench.inflight --url http://127.0.0.1:9211 --llm-only ...   # LLM calls only (a passthrough has no other)
 
 Prints one JSON line at the end: completed, failed (by status), and the
 smallest number in flight seen after the ramp-up.
@@ -24,13 +25,13 @@ ACTIONS = [
 ]
 
 
-async def main(url: str, key: str, inflight: int, seconds: float) -> None:
+async def main(url: str, key: str, inflight: int, seconds: float, *, llm_only: bool = False) -> None:
     statuses: Counter[str] = Counter()
     in_flight = 0
     min_in_flight_after_ramp: int | None = None
     started = time.monotonic()
     deadline = started + seconds
-    cycle = itertools.cycle(ACTIONS)
+    cycle = itertools.cycle([action for action in ACTIONS if action[0] == "/ai-process"] if llm_only else ACTIONS)
     limits = httpx.Limits(max_connections=inflight + 10, max_keepalive_connections=inflight + 10)
 
     async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, limits=limits, timeout=60) as client:
@@ -66,5 +67,6 @@ if __name__ == "__main__":
     parser.add_argument("--key", required=True)
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--llm-only", action="store_true", help="only /ai-process (what a passthrough answers)")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.key, args.inflight, args.seconds))
+    asyncio.run(main(args.url, args.key, args.inflight, args.seconds, llm_only=args.llm_only))

@@ -214,11 +214,11 @@ class Bench:
             finally:
                 self._stop(proc)
 
-    def app(self, name: str, target: str, fake_url: str) -> str:
+    def app(self, name: str, target: str, fake_url: str, **extra: str) -> str:
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         argv += ["--no-access-log", "--log-level", "warning"]
-        proc = self.spawn(name, argv, env={"BENCH_UPSTREAM": fake_url})
+        proc = self.spawn(name, argv, env={"BENCH_UPSTREAM": fake_url, **extra})
         url = f"http://127.0.0.1:{port}"
         self.wait_ready(proc, url + "/docs")
         return url
@@ -432,40 +432,44 @@ def _signed_webhooks(workdir: Path, url: str, *, count: int) -> Path:
 
 
 def measure_event_loop(bench: Bench) -> None:
-    """2. /health p99 idle, then with 200 slow (2 s) actions in flight: email, Slack, LLM."""
+    """2. /health p99 idle, then with 200 slow (2 s) actions in flight: email, Slack, LLM.
+
+    The same question is asked of the ceiling, the bare aiohttp passthrough with 200 slow LLM calls in flight
+    (the only action it has), and of the service with LLM calls only, so the two compare like for like.
+    """
     fake_url, smtp_port = bench.fakes("fakes-slow", {"default": 2.0}, smtp_delay=2.0)
     service, url, _ = bench.service("service-slow", fake_url, smtp_port, LLM_TIMEOUT_SECONDS="30")
+    mixed = _health_under_load(bench, url, llm_only=False)
+    llm_only = _health_under_load(bench, url, llm_only=True)
+    bench.stop(service)
+    passthrough = bench.app(
+        "passthrough-aiohttp-slow", "bench.apps:aiohttp_app", fake_url, BENCH_UPSTREAM_CONNECTIONS="300"
+    )
+    ceiling = _health_under_load(bench, passthrough, llm_only=True)
+    bench.results["event_loop"] = {
+        **mixed,
+        "service_llm_only": llm_only,
+        "aiohttp_passthrough_llm_only": ceiling,
+    }
+    for name, point in (("service", mixed), ("service, LLM only", llm_only), ("aiohttp passthrough", ceiling)):
+        log(
+            f"/health p99 {name}: idle {point['idle']['p99_ms']} ms, with 200 in flight "
+            f"{point['loaded']['p99_ms']} ms; driver {point['inflight_driver']}"
+        )
+
+
+def _health_under_load(bench: Bench, url: str, *, llm_only: bool) -> dict[str, Any]:
+    """/health idle, then while bench.inflight keeps 200 slow actions in flight against `url`."""
     bench.wrk(url + "/health", concurrency=1, duration=2)
     idle = bench.wrk(url + "/health", concurrency=1)
     seconds = bench.duration + 8
-    driver = subprocess.Popen(
-        _pinned(
-            LOAD_CPUS,
-            [
-                PYTHON,
-                "-m",
-                "bench.inflight",
-                "--url",
-                url,
-                "--key",
-                API_KEY,
-                "--inflight",
-                "200",
-                "--seconds",
-                str(seconds),
-            ],
-        ),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    argv = [PYTHON, "-m", "bench.inflight", "--url", url, "--key", API_KEY, "--inflight", "200"]
+    argv += ["--seconds", str(seconds), *(["--llm-only"] if llm_only else [])]
+    driver = subprocess.Popen(_pinned(LOAD_CPUS, argv), cwd=ROOT, stdout=subprocess.PIPE, text=True)
     time.sleep(4)  # let 200 requests get in flight
     loaded = bench.wrk(url + "/health", concurrency=1)
     out, _ = driver.communicate(timeout=seconds + 60)
-    inflight = json.loads(out.strip().splitlines()[-1])
-    bench.results["event_loop"] = {"idle": idle, "loaded": loaded, "inflight_driver": inflight}
-    log(f"/health p99 idle {idle['p99_ms']} ms, with 200 in flight {loaded['p99_ms']} ms; driver {inflight}")
-    bench.stop(service)
+    return {"idle": idle, "loaded": loaded, "inflight_driver": json.loads(out.strip().splitlines()[-1])}
 
 
 def measure_briefing(bench: Bench, runs: int = 10) -> None:
