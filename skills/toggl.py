@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,9 +79,9 @@ _QUOTA_RESET_HEADER = "X-Toggl-Quota-Resets-In"
 #: a 25-minute timer whose stop was retried for hours after an outage must not record hours.
 LATE_STOP_TOLERANCE = timedelta(minutes=1)
 #: When a planned stop meets Toggl's 409 and the entry's stop is weighed against the moment this stop's first
-#: attempt began (`_ended_by_this_stop`): Toggl records the stop in whole seconds, cut down, and on its own clock,
-#: which NTP keeps within a second or so of ours. A stop made by hand within these seconds before our attempt could
-#: be taken for ours; it was made after the planned stop all the same.
+#: attempt began, or an earlier failed call's span (`_ended_by_this_stop`): Toggl records the stop in whole seconds,
+#: cut down, and on its own clock, which NTP keeps within a second or so of ours. A stop made by hand within these
+#: seconds of our attempts could be taken for ours; it was made after the planned stop all the same.
 STOP_CLOCK_SKEW = timedelta(seconds=5)
 
 
@@ -405,6 +405,7 @@ class TogglSkill:
         workspace_id: int | None = None,
         entry_id: int | None = None,
         stop_at: datetime | None = None,
+        earlier_attempts: Sequence[tuple[datetime, datetime]] = (),
         dry_run: bool = False,
     ) -> TimerStopped | None:
         """Stop `entry_id`, or the running timer when no id is given; None when nothing runs.
@@ -415,6 +416,16 @@ class TogglSkill:
         `stop_at` is when the stop was meant to happen (a planned stop). Toggl's stop endpoint always stops
         at "now", so a stop that lands more than LATE_STOP_TOLERANCE later is then set back to `stop_at`
         with an update of the entry: stopping first means the timer is stopped even if the update fails.
+
+        `earlier_attempts`: for a planned stop tried again, each earlier call of it that failed, as (when its
+        first attempt began, when it failed). Its PATCH may have stopped the entry and lost the answer, and then
+        this call meets Toggl's 409. After such a 409 the entry is set back when its stop falls after this call's
+        first attempt began or within one of these spans, either less or plus STOP_CLOCK_SKEW
+        (`_ended_by_this_stop`). Spans, not "since the first attempt": between two calls (minutes to half an
+        hour apart) no request of ours is in flight, so a stop made then was made by hand and keeps its time; a
+        window from the first call on would rewrite it to the planned time. Every failed call counts, whatever its
+        error: a 5xx, even a 503, can come after Toggl acted (a gateway's 502 or 504, a proxy's 503 on a reset
+        upstream), and a call that was only refused (429) adds no more than its own seconds to the window.
         """
         INTEGRATION.require(self.settings)
         running: RunningTimer | None = None
@@ -451,7 +462,7 @@ class TogglSkill:
             unread = None
             if stop_at is not None and _may_have_stopped_late(stop_at, datetime.now(UTC)):
                 try:
-                    set_back = await self._set_back_lost_stop(wid, entry_id, stop_at, first_sent)
+                    set_back = await self._set_back_lost_stop(wid, entry_id, stop_at, first_sent, earlier_attempts)
                 except ProblemError as exc:
                     # Left as it is, and said why: the stop is done, and trying it again would meet the 409 again.
                     unread = (
@@ -481,18 +492,26 @@ class TogglSkill:
         return self._stopped(entry, payload=request, stopped_late_at=stopped_late_at, backdate_error=backdate_error)
 
     async def _set_back_lost_stop(
-        self, wid: int, entry_id: int, stop_at: datetime, first_sent: datetime
+        self,
+        wid: int,
+        entry_id: int,
+        stop_at: datetime,
+        first_sent: datetime,
+        earlier: Sequence[tuple[datetime, datetime]],
     ) -> TimerStopped | None:
         """After a planned stop's 409: if this stop ended the entry late, set its stop back to `stop_at`.
 
         The 409 may answer a retry whose first PATCH stopped the entry and lost its answer (found by a review: the
-        late-stop correction was skipped, and the entry kept the late stop). Toggl sends no entry with a 409, so
-        the entry is read, and set back only when the evidence says it was this stop (`_ended_by_this_stop`): a
-        timer stopped by hand before our first attempt is never rewritten. None when it is left as it is; the
-        read's error when the entry cannot be read.
+        late-stop correction was skipped, and the entry kept the late stop), or a later call of the same planned
+        stop after an earlier call's PATCH did so (`earlier`). Toggl sends no entry with a 409, so the entry is
+        read, and set back only when the evidence says it was this stop (`_ended_by_this_stop`): a timer stopped
+        by hand before our first attempt, or between two calls, is never rewritten. None when it is left as it
+        is; the read's error when the entry cannot be read.
         """
         entry = await self.time_entry(entry_id)
-        if not _ended_by_this_stop(entry, wid=wid, entry_id=entry_id, stop_at=stop_at, first_sent=first_sent):
+        if not _ended_by_this_stop(
+            entry, wid=wid, entry_id=entry_id, stop_at=stop_at, first_sent=first_sent, earlier=earlier
+        ):
             return None
         stopped_late_at = entry.stop
         entry, backdate_error = await self._set_back(wid, entry, stop_at)
@@ -678,16 +697,32 @@ def _may_have_stopped_late(stop_at: datetime, answered_at: datetime) -> bool:
     return answered_at + STOP_CLOCK_SKEW - stop_at > LATE_STOP_TOLERANCE
 
 
-def _ended_by_this_stop(entry: TogglEntry, *, wid: int, entry_id: int, stop_at: datetime, first_sent: datetime) -> bool:
-    """Whether `entry`, read after a 409, was ended late by the stop whose first attempt began at `first_sent`.
+def _ended_by_this_stop(
+    entry: TogglEntry,
+    *,
+    wid: int,
+    entry_id: int,
+    stop_at: datetime,
+    first_sent: datetime,
+    earlier: Sequence[tuple[datetime, datetime]] = (),
+) -> bool:
+    """Whether `entry`, read after a 409, was ended late by the stop whose first attempt began at `first_sent`,
+    or by one of its `earlier` calls, each (when its first attempt began, when it failed).
 
     It must be the entry stopped (same id and workspace), stopped, late (`_stopped_late`, its start still before
-    `stop_at`), and stopped no earlier than `first_sent`, less STOP_CLOCK_SKEW: a stop before our first attempt
-    is someone else's, made by hand, and keeps its time.
+    `stop_at`), and stopped while a PATCH of ours may have been in flight: no earlier than `first_sent`, or within
+    an earlier call's span, each widened by STOP_CLOCK_SKEW. A stop before our first attempt, or between two
+    calls, is someone else's, made by hand, and keeps its time.
     """
-    if (entry.id, entry.workspace_id) != (entry_id, wid) or entry.stop is None:
+    if (entry.id, entry.workspace_id) != (entry_id, wid) or entry.stop is None or not _stopped_late(entry, stop_at):
         return False
-    return _stopped_late(entry, stop_at) and entry.stop >= first_sent - STOP_CLOCK_SKEW
+    stop = entry.stop
+    if stop >= first_sent - STOP_CLOCK_SKEW:
+        return True
+    # An earlier call's PATCH can only have stopped the entry while it was in flight: after that call began and
+    # before it failed. The skew at the end covers Toggl's clock running ahead of ours, and a request Toggl acted on
+    # a moment after we had given up on its answer.
+    return any(began - STOP_CLOCK_SKEW <= stop <= failed + STOP_CLOCK_SKEW for began, failed in earlier)
 
 
 def started_by(body: dict[str, Any], workspace_id: int, description: str | None, start: datetime) -> bool:

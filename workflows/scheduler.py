@@ -24,8 +24,8 @@ durable and single-firing lives in the database:
   is tried again later (`STOP_RETRY_DELAYS`, then every `STOP_RETRY_EVERY`)
   until `STOP_RETRY_WINDOW` after the planned time. Each attempt moves `run_at`
   to the next one, so it has a claim key of its own and is armed by start-up
-  and the sync like any pending stop; `payload` keeps the attempt count and
-  the planned time.
+  and the sync like any pending stop; `payload` keeps the attempt count, the
+  planned time, and when each failed firing was at work (`FAILED_FIRINGS`).
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ STOP_RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 20))
 # ...then this often, while it is no later than STOP_RETRY_WINDOW after the planned stop.
 STOP_RETRY_EVERY = timedelta(minutes=30)
 STOP_RETRY_WINDOW = timedelta(hours=12)
+#: The stop row's payload key listing, for each firing whose stop failed, when its first attempt began and when it
+#: failed (UTC ISO pairs). A failed firing's PATCH may have stopped the entry and lost the answer; a later firing
+#: then meets Toggl's 409, and the skill sets the late stop back only if the entry stopped within such a span or
+#: during its own call (`TogglSkill.stop_timer`'s `earlier_attempts`). Bookkeeping like `attempts`: left out of
+#: the run's input_summary, and GET /schedule lists named fields only.
+FAILED_FIRINGS = "failed_firings"
 
 
 #: The width of `job_fires.worker` (VARCHAR(64), migration 0003).
@@ -164,6 +170,21 @@ def planned_stop_time(row: ScheduledJob) -> datetime:
     """When the stop was planned for: `run_at` until a retry moves it, then the time kept in the payload."""
     planned = row.payload.get("planned_stop")
     return datetime.fromisoformat(planned) if planned else row.run_at
+
+
+def failed_firings(payload: dict[str, Any]) -> list[tuple[datetime, datetime]]:
+    """The stop's earlier failed firings (`FAILED_FIRINGS`), each (began, failed). One that cannot be read is
+    skipped: that only costs the correction of a late stop, where raising would fail the stop itself and leave
+    the timer running."""
+    spans = []
+    for span in payload.get(FAILED_FIRINGS) or ():
+        try:
+            began, failed = (datetime.fromisoformat(str(moment)) for moment in span)
+        except (TypeError, ValueError):
+            continue
+        if began.tzinfo is not None and failed.tzinfo is not None:
+            spans.append((began, failed))
+    return spans
 
 
 def next_stop_attempt(
@@ -421,13 +442,16 @@ class JobScheduler:
         planned = planned_stop_time(row)
         attempt = int(payload.get("attempts", 0)) + 1
         status, error, run_id, retry_at = "failed", None, None, None
+        # When this firing's call of the skill began and ended: kept in the payload if it fails (`FAILED_FIRINGS`).
+        began: datetime | None = None
+        ended: datetime | None = None
         try:
             async with self.ledger.run(
                 RunKind.SCHEDULE_STOP_TIMER,
                 trigger="schedule",
                 input_summary={
                     "job_id": job_id,
-                    **{key: value for key, value in payload.items() if key != "attempts"},
+                    **{key: value for key, value in payload.items() if key not in ("attempts", FAILED_FIRINGS)},
                     "planned_stop": planned.isoformat(),
                     "attempt": attempt,
                 },
@@ -435,10 +459,19 @@ class JobScheduler:
                 run_id = run.id
                 async with run.action("toggl", "stop_timer") as action:
                     # `stop_at`: a stop retried after an outage is set back to the planned time, so the
-                    # entry records the planned length, not the outage.
-                    stopped = await self.deps().skills.toggl.stop_timer(
-                        workspace_id=payload.get("workspace_id"), entry_id=payload["entry_id"], stop_at=planned
-                    )
+                    # entry records the planned length, not the outage. `earlier_attempts`: a firing whose answers
+                    # were all lost may have stopped the entry; this one then meets the 409, and the entry is set
+                    # back only if it stopped while one of those firings was at work, never between firings.
+                    began = utcnow()
+                    try:
+                        stopped = await self.deps().skills.toggl.stop_timer(
+                            workspace_id=payload.get("workspace_id"),
+                            entry_id=payload["entry_id"],
+                            stop_at=planned,
+                            earlier_attempts=failed_firings(payload),
+                        )
+                    finally:
+                        ended = utcnow()
                     action.external_id = str(payload["entry_id"])
                 run.result = {
                     "entry_id": payload["entry_id"],
@@ -488,6 +521,8 @@ class JobScheduler:
             await asyncio.shield(self._release(job_id, row.run_at))
             raise
         recorded = {**payload, "attempts": attempt, "planned_stop": planned.isoformat()}
+        if status == "failed" and began is not None and ended is not None:
+            recorded[FAILED_FIRINGS] = [*(payload.get(FAILED_FIRINGS) or ()), [began.isoformat(), ended.isoformat()]]
         if retry_at is not None:
             await self._retry_later(job_id, row.run_at, at=retry_at, payload=recorded, run_id=run_id, error=error)
             return True
