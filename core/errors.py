@@ -197,15 +197,37 @@ class StoreUnavailable(_ComeBackLater):
     status, slug, title = 503, "store-unavailable", "Database unavailable"
 
 
+#: "not configured" is the operator's word; a chat user reads that the integration is not set up yet.
+CONFIGURED = PerAudience(api="configured", chat="set up yet")
+
+
+#: Who sets a missing setting, by reader: an API caller is told to set it; a chat user, that the operator must.
+OPERATOR_SETS = PerAudience(api="set", chat="the operator must set")
+
+
+def set_and_restart(names: str) -> Phrase:
+    """The remedy of a missing setting, by reader: "set X in the environment or .env and restart." to an API
+    caller; "the operator must set X ... and restart the service." to a chat user, who can set no environment
+    variable (a WhatsApp `start` without Toggl's token told them to). Names the settings, never their values."""
+    return Phrase(
+        (
+            OPERATOR_SETS,
+            f" {names} in the environment or .env and restart",
+            PerAudience(api=".", chat=" the service."),
+        )
+    )
+
+
 class NotConfigured(ProblemError):
-    """A skill or provider is missing settings. Names the variables, never their values."""
+    """A skill or provider is missing settings. Names the variables, never their values; the default detail's
+    remedy is worded per reader (`set_and_restart`)."""
 
     status, slug, title = 503, "not-configured", "Integration not configured"
 
     def __init__(self, integration: str, missing: Sequence[str], detail: str | Phrase | None = None) -> None:
         names = ", ".join(missing)
         super().__init__(
-            detail or f"{integration} is not configured: set {names} in the environment or .env and restart.",
+            detail or Phrase((f"{integration} is not ", CONFIGURED, ": ")) + set_and_restart(names),
             integration=integration,
             missing_settings=list(missing),
         )

@@ -39,13 +39,16 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import (
+    CONFIGURED,
     InvalidInput,
     NotConfigured,
     PayloadTooLarge,
+    Phrase,
     ProblemError,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
+    set_and_restart,
 )
 from core.resources import Resources
 from core.settings import Settings
@@ -339,8 +342,10 @@ class AIRouter:
         return NotConfigured(
             "llm",
             ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"],
-            detail="No LLM provider is configured: set GEMINI_API_KEY or ANTHROPIC_API_KEY (or LOCAL_LLM_BASE_URL "
-            "and LOCAL_LLM_MODEL for a local model) in the environment or .env and restart.",
+            detail=Phrase(("No LLM provider is ", CONFIGURED, ": "))
+            + set_and_restart(
+                "GEMINI_API_KEY or ANTHROPIC_API_KEY (or LOCAL_LLM_BASE_URL and LOCAL_LLM_MODEL for a local model)"
+            ),
         )
 
     def _missing_settings(self, name: str) -> list[str]:

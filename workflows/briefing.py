@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from core.errors import Audience, NotConfigured, PerAudience, Phrase, ProblemError
+from core.errors import CONFIGURED, OPERATOR_SETS, Audience, NotConfigured, PerAudience, Phrase, ProblemError
 from core.ledger import Ledger, RunHandle, RunKind, describe_error
 from core.registry import Registry
 from core.settings import Settings
@@ -453,9 +453,16 @@ async def run_briefing(
         async def plan() -> _StepResult:
             router = deps.ai_router
             if router is None:
-                detail = "no language model is configured: set GEMINI_API_KEY or ANTHROPIC_API_KEY"
-                await run.skip("ai_router", "generate", status="not_configured", error=detail)
-                return _StepResult(BriefingStep(name="plan", status="not_configured", detail=detail))
+                # Read in the `brief` reply and the Slack summary too: a chat user cannot set the keys.
+                no_model = Phrase(("no language model is ", CONFIGURED, ": ", OPERATOR_SETS)) + (
+                    " GEMINI_API_KEY or ANTHROPIC_API_KEY"
+                )
+                await run.skip("ai_router", "generate", status="not_configured", error=no_model.words("api"))
+                return _StepResult(
+                    BriefingStep(name="plan", status="not_configured", detail=no_model.words(audience)),
+                    chat_detail=no_model.words("chat"),
+                    api_detail=no_model.words("api"),
+                )
             prompt = _plan_prompt(settings, task, minutes)
             if request.dry_run:
                 # A dry run sends nothing upstream, and an LLM call is a paid upstream call. The router still
