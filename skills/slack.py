@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.errors import (
+    OPERATOR_SETS,
     Conflict,
     InvalidInput,
     NotFound,
@@ -154,7 +155,7 @@ class SlackSkill:
             # Worded per reader: the chat `start` command reaches here too, and a WhatsApp sender has no `channel`
             # to pass (found by a black-box review), nor can send POST /slack-notify: only the operator's setting helps.
             raise InvalidInput(
-                Phrase(("No Slack channel: ", PerAudience(api="set", chat="the operator must set")))
+                Phrase(("No Slack channel: ", OPERATOR_SETS))
                 + " SLACK_DEFAULT_CHANNEL"
                 + PerAudience(api=", or pass `channel` to POST /slack-notify.", chat=".")
             )

@@ -21,6 +21,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import (
+    OPERATOR_SETS,
     InvalidInput,
     NotConfigured,
     NotFound,
@@ -629,7 +630,7 @@ class TogglSkill:
             raise NotConfigured(
                 "toggl",
                 ["TOGGL_WORKSPACE_ID"],
-                detail=Phrase(("No Toggl workspace: ", PerAudience(api="set", chat="the operator must set")))
+                detail=Phrase(("No Toggl workspace: ", OPERATOR_SETS))
                 + " TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and restart"
                 + PerAudience(api=", or pass workspace_id to POST /start-timer and /stop-timer.", chat="."),
             )
