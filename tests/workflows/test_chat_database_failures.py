@@ -37,7 +37,6 @@ from tests.workflows.world import (
     runs_of,
     wait_for,
     whatsapp_form,
-    world,
 )
 from workflows import inbound
 from workflows.commands import ANSWER_LOST, NOTHING_DONE
@@ -82,12 +81,6 @@ class DatabaseDown:
 
     def close(self) -> None:
         event.remove(Engine, "before_cursor_execute", self._refuse)
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
 
 
 @pytest.fixture

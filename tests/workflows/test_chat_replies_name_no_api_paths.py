@@ -10,11 +10,17 @@ answers keep their API wording, from the same sentence. Each test reads what rea
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.routers.test_slack_events import callback, mention, post
 from tests.workflows.test_planned_stop_errors_in_chat_words import API_CALL, _thread_replies
-from tests.workflows.world import TOGGL_BASE, finished_runs, post_whatsapp, wait_for, whatsapp_form, world
+from tests.workflows.world import (
+    TOGGL_BASE,
+    briefing_summary,
+    finished_runs,
+    post_whatsapp,
+    wait_for,
+    whatsapp_form,
+)
 
 SEND_STATUS = (
     'The outcome is unknown: the time entry may have been created; send "status" to see whether the timer runs '
@@ -25,17 +31,6 @@ NO_WORKSPACE = (
     "No Toggl workspace: the operator must set TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and "
     "restart."
 )
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
-
-
-def _summary(w) -> str:
-    [summary] = [sent["text"] for sent in w.slack.posts if sent["text"].startswith("*Morning briefing*")]
-    return summary
 
 
 async def _slack_reply(w, client, text: str) -> str:
@@ -77,7 +72,7 @@ async def test_the_brief_command_and_its_summary_say_send_status_when_the_start_
     w.toggl.fail_start = 502
     async with make_client(**w.settings()) as client:
         reply = await _slack_reply(w, client, "brief")
-    summary = _summary(w)
+    summary = briefing_summary(w)
     # Toggl may have started it: "not started" would contradict the sentence after it (the summary already said so).
     assert "Timer may or may not have started: 502 upstream-error: Toggl answered 502." in reply, reply
     assert "*Timer*: may or may not have started (502 upstream-error: Toggl answered 502." in summary, summary
@@ -92,7 +87,7 @@ async def test_a_missing_workspace_is_the_operators_setting_in_start_and_brief_r
         await post(client, callback(mention("<@UBOT> brief", ts="1764057601.000100"), event_id="Ev0002"))
         await wait_for(lambda: any(sent.get("thread_ts") == "1764057601.000100" for sent in w.slack.posts))
     [brief] = [sent["text"] for sent in w.slack.posts if sent.get("thread_ts") == "1764057601.000100"]
-    summary = _summary(w)
+    summary = briefing_summary(w)
     assert start == f"Could not start the timer: {NO_WORKSPACE}", start
     assert f"Timer not started: {NO_WORKSPACE}" in brief, brief
     assert f"*Timer*: not started ({NO_WORKSPACE})" in summary, summary
@@ -128,4 +123,4 @@ async def test_the_api_answers_keep_their_api_wording_while_the_slack_summary_ge
     [timer] = [step for step in briefing["steps"] if step["name"] == "timer"]
     assert timer["detail"].endswith(API_CHECK), timer
     # The same briefing's Slack post is read in a chat.
-    assert SEND_STATUS in _summary(w) and not API_CALL.search(_summary(w)), _summary(w)
+    assert SEND_STATUS in briefing_summary(w) and not API_CALL.search(briefing_summary(w)), briefing_summary(w)

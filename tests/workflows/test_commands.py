@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fakes.server import Reply
-from tests.workflows.world import OWNER, post_whatsapp, runs_of, whatsapp_form, world
+from tests.workflows.world import OWNER, post_whatsapp, runs_of, whatsapp_form
 from workflows import commands
 from workflows.commands import Command, parse_command, strip_mentions
 
@@ -245,12 +245,6 @@ def test_the_timed_start_pattern_never_sees_a_run_of_blanks(monkeypatch, text, e
 
 
 # --- Executing, through the WhatsApp webhook against the fake world --------------------------
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
 
 
 def twiml_messages(response) -> list[str]:

@@ -15,20 +15,21 @@ firing met (a 503, or a timeout that never reached Toggl).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-import respx
 import time_machine
 
-from skills.toggl import TogglSkill
-from tests.workflows.test_late_stop_after_lost_answer import ENTRY_PATH, moment, serve_entry_reads, toggl_entry
+from tests.workflows.test_late_stop_after_lost_answer import (
+    ENTRY_PATH,
+    moment,
+    serve_entry_reads,
+    toggl_entry,
+)
 from tests.workflows.test_scheduler import attempts_are, stop_row
 from tests.workflows.world import (
     TOGGL_BASE,
-    TOGGL_TOKEN,
     WORKSPACE,
     World,
     finished_runs,
@@ -227,17 +228,6 @@ SENT = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # when this call's first attem
 PLANNED = SENT - timedelta(hours=2)
 #: An earlier call of the same planned stop that failed: its first attempt began, then it gave up.
 EARLIER = (SENT - timedelta(minutes=30), SENT - timedelta(minutes=29))
-
-
-@pytest.fixture
-async def stop_skill(make_settings) -> AsyncIterator[tuple[TogglSkill, respx.MockRouter]]:
-    """The Toggl skill over its own client, and a respx router whose PATCH of entry 77 answers 409."""
-    settings = make_settings(toggl_api_token=TOGGL_TOKEN, toggl_workspace_id=WORKSPACE, toggl_base_url=TOGGL_BASE)
-    async with httpx.AsyncClient() as http, respx.mock(base_url=TOGGL_BASE, assert_all_called=False) as toggl:
-        toggl.patch(f"/workspaces/{WORKSPACE}/time_entries/77/stop").mock(
-            return_value=httpx.Response(409, json="Time entry already stopped")
-        )
-        yield TogglSkill(settings, http), toggl
 
 
 # Literal seconds, not STOP_CLOCK_SKEW: the five seconds are the documented allowance, at both ends of a span.

@@ -10,7 +10,6 @@ fire's first stop attempt was sent (less `STOP_CLOCK_SKEW`). A timer stopped by 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,11 +17,9 @@ import pytest
 import respx
 import time_machine
 
-from skills.toggl import TogglSkill
 from tests.workflows.test_scheduler import stop_row
 from tests.workflows.world import (
     TOGGL_BASE,
-    TOGGL_TOKEN,
     WORKSPACE,
     FakeToggl,
     finished_runs,
@@ -176,17 +173,6 @@ def toggl_entry(*, stop: datetime | None, start: datetime = STARTED, **fields: o
         "duration": duration,
         **fields,
     }
-
-
-@pytest.fixture
-async def stop_skill(make_settings) -> AsyncIterator[tuple[TogglSkill, respx.MockRouter]]:
-    """The Toggl skill over its own client, and a respx router whose PATCH of entry 77 answers 409."""
-    settings = make_settings(toggl_api_token=TOGGL_TOKEN, toggl_workspace_id=WORKSPACE, toggl_base_url=TOGGL_BASE)
-    async with httpx.AsyncClient() as http, respx.mock(base_url=TOGGL_BASE, assert_all_called=False) as toggl:
-        toggl.patch(f"/workspaces/{WORKSPACE}/time_entries/77/stop").mock(
-            return_value=httpx.Response(409, json="Time entry already stopped")
-        )
-        yield TogglSkill(settings, http), toggl
 
 
 # Literal seconds, not STOP_CLOCK_SKEW: the five seconds are the documented allowance.

@@ -6,22 +6,14 @@ commit that adds this file lists them all.
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy.exc import OperationalError
 
 from tests.routers.test_slack_claims_one_transaction import claim, claims_held, sessions  # noqa: F401
 from tests.routers.test_whatsapp_webhook import messages
-from tests.workflows.test_chat_replies_name_no_api_paths import NO_WORKSPACE, _summary
+from tests.workflows.test_chat_replies_name_no_api_paths import NO_WORKSPACE
 from tests.workflows.test_planned_stop_errors_in_chat_words import SEND_STOP
-from tests.workflows.world import finished_runs, post_whatsapp, whatsapp_form, world
+from tests.workflows.world import briefing_summary, finished_runs, post_whatsapp, whatsapp_form
 from workflows.inbound import EventClaim
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
-
 
 # --- claim_event_and_message (workflows/inbound.py) -------------------------------------------------------------
 
@@ -46,7 +38,7 @@ async def test_an_api_briefing_without_a_workspace_tells_slack_the_operators_set
     [timer] = [step for step in report["steps"] if step["name"] == "timer"]
     assert timer["status"] == "not_configured"
     assert timer["detail"].endswith("or pass workspace_id to POST /start-timer and /stop-timer."), timer
-    summary = _summary(w)
+    summary = briefing_summary(w)
     assert f"*Timer*: not started ({NO_WORKSPACE})" in summary, summary
     assert "workspace_id" not in summary, summary
     assert w.toggl.starts == []

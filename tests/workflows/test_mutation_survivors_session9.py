@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from core.ledger import Ledger
 from tests.routers.test_whatsapp_status import PUBLIC, post_status, send_one, status_form
-from tests.workflows.test_chat_database_failures import _assert_nothing_recorded_answer, database, w  # noqa: F401
+from tests.workflows.test_chat_database_failures import _assert_nothing_recorded_answer, database  # noqa: F401
 from tests.workflows.world import runs_of
 
 

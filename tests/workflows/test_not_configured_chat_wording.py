@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from tests.routers.test_slack_events import callback, mention, post
 from tests.routers.test_whatsapp_webhook import messages
 from tests.workflows.test_planned_stop_errors_in_chat_words import API_CALL, _thread_replies
-from tests.workflows.world import finished_runs, post_whatsapp, wait_for, whatsapp_form, world
+from tests.workflows.world import briefing_summary, finished_runs, post_whatsapp, wait_for, whatsapp_form
 from workflows import commands
 from workflows.briefing import WorkflowDeps
 
@@ -36,17 +34,6 @@ API_NO_MODEL = "no language model is configured: set GEMINI_API_KEY or ANTHROPIC
 CHAT_NO_MODEL = "no language model is set up yet: the operator must set GEMINI_API_KEY or ANTHROPIC_API_KEY"
 #: The API's imperative, which a chat user cannot follow.
 TOLD_TO_SET = "configured: set "
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
-
-
-def _summary(w) -> str:
-    [summary] = [sent["text"] for sent in w.slack.posts if sent["text"].startswith("*Morning briefing*")]
-    return summary
 
 
 async def test_a_whatsapp_start_without_toggl_says_the_operator_must_set_the_token(w, make_client):
@@ -98,7 +85,7 @@ async def test_a_slack_brief_without_toggl_or_llm_words_its_reply_and_summary_fo
         await wait_for(lambda: len(_thread_replies(w)) == 1)
         [run] = await finished_runs(client, "briefing")
     [reply] = _thread_replies(w)
-    summary = _summary(w)
+    summary = briefing_summary(w)
     assert f"No plan today ({CHAT_LLM})." in reply, reply
     assert f"Timer not started: {CHAT_TOGGL}" in reply, reply
     assert f"*Plan*: could not be generated ({CHAT_LLM})" in summary, summary
@@ -119,7 +106,7 @@ async def test_a_brief_with_no_router_at_all_words_its_plan_step_for_the_chat(w,
         reply = await commands.respond(deps, "brief", trigger="slack", sender="UHUMAN")
         [run] = await finished_runs(client, "briefing")
     assert f"No plan today ({CHAT_NO_MODEL})." in reply, reply
-    assert f"*Plan*: could not be generated ({CHAT_NO_MODEL})" in _summary(w), _summary(w)
+    assert f"*Plan*: could not be generated ({CHAT_NO_MODEL})" in briefing_summary(w), briefing_summary(w)
     [plan] = [step for step in run["result"]["steps"] if step["name"] == "plan"]
     assert plan["detail"] == API_NO_MODEL, plan
     [action] = [action for action in run["actions"] if action["skill"] == "ai_router"]

@@ -14,13 +14,7 @@ from xml.etree import ElementTree
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tests.workflows.world import post_whatsapp, runs_of, whatsapp_form, world
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
+from tests.workflows.world import post_whatsapp, runs_of, whatsapp_form
 
 
 def _cancel_fails(client, monkeypatch: pytest.MonkeyPatch) -> list[int]:

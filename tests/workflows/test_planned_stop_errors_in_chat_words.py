@@ -15,19 +15,13 @@ from sqlalchemy.exc import OperationalError
 
 from tests.routers.test_slack_events import callback, mention, post
 from tests.routers.test_whatsapp_webhook import messages
-from tests.workflows.world import WORKSPACE, post_whatsapp, wait_for, whatsapp_form, world
+from tests.workflows.world import WORKSPACE, post_whatsapp, wait_for, whatsapp_form
 
 THREAD = "1764057600.000100"  # the `ts` of tests.routers.test_slack_events.mention
 #: An HTTP request line as the API's wording quotes one: nothing a chat user can send.
 API_CALL = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE) /")
 SEND_STOP = 'To be sure, send "stop" then ("status" shows whether it still runs).'
 STILL_PLANNED = "it is still planned, and when it is due it finds the timer already stopped and changes nothing."
-
-
-@pytest.fixture
-async def w():
-    async with world() as fakes:
-        yield fakes
 
 
 def _saving_fails(client, monkeypatch: pytest.MonkeyPatch) -> None:

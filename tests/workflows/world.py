@@ -219,6 +219,12 @@ async def world() -> AsyncIterator[World]:
 # --- Signed requests ------------------------------------------------------------------
 
 
+def briefing_summary(w: World) -> str:
+    """The one morning-briefing summary the fake Slack received."""
+    [summary] = [sent["text"] for sent in w.slack.posts if sent["text"].startswith("*Morning briefing*")]
+    return summary
+
+
 def twilio_signature(url: str, form: dict[str, str], token: str = TWILIO_TOKEN) -> str:
     return RequestValidator(token).compute_signature(url, form)
 
