@@ -5,6 +5,9 @@ In crontab, day-of-week 0 (and 7) is Sunday and 1-5 is Monday to Friday. APSched
 documented `0 8 * * 1-5` fired Tuesday to Saturday (found by a black-box review, confirmed with
 `get_next_fire_time`). Here the day-of-week field is expanded with crontab's meaning and handed to
 APScheduler as day names, which both read the same way.
+
+Day of the month and day of the week together: APScheduler fires only on a day both match, crontab on one
+either matches when both are restricted. `crontab_trigger` follows crontab (see `_either_day_matches`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -134,22 +139,68 @@ def _second_occurrence(moment: datetime) -> bool:
     return moment.fold == 1 and moment.replace(fold=0).utcoffset() != moment.utcoffset()
 
 
-def crontab_trigger(expression: str, timezone: tzinfo | str) -> WallClockCronTrigger:
-    """`minute hour day-of-month month day-of-week`, read as crontab reads it; ValueError when it is not one."""
+class EitherDayCronTrigger(OrTrigger):
+    """The earliest next fire time of its cron triggers: crontab's "either day field matches" (`crontab_trigger`).
+
+    APScheduler's `OrTrigger`, but comparing the fire times in real time. `OrTrigger` takes `min()` of them, and
+    Python compares two datetimes of one zone by their wall-clock reading, offset ignored: a fire time in the hour
+    the clocks skip reads 02:30+01:00 (03:30 CEST), which is after 03:00+02:00 yet the smaller: `min()` could
+    answer the later of two fire times, and the earlier would be passed over.
+
+    Otherwise as `OrTrigger`, which suits crontab's two halves (`crontab_trigger`): they share minute, hour and
+    month. Both are handed the same previous fire time, which a cron trigger takes as "after this": one the other
+    half answered lies on a day this half does not match, where it has no fire time to skip, or on a day both
+    match, where both halves, asked alike, answer alike, as one trigger would (its daylight-saving handling
+    included). So a time both answer (the 1st that is also a Monday) is one fire time, fired once. Halves with
+    different times of day would not be safe: `30 2` handed `0 3`'s 03:00 CEST on the day 02:30 is skipped looks
+    from 03:00 for hour 2, and skips its 03:30.
+    """
+
+    __slots__ = ()
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        fire_times = [trigger.get_next_fire_time(previous_fire_time, now) for trigger in self.triggers]
+        due = [moment for moment in fire_times if moment is not None]
+        if not due:
+            return None
+        return self._apply_jitter(min(due, key=lambda moment: moment.astimezone(UTC)), self.jitter, now)
+
+
+def crontab_trigger(expression: str, timezone: tzinfo | str) -> BaseTrigger:
+    """`minute hour day-of-month month day-of-week`, read as crontab reads it; ValueError when it is not one.
+
+    A `WallClockCronTrigger`, or, when both day fields are restricted, an `EitherDayCronTrigger` of two of them: one
+    for the days of the month, one for the days of the week (`_either_day_matches`).
+    """
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"a crontab expression has five fields, not {len(fields)}")
     minute, hour, day, month, day_of_week = fields
-    if day != "*" and day_of_week != "*":
-        # crontab fires when either matches ("the 13th, and every Friday"); APScheduler only when both do
-        # ("Friday the 13th"). Refused rather than read one way while it means the other.
-        raise ValueError(
-            "give a day of the month or a day of the week, not both (crontab would fire on either, "
-            "this scheduler only on both)"
+
+    def on(day: str, day_of_week: str) -> WallClockCronTrigger:
+        return WallClockCronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_days(day_of_week), timezone=timezone
         )
-    return WallClockCronTrigger(
-        minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_days(day_of_week), timezone=timezone
-    )
+
+    if not _either_day_matches(day, day_of_week):
+        return on(day, day_of_week)  # a day both fields match, as APScheduler reads them
+    return EitherDayCronTrigger([on(day, "*"), on("*", day_of_week)])
+
+
+def _either_day_matches(day: str, day_of_week: str) -> bool:
+    """Whether crontab fires on a day either day field matches, rather than only on one both match.
+
+    crontab(5): "If both fields are restricted (i.e., do not contain the "*" character), the command will be run
+    when either field matches the current time. For example, "30 4 1,15 * 5" would cause a command to be run at
+    4:30 am on the 1st and 15th of each month, plus every Friday." Restricted means: not starting with `*`. Vixie
+    cron and cronie set DOM_STAR / DOW_STAR when a field's first character is `*` (`load_entry`, src/entry.c), and
+    `find_jobs` (src/cron.c) matches a day with `(DOM_STAR || DOW_STAR) ? dow && dom : dow || dom`. So `*/2` counts
+    as unrestricted: `0 8 */2 * 1-5` is an odd day that is also a weekday, `0 8 1,15 * 1` the 1st, the 15th and
+    every Monday. Until this rule was followed, an expression with both fields restricted was refused.
+
+    The OR is an `EitherDayCronTrigger` of two `WallClockCronTrigger`s, one per day field.
+    """
+    return not day.startswith("*") and not day_of_week.startswith("*")
 
 
 def crontab_days(field: str) -> str:

@@ -55,7 +55,7 @@ def test_sunday_is_sunday():
 
 
 @pytest.mark.parametrize(
-    "expression", ["0 8 * *", "0 8 * * 8", "0 8 * * 5-1", "0 8 * * */0", "0 8 * * funday", "0 8 13 * 5"]
+    "expression", ["0 8 * *", "0 8 * * 8", "0 8 * * 5-1", "0 8 * * */0", "0 8 * * funday", "0 8 32 * 5"]
 )
 def test_invalid_expressions_are_refused(expression):
     with pytest.raises(ValueError):
