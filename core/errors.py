@@ -56,6 +56,10 @@ class PerAudience:
     def words(self, audience: Audience) -> str:
         return self.api if audience == "api" else self.chat
 
+    def capitalized(self) -> PerAudience:
+        """The clause opening a sentence: each reader's wording with its first letter upper-cased."""
+        return PerAudience(api=self.api[:1].upper() + self.api[1:], chat=self.chat[:1].upper() + self.chat[1:])
+
 
 @dataclass(frozen=True)
 class Phrase:
@@ -205,6 +209,12 @@ CONFIGURED = PerAudience(api="configured", chat="set up yet")
 OPERATOR_SETS = PerAudience(api="set", chat="the operator must set")
 
 
+#: Who checks a setting an upstream rejected (a key or token refused, a scope missing), by reader: an API caller is
+#: told to check it; a chat user, to ask the operator, who alone can change it (a WhatsApp `start` whose Toggl token
+#: was refused told them to "check TOGGL_API_TOKEN"). `.capitalized()` where it opens a sentence.
+OPERATOR_CHECKS = PerAudience(api="check", chat="ask the operator to check")
+
+
 def set_and_restart(names: str) -> Phrase:
     """The remedy of a missing setting, by reader: "set X in the environment or .env and restart." to an API
     caller; "the operator must set X ... and restart the service." to a chat user, who can set no environment
@@ -258,7 +268,7 @@ class UpstreamRateLimited(UpstreamError):
     status, slug, title = 429, "upstream-rate-limited", "Upstream rate limit reached"
     retryable = True
 
-    def __init__(self, detail: str, *, upstream: str, retry_after: float | None = None, **extras: Any) -> None:
+    def __init__(self, detail: str | Phrase, *, upstream: str, retry_after: float | None = None, **extras: Any) -> None:
         super().__init__(detail, upstream=upstream, retry_after=_whole_seconds(retry_after), **extras)
         self.retry_after = retry_after
         if retry_after is not None:

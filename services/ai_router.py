@@ -40,9 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import (
     CONFIGURED,
+    Audience,
     InvalidInput,
     NotConfigured,
     PayloadTooLarge,
+    PerAudience,
     Phrase,
     ProblemError,
     UpstreamError,
@@ -390,7 +392,9 @@ def _generation(
 def _all_failed(
     failures: list[tuple[str, ProblemError]], *, untried: Sequence[str] = (), needed: int = 0
 ) -> AllProvidersFailed:
-    listed = "; ".join(f"{name}: {exc.detail.removesuffix('.')}" for name, exc in failures) + "."
+    # Each provider's detail as each reader reads it: a refused key's remedy is the operator's in a chat reply
+    # ("The assistant could not answer: ..."), and the API's in the HTTP answer and the ledger.
+    listed: Phrase = Phrase((PerAudience(api=_listed(failures, "api"), chat=_listed(failures, "chat")),))
     if untried:
         # A provider the context guard passed over could have answered a shorter prompt: say so, or the
         # caller reads "every provider" as every configured one (found by a first-time-user review).
@@ -400,7 +404,7 @@ def _all_failed(
     ]
     if all(isinstance(exc, ContextExceeded) for _, exc in failures):
         return AllProvidersTooSmall(
-            f"The prompt fits no configured model's context window: send less. {listed}",
+            "The prompt fits no configured model's context window: send less. " + listed,
             upstream="llm",
             providers=providers,
         )
@@ -412,19 +416,23 @@ def _all_failed(
         retry_after = min(waits) if waits else None
         when = f"; try again in {math.ceil(retry_after)} s" if retry_after is not None else ""
         return AllProvidersRateLimited(
-            f"Every LLM provider is rate limiting us{when}. {listed}",
+            f"Every LLM provider is rate limiting us{when}. " + listed,
             upstream="llm",
             retry_after=retry_after,
             providers=providers,
         )
     if all(isinstance(exc, UpstreamTimeout) for _, exc in failures):
         return AllProvidersTimedOut(
-            f"Every LLM provider timed out (LLM_TIMEOUT_SECONDS per attempt); try again, or ask for fewer "
-            f"max_tokens. {listed}",
+            "Every LLM provider timed out (LLM_TIMEOUT_SECONDS per attempt); try again, or ask for fewer "
+            "max_tokens. " + listed,
             upstream="llm",
             providers=providers,
         )
-    return AllProvidersFailed(f"Every LLM provider failed. {listed}", upstream="llm", providers=providers)
+    return AllProvidersFailed("Every LLM provider failed. " + listed, upstream="llm", providers=providers)
+
+
+def _listed(failures: list[tuple[str, ProblemError]], audience: Audience) -> str:
+    return "; ".join(f"{name}: {exc.words(audience).removesuffix('.')}" for name, exc in failures) + "."
 
 
 # --- Building it in the lifespan ----------------------------------------------------

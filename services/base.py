@@ -26,8 +26,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from core.errors import (
+    OPERATOR_CHECKS,
     InvalidInput,
     PayloadTooLarge,
+    Phrase,
     ProblemError,
     UpstreamError,
     UpstreamRateLimited,
@@ -134,7 +136,7 @@ def status_error(
     status: int,
     message: str,
     retry_after: float | None = None,
-    hint: str = "",
+    hint: str | Phrase = "",
     endpoint_setting: str = "",
 ) -> ProblemError:
     """Map one non-2xx answer to the domain error the router understands.
@@ -142,10 +144,11 @@ def status_error(
     `message` is the vendor's own error text (never our request or key); it is
     cut short because a proxy's HTML error page can be long. The vendor's
     status is kept as `upstream_status`; the problem's own status stays the
-    error class's (502, 429, 422...).
+    error class's (502, 429, 422...). `hint` names the settings to check; a `Phrase` when a chat user reads it
+    differently (the operator must check them: `core.errors.OPERATOR_CHECKS`).
     """
     said = _said(message)
-    suffix = f" {hint}" if hint else ""
+    suffix: str | Phrase = " " + hint if hint else ""
     if status == 413:
         return CallerPayloadTooLarge(
             f"{upstream} refused the prompt as too large ({said}).", upstream=upstream, upstream_status=status
@@ -160,7 +163,7 @@ def status_error(
         # Anthropic answers "Your credit balance is too low" as a 400: the account's fault, not the
         # caller's, so another provider may well answer it.
         return UpstreamError(
-            f"{upstream} refused the request for billing reasons ({said}).{suffix}",
+            f"{upstream} refused the request for billing reasons ({said})." + suffix,
             upstream=upstream,
             upstream_status=status,
         )
@@ -173,7 +176,7 @@ def status_error(
     if status == 429:
         if spend_exhausted(said):
             exhausted = UpstreamRateLimited(
-                f"{upstream} quota or spend limit is exhausted ({said}); waiting will not help.{suffix}",
+                f"{upstream} quota or spend limit is exhausted ({said}); waiting will not help." + suffix,
                 upstream=upstream,
                 upstream_status=status,
                 # Not waited for here (it is not retried), but passed on: when the vendor says when, so do we.
@@ -192,9 +195,13 @@ def status_error(
     if status == 404:
         # The endpoint is the base URL's: a gateway path that 404s was told to check only the key and the model
         # (found by a user review).
-        endpoint = f" The endpoint comes from {endpoint_setting}: check it too." if endpoint_setting else ""
+        endpoint = (
+            Phrase((f" The endpoint comes from {endpoint_setting}: ", OPERATOR_CHECKS, " it too."))
+            if endpoint_setting
+            else ""
+        )
         return UpstreamError(
-            f"{upstream} does not know the model or endpoint ({said}).{suffix}{endpoint}",
+            f"{upstream} does not know the model or endpoint ({said})." + suffix + endpoint,
             upstream=upstream,
             upstream_status=status,
         )
@@ -205,7 +212,7 @@ def status_error(
         )
         transient.retry_after = retry_after  # a 503's Retry-After is honoured by the retry loop too
         return transient
-    return UpstreamError(f"{upstream} answered {status} ({said}).{suffix}", upstream=upstream, upstream_status=status)
+    return UpstreamError(f"{upstream} answered {status} ({said})." + suffix, upstream=upstream, upstream_status=status)
 
 
 def account_refused(
@@ -213,7 +220,7 @@ def account_refused(
     upstream: str,
     status: int,
     message: str,
-    fix: str,
+    fix: str | Phrase,
     reason: str | None = None,
     refused: str = "our credentials",
 ) -> UpstreamError:
@@ -221,13 +228,14 @@ def account_refused(
 
     Our configuration's fault, not the caller's and not transient: not retried,
     but the next provider is tried. `fix` names the setting and how to repair
-    it; the key's value is never part of the message. `reason` is the vendor's
-    machine-readable cause (Gemini's `API_KEY_INVALID`), shown next to the status.
+    it; the key's value is never part of the message. A `Phrase` `fix` is worded per reader: only the operator
+    can repair a key, so a chat user reads that the operator must. `reason` is the vendor's machine-readable cause
+    (Gemini's `API_KEY_INVALID`), shown next to the status.
     """
     code = f"{status} {reason}" if reason else str(status)
-    suffix = f" {fix}" if fix else ""
+    suffix: str | Phrase = " " + fix if fix else ""
     return UpstreamError(
-        f"{upstream} refused {refused} ({code}: {_said(message)}).{suffix}", upstream=upstream, upstream_status=status
+        f"{upstream} refused {refused} ({code}: {_said(message)})." + suffix, upstream=upstream, upstream_status=status
     )
 
 

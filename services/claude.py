@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from core.errors import ProblemError, UpstreamTimeout, UpstreamUnavailable
+from core.errors import OPERATOR_CHECKS, PerAudience, Phrase, ProblemError, UpstreamTimeout, UpstreamUnavailable
 from core.registry import Integration
 from core.upstream import parse_retry_after
 from services.base import (
@@ -51,16 +51,24 @@ INTEGRATION = Integration(
 UPSTREAM = "claude"
 #: claude-haiku-4-5 (and the other current Claude models by default) take 200K tokens.
 DEFAULT_CONTEXT_TOKENS = 200_000
-_KEY_HINT = "Check ANTHROPIC_API_KEY and CLAUDE_MODEL."
+_KEY_HINT = Phrase((OPERATOR_CHECKS.capitalized(), " ANTHROPIC_API_KEY and CLAUDE_MODEL."))
 #: Anthropic answers a disabled organization with a 400 invalid_request_error ("This organization has been
 #: disabled."): our account's fault, not the caller's, so another provider may answer.
 _ORGANIZATION_DISABLED = re.compile(r"organization has been disabled", re.IGNORECASE)
 #: Stop reasons that mean the model stopped before it finished: at `max_tokens`, or at the model's context window
 #: (`model_context_window_exceeded`, when the prompt and `max_tokens` together pass it).
 _CUT_SHORT = frozenset({"max_tokens", "model_context_window_exceeded"})
-_FIX_ORGANIZATION = (
-    "The Anthropic organization of ANTHROPIC_API_KEY has been disabled: resolve it in the Anthropic Console, "
-    "or set ANTHROPIC_API_KEY to a key of another organization and restart."
+#: Worded per reader: a chat user whose question it failed reads that the operator must act.
+_FIX_ORGANIZATION = Phrase(
+    (
+        "The Anthropic organization of ANTHROPIC_API_KEY has been disabled: ",
+        PerAudience(
+            api="resolve it in the Anthropic Console, or set ANTHROPIC_API_KEY to a key of another organization and "
+            "restart.",
+            chat="the operator must resolve it in the Anthropic Console, or replace ANTHROPIC_API_KEY and restart "
+            "the service.",
+        ),
+    )
 )
 
 

@@ -30,7 +30,7 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from core.errors import UpstreamError, UpstreamTimeout
+from core.errors import OPERATOR_CHECKS, PerAudience, Phrase, UpstreamError, UpstreamTimeout
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import (
@@ -62,7 +62,7 @@ UPSTREAM = "gemini"
 API_VERSION = "v1"
 #: Gemini 3.x Flash models take 1,048,576 input tokens.
 DEFAULT_CONTEXT_TOKENS = 1_048_576
-_KEY_HINT = "Check GEMINI_API_KEY and GEMINI_MODEL."
+_KEY_HINT = Phrase((OPERATOR_CHECKS.capitalized(), " GEMINI_API_KEY and GEMINI_MODEL."))
 
 # Gemini answers some faults of OUR configuration with a 400, which would otherwise read as the
 # caller's fault (answered at once, no fallback). They are told apart by the google.rpc.ErrorInfo
@@ -83,20 +83,40 @@ _BLOCKED_KEY = frozenset(
 _PROJECT_REFUSED = frozenset(
     {"SERVICE_DISABLED", "BILLING_DISABLED", "CONSUMER_SUSPENDED", "CONSUMER_INVALID", "USER_PROJECT_DENIED"}
 )
-_FIX_INVALID_KEY = (
-    "GEMINI_API_KEY is not a valid Gemini API key (wrong, expired or deleted): create one in Google AI Studio, "
-    "set GEMINI_API_KEY in the environment or .env, and restart."
+# Each fix is worded per reader: the API caller is told what to do; a chat user, whose question the key failed,
+# reads that the operator must (they can neither create a key nor restart the service).
+_FIX_INVALID_KEY = Phrase(
+    (
+        "GEMINI_API_KEY is not a valid Gemini API key (wrong, expired or deleted): ",
+        PerAudience(
+            api="create one in Google AI Studio, set GEMINI_API_KEY in the environment or .env, and restart.",
+            chat="the operator must replace it with a valid key and restart the service.",
+        ),
+    )
 )
-_FIX_BLOCKED_KEY = (
-    "GEMINI_API_KEY's restrictions block this call: allow the Generative Language API and this server on the key "
-    "(Google Cloud console, Credentials), or set GEMINI_API_KEY to another key and restart."
+_FIX_BLOCKED_KEY = Phrase(
+    (
+        "GEMINI_API_KEY's restrictions block this call: ",
+        PerAudience(
+            api="allow the Generative Language API and this server on the key (Google Cloud console, Credentials), "
+            "or set GEMINI_API_KEY to another key and restart.",
+            chat="the operator must allow this service on the key, or replace GEMINI_API_KEY and restart the service.",
+        ),
+    )
 )
-_FIX_PROJECT = (
-    "The Google Cloud project of GEMINI_API_KEY cannot use the Gemini API: enable the Generative Language API and "
-    "billing on it, or set GEMINI_API_KEY to a key of another project and restart."
+_FIX_PROJECT = Phrase(
+    (
+        "The Google Cloud project of GEMINI_API_KEY cannot use the Gemini API: ",
+        PerAudience(
+            api="enable the Generative Language API and billing on it, or set GEMINI_API_KEY to a key of another "
+            "project and restart.",
+            chat="the operator must enable the Generative Language API and billing on it, or replace GEMINI_API_KEY "
+            "and restart the service.",
+        ),
+    )
 )
 #: ErrorInfo reason -> (what Gemini refused, how to fix it).
-_REFUSALS: dict[str, tuple[str, str]] = {
+_REFUSALS: dict[str, tuple[str, Phrase]] = {
     _INVALID_KEY: ("our credentials", _FIX_INVALID_KEY),
     **{reason: ("our credentials", _FIX_BLOCKED_KEY) for reason in _BLOCKED_KEY},
     **{reason: ("to serve our account", _FIX_PROJECT) for reason in _PROJECT_REFUSED},
@@ -104,9 +124,16 @@ _REFUSALS: dict[str, tuple[str, str]] = {
 #: 400 FAILED_PRECONDITION: "User location is not supported for the API use." or "Gemini API free tier is not
 #: available in your country. Please enable billing...". This service sends no cached content or files, so
 #: for its requests the unmet precondition is the account's, never the prompt's.
-_FIX_REGION = (
-    "The Gemini API does not serve this server's region, or not without billing: enable billing on the project "
-    "of GEMINI_API_KEY in Google AI Studio, or run the service from a supported region."
+_FIX_REGION = Phrase(
+    (
+        "The Gemini API does not serve this server's region, or not without billing: ",
+        PerAudience(
+            api="enable billing on the project of GEMINI_API_KEY in Google AI Studio, or run the service from a "
+            "supported region.",
+            chat="the operator must enable billing on the project of GEMINI_API_KEY, or run the service from a "
+            "supported region.",
+        ),
+    )
 )
 
 

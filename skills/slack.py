@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.errors import (
+    OPERATOR_CHECKS,
     OPERATOR_SETS,
     Conflict,
     InvalidInput,
@@ -103,7 +104,14 @@ def unescape_text(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-_CREDENTIAL_HINT = "Check SLACK_BOT_TOKEN: it must be a valid bot token (xoxb-...) of an installed, active app."
+#: The operator's token: a chat user (a WhatsApp `start` whose announcement failed) reads that the operator must
+#: check it.
+_CREDENTIAL_HINT = Phrase(
+    (
+        OPERATOR_CHECKS.capitalized(),
+        " SLACK_BOT_TOKEN: it must be a valid bot token (xoxb-...) of an installed, active app.",
+    )
+)
 _AUTH_ERRORS = {
     "invalid_auth",
     "not_authed",
@@ -363,7 +371,7 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
         )
     if error in _AUTH_ERRORS:
         return UpstreamError(
-            f"Slack refused the token ({error}). {_CREDENTIAL_HINT}",
+            f"Slack refused the token ({error}). " + _CREDENTIAL_HINT,
             upstream=UPSTREAM,
             slack_error=error,
             settings=["SLACK_BOT_TOKEN"],
@@ -371,7 +379,15 @@ def _mapped_ok_false(error: str, data: dict[str, Any], *, channel: str) -> Probl
     if error == "missing_scope":
         needed = data.get("needed") or "chat:write"
         return UpstreamError(
-            f"SLACK_BOT_TOKEN lacks the {needed} scope. Add it under OAuth & Permissions and reinstall the app.",
+            Phrase(
+                (
+                    f"SLACK_BOT_TOKEN lacks the {needed} scope",
+                    PerAudience(
+                        api=". Add it under OAuth & Permissions and reinstall the app.",
+                        chat=": the operator must add it under OAuth & Permissions and reinstall the app.",
+                    ),
+                )
+            ),
             upstream=UPSTREAM,
             slack_error=error,
             settings=["SLACK_BOT_TOKEN"],

@@ -21,6 +21,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import (
+    OPERATOR_CHECKS,
     OPERATOR_SETS,
     InvalidInput,
     NotConfigured,
@@ -255,8 +256,10 @@ def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Call
     # Toggl's words rarely end a sentence ("Start time year must be between 2006 and 2030"); ours may follow.
     suffix = f" Toggl said: {said}{'' if said.endswith(('.', '!', '?')) else '.'}" if said else ""
     if status in (401, 403):
+        # The operator's token: a chat user (a WhatsApp or Slack `start`) reads that the operator must check it.
         return UpstreamError(
-            f"Toggl refused the credentials ({status}): check TOGGL_API_TOKEN and that it can use this workspace."
+            Phrase((f"Toggl refused the credentials ({status}): ", OPERATOR_CHECKS))
+            + " TOGGL_API_TOKEN and that it can use this workspace."
             + suffix,
             upstream=UPSTREAM,
             upstream_status=status,
@@ -626,13 +629,15 @@ class TogglSkill:
         if wid is None:
             # Our configuration's gap, not the caller's bad input: a 503 naming the setting, as for a missing token
             # (it was a 422 while /health called Toggl configured; found by a black-box review).
-            # A chat user can pass no workspace_id: only the operator's setting helps them.
+            # A chat user can pass no workspace_id: only the operator's setting helps them, and the workspace and
+            # the restart are the operator's, as `core.errors.set_and_restart` words them.
             raise NotConfigured(
                 "toggl",
                 ["TOGGL_WORKSPACE_ID"],
-                detail=Phrase(("No Toggl workspace: ", OPERATOR_SETS))
-                + " TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and restart"
-                + PerAudience(api=", or pass workspace_id to POST /start-timer and /stop-timer.", chat="."),
+                detail=Phrase(("No Toggl workspace: ", OPERATOR_SETS, " TOGGL_WORKSPACE_ID (the number in "))
+                + PerAudience(api="your", chat="the")
+                + " Toggl workspace's URL) and restart"
+                + PerAudience(api=", or pass workspace_id to POST /start-timer and /stop-timer.", chat=" the service."),
             )
         return wid
 

@@ -16,8 +16,10 @@ import regex
 from pydantic import Field
 
 from core.errors import (
+    OPERATOR_CHECKS,
     Conflict,
     InvalidInput,
+    Phrase,
     ProblemError,
     UpstreamError,
     UpstreamRateLimited,
@@ -330,7 +332,8 @@ def twilio_error(response: httpx.Response, *, recipient: str | None = None) -> P
         )
     if status in (401, 403) or code == 20003:
         return UpstreamError(
-            f"Twilio refused the credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.{said}",
+            Phrase(("Twilio refused the credentials: ", OPERATOR_CHECKS))
+            + f" TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.{said}",
             upstream=UPSTREAM,
             settings=_CREDENTIALS,
             **context,

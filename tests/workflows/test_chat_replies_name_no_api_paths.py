@@ -27,9 +27,11 @@ SEND_STATUS = (
     "(or look in Toggl) before retrying."
 )
 API_CHECK = "check the running timer (GET /timers/current or Toggl) before retrying."
+#: The workspace and the restart are the operator's: "your Toggl workspace" and a bare "restart" spoke to the chat
+#: user as if they ran the service; the wording now ends as `core.errors.set_and_restart`'s chat wording does.
 NO_WORKSPACE = (
-    "No Toggl workspace: the operator must set TOGGL_WORKSPACE_ID (the number in your Toggl workspace's URL) and "
-    "restart."
+    "No Toggl workspace: the operator must set TOGGL_WORKSPACE_ID (the number in the Toggl workspace's URL) and "
+    "restart the service."
 )
 
 
