@@ -97,8 +97,9 @@ STOP_RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 20))
 # ...then this often, while it is no later than STOP_RETRY_WINDOW after the planned stop.
 STOP_RETRY_EVERY = timedelta(minutes=30)
 STOP_RETRY_WINDOW = timedelta(hours=12)
-#: The stop row's payload key listing, for each firing whose stop failed, when its first attempt began and when it
-#: failed (UTC ISO pairs). A failed firing's PATCH may have stopped the entry and lost the answer; a later firing
+#: The stop row's payload key listing, for each firing whose stop failed (or was cut short by a shutdown while its
+#: Toggl call was under way), when its first attempt began and when it failed (UTC ISO pairs). Such a firing's
+#: PATCH may have stopped the entry and lost the answer; a later firing
 #: then meets Toggl's 409, and the skill sets the late stop back only if the entry stopped within such a span or
 #: during its own call (`TogglSkill.stop_timer`'s `earlier_attempts`). Bookkeeping like `attempts`: left out of
 #: the run's input_summary, and GET /schedule lists named fields only.
@@ -185,6 +186,16 @@ def failed_firings(payload: dict[str, Any]) -> list[tuple[datetime, datetime]]:
         if began.tzinfo is not None and failed.tzinfo is not None:
             spans.append((began, failed))
     return spans
+
+
+def _with_failed_firing(
+    payload: dict[str, Any], began: datetime | None, ended: datetime | None
+) -> dict[str, Any] | None:
+    """`payload` with the span of a firing whose Toggl call began at `began` and ended (failed, or was cut short)
+    at `ended` added to its `FAILED_FIRINGS`; None when the firing never called Toggl."""
+    if began is None or ended is None:
+        return None
+    return {**payload, FAILED_FIRINGS: [*(payload.get(FAILED_FIRINGS) or ()), [began.isoformat(), ended.isoformat()]]}
 
 
 def next_stop_attempt(
@@ -516,13 +527,15 @@ class JobScheduler:
             error = describe_error(exc, scrubber=self.ledger.scrubber)
             logger.exception("planned stop %s failed unexpectedly", job_id)
         except asyncio.CancelledError:
-            # Cut short at shutdown: give the claim back so the next start-up fires it
-            # (stopping an already-stopped entry is harmless).
-            await asyncio.shield(self._release(job_id, row.run_at))
+            # Cut short at shutdown: give the claim back so the next start-up fires it (stopping an already-stopped
+            # entry is harmless). A Toggl call under way may have stopped the entry: its span is kept like a failed
+            # firing's, so the next firing's 409 can tell the late stop was ours and set it back.
+            cut_short = _with_failed_firing(payload, began, ended)
+            await asyncio.shield(self._release(job_id, row.run_at, payload=cut_short))
             raise
         recorded = {**payload, "attempts": attempt, "planned_stop": planned.isoformat()}
-        if status == "failed" and began is not None and ended is not None:
-            recorded[FAILED_FIRINGS] = [*(payload.get(FAILED_FIRINGS) or ()), [began.isoformat(), ended.isoformat()]]
+        if status == "failed":
+            recorded = _with_failed_firing(recorded, began, ended) or recorded
         if retry_at is not None:
             await self._retry_later(job_id, row.run_at, at=retry_at, payload=recorded, run_id=run_id, error=error)
             return True
@@ -772,8 +785,18 @@ class JobScheduler:
             await self.ledger.settle(action, external_id=stop_job_id(entry_id), note=note)
             logger.warning("saved the planned stop of entry %s (run %s could not)", entry_id, action.run_id)
 
-    async def _release(self, job_id: str, fire_time: datetime) -> None:
+    async def _release(self, job_id: str, fire_time: datetime, *, payload: dict[str, Any] | None = None) -> None:
+        """Give the claim on `fire_time` back; with `payload`, store it on the stop in the same transaction if the
+        stop is still that pending firing (one cancelled or planned anew meanwhile is left alone)."""
         async with self.sessions.begin() as session:
+            if payload is not None:
+                await session.execute(
+                    update(ScheduledJob)
+                    .where(
+                        ScheduledJob.id == job_id, ScheduledJob.status == "pending", ScheduledJob.run_at == fire_time
+                    )
+                    .values(payload=payload)
+                )
             await session.execute(delete(JobFire).where(JobFire.job_id == job_id, JobFire.fire_time == fire_time))
 
     # --- Listing -----------------------------------------------------------------------

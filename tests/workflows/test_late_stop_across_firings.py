@@ -14,6 +14,7 @@ firing met (a 503, or a timeout that never reached Toggl).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +36,7 @@ from tests.workflows.world import (
     finished_runs,
     iso,
     post_whatsapp,
+    wait_for,
     whatsapp_form,
     world,
 )
@@ -283,3 +285,51 @@ async def test_an_earlier_calls_span_does_not_excuse_a_stop_within_the_tolerance
     with time_machine.travel(SENT, tick=False):
         await skill.stop_timer(entry_id=77, stop_at=within - timedelta(seconds=60), earlier_attempts=[EARLIER])
     assert not put.called
+
+
+async def test_a_firing_cut_short_at_shutdown_after_its_patch_landed_keeps_its_span_for_the_next_worker(make_client):
+    """A worker shut down while its PATCH was in flight, after Toggl had stopped the entry five minutes late. The
+    claim was given back, but the span was not kept (a cut-short firing is not a failed one), so the next worker's
+    409 took the late stop for a stop by hand and left it. Now the span is kept with the released claim."""
+    async with world() as w:
+        reads = serve_entry_reads(w.toggl)
+        held: list[str] = []
+        healthy = w.toggl._stop
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            response = healthy(request)  # Toggl stops the entry (a later PATCH: its 409)
+            if held:
+                return response
+            held.append(request.url.path.split("/")[-2])
+            await asyncio.Event().wait()  # the answer never comes: the worker is shut down in the call
+            raise AssertionError("unreachable")
+
+        w.toggl.mock.patch(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries/\d+/stop$").mock(side_effect=answer)
+        settings = w.settings()
+        clock = None
+        try:
+            async with make_client(**settings) as two:
+                async with make_client(**settings, shutdown_grace_seconds=0) as one:
+                    await post_whatsapp(one, whatsapp_form("start report for 5 min"))
+                    planned = (await stop_row(one)).run_at.astimezone(UTC)
+                    # Five minutes late, until after the second firing: the shutdown below included.
+                    clock = time_machine.travel(planned + timedelta(minutes=5), tick=True)
+                    coordinates = clock.start()
+                    await one.app.state.scheduler._stop_due("stop:9001")
+                    await wait_for(lambda: held == ["9001"])
+                left = await stop_row(two)
+                # The next worker fires two minutes on: far past the skew before its own first attempt.
+                coordinates.shift(timedelta(minutes=2))
+                await two.app.state.scheduler.fire_stop("stop:9001")
+                done = await stop_row(two, until=lambda row: row.status != "pending")
+        finally:
+            if clock is not None:
+                clock.stop()
+    assert [call.request.url.path for call in reads.calls] == [ENTRY_PATH]
+    # The exact update the fake Toggl received: the stop back to the planned time.
+    assert w.toggl.updates == [("9001", {"stop": iso(planned), "duration": 5 * 60})]
+    assert moment(w.toggl.stopped["9001"]["stop"]) == planned
+    assert (done.status, done.error) == ("done", None)
+    assert (left.status, left.payload.get("attempts")) == ("pending", None)  # released, not counted as an attempt
+    [(began, cut_short)] = spans(left.payload)
+    assert began <= cut_short and timedelta(minutes=4) < began - planned < timedelta(minutes=6)
