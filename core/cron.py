@@ -184,7 +184,14 @@ def crontab_trigger(expression: str, timezone: tzinfo | str) -> BaseTrigger:
 
     if not _either_day_matches(day, day_of_week):
         return on(day, day_of_week)  # a day both fields match, as APScheduler reads them
-    return EitherDayCronTrigger([on(day, "*"), on("*", day_of_week)])
+    days_of_month, days_of_week = on(day, "*"), on("*", day_of_week)
+    # A day of the month its months never have (`0 8 31 2 1`: 31 February, or Mondays in February) is never a
+    # fire time: crontab fires on the days of the week alone. Kept as a half, it was asked at every fire time and
+    # walked to year 9999 to answer None, ~0.15 s each, four times a briefing, in the event loop (found by a
+    # review). Asked once here; a day that exists comes back at once.
+    if days_of_month.get_next_fire_time(None, datetime(2000, 1, 1, tzinfo=UTC)) is None:
+        return days_of_week
+    return EitherDayCronTrigger([days_of_month, days_of_week])
 
 
 def _either_day_matches(day: str, day_of_week: str) -> bool:
