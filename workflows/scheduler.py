@@ -104,6 +104,8 @@ STOP_RETRY_WINDOW = timedelta(hours=12)
 #: during its own call (`TogglSkill.stop_timer`'s `earlier_attempts`). Bookkeeping like `attempts`: left out of
 #: the run's input_summary, and GET /schedule lists named fields only.
 FAILED_FIRINGS = "failed_firings"
+#: How many spans FAILED_FIRINGS keeps at most (`_with_failed_firing`).
+FAILED_FIRINGS_KEPT = 64
 
 
 #: The width of `job_fires.worker` (VARCHAR(64), migration 0003).
@@ -192,10 +194,15 @@ def _with_failed_firing(
     payload: dict[str, Any], began: datetime | None, ended: datetime | None
 ) -> dict[str, Any] | None:
     """`payload` with the span of a firing whose Toggl call began at `began` and ended (failed, or was cut short)
-    at `ended` added to its `FAILED_FIRINGS`; None when the firing never called Toggl."""
+    at `ended` added to its `FAILED_FIRINGS`; None when the firing never called Toggl.
+
+    At most FAILED_FIRINGS_KEPT spans, the earliest: failed firings are bounded by STOP_RETRY_WINDOW (~27), but a
+    firing cut short at shutdown is not counted as an attempt, so a worker restarting in a loop would add one per
+    restart. The entry is stopped once, and the first firings are the likeliest to have done it."""
     if began is None or ended is None:
         return None
-    return {**payload, FAILED_FIRINGS: [*(payload.get(FAILED_FIRINGS) or ()), [began.isoformat(), ended.isoformat()]]}
+    spans = [*(payload.get(FAILED_FIRINGS) or ()), [began.isoformat(), ended.isoformat()]]
+    return {**payload, FAILED_FIRINGS: spans[:FAILED_FIRINGS_KEPT]}
 
 
 def next_stop_attempt(

@@ -333,3 +333,19 @@ async def test_a_firing_cut_short_at_shutdown_after_its_patch_landed_keeps_its_s
     assert (left.status, left.payload.get("attempts")) == ("pending", None)  # released, not counted as an attempt
     [(began, cut_short)] = spans(left.payload)
     assert began <= cut_short and timedelta(minutes=4) < began - planned < timedelta(minutes=6)
+
+
+def test_the_kept_spans_are_bounded_and_the_earliest_stay():
+    """A firing cut short at shutdown is not an attempt, so nothing else bounds the list: a worker restarting in a
+    loop added a span per restart to the row's payload."""
+    from workflows.scheduler import FAILED_FIRINGS_KEPT, _with_failed_firing
+
+    payload: dict = {"entry_id": 9001}
+    first = datetime(2026, 11, 25, 9, tzinfo=UTC)
+    for n in range(FAILED_FIRINGS_KEPT + 10):
+        payload = _with_failed_firing(payload, first + timedelta(minutes=n), first + timedelta(minutes=n, seconds=9))
+    kept = spans(payload)
+    assert len(kept) == FAILED_FIRINGS_KEPT == 64
+    assert kept[0] == (first, first + timedelta(seconds=9))
+    assert kept[-1][0] == first + timedelta(minutes=63)
+    assert payload["entry_id"] == 9001
