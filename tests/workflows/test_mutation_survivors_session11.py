@@ -126,3 +126,25 @@ async def test_gemini_refusals_of_our_account_are_the_operators_in_a_whatsapp_re
     assert "restart." not in reply.replace("restart the service.", ""), reply
     [action] = run["actions"]
     assert action["error"].endswith(api_fix), action
+
+
+def test_failed_firings_skips_a_span_not_a_pair_of_aware_times():
+    """Killed `failed_firings` catching ValueError only (a span that is no sequence raises TypeError), accepting a
+    span with one naive end (`or` for `and`: the skill's comparison with Toggl's aware stop would then raise and
+    fail the stop itself), and not reading a null list as none."""
+    from datetime import UTC, datetime
+
+    from workflows.scheduler import FAILED_FIRINGS, failed_firings
+
+    began, failed = datetime(2026, 11, 25, 9, 0, tzinfo=UTC), datetime(2026, 11, 25, 9, 1, tzinfo=UTC)
+    payload = {
+        FAILED_FIRINGS: [
+            5,
+            None,
+            [began.isoformat(), "2026-11-25T09:01:00"],
+            ["2026-11-25T09:00:00", failed.isoformat()],
+            [began.isoformat(), failed.isoformat()],
+        ]
+    }
+    assert failed_firings(payload) == [(began, failed)]
+    assert failed_firings({FAILED_FIRINGS: None}) == []
