@@ -349,3 +349,26 @@ def test_the_kept_spans_are_bounded_and_the_earliest_stay():
     assert kept[0] == (first, first + timedelta(seconds=9))
     assert kept[-1][0] == first + timedelta(minutes=63)
     assert payload["entry_id"] == 9001
+
+
+async def test_a_failed_firings_span_runs_from_its_first_attempt_to_its_failure(make_client):
+    """The span's two ends as the row keeps them (a mutation review: recording the failure as the start, or the
+    two swapped, went unnoticed, as every failed firing above took under the skew). Each attempt here takes 20 s."""
+    async with world() as w:
+        async with make_client(**w.settings()) as client:
+            await post_whatsapp(client, whatsapp_form("start report for 5 min"))
+            planned = (await stop_row(client)).run_at.astimezone(UTC)
+            with time_machine.travel(planned + timedelta(minutes=5), tick=True) as clock:
+
+                def slow_timeout(request: httpx.Request) -> httpx.Response:
+                    clock.shift(timedelta(seconds=20))
+                    raise httpx.ReadTimeout("no answer in 20 s", request=request)
+
+                w.toggl.mock.patch(url__regex=rf"{TOGGL_BASE}/workspaces/\d+/time_entries/\d+/stop$").mock(
+                    side_effect=slow_timeout
+                )
+                await client.app.state.scheduler.fire_stop("stop:9001")
+                row = await stop_row(client, until=attempts_are(1))
+    [(began, failed)] = spans(row.payload)
+    assert timedelta(minutes=5) <= began - planned < timedelta(minutes=5, seconds=5)  # before the first attempt
+    assert failed - began >= timedelta(seconds=40)  # after the attempts (20 s each), not when they began
