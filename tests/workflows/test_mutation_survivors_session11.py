@@ -50,25 +50,26 @@ async def test_a_model_claude_does_not_know_names_the_operators_settings_in_a_wh
     ), action
 
 
-async def test_a_billing_refusal_names_the_operators_settings_in_a_whatsapp_reply(w, make_client):
-    """Killed `status_error` dropping the hint of a 400 refused for billing reasons."""
-    w.claude.fail = anthropic_error(400, "invalid_request_error", "Your credit balance is too low.")
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (
+            anthropic_error(400, "invalid_request_error", "Your credit balance is too low."),
+            "claude refused the request for billing reasons (Your credit balance is too low.).",
+        ),
+        (anthropic_error(402, "payment_required", "Payment required."), "claude answered 402 (Payment required.)."),
+    ],
+    ids=["billing refusal (400)", "unmapped status (402)"],
+)
+async def test_a_refusal_names_the_operators_settings_in_a_whatsapp_reply(w, make_client, answer, said):
+    """Killed `status_error` dropping the hint of a 400 refused for billing reasons, and of a status it does not
+    map (here a 402), its last branch."""
+    w.claude.fail = answer
     async with make_client(**w.settings()) as client:
         response = await post_whatsapp(client, whatsapp_form("what should I do first?"))
     assert messages(response) == [
-        "The assistant could not answer: Every LLM provider failed. claude: claude refused the request for billing "
-        "reasons (Your credit balance is too low.). Ask the operator to check ANTHROPIC_API_KEY and CLAUDE_MODEL."
-    ]
-
-
-async def test_an_unmapped_status_names_the_operators_settings_in_a_whatsapp_reply(w, make_client):
-    """Killed `status_error` dropping the hint of a status it does not map (here a 402), the last branch."""
-    w.claude.fail = anthropic_error(402, "payment_required", "Payment required.")
-    async with make_client(**w.settings()) as client:
-        response = await post_whatsapp(client, whatsapp_form("what should I do first?"))
-    assert messages(response) == [
-        "The assistant could not answer: Every LLM provider failed. claude: claude answered 402 (Payment required.). "
-        "Ask the operator to check ANTHROPIC_API_KEY and CLAUDE_MODEL."
+        f"The assistant could not answer: Every LLM provider failed. claude: {said} Ask the operator to check "
+        "ANTHROPIC_API_KEY and CLAUDE_MODEL."
     ]
 
 
