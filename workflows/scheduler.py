@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
@@ -107,6 +107,9 @@ FAILED_FIRINGS = "failed_firings"
 #: How many spans FAILED_FIRINGS keeps at most (`_with_failed_firing`).
 FAILED_FIRINGS_KEPT = 64
 
+
+#: How long shutdown waits for a running sync or prune before cancelling it (`JobScheduler.shutdown`).
+MAINTENANCE_GRACE_SECONDS = 5.0
 
 #: The width of `job_fires.worker` (VARCHAR(64), migration 0003).
 WORKER_ID_LENGTH = 64
@@ -292,6 +295,8 @@ class JobScheduler:
         self.tasks = tasks
         self.deps = deps
         self.worker_id = worker_id or default_worker_id(id(self))
+        # The sync and the prune while they run (`_maintenance`), for `shutdown` to finish.
+        self._maintaining: set[asyncio.Task[Any]] = set()
         self.aps = AsyncIOScheduler(
             timezone=settings.zone,
             # No misfire limit for stops: a stop due while we were down must still happen.
@@ -318,10 +323,20 @@ class JobScheduler:
                 logger.info("the briefing due at %s was missed while stopped: running it now", missed.isoformat())
                 self.tasks.spawn(self.fire_briefing(missed), kind=RunKind.SCHEDULE_BRIEFING, trigger="schedule")
         self.aps.add_job(
-            self.sync_stops, IntervalTrigger(seconds=SYNC_SECONDS), id=SYNC_JOB_ID, name="Load planned stops"
+            self._maintenance,
+            IntervalTrigger(seconds=SYNC_SECONDS),
+            args=[self.sync_stops],
+            id=SYNC_JOB_ID,
+            name="Load planned stops",
         )
         # Every 10 minutes: also closes runs a killed worker left `running` (at most 10 minutes past their cutoff).
-        self.aps.add_job(self.prune, IntervalTrigger(minutes=10), id=PRUNE_JOB_ID, name="Prune old delivery records")
+        self.aps.add_job(
+            self._maintenance,
+            IntervalTrigger(minutes=10),
+            args=[self.prune],
+            id=PRUNE_JOB_ID,
+            name="Prune old delivery records",
+        )
         self.aps.start()
         await self.sync_stops()
 
@@ -330,6 +345,26 @@ class JobScheduler:
             self.aps.shutdown(wait=False)
             # AsyncIOScheduler.shutdown only schedules itself on the loop: let it run.
             await asyncio.sleep(0)
+        # APScheduler leaves the jobs it runs running. The sync and the prune work in the database, which is closed
+        # right after this: one cut by that close left SQLAlchemy's shielded connection close waiting for ever,
+        # and the process never exited (found by a test that hung in its loop's teardown). They are short: given
+        # MAINTENANCE_GRACE_SECONDS, then cancelled while the database is still open. Stops and briefings run in
+        # the tracked task set, which has its own grace and records what it cuts short.
+        if self._maintaining:
+            _, late = await asyncio.wait(set(self._maintaining), timeout=MAINTENANCE_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _maintenance(self, work: Callable[[], Awaitable[Any]]) -> None:
+        """Run the sync or the prune as an APScheduler job, known to `shutdown` while it runs."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._maintaining.add(task)
+        try:
+            await work()
+        finally:
+            self._maintaining.discard(task)  # type: ignore[arg-type]
 
     # --- Planned stops ---------------------------------------------------------------
 

@@ -256,3 +256,33 @@ async def test_under_dry_run_a_stop_planned_by_an_earlier_real_start_still_stops
             [run] = await runs_of(rehearsing, "schedule.stop_timer")
     assert w.toggl.stops == ["9001"] and w.toggl.running is None
     assert (row.status, run["status"]) == ("done", "ok")
+
+
+async def test_shutdown_finishes_a_running_prune_before_the_database_closes(make_client, monkeypatch):
+    """APScheduler's shutdown(wait=False) left the sync and the prune running; the database was then closed under
+    them, and a prune cut by that close left SQLAlchemy's shielded connection close pending for ever: the process
+    (here, a test's event loop) never finished closing. Shutdown now waits for them, then cancels them, while the
+    database is still open."""
+    from workflows import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "MAINTENANCE_GRACE_SECONDS", 0.2, raising=False)
+    started, outcome = asyncio.Event(), []
+
+    async def slow_prune(self) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a prune still at work when the worker shuts down
+        except asyncio.CancelledError:
+            # Still open when the prune is cut: the engine is disposed only after the scheduler has shut down.
+            async with self.sessions() as session:
+                outcome.append((await session.execute(select(1))).scalar_one())
+            raise
+
+    monkeypatch.setattr(scheduler_module.JobScheduler, "prune", slow_prune)
+    async with world() as w, make_client(**w.settings()) as client:
+        scheduler = client.app.state.scheduler
+        scheduler.aps.modify_job(scheduler_module.PRUNE_JOB_ID, next_run_time=datetime.now(UTC))
+        scheduler.aps.wakeup()
+        await asyncio.wait_for(started.wait(), 5)
+    # Cut at shutdown, and the database still answered it.
+    assert outcome == [1]
