@@ -18,7 +18,8 @@ durable and single-firing lives in the database:
   one conditional UPDATE and stops the timer. Stopping an already-stopped
   Toggl entry is harmless, so a takeover after a stop that did happen costs
   nothing but a second ledger run (and, fired late, one read of the entry,
-  whose stop, made before this attempt, is left as it is).
+  whose stop is set back to the planned time only if it fell while the dead
+  worker's Toggl call may have been under way: `CALL_BEGAN`).
 - Toggl has no auto-stop, so a stop that fails for a reason that may pass (a
   5xx, a timeout, a rate limit: `ProblemError.retryable`) stays `pending` and
   is tried again later (`STOP_RETRY_DELAYS`, then every `STOP_RETRY_EVERY`)
@@ -98,14 +99,22 @@ STOP_RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 20))
 STOP_RETRY_EVERY = timedelta(minutes=30)
 STOP_RETRY_WINDOW = timedelta(hours=12)
 #: The stop row's payload key listing, for each firing whose stop failed (or was cut short by a shutdown while its
-#: Toggl call was under way), when its first attempt began and when it failed (UTC ISO pairs). Such a firing's
-#: PATCH may have stopped the entry and lost the answer; a later firing
-#: then meets Toggl's 409, and the skill sets the late stop back only if the entry stopped within such a span or
-#: during its own call (`TogglSkill.stop_timer`'s `earlier_attempts`). Bookkeeping like `attempts`: left out of
-#: the run's input_summary, and GET /schedule lists named fields only.
+#: Toggl call was under way, or never ended: `CALL_BEGAN`), when its first attempt began and when it failed (UTC
+#: ISO pairs). Such a firing's PATCH may have stopped the entry and lost the answer; a later firing then meets
+#: Toggl's 409, and the skill sets the late stop back only if the entry stopped within such a span or during its
+#: own call (`TogglSkill.stop_timer`'s `earlier_attempts`). Bookkeeping like `attempts`: left out of the run's
+#: input_summary, and GET /schedule lists named fields only.
 FAILED_FIRINGS = "failed_firings"
 #: How many spans FAILED_FIRINGS keeps at most (`_with_failed_firing`).
 FAILED_FIRINGS_KEPT = 64
+#: The stop row's payload key saying a firing's Toggl call is under way: when it began (UTC ISO), written just
+#: before the call (`JobScheduler._mark_call_began`). Every firing that ends (done, failed, cut short) rewrites the
+#: payload without it, so it is left only by a firing that never ended: its worker killed (SIGKILL, OOM, power
+#: loss) or its closing write failed, after a PATCH that may have stopped the entry. The firing that takes the
+#: stale claim over turns it into a FAILED_FIRINGS span (`_with_abandoned_call`). Bookkeeping like FAILED_FIRINGS.
+CALL_BEGAN = "call_began"
+#: The payload's bookkeeping keys, left out of a stop run's input_summary (GET /schedule lists named fields only).
+_BOOKKEEPING = ("attempts", FAILED_FIRINGS, CALL_BEGAN)
 
 
 #: How long shutdown waits for a running sync or prune before cancelling it (`JobScheduler.shutdown`).
@@ -206,6 +215,27 @@ def _with_failed_firing(
         return None
     spans = [*(payload.get(FAILED_FIRINGS) or ()), [began.isoformat(), ended.isoformat()]]
     return {**payload, FAILED_FIRINGS: spans[:FAILED_FIRINGS_KEPT]}
+
+
+def _with_abandoned_call(payload: dict[str, Any], longest: timedelta) -> dict[str, Any]:
+    """`payload` without CALL_BEGAN, the call it tells of (a firing that never ended) added to FAILED_FIRINGS as
+    a span from when it began to `longest` later.
+
+    `longest` is `Settings.longest_timer_stop_seconds`, the bound on one stop's call of the skill (two Toggl
+    calls), which the claim lease is twice of: the only PATCH that can stop the entry is the first call's, so the
+    second call's worth is slack for the CALL_BEGAN write itself. Not the lease's end: that is at least twice as
+    long, and a timer stopped by hand after a worker died before its PATCH would be rewritten the longer.
+    An unreadable time is dropped, as in `failed_firings`: it costs only the correction of a late stop."""
+    if CALL_BEGAN not in payload:
+        return payload
+    rest = {key: value for key, value in payload.items() if key != CALL_BEGAN}
+    try:
+        began = datetime.fromisoformat(str(payload[CALL_BEGAN]))
+    except (TypeError, ValueError):
+        return rest
+    if began.tzinfo is None:
+        return rest
+    return _with_failed_firing(rest, began, began + longest) or rest
 
 
 def next_stop_attempt(
@@ -492,6 +522,14 @@ class JobScheduler:
         if not await self.claim(job_id, row.run_at) and not await self._take_over_stale_claim(job_id, row.run_at):
             return False
         payload = row.payload
+        if CALL_BEGAN in payload:
+            logger.warning(
+                "planned stop %s: a firing's Toggl call that began at %s never ended (its worker died, or its closing "
+                "write failed); kept as a failed firing",
+                job_id,
+                payload[CALL_BEGAN],
+            )
+            payload = _with_abandoned_call(payload, timedelta(seconds=self.settings.longest_timer_stop_seconds))
         planned = planned_stop_time(row)
         attempt = int(payload.get("attempts", 0)) + 1
         status, error, run_id, retry_at = "failed", None, None, None
@@ -504,7 +542,7 @@ class JobScheduler:
                 trigger="schedule",
                 input_summary={
                     "job_id": job_id,
-                    **{key: value for key, value in payload.items() if key not in ("attempts", FAILED_FIRINGS)},
+                    **{key: value for key, value in payload.items() if key not in _BOOKKEEPING},
                     "planned_stop": planned.isoformat(),
                     "attempt": attempt,
                 },
@@ -516,6 +554,7 @@ class JobScheduler:
                     # were all lost may have stopped the entry; this one then meets the 409, and the entry is set
                     # back only if it stopped while one of those firings was at work, never between firings.
                     began = utcnow()
+                    await self._mark_call_began(job_id, row.run_at, payload, began)
                     try:
                         stopped = await self.deps().skills.toggl.stop_timer(
                             workspace_id=payload.get("workspace_id"),
@@ -571,8 +610,9 @@ class JobScheduler:
         except asyncio.CancelledError:
             # Cut short at shutdown: give the claim back so the next start-up fires it (stopping an already-stopped
             # entry is harmless). A Toggl call under way may have stopped the entry: its span is kept like a failed
-            # firing's, so the next firing's 409 can tell the late stop was ours and set it back.
-            cut_short = _with_failed_firing(payload, began, ended)
+            # firing's, so the next firing's 409 can tell the late stop was ours and set it back. Cut short while
+            # CALL_BEGAN was being written (`ended` not yet set): the span ends now, and the key is not left behind.
+            cut_short = _with_failed_firing(payload, began, ended or utcnow())
             await asyncio.shield(self._release(job_id, row.run_at, payload=cut_short))
             raise
         recorded = {**payload, "attempts": attempt, "planned_stop": planned.isoformat()}
@@ -591,6 +631,33 @@ class JobScheduler:
                 finished.values(status=status, finished_at=utcnow(), run_id=run_id, error=error, payload=recorded)
             )
         return True
+
+    async def _mark_call_began(
+        self, job_id: str, fired_run_at: datetime, payload: dict[str, Any], began: datetime
+    ) -> None:
+        """Record on the stop that this firing's Toggl call began at `began` (CALL_BEGAN), if the stop is still
+        that pending firing (as in `_retry_later`). Every way the firing ends rewrites the payload without it.
+
+        A failure is logged and the firing goes on: without the mark, a worker killed in the call only loses
+        the evidence that would set a late stop back to the planned time; not calling Toggl would leave the
+        timer running, which is worse."""
+        try:
+            async with self.sessions.begin() as session:
+                await session.execute(
+                    update(ScheduledJob)
+                    .where(
+                        ScheduledJob.id == job_id,
+                        ScheduledJob.status == "pending",
+                        ScheduledJob.run_at == fired_run_at,
+                    )
+                    .values(payload={**payload, CALL_BEGAN: began.isoformat()})
+                )
+        except Exception:
+            logger.warning(
+                "planned stop %s: could not record that its Toggl call began; stopping it regardless",
+                job_id,
+                exc_info=True,
+            )
 
     async def _retry_later(
         self,
