@@ -215,6 +215,14 @@ OPERATOR_SETS = PerAudience(api="set", chat="the operator must set")
 OPERATOR_CHECKS = PerAudience(api="check", chat="ask the operator to check")
 
 
+def operator_checks(what: str) -> Phrase:
+    """A sentence asking to check a setting, by reader: "Check X" to an API caller, "Ask the operator to check X"
+    to a chat user (`OPERATOR_CHECKS`). For the address hints ("Check GEMINI_BASE_URL."): a Gemini that could not
+    be reached told a person on WhatsApp to check a base URL only the operator can change. `what` follows the
+    verb, its full stop included."""
+    return Phrase((OPERATOR_CHECKS.capitalized(), f" {what}"))
+
+
 def set_and_restart(names: str) -> Phrase:
     """The remedy of a missing setting, by reader: "set X in the environment or .env and restart." to an API
     caller; "the operator must set X ... and restart the service." to a chat user, who can set no environment

@@ -35,6 +35,7 @@ from core.errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    operator_checks,
 )
 from core.ledger import note_attempt
 
@@ -379,7 +380,10 @@ def guard_refusal(
 ) -> UpstreamError:
     """What a refusal of the aiohttp guards (`refuse_redirects`, `CappedResponse`) becomes: a 502 naming the
     setting that points at the host; not retried, since the same host would answer the same. `name` is how
-    the detail names the upstream, when not as `upstream`."""
+    the detail names the upstream, when not as `upstream`. A chat user reads that the operator must check the
+    setting (`operator_checks`)."""
     return UpstreamError(
-        f"{name or upstream} {exc.message}. Check {setting}.", upstream=upstream, upstream_status=exc.status
+        f"{name or upstream} {exc.message}. " + operator_checks(f"{setting}."),
+        upstream=upstream,
+        upstream_status=exc.status,
     )

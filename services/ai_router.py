@@ -69,6 +69,14 @@ CHARS_PER_TOKEN = 4
 #: A Retry-After longer than this is not waited out inside a request: the next provider is tried.
 DEFAULT_MAX_RETRY_WAIT_SECONDS = 10.0
 
+#: The integration a `NotConfigured` names when no provider at all is set up, and its remedy, by reader. The chat
+#: reply words the remedy alone ("The assistant is not set up yet: the operator must set ..."): relaying the whole
+#: detail read "The assistant is not configured: No LLM provider is set up yet: ...", twice the same fact.
+NO_PROVIDER = "llm"
+SET_A_PROVIDER = set_and_restart(
+    "GEMINI_API_KEY or ANTHROPIC_API_KEY (or LOCAL_LLM_BASE_URL and LOCAL_LLM_MODEL for a local model)"
+)
+
 _CONFIG_HINTS = {
     "gemini": "GEMINI_API_KEY",
     "claude": "ANTHROPIC_API_KEY",
@@ -342,12 +350,9 @@ class AIRouter:
             missing = self._missing_settings(name)
             return NotConfigured(name, missing)
         return NotConfigured(
-            "llm",
+            NO_PROVIDER,
             ["GEMINI_API_KEY", "ANTHROPIC_API_KEY"],
-            detail=Phrase(("No LLM provider is ", CONFIGURED, ": "))
-            + set_and_restart(
-                "GEMINI_API_KEY or ANTHROPIC_API_KEY (or LOCAL_LLM_BASE_URL and LOCAL_LLM_MODEL for a local model)"
-            ),
+            detail=Phrase(("No LLM provider is ", CONFIGURED, ": ")) + SET_A_PROVIDER,
         )
 
     def _missing_settings(self, name: str) -> list[str]:

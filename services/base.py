@@ -244,15 +244,16 @@ def _said(message: str) -> str:
     return cut_between_words(" ".join((message or "no error message").split()), 300)
 
 
-def connection_failed(upstream: str, exc: BaseException, fix: str) -> UpstreamUnavailable:
+def connection_failed(upstream: str, exc: BaseException, fix: str | Phrase) -> UpstreamUnavailable:
     """A transient failure on the way (retried, then the next provider). An answer cut off or undecodable mid-read
     (aiohttp's ClientPayloadError) is said as such: "could not be reached" sent readers to check the URL of a
-    provider that had answered (found by a fault-injection audit)."""
+    provider that had answered (found by a fault-injection audit). `fix` names the settings to check; a `Phrase`
+    (`core.errors.operator_checks`) words it per reader, since only the operator can change them."""
     if isinstance(exc, aiohttp.ClientPayloadError):
         said = f"{upstream}'s answer was cut off or could not be decoded ({type(exc).__name__})."
     else:
         said = f"{upstream} could not be reached ({type(exc).__name__})."
-    return UpstreamUnavailable(f"{said} {fix}", upstream=upstream)
+    return UpstreamUnavailable(said + " " + fix, upstream=upstream)
 
 
 def unusable_answer(upstream: str, exc: BaseException | str) -> UpstreamError:

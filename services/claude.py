@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from core.errors import OPERATOR_CHECKS, PerAudience, Phrase, ProblemError, UpstreamTimeout, UpstreamUnavailable
+from core.errors import (
+    OPERATOR_CHECKS,
+    PerAudience,
+    Phrase,
+    ProblemError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    operator_checks,
+)
 from core.registry import Integration
 from core.upstream import parse_retry_after
 from services.base import (
@@ -150,7 +158,8 @@ class ClaudeProvider:
             if isinstance(exc.__cause__, ProblemError):  # claude_transport refused the answer as it was read
                 raise exc.__cause__ from None
             raise UpstreamUnavailable(
-                f"claude could not be reached ({type(exc.__cause__ or exc).__name__}). Check ANTHROPIC_BASE_URL.",
+                f"claude could not be reached ({type(exc.__cause__ or exc).__name__}). "
+                + operator_checks("ANTHROPIC_BASE_URL."),
                 upstream=UPSTREAM,
             ) from None
         except (anthropic.APIResponseValidationError, ValueError, TypeError) as exc:

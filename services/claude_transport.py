@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx2
 
-from core.errors import UpstreamError
+from core.errors import UpstreamError, operator_checks
 from core.upstream import MAX_RESPONSE_BYTES, bounded_decoder
 
 _ENCODING_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
@@ -59,7 +59,9 @@ class CappedTransport(httpx2.AsyncBaseTransport):
     def _refusal(self, status: int, why: str) -> UpstreamError:
         # The wording of core.upstream.guard_refusal, so every provider's refusal reads the same.
         return UpstreamError(
-            f"{self._upstream} {why}. Check {self._setting}.", upstream=self._upstream, upstream_status=status
+            f"{self._upstream} {why}. " + operator_checks(f"{self._setting}."),
+            upstream=self._upstream,
+            upstream_status=status,
         )
 
 

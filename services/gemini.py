@@ -30,7 +30,7 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from core.errors import OPERATOR_CHECKS, PerAudience, Phrase, UpstreamError, UpstreamTimeout
+from core.errors import OPERATOR_CHECKS, PerAudience, Phrase, UpstreamError, UpstreamTimeout, operator_checks
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import (
@@ -199,7 +199,7 @@ class GeminiProvider:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError) as exc:
             # ClientPayloadError: the connection dropped mid-answer. Transient like a reset, and retried as Claude's
             # httpx ReadError is (it was taken for an unusable answer and not retried; found by a review).
-            raise connection_failed(UPSTREAM, exc, "Check GEMINI_BASE_URL.") from None
+            raise connection_failed(UPSTREAM, exc, operator_checks("GEMINI_BASE_URL.")) from None
         except (ValueError, TypeError, KeyError, aiohttp.ClientError) as exc:
             # A 2xx that is not the JSON we expect (a proxy's HTML page, a truncated body).
             raise unusable_answer(UPSTREAM, exc) from None

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from core.errors import UpstreamTimeout
+from core.errors import UpstreamTimeout, operator_checks
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import (
@@ -41,7 +41,8 @@ INTEGRATION = Integration(
 )
 
 UPSTREAM = "local"
-_HINT = "Check LOCAL_LLM_BASE_URL (version included, e.g. http://localhost:11434/v1) and LOCAL_LLM_MODEL."
+#: The settings to check, by reader: only the operator can change them (`operator_checks`).
+_HINT = operator_checks("LOCAL_LLM_BASE_URL (version included, e.g. http://localhost:11434/v1) and LOCAL_LLM_MODEL.")
 
 
 class LocalLLMProvider:

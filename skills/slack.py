@@ -31,6 +31,7 @@ from core.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    operator_checks,
 )
 from core.ledger import note_request
 from core.outcome import ActionOutcome
@@ -221,7 +222,7 @@ class SlackSkill:
                 # from the case below, which before was also reported for these (found by a code review).
                 raise UpstreamError(
                     f"Slack was not called: the URL built from SLACK_BASE_URL is not valid ({exc}). "
-                    "Check SLACK_BASE_URL.",
+                    + operator_checks("SLACK_BASE_URL."),
                     upstream=UPSTREAM,
                     nothing_sent=True,
                 ) from None
@@ -342,8 +343,8 @@ def slack_error(exc: SlackApiError, *, channel: str) -> ProblemError:
         # Slack's Web API answers its errors as {"ok": false}: this came from something else, most likely a
         # SLACK_BASE_URL that is not the API root (a 404 page named no setting; found by a user review).
         return UpstreamError(
-            f"Slack answered HTTP {status} without a usable JSON body: check SLACK_BASE_URL (the Web API root, "
-            "https://slack.com/api/).",
+            Phrase((f"Slack answered HTTP {status} without a usable JSON body: ", OPERATOR_CHECKS))
+            + " SLACK_BASE_URL (the Web API root, https://slack.com/api/).",
             upstream=UPSTREAM,
             upstream_status=status,
         )

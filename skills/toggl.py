@@ -280,8 +280,11 @@ def error_for(response: httpx.Response, *, replay_safe: bool = True, scrub: Call
     if status == 404:
         # Also what a TOGGL_BASE_URL without its /api/v9 answers, to every call (found by a user review).
         return NotFound(
-            "Toggl has no such workspace or time entry (404); if every Toggl call answers this, check TOGGL_BASE_URL "
-            "(the API v9 base, https://api.track.toggl.com/api/v9)." + suffix,
+            Phrase(
+                ("Toggl has no such workspace or time entry (404); if every Toggl call answers this, ", OPERATOR_CHECKS)
+            )
+            + " TOGGL_BASE_URL (the API v9 base, https://api.track.toggl.com/api/v9)."
+            + suffix,
             upstream=UPSTREAM,
         )
     if 400 <= status < 500:

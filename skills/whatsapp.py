@@ -342,8 +342,8 @@ def twilio_error(response: httpx.Response, *, recipient: str | None = None) -> P
         # Twilio's own 404 carries its JSON error (20404); one without it came from elsewhere: TWILIO_BASE_URL is
         # most likely not the REST root (it blamed only the SID; found by a user review).
         return UpstreamError(
-            "Twilio answered 404 without its error code: check TWILIO_BASE_URL (the REST API root, "
-            f"https://api.twilio.com) and TWILIO_ACCOUNT_SID.{said}",
+            Phrase(("Twilio answered 404 without its error code: ", OPERATOR_CHECKS))
+            + f" TWILIO_BASE_URL (the REST API root, https://api.twilio.com) and TWILIO_ACCOUNT_SID.{said}",
             upstream=UPSTREAM,
             settings=["TWILIO_BASE_URL", "TWILIO_ACCOUNT_SID"],
             **context,

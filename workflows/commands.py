@@ -25,6 +25,7 @@ from typing import Literal
 from core.errors import OUTCOME_UNKNOWN, NotConfigured, ProblemError, StoreUnavailable, from_the_database
 from core.ledger import RunKind
 from core.text import xml_safe
+from services.ai_router import NO_PROVIDER, SET_A_PROVIDER
 from skills.slack import escape_text
 from workflows.briefing import (
     BriefingRequest,
@@ -379,7 +380,11 @@ async def _chat(deps: WorkflowDeps, text: str, *, trigger: str, sender: str | No
                 action.status = "dry_run" if dry_run else "ok"
         except NotConfigured as exc:
             run.status = "failed"
-            return f"The assistant is not configured: {exc.words('chat')}"
+            if exc.extras.get("integration") == NO_PROVIDER:
+                # The remedy alone: the whole detail repeated the reply's own words ("The assistant is not
+                # configured: No LLM provider is set up yet: ..."). The run's action keeps the API detail.
+                return f"The assistant is not set up yet: {SET_A_PROVIDER.words('chat')}"
+            return _problem_reply("The assistant is not set up yet", exc)
         except ProblemError as exc:
             run.status = "failed"
             return _problem_reply("The assistant could not answer", exc)

@@ -381,7 +381,9 @@ async def test_a_chat_without_a_language_model_says_so_and_is_a_failed_run(w, ma
     async with make_client(**w.settings(anthropic_api_key=None)) as client:
         [reply] = twiml_messages(await post_whatsapp(client, whatsapp_form("what first?")))
         [run] = await runs_of(client, "inbound.chat")
-    assert reply.startswith("The assistant is not configured: ")
+    # Changed deliberately from "The assistant is not configured: ", which the chat detail then repeated ("No LLM
+    # provider is set up yet: ..."); the chat reply now says it once (tests/workflows/test_hints_chat_wording.py).
+    assert reply.startswith("The assistant is not set up yet: the operator must set ")
     assert run["status"] == "failed"
     assert w.claude.requests == []
 

@@ -65,7 +65,11 @@ async def test_a_whatsapp_question_without_a_language_model_says_the_operator_mu
     async with make_client(**w.settings(anthropic_api_key=None)) as client:
         response = await post_whatsapp(client, whatsapp_form("what should I do first?"))
         [run] = await finished_runs(client, "inbound.chat")
-    assert messages(response) == [f"The assistant is not configured: {CHAT_LLM}"]
+    # Changed deliberately: "The assistant is not configured: No LLM provider is set up yet: ..." said the same fact
+    # twice, and "configured" is the operator's word. The reply now gives the remedy once (test_hints_chat_wording).
+    assert messages(response) == [
+        "The assistant is not set up yet: " + CHAT_LLM.removeprefix("No LLM provider is set up yet: ")
+    ]
     assert w.claude.requests == []
     [action] = run["actions"]
     assert action["error"] == f"503 not-configured: {API_LLM}", action
