@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from core.errors import (
-    OPERATOR_CHECKS,
     PerAudience,
     Phrase,
     ProblemError,
@@ -59,7 +58,7 @@ INTEGRATION = Integration(
 UPSTREAM = "claude"
 #: claude-haiku-4-5 (and the other current Claude models by default) take 200K tokens.
 DEFAULT_CONTEXT_TOKENS = 200_000
-_KEY_HINT = Phrase((OPERATOR_CHECKS.capitalized(), " ANTHROPIC_API_KEY and CLAUDE_MODEL."))
+_KEY_HINT = operator_checks("ANTHROPIC_API_KEY and CLAUDE_MODEL.")
 #: Anthropic answers a disabled organization with a 400 invalid_request_error ("This organization has been
 #: disabled."): our account's fault, not the caller's, so another provider may answer.
 _ORGANIZATION_DISABLED = re.compile(r"organization has been disabled", re.IGNORECASE)

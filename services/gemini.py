@@ -30,7 +30,7 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from core.errors import OPERATOR_CHECKS, PerAudience, Phrase, UpstreamError, UpstreamTimeout, operator_checks
+from core.errors import PerAudience, Phrase, UpstreamError, UpstreamTimeout, operator_checks
 from core.registry import Integration
 from core.upstream import AnswerTooLarge, RedirectRefused, guard_refusal, parse_retry_after
 from services.base import (
@@ -62,7 +62,7 @@ UPSTREAM = "gemini"
 API_VERSION = "v1"
 #: Gemini 3.x Flash models take 1,048,576 input tokens.
 DEFAULT_CONTEXT_TOKENS = 1_048_576
-_KEY_HINT = Phrase((OPERATOR_CHECKS.capitalized(), " GEMINI_API_KEY and GEMINI_MODEL."))
+_KEY_HINT = operator_checks("GEMINI_API_KEY and GEMINI_MODEL.")
 
 # Gemini answers some faults of OUR configuration with a 400, which would otherwise read as the
 # caller's fault (answered at once, no fallback). They are told apart by the google.rpc.ErrorInfo

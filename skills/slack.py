@@ -107,11 +107,8 @@ def unescape_text(text: str) -> str:
 
 #: The operator's token: a chat user (a WhatsApp `start` whose announcement failed) reads that the operator must
 #: check it.
-_CREDENTIAL_HINT = Phrase(
-    (
-        OPERATOR_CHECKS.capitalized(),
-        " SLACK_BOT_TOKEN: it must be a valid bot token (xoxb-...) of an installed, active app.",
-    )
+_CREDENTIAL_HINT = operator_checks(
+    "SLACK_BOT_TOKEN: it must be a valid bot token (xoxb-...) of an installed, active app."
 )
 _AUTH_ERRORS = {
     "invalid_auth",
